@@ -1,0 +1,2 @@
+# Empty dependencies file for ljasync.
+# This may be replaced when dependencies are built.

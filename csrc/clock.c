@@ -1,0 +1,70 @@
+/* clock.c: monotonic time, sleeping, and deadlines for timed waits. */
+#include <errno.h>
+#include <math.h>
+
+#include "internal.h"
+
+double lja_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static struct timespec to_timespec(double seconds)
+{
+    struct timespec ts;
+    double whole = floor(seconds);
+    ts.tv_sec = (time_t)whole;
+    ts.tv_nsec = (long)((seconds - whole) * 1e9);
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    return ts;
+}
+
+void lja_sleep(double seconds)
+{
+    if (!(seconds > 0))  /* also rejects NaN */
+        return;
+    struct timespec ts = to_timespec(seconds);
+    while (nanosleep(&ts, &ts) == -1 && errno == EINTR) {
+    }
+}
+
+struct timespec lja_deadline(double timeout)
+{
+    /* Cap far-away deadlines: a year is "forever" for any caller here. */
+    if (timeout > 3.15e7)
+        timeout = 3.15e7;
+    struct timespec now, rel = to_timespec(timeout);
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    now.tv_sec += rel.tv_sec;
+    now.tv_nsec += rel.tv_nsec;
+    if (now.tv_nsec >= 1000000000L) {
+        now.tv_sec++;
+        now.tv_nsec -= 1000000000L;
+    }
+    return now;
+}
+
+int lja_cond_init(pthread_cond_t *c)
+{
+    pthread_condattr_t attr;
+    if (pthread_condattr_init(&attr) != 0)
+        return LJA_ESYS;
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    int rc = pthread_cond_init(c, &attr);
+    pthread_condattr_destroy(&attr);
+    return rc == 0 ? LJA_OK : LJA_ESYS;
+}
+
+int lja_cond_wait_until(pthread_cond_t *c, pthread_mutex_t *m, const struct timespec *deadline)
+{
+    if (!deadline) {
+        pthread_cond_wait(c, m);
+        return LJA_OK;
+    }
+    return pthread_cond_timedwait(c, m, deadline) == ETIMEDOUT ? LJA_ETIMEDOUT : LJA_OK;
+}

@@ -1,0 +1,193 @@
+/* gate.c: a C function pointer of any scalar signature that forwards each
+ * call to a free one of n targets, one caller per target at a time.
+ *
+ * LuaJIT enters a callback's lua_State without any lock, so two threads
+ * calling one ffi.cast callback corrupt it.  The gate is a libffi closure:
+ * it takes a target before any Lua runs and gives it back after. */
+#include <ffi.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+#define GATE_MAX_ARGS 32
+
+struct lja_gate {
+    ffi_closure *closure;
+    void *code;                 /* the closure's entry: the gate's funcptr */
+    ffi_cif cif;
+    ffi_type *args[GATE_MAX_ARGS];
+    pthread_mutex_t lock;
+    pthread_cond_t freed;       /* a target became free */
+    int n, nfree;               /* guarded by lock */
+    int *free_slots;            /* stack of free target indexes */
+    void **targets;
+    char *error;                /* the last error a target reported */
+    size_t error_len;
+};
+
+static ffi_type *sig_type(char c)
+{
+    switch (c) {
+    case 'v': return &ffi_type_void;
+    case 'b': return &ffi_type_sint8;
+    case 'B': return &ffi_type_uint8;
+    case 'h': return &ffi_type_sint16;
+    case 'H': return &ffi_type_uint16;
+    case 'i': return &ffi_type_sint32;
+    case 'I': return &ffi_type_uint32;
+    case 'q': return &ffi_type_sint64;
+    case 'Q': return &ffi_type_uint64;
+    case 'f': return &ffi_type_float;
+    case 'd': return &ffi_type_double;
+    case 'p': return &ffi_type_pointer;
+    default: return NULL;
+    }
+}
+
+static int take_target(lja_gate *g, const struct timespec *deadline)
+{
+    int slot = -1;
+    pthread_mutex_lock(&g->lock);
+    while (g->nfree == 0)
+        if (lja_cond_wait_until(&g->freed, &g->lock, deadline) == LJA_ETIMEDOUT && g->nfree == 0)
+            goto out;
+    slot = g->free_slots[--g->nfree];
+out:
+    pthread_mutex_unlock(&g->lock);
+    return slot;
+}
+
+static void give_target(lja_gate *g, int slot)
+{
+    pthread_mutex_lock(&g->lock);
+    g->free_slots[g->nfree++] = slot;
+    pthread_mutex_unlock(&g->lock);
+    pthread_cond_signal(&g->freed);
+}
+
+static void gate_entry(ffi_cif *cif, void *ret, void **args, void *user)
+{
+    lja_gate *g = user;
+    int slot = take_target(g, NULL);
+    ffi_call(cif, FFI_FN(g->targets[slot]), ret, args);
+    give_target(g, slot);
+}
+
+int lja_gate_new(lja_gate **out, const char *sig, int n)
+{
+    if (!out || !sig || n < 1)
+        return LJA_EINVAL;
+    size_t nargs = strlen(sig);
+    if (nargs < 1 || nargs - 1 > GATE_MAX_ARGS)
+        return LJA_EINVAL;
+    nargs--;
+    lja_gate *g = calloc(1, sizeof *g);
+    if (!g)
+        return LJA_ENOMEM;
+    ffi_type *rtype = sig_type(sig[0]);
+    int rc = rtype ? LJA_OK : LJA_EINVAL;
+    for (size_t i = 0; i < nargs && rc == LJA_OK; i++)
+        if (sig[i + 1] == 'v' || !(g->args[i] = sig_type(sig[i + 1])))
+            rc = LJA_EINVAL;
+    if (rc != LJA_OK) {
+        free(g);
+        return rc;
+    }
+    g->targets = calloc((size_t)n, sizeof *g->targets);
+    g->free_slots = calloc((size_t)n, sizeof *g->free_slots);
+    g->closure = ffi_closure_alloc(sizeof(ffi_closure), &g->code);
+    if (!g->targets || !g->free_slots || !g->closure) {
+        rc = LJA_ENOMEM;
+    } else if (ffi_prep_cif(&g->cif, FFI_DEFAULT_ABI, (unsigned)nargs, rtype, g->args) != FFI_OK ||
+               ffi_prep_closure_loc(g->closure, &g->cif, gate_entry, g, g->code) != FFI_OK) {
+        rc = LJA_EINVAL;
+    }
+    if (rc != LJA_OK) {
+        if (g->closure)
+            ffi_closure_free(g->closure);
+        free(g->targets);
+        free(g->free_slots);
+        free(g);
+        return rc;
+    }
+    g->n = n;
+    pthread_mutex_init(&g->lock, NULL);
+    lja_cond_init(&g->freed);
+    *out = g;
+    return LJA_OK;
+}
+
+void *lja_gate_funcptr(lja_gate *g)
+{
+    return g->code;
+}
+
+void lja_gate_set_target(lja_gate *g, int i, void *fn)
+{
+    if (i < 0 || i >= g->n || !fn)
+        return;
+    pthread_mutex_lock(&g->lock);
+    if (!g->targets[i])
+        g->free_slots[g->nfree++] = i;
+    g->targets[i] = fn;
+    pthread_mutex_unlock(&g->lock);
+    pthread_cond_signal(&g->freed);
+}
+
+int lja_gate_quiesce(lja_gate *g, double timeout)
+{
+    /* Take every target: once all are held, no call is inside any of them,
+     * and later calls wait (calling a freed callback is the caller's bug). */
+    struct timespec deadline = lja_deadline(timeout < 0 ? 0 : timeout);
+    int rc = LJA_OK;
+    pthread_mutex_lock(&g->lock);
+    int installed = 0;
+    for (int i = 0; i < g->n; i++)
+        installed += g->targets[i] != NULL;
+    while (g->nfree < installed && rc == LJA_OK)
+        rc = lja_cond_wait_until(&g->freed, &g->lock, &deadline);
+    if (g->nfree == installed) {
+        g->nfree = 0;
+        rc = LJA_OK;
+    }
+    pthread_mutex_unlock(&g->lock);
+    return rc;
+}
+
+void lja_gate_set_error(lja_gate *g, const char *msg, size_t len)
+{
+    char *copy = malloc(len + 1);
+    if (!copy)
+        return;
+    memcpy(copy, msg, len);
+    copy[len] = '\0';
+    pthread_mutex_lock(&g->lock);
+    free(g->error);
+    g->error = copy;
+    g->error_len = len;
+    pthread_mutex_unlock(&g->lock);
+}
+
+size_t lja_gate_error(lja_gate *g, char *buf, size_t cap)
+{
+    pthread_mutex_lock(&g->lock);
+    size_t len = g->error_len;
+    if (buf && g->error)
+        memcpy(buf, g->error, len < cap ? len : cap);
+    pthread_mutex_unlock(&g->lock);
+    return len;
+}
+
+void lja_gate_free(lja_gate *g)
+{
+    if (!g)
+        return;
+    ffi_closure_free(g->closure);
+    pthread_cond_destroy(&g->freed);
+    pthread_mutex_destroy(&g->lock);
+    free(g->targets);
+    free(g->free_slots);
+    free(g->error);
+    free(g);
+}

@@ -1,0 +1,20 @@
+/* internal.h: helpers shared by the shim's files; not part of the ABI. */
+#ifndef LJA_INTERNAL_H
+#define LJA_INTERNAL_H
+
+#include <pthread.h>
+#include <time.h>
+
+#include "ljasync.h"
+
+/* Absolute deadline on CLOCK_MONOTONIC for a relative timeout (>= 0). */
+struct timespec lja_deadline(double timeout);
+
+/* A condition variable that measures timeouts on CLOCK_MONOTONIC. */
+int lja_cond_init(pthread_cond_t *c);
+
+/* Wait on c until woken or past the deadline (NULL: no deadline).
+ * Returns LJA_OK or LJA_ETIMEDOUT; callers re-check their predicate. */
+int lja_cond_wait_until(pthread_cond_t *c, pthread_mutex_t *m, const struct timespec *deadline);
+
+#endif

@@ -1,0 +1,123 @@
+/*
+ * ljasync.h: the C ABI of lj-async's shim, and its single source.
+ *
+ * Flat API, one prefix (lja_), opaque handles, integer error codes.  The shim
+ * never links LuaJIT: it knows nothing of lua_State.  Lua code reaches it
+ * through ffi.cdef; tests/test_abi.lua checks that every declaration there
+ * matches this file.
+ *
+ * Durations are seconds (double).  A negative timeout means "wait forever",
+ * zero means "do not block".
+ */
+#ifndef LJASYNC_H
+#define LJASYNC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define LJA_API __attribute__((visibility("default")))
+#else
+#define LJA_API
+#endif
+
+/* Error codes: every int-returning call gives LJA_OK or one of these. */
+enum {
+    LJA_OK = 0,
+    LJA_ETIMEDOUT = -1, /* the timeout passed first */
+    LJA_ENOMEM = -2,    /* out of memory */
+    LJA_EINVAL = -3,    /* bad argument */
+    LJA_EAGAIN = -4,    /* nothing available now (empty, full) */
+    LJA_ESYS = -5       /* the OS refused (errno tells more) */
+};
+
+LJA_API const char *lja_strerror(int err);
+
+/* ---- Clock (monotonic) ------------------------------------------------ */
+LJA_API double lja_now(void);          /* seconds on the monotonic clock */
+LJA_API void lja_sleep(double seconds);
+
+/* ---- Threads ------------------------------------------------------------
+ * A thread runs run(arg); when run returns (or calls lja_thread_finish),
+ * joiners wake; then cleanup(cleanup_arg) runs on the same thread, so
+ * cleanup costs nobody a wait.  A thread carries an input message (copied at
+ * create) and a result message (copied by lja_thread_set_result).  The handle
+ * returned by create holds one reference; lja_thread_release drops it (a
+ * running thread goes on, detached, and frees itself at its end).
+ */
+typedef struct lja_thread lja_thread;
+typedef void (*lja_thread_fn)(void *arg);
+
+LJA_API int lja_thread_create(lja_thread **out, lja_thread_fn run, void *arg,
+                              lja_thread_fn cleanup, void *cleanup_arg,
+                              const char *input, size_t input_len);
+LJA_API int lja_thread_join(lja_thread *t, double timeout);
+LJA_API void lja_thread_release(lja_thread *t);
+LJA_API const char *lja_thread_input(lja_thread *t, size_t *len);
+LJA_API int lja_thread_set_result(lja_thread *t, const char *data, size_t len);
+LJA_API const char *lja_thread_result(lja_thread *t, size_t *len);
+LJA_API void lja_thread_finish(lja_thread *t);
+LJA_API lja_thread *lja_thread_self(void);  /* inside run: its thread; else NULL */
+LJA_API void lja_thread_yield(void);
+LJA_API uint64_t lja_thread_id(void);  /* small, unique per OS thread, from 1 */
+LJA_API int lja_cpu_count(void);
+
+/* ---- Entering Lua from C -----------------------------------------------
+ * The shim does not link LuaJIT: the host hands it, once per process, the
+ * few Lua C API functions it calls (every host passes the same ones).
+ * lja_lua_run(L) calls registry["lj-async.run"] in L with no arguments
+ * (that function must catch its own errors); lja_lua_close(L) closes L.
+ * Both fit lja_thread_fn, so a thread can run and then close a state.
+ */
+typedef void (*lja_lua_getfield_fn)(void *L, int idx, const char *k);
+typedef int (*lja_lua_pcall_fn)(void *L, int nargs, int nresults, int errfunc);
+typedef void (*lja_lua_settop_fn)(void *L, int idx);
+typedef void (*lja_lua_close_fn)(void *L);
+
+LJA_API void lja_lua_bind(lja_lua_getfield_fn getfield, lja_lua_pcall_fn pcall,
+                          lja_lua_settop_fn settop, lja_lua_close_fn close, int registry_index);
+LJA_API void lja_lua_run(void *L);
+LJA_API void lja_lua_close(void *L);
+
+/* ---- 64-bit atomics on caller-owned memory (sequentially consistent) --- */
+LJA_API int64_t lja_atomic_load(const int64_t *p);
+LJA_API void lja_atomic_store(int64_t *p, int64_t v);
+LJA_API int64_t lja_atomic_add(int64_t *p, int64_t d);   /* returns the new value */
+LJA_API int lja_atomic_cas(int64_t *p, int64_t expected, int64_t desired);
+
+/* ---- Spare states --------------------------------------------------------
+ * A process-wide stack of prepared, never-used Lua states, so that building
+ * a state happens off the critical path of a thread's start.  push returns
+ * LJA_EAGAIN when the stack holds `limit` states already.
+ */
+LJA_API int lja_spare_push(void *state, int limit);
+LJA_API int lja_spare_pop(void **state);
+LJA_API int lja_spare_count(void);
+
+/* ---- Callback gates ------------------------------------------------------
+ * A gate is a C function pointer of any (non-variadic, scalar-only)
+ * signature whose calls are forwarded to one of n target functions of the
+ * same signature, each used by one caller at a time: a caller takes a free
+ * target (waiting if all are busy), calls it, and gives it back.
+ * sig: return type then argument types, one letter each:
+ *   v void, b/B int8/uint8, h/H int16/uint16, i/I int32/uint32,
+ *   q/Q int64/uint64, f float, d double, p pointer.
+ */
+typedef struct lja_gate lja_gate;
+
+LJA_API int lja_gate_new(lja_gate **out, const char *sig, int n);
+LJA_API void *lja_gate_funcptr(lja_gate *g);
+LJA_API void lja_gate_set_target(lja_gate *g, int i, void *fn);
+LJA_API int lja_gate_quiesce(lja_gate *g, double timeout);
+LJA_API void lja_gate_set_error(lja_gate *g, const char *msg, size_t len);
+LJA_API size_t lja_gate_error(lja_gate *g, char *buf, size_t cap);
+LJA_API void lja_gate_free(lja_gate *g);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,182 @@
+-- lj-async.transfer: moving values between lua_States (SPEC section 1).
+--
+-- LuaJIT's string.buffer does the encoding.  A message is a header number
+-- followed by its values; the header is n, or -(n+1) when some value needed
+-- the slow path (functions, pointers, lj-async objects), which the receiver
+-- then rebuilds.  The slow path also names what cannot cross and where.
+local ffi = require "ffi"
+local buffer = require "string.buffer"
+
+local type, select, pcall, error, next, tostring, tonumber = type, select, pcall, error, next, tostring, tonumber
+local string_dump, getupvalue, getinfo = string.dump, debug.getupvalue, debug.getinfo
+local typeof, typeinfo, cast = ffi.typeof, ffi.typeinfo, ffi.cast
+local band, rshift = bit.band, bit.rshift
+
+local M = {}
+
+local MARK = "\0lj-async"   -- key of a marker table standing for a special value
+local CT_NUM, CT_PTR = 0, 2
+local CTF_FP, CTF_REF = 0x04000000, 0x00800000
+
+local enc = buffer.new()
+local dec = buffer.new()
+
+-- lj-async objects that cross as live handles: ctype id -> kind.
+-- kind = { name = ..., export = fn(obj) -> id, import = fn(id) -> obj, discard = fn(id) }
+local kinds_by_ctype, kinds_by_name = {}, {}
+
+function M.register(ct, kind)
+    kinds_by_ctype[tonumber(ct)] = kind
+    kinds_by_name[kind.name] = kind
+end
+
+-- What a cdata is, by ctype id: "int64" (crosses as is), "pointer", or nil.
+local cdata_class = setmetatable({}, { __mode = "k" })
+local function classify(id)
+    local c = cdata_class[id]
+    if c == nil then
+        local info = typeinfo(id).info
+        local t = rshift(info, 28)
+        if t == CT_PTR and band(info, CTF_REF) == 0 then
+            c = "pointer"
+        elseif t == CT_NUM and typeinfo(id).size == 8 and band(info, CTF_FP) == 0 then
+            c = "int64"
+        else
+            c = false
+        end
+        cdata_class[id] = c
+    end
+    return c
+end
+
+local function where(path, k)
+    if type(k) == "string" and k:match("^[%a_][%w_]*$") then return path .. "." .. k end
+    return path .. "[" .. tostring(k) .. "]"
+end
+
+local function cannot(what, path)
+    error("lj-async: cannot send " .. what .. " (" .. path .. ")", 0)
+end
+
+-- Slow path: a copy of v with specials replaced by markers; raises on what
+-- cannot cross.  `exported` collects object ids to discard if sending fails.
+local function convert(v, path, seen, exported)
+    local tv = type(v)
+    if tv == "nil" or tv == "boolean" or tv == "number" or tv == "string" then
+        return v
+    elseif tv == "table" then
+        if seen[v] then cannot("a table with a cycle", path) end
+        seen[v] = true
+        local out = {}
+        for k, x in next, v do
+            if type(k) == "table" or type(k) == "cdata" then
+                k = convert(k, where(path, "<key>"), seen, exported)
+            elseif type(k) ~= "string" and type(k) ~= "number" and type(k) ~= "boolean" then
+                cannot("a table key of type " .. type(k), where(path, "<key>"))
+            end
+            out[k] = convert(x, where(path, k), seen, exported)
+        end
+        seen[v] = nil
+        return out
+    elseif tv == "function" then
+        if getinfo(v, "S").what == "C" then cannot("a C function", path) end
+        local up = getupvalue(v, 1)
+        if up then cannot("a function with upvalue '" .. up .. "'", path) end
+        local ok, bc = pcall(string_dump, v)
+        if not ok then cannot("a function that string.dump refuses (" .. tostring(bc) .. ")", path) end
+        return { [MARK] = "function", bc }
+    elseif tv == "cdata" then
+        local id = tonumber(typeof(v))
+        local kind = kinds_by_ctype[id]
+        if kind then
+            local oid = kind.export(v)
+            exported[#exported + 1] = { kind, oid }
+            return { [MARK] = "object", kind.name, oid }
+        end
+        local class = classify(id)
+        if class == "int64" then return v end
+        if class == "pointer" then return { [MARK] = "pointer", cast("uint64_t", cast("uintptr_t", v)) } end
+        cannot("a cdata of type " .. tostring(typeof(v)):match("^ctype<(.*)>$"), path)
+    end
+    cannot(tv == "thread" and "a coroutine" or "a " .. tv, path)
+end
+
+local function encode_plain(n, ...)
+    enc:encode(n)
+    for i = 1, n do enc:encode((select(i, ...))) end
+end
+
+local function encode_special(n, ...)
+    local seen, exported = {}, {}
+    local ok, err = pcall(function(...)
+        enc:encode(-n - 1)
+        for i = 1, n do
+            enc:encode(convert((select(i, ...)), "argument " .. i, seen, exported))
+        end
+    end, ...)
+    if not ok then
+        for _, e in ipairs(exported) do
+            if e[1].discard then e[1].discard(e[2]) end
+        end
+        enc:reset()
+        error(err, 0)
+    end
+end
+
+-- Encode n values into one message.  Returns a pointer and length valid
+-- until the next encode in this state; raises an error that names what
+-- cannot cross, and then nothing was sent.
+function M.encode(n, ...)
+    enc:reset()
+    if not pcall(encode_plain, n, ...) then
+        enc:reset()
+        encode_special(n, ...)
+    end
+    return enc:ref()
+end
+
+-- Encode into a Lua string.
+function M.encode_string(n, ...)
+    local p, len = M.encode(n, ...)
+    return ffi.string(p, len)
+end
+
+local function rebuild(v)
+    if type(v) ~= "table" then return v end
+    local tag = v[MARK]
+    if tag == "function" then
+        return (assert(load(v[1])))
+    elseif tag == "pointer" then
+        return cast("void *", cast("uintptr_t", v[1]))
+    elseif tag == "object" then
+        local kind = kinds_by_name[v[1]]
+        if not kind then
+            error("lj-async: received an object of kind '" .. tostring(v[1]) .. "' whose module is not loaded", 0)
+        end
+        return kind.import(v[2])
+    end
+    for k, x in next, v do
+        if type(x) == "table" then v[k] = rebuild(x) end
+    end
+    return v
+end
+
+local function decode_n(special, n)
+    if n == 0 then return end
+    local v = dec:decode()
+    if special then v = rebuild(v) end
+    return v, decode_n(special, n - 1)
+end
+
+-- Decode a message from memory (pointer, length): returns n, values...
+function M.decode(p, len)
+    dec:set(p, len)
+    local n = dec:decode()
+    if n < 0 then
+        n = -n - 1
+        return n, decode_n(true, n)
+    end
+    return n, decode_n(false, n)
+end
+
+return M
