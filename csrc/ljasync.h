@@ -66,37 +66,52 @@ LJA_API void lja_thread_yield(void);
 LJA_API uint64_t lja_thread_id(void);  /* small, unique per OS thread, from 1 */
 LJA_API int lja_cpu_count(void);
 
-/* ---- Entering Lua from C -----------------------------------------------
+/* ---- Lua states ---------------------------------------------------------
  * The shim does not link LuaJIT: the host hands it, once per process, the
- * few Lua C API functions it calls (every host passes the same ones).
- * lja_lua_run(L) calls registry["lj-async.run"] in L with no arguments
- * (that function must catch its own errors); lja_lua_close(L) closes L.
- * Both fit lja_thread_fn, so a thread can run and then close a state.
+ * Lua C API functions it calls (lja_lua_bind copies them; the first bind
+ * wins, and every host passes the same functions).
+ *
+ * lja_lua_new makes a state: standard libraries, then `chunk` (source or
+ * bytecode) called with the string arguments.  On failure it returns NULL
+ * and, if err is not NULL, a message to free with lja_free.
+ *
+ * Threads that run Lua: lja_lua_spawn starts a thread in a spare state, or
+ * in a new one made from the recipe (a chunk and its arguments, set once per
+ * process with lja_lua_set_recipe).  The recipe leaves two functions in the
+ * registry: "lj-async.run" takes the thread's input string and returns its
+ * result string; "lj-async.reset", called after joiners were woken, puts the
+ * state back as it was and returns true when the state may serve another
+ * thread (it then goes on the spare stack, up to spare_limit states),
+ * false when it must be closed.
  */
-typedef void (*lja_lua_getfield_fn)(void *L, int idx, const char *k);
-typedef int (*lja_lua_pcall_fn)(void *L, int nargs, int nresults, int errfunc);
-typedef void (*lja_lua_settop_fn)(void *L, int idx);
-typedef void (*lja_lua_close_fn)(void *L);
+typedef struct lja_lua_api {
+    void *(*newstate)(void);
+    void (*openlibs)(void *L);
+    int (*loadbuffer)(void *L, const char *buf, size_t len, const char *name);
+    void (*pushlstring)(void *L, const char *s, size_t len);
+    int (*pcall)(void *L, int nargs, int nresults, int errfunc);
+    const char *(*tolstring)(void *L, int idx, size_t *len);
+    void (*getfield)(void *L, int idx, const char *k);
+    void (*settop)(void *L, int idx);
+    int (*toboolean)(void *L, int idx);
+    void (*close)(void *L);
+    int registry_index;
+} lja_lua_api;
 
-LJA_API void lja_lua_bind(lja_lua_getfield_fn getfield, lja_lua_pcall_fn pcall,
-                          lja_lua_settop_fn settop, lja_lua_close_fn close, int registry_index);
-LJA_API void lja_lua_run(void *L);
+LJA_API void lja_lua_bind(const lja_lua_api *api);
+LJA_API void *lja_lua_new(const char *chunk, size_t len, int nargs, const char *const *args,
+                          const size_t *lens, char **err);
 LJA_API void lja_lua_close(void *L);
+LJA_API void lja_free(void *p);
+LJA_API int lja_lua_set_recipe(const char *chunk, size_t len, int nargs,
+                               const char *const *args, const size_t *lens, int spare_limit);
+LJA_API int lja_lua_spawn(lja_thread **out, const char *input, size_t len);
 
 /* ---- 64-bit atomics on caller-owned memory (sequentially consistent) --- */
 LJA_API int64_t lja_atomic_load(const int64_t *p);
 LJA_API void lja_atomic_store(int64_t *p, int64_t v);
 LJA_API int64_t lja_atomic_add(int64_t *p, int64_t d);   /* returns the new value */
 LJA_API int lja_atomic_cas(int64_t *p, int64_t expected, int64_t desired);
-
-/* ---- Spare states --------------------------------------------------------
- * A process-wide stack of prepared, never-used Lua states, so that building
- * a state happens off the critical path of a thread's start.  push returns
- * LJA_EAGAIN when the stack holds `limit` states already.
- */
-LJA_API int lja_spare_push(void *state, int limit);
-LJA_API int lja_spare_pop(void **state);
-LJA_API int lja_spare_count(void);
 
 /* ---- Callback gates ------------------------------------------------------
  * A gate is a C function pointer of any (non-variadic, scalar-only)

@@ -1,43 +1,207 @@
-/* lua.c: the thread entry point into a Lua state, through Lua C API
- * functions that the host hands over (the shim never links LuaJIT). */
-#include <stdatomic.h>
+/* lua.c: making Lua states and running them on threads, through Lua C API
+ * functions that the host hands over (the shim never links LuaJIT).
+ *
+ * Documented global state: the bound API, the recipe for thread states, and
+ * a stack of spare states: made from the recipe and reset after each thread,
+ * so that a thread's start costs no state making (~60 us here, most of it in
+ * luaL_openlibs) and its end no lua_close. */
+#include <stdlib.h>
+#include <string.h>
 
 #include "internal.h"
 
-static struct {
-    lja_lua_getfield_fn getfield;
-    lja_lua_pcall_fn pcall;
-    lja_lua_settop_fn settop;
-    lja_lua_close_fn close;
-    int registry_index;
-} api;
-static atomic_int bound;
+#define SPARE_MAX 64
 
-void lja_lua_bind(lja_lua_getfield_fn getfield, lja_lua_pcall_fn pcall,
-                  lja_lua_settop_fn settop, lja_lua_close_fn close, int registry_index)
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static lja_lua_api api;           /* set once, before any state exists */
+
+static struct {
+    char *chunk;
+    size_t len;
+    int nargs;
+    char **args;
+    size_t *lens;
+    int spare_limit;
+} recipe;                         /* guarded by lock */
+
+static void *spare[SPARE_MAX];    /* guarded by lock */
+static int spare_count;
+
+void lja_lua_bind(const lja_lua_api *a)
 {
-    /* First bind wins; every host passes the same functions. */
-    static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
     pthread_mutex_lock(&lock);
-    if (!atomic_load(&bound)) {
-        api.getfield = getfield;
-        api.pcall = pcall;
-        api.settop = settop;
-        api.close = close;
-        api.registry_index = registry_index;
-        atomic_store(&bound, 1);
-    }
+    if (!api.newstate && a && a->newstate)
+        api = *a;
     pthread_mutex_unlock(&lock);
 }
 
-void lja_lua_run(void *L)
+void lja_free(void *p)
 {
-    api.getfield(L, api.registry_index, "lj-async.run");
-    api.pcall(L, 0, 0, 0);
+    free(p);
+}
+
+static char *copy_bytes(const char *s, size_t len)
+{
+    char *c = malloc(len + 1);
+    if (c) {
+        memcpy(c, s, len);
+        c[len] = '\0';
+    }
+    return c;
+}
+
+void *lja_lua_new(const char *chunk, size_t len, int nargs, const char *const *args,
+                  const size_t *lens, char **err)
+{
+    if (err)
+        *err = NULL;
+    if (!api.newstate || !chunk || nargs < 0) {
+        if (err)
+            *err = copy_bytes("the Lua API is not bound", 24);
+        return NULL;
+    }
+    void *L = api.newstate();
+    if (!L) {
+        if (err)
+            *err = copy_bytes("out of memory", 13);
+        return NULL;
+    }
+    api.openlibs(L);
+    int rc = api.loadbuffer(L, chunk, len, "=lj-async");
+    if (rc == 0) {
+        for (int i = 0; i < nargs; i++)
+            api.pushlstring(L, args[i], lens[i]);
+        rc = api.pcall(L, nargs, 0, 0);
+    }
+    if (rc != 0) {
+        if (err) {
+            size_t mlen = 0;
+            const char *msg = api.tolstring(L, -1, &mlen);
+            *err = msg ? copy_bytes(msg, mlen) : copy_bytes("error", 5);
+        }
+        api.close(L);
+        return NULL;
+    }
     api.settop(L, 0);
+    return L;
 }
 
 void lja_lua_close(void *L)
 {
-    api.close(L);
+    if (L)
+        api.close(L);
+}
+
+int lja_lua_set_recipe(const char *chunk, size_t len, int nargs, const char *const *args,
+                       const size_t *lens, int spare_limit)
+{
+    if (!chunk || nargs < 0)
+        return LJA_EINVAL;
+    pthread_mutex_lock(&lock);
+    if (recipe.chunk) {        /* set once per process: the first wins */
+        pthread_mutex_unlock(&lock);
+        return LJA_OK;
+    }
+    recipe.chunk = copy_bytes(chunk, len);
+    recipe.args = calloc((size_t)nargs + 1, sizeof *recipe.args);
+    recipe.lens = calloc((size_t)nargs + 1, sizeof *recipe.lens);
+    int rc = recipe.chunk && recipe.args && recipe.lens ? LJA_OK : LJA_ENOMEM;
+    for (int i = 0; i < nargs && rc == LJA_OK; i++) {
+        recipe.lens[i] = lens[i];
+        if (!(recipe.args[i] = copy_bytes(args[i], lens[i])))
+            rc = LJA_ENOMEM;
+    }
+    if (rc != LJA_OK) {
+        for (int i = 0; recipe.args && i < nargs; i++)
+            free(recipe.args[i]);
+        free(recipe.chunk);
+        free(recipe.args);
+        free(recipe.lens);
+        memset(&recipe, 0, sizeof recipe);
+    } else {
+        recipe.len = len;
+        recipe.nargs = nargs;
+        recipe.spare_limit = spare_limit < 0 ? 0 : spare_limit > SPARE_MAX ? SPARE_MAX : spare_limit;
+    }
+    pthread_mutex_unlock(&lock);
+    return rc;
+}
+
+/* The recipe never changes once set, so it is read without the lock after
+ * a locked check that it exists. */
+static void *new_thread_state(char **err)
+{
+    pthread_mutex_lock(&lock);
+    int ready = recipe.chunk != NULL;
+    pthread_mutex_unlock(&lock);
+    if (!ready) {
+        if (err)
+            *err = copy_bytes("no recipe for thread states", 27);
+        return NULL;
+    }
+    return lja_lua_new(recipe.chunk, recipe.len, recipe.nargs,
+                       (const char *const *)recipe.args, recipe.lens, err);
+}
+
+static void *take_spare(void)
+{
+    void *L = NULL;
+    pthread_mutex_lock(&lock);
+    if (spare_count > 0)
+        L = spare[--spare_count];
+    pthread_mutex_unlock(&lock);
+    return L;
+}
+
+static void run_thread(void *L)
+{
+    lja_thread *t = lja_thread_self();
+    size_t len, rlen;
+    const char *input = lja_thread_input(t, &len);
+    api.getfield(L, api.registry_index, "lj-async.run");
+    api.pushlstring(L, input, len);
+    if (api.pcall(L, 1, 1, 0) == 0) {
+        const char *result = api.tolstring(L, -1, &rlen);
+        if (result)
+            lja_thread_set_result(t, result, rlen);
+    }
+    /* Otherwise no result is stored: the joiner reports the failure. */
+    api.settop(L, 0);
+}
+
+static void finish_thread(void *L)
+{
+    api.getfield(L, api.registry_index, "lj-async.reset");
+    int reusable = api.pcall(L, 0, 1, 0) == 0 && api.toboolean(L, -1);
+    api.settop(L, 0);
+    if (reusable) {
+        pthread_mutex_lock(&lock);
+        if (spare_count < recipe.spare_limit)
+            spare[spare_count++] = L;
+        else
+            reusable = 0;
+        pthread_mutex_unlock(&lock);
+    }
+    if (!reusable)
+        api.close(L);
+}
+
+int lja_lua_spawn(lja_thread **out, const char *input, size_t len)
+{
+    if (!out)
+        return LJA_EINVAL;
+    void *L = take_spare();
+    if (!L) {
+        pthread_mutex_lock(&lock);
+        int ready = recipe.chunk != NULL;
+        pthread_mutex_unlock(&lock);
+        if (!ready)
+            return LJA_EINVAL;
+        if (!(L = new_thread_state(NULL)))
+            return LJA_ENOMEM;
+    }
+    int rc = lja_thread_create(out, run_thread, L, finish_thread, L, input, len);
+    if (rc != LJA_OK)
+        api.close(L);
+    return rc;
 }

@@ -4,13 +4,20 @@
 -- followed by its values; the header is n, or -(n+1) when some value needed
 -- the slow path (functions, pointers, lj-async objects), which the receiver
 -- then rebuilds.  The slow path also names what cannot cross and where.
-local ffi = require "ffi"
+--
+-- Thread states load this module on every run, so it needs only
+-- string.buffer until a value takes the slow path; then it loads the FFI.
 local buffer = require "string.buffer"
 
 local type, select, pcall, error, next, tostring, tonumber = type, select, pcall, error, next, tostring, tonumber
 local string_dump, getupvalue, getinfo = string.dump, debug.getupvalue, debug.getinfo
-local typeof, typeinfo, cast = ffi.typeof, ffi.typeinfo, ffi.cast
 local band, rshift = bit.band, bit.rshift
+
+local ffi
+local function FFI()
+    ffi = ffi or require "ffi"
+    return ffi
+end
 
 local M = {}
 
@@ -26,6 +33,7 @@ local dec = buffer.new()
 local kinds_by_ctype, kinds_by_name = {}, {}
 
 function M.register(ct, kind)
+    FFI()
     kinds_by_ctype[tonumber(ct)] = kind
     kinds_by_name[kind.name] = kind
 end
@@ -35,11 +43,11 @@ local cdata_class = setmetatable({}, { __mode = "k" })
 local function classify(id)
     local c = cdata_class[id]
     if c == nil then
-        local info = typeinfo(id).info
-        local t = rshift(info, 28)
-        if t == CT_PTR and band(info, CTF_REF) == 0 then
+        local ti = ffi.typeinfo(id)
+        local t = rshift(ti.info, 28)
+        if t == CT_PTR and band(ti.info, CTF_REF) == 0 then
             c = "pointer"
-        elseif t == CT_NUM and typeinfo(id).size == 8 and band(info, CTF_FP) == 0 then
+        elseif t == CT_NUM and ti.size == 8 and band(ti.info, CTF_FP) == 0 then
             c = "int64"
         else
             c = false
@@ -86,6 +94,7 @@ local function convert(v, path, seen, exported)
         if not ok then cannot("a function that string.dump refuses (" .. tostring(bc) .. ")", path) end
         return { [MARK] = "function", bc }
     elseif tv == "cdata" then
+        local typeof, cast = FFI().typeof, ffi.cast
         local id = tonumber(typeof(v))
         local kind = kinds_by_ctype[id]
         if kind then
@@ -126,19 +135,23 @@ end
 -- Encode n values into one message.  Returns a pointer and length valid
 -- until the next encode in this state; raises an error that names what
 -- cannot cross, and then nothing was sent.
-function M.encode(n, ...)
+local function encode(n, ...)
     enc:reset()
     if not pcall(encode_plain, n, ...) then
         enc:reset()
         encode_special(n, ...)
     end
+end
+
+function M.encode(n, ...)
+    encode(n, ...)
     return enc:ref()
 end
 
--- Encode into a Lua string.
+-- Encode into a Lua string (same errors as encode).
 function M.encode_string(n, ...)
-    local p, len = M.encode(n, ...)
-    return ffi.string(p, len)
+    encode(n, ...)
+    return enc:tostring()
 end
 
 local function rebuild(v)
@@ -147,7 +160,7 @@ local function rebuild(v)
     if tag == "function" then
         return (assert(load(v[1])))
     elseif tag == "pointer" then
-        return cast("void *", cast("uintptr_t", v[1]))
+        return FFI().cast("void *", ffi.cast("uintptr_t", v[1]))
     elseif tag == "object" then
         local kind = kinds_by_name[v[1]]
         if not kind then
@@ -168,7 +181,8 @@ local function decode_n(special, n)
     return v, decode_n(special, n - 1)
 end
 
--- Decode a message from memory (pointer, length): returns n, values...
+-- Decode a message from memory (pointer, length) or a string: returns n,
+-- then the n values.
 function M.decode(p, len)
     dec:set(p, len)
     local n = dec:decode()
@@ -177,6 +191,13 @@ function M.decode(p, len)
         return n, decode_n(true, n)
     end
     return n, decode_n(false, n)
+end
+
+-- An error handler for xpcall: the message with a traceback that stops
+-- where lj-async's own frames begin.
+function M.traceback(e)
+    local tb = debug.traceback(tostring(e), 2)
+    return (tb:gsub("\n\t%[C%]: in function 'xpcall'.*$", ""))
 end
 
 return M

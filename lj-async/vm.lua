@@ -1,9 +1,10 @@
 -- lj-async.vm: fresh lua_States for threads and callbacks.
 --
--- A new state gets the standard libraries, its creator's package.path and
--- package.cpath, and the lj-async modules as precompiled bytecode in
--- package.preload (no file search, no parsing), then runs
--- require(main).boot(...) with the given strings and pointers.
+-- The shim makes states (csrc/lua.c) through the Lua C API that this module
+-- binds once.  A new state gets the standard libraries, its creator's
+-- package.path and package.cpath, the lj-async modules as precompiled
+-- bytecode in package.preload (no file search, no parsing), and then runs a
+-- boot chunk with string arguments.
 --
 -- The host must export the Lua C API (Debian's luajit does; a C host that
 -- embeds LuaJIT links it as a shared library or with -Wl,-E).
@@ -14,42 +15,49 @@ ffi.cdef [[
 typedef struct lua_State lua_State;
 lua_State *luaL_newstate(void);
 void luaL_openlibs(lua_State *L);
-void lua_close(lua_State *L);
 int luaL_loadbuffer(lua_State *L, const char *buf, size_t sz, const char *name);
-int lua_pcall(lua_State *L, int nargs, int nresults, int errfunc);
 void lua_pushlstring(lua_State *L, const char *s, size_t len);
-void lua_pushlightuserdata(lua_State *L, void *p);
-void lua_pushinteger(lua_State *L, ptrdiff_t n);
+int lua_pcall(lua_State *L, int nargs, int nresults, int errfunc);
 const char *lua_tolstring(lua_State *L, int idx, size_t *len);
 void lua_getfield(lua_State *L, int idx, const char *k);
 void lua_settop(lua_State *L, int idx);
+int lua_toboolean(lua_State *L, int idx);
+void lua_close(lua_State *L);
 
-typedef void (*lja_lua_getfield_fn)(void *L, int idx, const char *k);
-typedef int (*lja_lua_pcall_fn)(void *L, int nargs, int nresults, int errfunc);
-typedef void (*lja_lua_settop_fn)(void *L, int idx);
-typedef void (*lja_lua_close_fn)(void *L);
-void lja_lua_bind(lja_lua_getfield_fn getfield, lja_lua_pcall_fn pcall,
-                  lja_lua_settop_fn settop, lja_lua_close_fn close, int registry_index);
-void lja_lua_run(void *L);
+typedef struct lja_lua_api {
+    void *(*newstate)(void);
+    void (*openlibs)(void *L);
+    int (*loadbuffer)(void *L, const char *buf, size_t len, const char *name);
+    void (*pushlstring)(void *L, const char *s, size_t len);
+    int (*pcall)(void *L, int nargs, int nresults, int errfunc);
+    const char *(*tolstring)(void *L, int idx, size_t *len);
+    void (*getfield)(void *L, int idx, const char *k);
+    void (*settop)(void *L, int idx);
+    int (*toboolean)(void *L, int idx);
+    void (*close)(void *L);
+    int registry_index;
+} lja_lua_api;
+void lja_lua_bind(const lja_lua_api *api);
+void *lja_lua_new(const char *chunk, size_t len, int nargs, const char *const *args,
+                  const size_t *lens, char **err);
 void lja_lua_close(void *L);
+void lja_free(void *p);
 ]]
 
-local LUA_REGISTRYINDEX = -10000  -- lua.h of Lua 5.1, which LuaJIT keeps
+local C, S = ffi.C, shim.C
+local type, select, pairs, tostring = type, select, pairs, tostring
 
-local C = ffi.C
-local type, select, pairs = type, select, pairs
+local LUA_REGISTRYINDEX = -10000  -- lua.h of Lua 5.1, which LuaJIT keeps
 
 local ok, err = pcall(function() return C.luaL_newstate end)
 if not ok then
     error("lj-async: the host does not export the Lua C API (" .. tostring(err) .. "); "
         .. "link LuaJIT as a shared library or with -Wl,-E", 2)
 end
-local newstate, openlibs, lua_close = C.luaL_newstate, C.luaL_openlibs, C.lua_close
-local loadbuffer, pcall_c = C.luaL_loadbuffer, C.lua_pcall
-local pushlstring, pushlightuserdata, pushinteger = C.lua_pushlstring, C.lua_pushlightuserdata, C.lua_pushinteger
-
--- Let the shim enter and close states (it does not link LuaJIT itself).
-shim.C.lja_lua_bind(C.lua_getfield, pcall_c, C.lua_settop, lua_close, LUA_REGISTRYINDEX)
+S.lja_lua_bind(ffi.new("lja_lua_api", {
+    C.luaL_newstate, C.luaL_openlibs, C.luaL_loadbuffer, C.lua_pushlstring, C.lua_pcall,
+    C.lua_tolstring, C.lua_getfield, C.lua_settop, C.lua_toboolean, C.lua_close, LUA_REGISTRYINDEX,
+}))
 
 local M = {}
 
@@ -75,61 +83,72 @@ local PRELUDE = string.dump(assert(load([==[
     package.loaded["lj-async.libpath"] = libpath
     local bytecode = {}
     package.loaded["lj-async.bytecode"] = bytecode
+    nmods = tonumber(nmods)
     for i = 5, 3 + 2 * nmods, 2 do
         local name, bc = select(i, ...)
         bytecode[name] = bc
         package.preload[name] = function(...) return assert(load(bc, "=" .. name))(...) end
     end
-    local main = select(5 + 2 * nmods, ...)
-    return require(main).boot(select(6 + 2 * nmods, ...))
+    local boot = select(5 + 2 * nmods, ...)
+    return assert(load(boot, "=lj-async boot"))(select(6 + 2 * nmods, ...))
 ]==], "=lj-async.vm prelude")))
 
-local function push(L, v)
-    if type(v) == "string" then
-        pushlstring(L, v, #v)
-    elseif type(v) == "number" then
-        pushinteger(L, v)
-    else
-        pushlightuserdata(L, v)
-    end
+-- Compile boot code once: source in, bytecode out (no upvalues possible).
+function M.compile(source, name)
+    return string.dump(assert(load(source, "=" .. name)))
 end
 
-local errlen = ffi.new("size_t[1]")
-
--- A new state that has run require(main).boot(...).  What boot stores in
--- debug.getregistry()["lj-async.run"] is what shim's lja_lua_run calls.  Arguments are strings,
--- integers or pointers (which arrive as light userdata).  Raises on failure.
-function M.new(main, ...)
-    local L = newstate()
-    if L == nil then error("lj-async: cannot create a Lua state (out of memory)", 2) end
-    openlibs(L)
-    loadbuffer(L, PRELUDE, #PRELUDE, "=lj-async.vm")
-    push(L, package.path)
-    push(L, package.cpath)
-    push(L, shim.path)
-    local names = {}
+-- The prelude's arguments for a state whose boot chunk is `boot`.
+function M.args(boot, ...)
+    local args = { package.path, package.cpath, shim.path, 0 }
     for name in pairs(package.loaded) do
         if name:sub(1, 9) == "lj-async." and name ~= "lj-async.libpath" and name ~= "lj-async.bytecode" then
-            names[#names + 1] = name
+            args[#args + 1] = name
+            args[#args + 1] = module_bytecode(name)
         end
     end
-    if not package.loaded[main] then names[#names + 1] = main end
-    push(L, #names)
-    for _, name in ipairs(names) do
-        push(L, name)
-        push(L, module_bytecode(name))
+    args[4] = tostring((#args - 4) / 2)
+    args[#args + 1] = boot
+    for i = 1, select("#", ...) do args[#args + 1] = (select(i, ...)) end
+    return PRELUDE, args
+end
+
+-- Argument arrays for the shim: keeps the Lua strings alive with them.
+function M.c_strings(args)
+    local n = #args
+    local ptrs, lens = ffi.new("const char *[?]", n + 1), ffi.new("size_t[?]", n + 1)
+    for i = 1, n do
+        ptrs[i - 1], lens[i - 1] = args[i], #args[i]
     end
-    push(L, main)
-    local nargs = select("#", ...)
-    for i = 1, nargs do push(L, (select(i, ...))) end
-    if pcall_c(L, 5 + 2 * #names + nargs, 0, 0) ~= 0 then
-        local msg = ffi.string(C.lua_tolstring(L, -1, errlen), errlen[0])
-        lua_close(L)
+    return n, ptrs, lens
+end
+
+-- A pointer as a string argument, and back (whole, not through a double).
+function M.pointer_arg(p)
+    return ffi.string(ffi.new("void *[1]", p), ffi.sizeof("void *"))
+end
+
+function M.pointer_from_arg(s)
+    local cell = ffi.new("void *[1]")
+    ffi.copy(cell, s, ffi.sizeof("void *"))
+    return cell[0]
+end
+
+local err_out = ffi.new("char *[1]")
+
+-- A new state that has run the boot chunk with the given strings.
+function M.new(boot, ...)
+    local chunk, args = M.args(boot, ...)
+    local n, ptrs, lens = M.c_strings(args)
+    local L = S.lja_lua_new(chunk, #chunk, n, ptrs, lens, err_out)
+    if L == nil then
+        local msg = err_out[0] ~= nil and ffi.string(err_out[0]) or "unknown error"
+        S.lja_free(err_out[0])
         error("lj-async: cannot set up a new state: " .. msg, 2)
     end
     return L
 end
 
-M.close = lua_close
+M.close = S.lja_lua_close
 
 return M

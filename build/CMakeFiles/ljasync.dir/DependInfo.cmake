@@ -13,7 +13,6 @@ set(CMAKE_DEPENDS_DEPENDENCY_FILES
   "/work/main/csrc/error.c" "CMakeFiles/ljasync.dir/csrc/error.c.o" "gcc" "CMakeFiles/ljasync.dir/csrc/error.c.o.d"
   "/work/main/csrc/gate.c" "CMakeFiles/ljasync.dir/csrc/gate.c.o" "gcc" "CMakeFiles/ljasync.dir/csrc/gate.c.o.d"
   "/work/main/csrc/lua.c" "CMakeFiles/ljasync.dir/csrc/lua.c.o" "gcc" "CMakeFiles/ljasync.dir/csrc/lua.c.o.d"
-  "/work/main/csrc/spare.c" "CMakeFiles/ljasync.dir/csrc/spare.c.o" "gcc" "CMakeFiles/ljasync.dir/csrc/spare.c.o.d"
   "/work/main/csrc/thread.c" "CMakeFiles/ljasync.dir/csrc/thread.c.o" "gcc" "CMakeFiles/ljasync.dir/csrc/thread.c.o.d"
   )
 

@@ -9,8 +9,6 @@ file(REMOVE_RECURSE
   "CMakeFiles/ljasync.dir/csrc/gate.c.o.d"
   "CMakeFiles/ljasync.dir/csrc/lua.c.o"
   "CMakeFiles/ljasync.dir/csrc/lua.c.o.d"
-  "CMakeFiles/ljasync.dir/csrc/spare.c.o"
-  "CMakeFiles/ljasync.dir/csrc/spare.c.o.d"
   "CMakeFiles/ljasync.dir/csrc/thread.c.o"
   "CMakeFiles/ljasync.dir/csrc/thread.c.o.d"
   "ljasync.pdb"

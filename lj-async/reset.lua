@@ -1,0 +1,85 @@
+-- lj-async.reset: puts a state's globals and standard library back the way
+-- they were, so one state can serve many runs that must not see each other.
+--
+-- snapshot() records _G, every table it holds (the libraries), the package
+-- tables and the string metatable, and returns restore(); restore() puts
+-- each recorded table back in place (identity is kept, so the string
+-- methods and package's loaders still see the tables they hold) and returns
+-- whether the state is fit to reuse: a run that loaded the FFI or a C module
+-- changed what no restore can undo (ffi.cdef, registry entries).
+local type, next, rawget, rawset, pairs, ipairs, pcall = type, next, rawget, rawset, pairs, ipairs, pcall
+local getmetatable, setmetatable = getmetatable, setmetatable
+local debug_getmetatable, debug_setmetatable, sethook = debug.getmetatable, debug.setmetatable, debug.sethook
+
+local M = {}
+
+local function copy(t)
+    local c = {}
+    for k, v in next, t do c[k] = v end
+    return c
+end
+
+function M.snapshot()
+    local G = _G
+    local loaded = package.loaded
+    local foreign = false   -- set when a C module or the FFI was loaded
+
+    -- Watch the C loaders and loadlib (package.loaders 3 and 4 are C).
+    for i = 3, 4 do
+        local loader = package.loaders[i]
+        if loader then
+            package.loaders[i] = function(...)
+                local f = loader(...)
+                if type(f) == "function" then foreign = true end
+                return f
+            end
+        end
+    end
+    local loadlib = package.loadlib
+    package.loadlib = function(...)
+        foreign = true
+        return loadlib(...)
+    end
+
+    local tables = { [G] = copy(G) }
+    for _, v in next, G do
+        if type(v) == "table" then tables[v] = copy(v) end
+    end
+    for _, t in ipairs { loaded, package.preload, package.loaders, getmetatable("") } do
+        tables[t] = copy(t)
+    end
+    local metatables = {}
+    for t in pairs(tables) do metatables[t] = getmetatable(t) or false end
+    -- Values whose type-wide metatable a run could set with debug.setmetatable.
+    local typed = { 0, false, print, coroutine.create(print) }
+
+    local io_input, io_output = io.input(), io.output()
+    local jit_on = jit and jit.status()
+
+    return function()
+        local reusable = not foreign and rawget(loaded, "ffi") == nil
+        foreign = false
+        sethook()
+        for t, saved in pairs(tables) do
+            local mt = metatables[t] or nil
+            if getmetatable(t) ~= mt and not pcall(setmetatable, t, mt) then reusable = false end
+            for k in next, t do
+                if saved[k] == nil then rawset(t, k, nil) end
+            end
+            for k, v in next, saved do
+                if rawget(t, k) ~= v then rawset(t, k, v) end
+            end
+        end
+        -- Only where changed: setting a type's metatable flushes all traces.
+        for i = 1, #typed do
+            if debug_getmetatable(typed[i]) ~= nil then debug_setmetatable(typed[i], nil) end
+        end
+        if debug_getmetatable(nil) ~= nil then debug_setmetatable(nil, nil) end
+        io.input(io_input)
+        io.output(io_output)
+        if jit_on and not jit.status() then jit.on() end
+        return reusable
+    end
+end
+
+return M
