@@ -91,11 +91,10 @@ end
 
 local gate_of_state   -- the gate this state reports errors to
 
-local function report(err)
-    local msg = transfer.traceback(err)
+local function report(msg)
+    msg = tostring(msg)
     io.stderr:write("lj-async.callback: error in callback: ", msg, "\n")
     C.lja_gate_set_error(gate_of_state, msg, #msg)
-    return msg
 end
 
 local M = {}
@@ -117,10 +116,12 @@ function M.boot(out, gate, ctype, cdef, code, setup, args)
     local zero = (sig:sub(1, 1) ~= "v" and sig:sub(1, 1) ~= "p") and 0 or nil
     local function finish(ok, ...)
         if ok then return ... end
+        report(...)
         return zero
     end
+    local traceback = transfer.traceback
     local cb = ffi.cast(ct, function(...)
-        return finish(xpcall(fn, report, ...))
+        return finish(xpcall(fn, traceback, ...))
     end)
     M.anchor = cb
     out[0] = ffi.cast("void *", cb)

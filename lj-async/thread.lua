@@ -52,8 +52,14 @@ local function result(...)
     return transfer.encode_string(2, false, "lj-async: the thread's results cannot cross: " .. tostring(msg))
 end
 
-registry["lj-async.run"] = function(input)
+local function run(input)
     return result(xpcall(execute, transfer.traceback, transfer.decode(input)))
+end
+
+registry["lj-async.run"] = function(input)
+    local ok, msg = pcall(run, input)
+    if ok then return msg end
+    return transfer.encode_string(2, false, "lj-async: the thread failed: " .. tostring(msg))
 end
 registry["lj-async.reset"] = require("lj-async.reset").snapshot()
 ]], "lj-async.thread runtime")
@@ -103,7 +109,7 @@ local handle_out = ffi.new("lja_thread *[1]")
 
 function Thread.new(func, ...)
     local code = Thread.code_of(func, 2)
-    local ok, p, len = pcall(transfer.encode, select("#", ...) + 3, package.path, package.cpath, code, ...)
+    local ok, p, len = pcall(transfer.encode_after, 3, select("#", ...) + 3, package.path, package.cpath, code, ...)
     if not ok then error(p, 2) end
     local rc = C.lja_lua_spawn(handle_out, p, len)
     if rc ~= LJA_OK then error("lj-async: cannot create a thread: " .. shim.strerror(rc), 2) end
@@ -122,11 +128,12 @@ end
 local lenbuf = ffi.new("size_t[1]")
 
 function Thread:join(timeout)
+    timeout = Thread.timeout_arg(timeout, 2)
     local r = self.result
     if r then return results(unpack(r, 1, r.n)) end
     local h = self.handle
     if h == nil then error("lj-async: join on a destroyed thread", 2) end
-    if C.lja_thread_join(h, Thread.timeout_arg(timeout, 2)) == LJA_ETIMEDOUT then
+    if C.lja_thread_join(h, timeout) == LJA_ETIMEDOUT then
         return false, "timeout"
     end
     local p = C.lja_thread_result(h, lenbuf)

@@ -115,12 +115,12 @@ local function encode_plain(n, ...)
     for i = 1, n do enc:encode((select(i, ...))) end
 end
 
-local function encode_special(n, ...)
+local function encode_special(hidden, n, ...)
     local seen, exported = {}, {}
     local ok, err = pcall(function(...)
         enc:encode(-n - 1)
         for i = 1, n do
-            enc:encode(convert((select(i, ...)), "argument " .. i, seen, exported))
+            enc:encode(convert((select(i, ...)), "argument " .. (i - hidden), seen, exported))
         end
     end, ...)
     if not ok then
@@ -135,22 +135,29 @@ end
 -- Encode n values into one message.  Returns a pointer and length valid
 -- until the next encode in this state; raises an error that names what
 -- cannot cross, and then nothing was sent.
-local function encode(n, ...)
+local function encode(hidden, n, ...)
     enc:reset()
     if not pcall(encode_plain, n, ...) then
         enc:reset()
-        encode_special(n, ...)
+        encode_special(hidden, n, ...)
     end
 end
 
 function M.encode(n, ...)
-    encode(n, ...)
+    encode(0, n, ...)
+    return enc:ref()
+end
+
+-- As encode, for a message whose first `hidden` values are lj-async's own:
+-- errors number the values after them from 1.
+function M.encode_after(hidden, n, ...)
+    encode(hidden, n, ...)
     return enc:ref()
 end
 
 -- Encode into a Lua string (same errors as encode).
 function M.encode_string(n, ...)
-    encode(n, ...)
+    encode(0, n, ...)
     return enc:tostring()
 end
 
@@ -181,16 +188,31 @@ local function decode_n(special, n)
     return v, decode_n(special, n - 1)
 end
 
--- Decode a message from memory (pointer, length) or a string: returns n,
--- then the n values.
-function M.decode(p, len)
+local function decode(p, len)
     dec:set(p, len)
     local n = dec:decode()
     if n < 0 then
+        FFI()  -- pointers need the FFI
         n = -n - 1
         return n, decode_n(true, n)
     end
     return n, decode_n(false, n)
+end
+
+local function pack(...)
+    return { n = select("#", ...), ... }
+end
+
+-- Decode a message from memory (pointer, length) or a string: returns n,
+-- then the n values.
+function M.decode(p, len)
+    if ffi then return decode(p, len) end
+    -- Without the FFI loaded, string.buffer cannot make int64 cdata: such a
+    -- message fails, and is decoded again once the FFI is in.
+    local r = pack(pcall(decode, p, len))
+    if r[1] then return unpack(r, 2, r.n) end
+    FFI()
+    return decode(p, len)
 end
 
 -- An error handler for xpcall: the message with a traceback that stops

@@ -125,7 +125,7 @@ end
 
 -- A pointer as a string argument, and back (whole, not through a double).
 function M.pointer_arg(p)
-    return ffi.string(ffi.new("void *[1]", p), ffi.sizeof("void *"))
+    return ffi.string(ffi.new("void *[1]", ffi.cast("void *", p)), ffi.sizeof("void *"))
 end
 
 function M.pointer_from_arg(s)

@@ -69,112 +69,28 @@ include CMakeFiles/ljasync.dir/progress.make
 # Include the compile flags for this target's objects.
 include CMakeFiles/ljasync.dir/flags.make
 
-CMakeFiles/ljasync.dir/csrc/atomic.c.o: CMakeFiles/ljasync.dir/flags.make
-CMakeFiles/ljasync.dir/csrc/atomic.c.o: /work/main/csrc/atomic.c
-CMakeFiles/ljasync.dir/csrc/atomic.c.o: CMakeFiles/ljasync.dir/compiler_depend.ts
-	@$(CMAKE_COMMAND) -E cmake_echo_color --switch=$(COLOR) --green --progress-dir=/work/main/build/CMakeFiles --progress-num=$(CMAKE_PROGRESS_1) "Building C object CMakeFiles/ljasync.dir/csrc/atomic.c.o"
-	/usr/bin/cc $(C_DEFINES) $(C_INCLUDES) $(C_FLAGS) -MD -MT CMakeFiles/ljasync.dir/csrc/atomic.c.o -MF CMakeFiles/ljasync.dir/csrc/atomic.c.o.d -o CMakeFiles/ljasync.dir/csrc/atomic.c.o -c /work/main/csrc/atomic.c
-
-CMakeFiles/ljasync.dir/csrc/atomic.c.i: cmake_force
-	@$(CMAKE_COMMAND) -E cmake_echo_color --switch=$(COLOR) --green "Preprocessing C source to CMakeFiles/ljasync.dir/csrc/atomic.c.i"
-	/usr/bin/cc $(C_DEFINES) $(C_INCLUDES) $(C_FLAGS) -E /work/main/csrc/atomic.c > CMakeFiles/ljasync.dir/csrc/atomic.c.i
-
-CMakeFiles/ljasync.dir/csrc/atomic.c.s: cmake_force
-	@$(CMAKE_COMMAND) -E cmake_echo_color --switch=$(COLOR) --green "Compiling C source to assembly CMakeFiles/ljasync.dir/csrc/atomic.c.s"
-	/usr/bin/cc $(C_DEFINES) $(C_INCLUDES) $(C_FLAGS) -S /work/main/csrc/atomic.c -o CMakeFiles/ljasync.dir/csrc/atomic.c.s
-
-CMakeFiles/ljasync.dir/csrc/clock.c.o: CMakeFiles/ljasync.dir/flags.make
-CMakeFiles/ljasync.dir/csrc/clock.c.o: /work/main/csrc/clock.c
-CMakeFiles/ljasync.dir/csrc/clock.c.o: CMakeFiles/ljasync.dir/compiler_depend.ts
-	@$(CMAKE_COMMAND) -E cmake_echo_color --switch=$(COLOR) --green --progress-dir=/work/main/build/CMakeFiles --progress-num=$(CMAKE_PROGRESS_2) "Building C object CMakeFiles/ljasync.dir/csrc/clock.c.o"
-	/usr/bin/cc $(C_DEFINES) $(C_INCLUDES) $(C_FLAGS) -MD -MT CMakeFiles/ljasync.dir/csrc/clock.c.o -MF CMakeFiles/ljasync.dir/csrc/clock.c.o.d -o CMakeFiles/ljasync.dir/csrc/clock.c.o -c /work/main/csrc/clock.c
-
-CMakeFiles/ljasync.dir/csrc/clock.c.i: cmake_force
-	@$(CMAKE_COMMAND) -E cmake_echo_color --switch=$(COLOR) --green "Preprocessing C source to CMakeFiles/ljasync.dir/csrc/clock.c.i"
-	/usr/bin/cc $(C_DEFINES) $(C_INCLUDES) $(C_FLAGS) -E /work/main/csrc/clock.c > CMakeFiles/ljasync.dir/csrc/clock.c.i
-
-CMakeFiles/ljasync.dir/csrc/clock.c.s: cmake_force
-	@$(CMAKE_COMMAND) -E cmake_echo_color --switch=$(COLOR) --green "Compiling C source to assembly CMakeFiles/ljasync.dir/csrc/clock.c.s"
-	/usr/bin/cc $(C_DEFINES) $(C_INCLUDES) $(C_FLAGS) -S /work/main/csrc/clock.c -o CMakeFiles/ljasync.dir/csrc/clock.c.s
-
-CMakeFiles/ljasync.dir/csrc/error.c.o: CMakeFiles/ljasync.dir/flags.make
-CMakeFiles/ljasync.dir/csrc/error.c.o: /work/main/csrc/error.c
-CMakeFiles/ljasync.dir/csrc/error.c.o: CMakeFiles/ljasync.dir/compiler_depend.ts
-	@$(CMAKE_COMMAND) -E cmake_echo_color --switch=$(COLOR) --green --progress-dir=/work/main/build/CMakeFiles --progress-num=$(CMAKE_PROGRESS_3) "Building C object CMakeFiles/ljasync.dir/csrc/error.c.o"
-	/usr/bin/cc $(C_DEFINES) $(C_INCLUDES) $(C_FLAGS) -MD -MT CMakeFiles/ljasync.dir/csrc/error.c.o -MF CMakeFiles/ljasync.dir/csrc/error.c.o.d -o CMakeFiles/ljasync.dir/csrc/error.c.o -c /work/main/csrc/error.c
-
-CMakeFiles/ljasync.dir/csrc/error.c.i: cmake_force
-	@$(CMAKE_COMMAND) -E cmake_echo_color --switch=$(COLOR) --green "Preprocessing C source to CMakeFiles/ljasync.dir/csrc/error.c.i"
-	/usr/bin/cc $(C_DEFINES) $(C_INCLUDES) $(C_FLAGS) -E /work/main/csrc/error.c > CMakeFiles/ljasync.dir/csrc/error.c.i
-
-CMakeFiles/ljasync.dir/csrc/error.c.s: cmake_force
-	@$(CMAKE_COMMAND) -E cmake_echo_color --switch=$(COLOR) --green "Compiling C source to assembly CMakeFiles/ljasync.dir/csrc/error.c.s"
-	/usr/bin/cc $(C_DEFINES) $(C_INCLUDES) $(C_FLAGS) -S /work/main/csrc/error.c -o CMakeFiles/ljasync.dir/csrc/error.c.s
-
-CMakeFiles/ljasync.dir/csrc/gate.c.o: CMakeFiles/ljasync.dir/flags.make
-CMakeFiles/ljasync.dir/csrc/gate.c.o: /work/main/csrc/gate.c
-CMakeFiles/ljasync.dir/csrc/gate.c.o: CMakeFiles/ljasync.dir/compiler_depend.ts
-	@$(CMAKE_COMMAND) -E cmake_echo_color --switch=$(COLOR) --green --progress-dir=/work/main/build/CMakeFiles --progress-num=$(CMAKE_PROGRESS_4) "Building C object CMakeFiles/ljasync.dir/csrc/gate.c.o"
-	/usr/bin/cc $(C_DEFINES) $(C_INCLUDES) $(C_FLAGS) -MD -MT CMakeFiles/ljasync.dir/csrc/gate.c.o -MF CMakeFiles/ljasync.dir/csrc/gate.c.o.d -o CMakeFiles/ljasync.dir/csrc/gate.c.o -c /work/main/csrc/gate.c
-
-CMakeFiles/ljasync.dir/csrc/gate.c.i: cmake_force
-	@$(CMAKE_COMMAND) -E cmake_echo_color --switch=$(COLOR) --green "Preprocessing C source to CMakeFiles/ljasync.dir/csrc/gate.c.i"
-	/usr/bin/cc $(C_DEFINES) $(C_INCLUDES) $(C_FLAGS) -E /work/main/csrc/gate.c > CMakeFiles/ljasync.dir/csrc/gate.c.i
-
-CMakeFiles/ljasync.dir/csrc/gate.c.s: cmake_force
-	@$(CMAKE_COMMAND) -E cmake_echo_color --switch=$(COLOR) --green "Compiling C source to assembly CMakeFiles/ljasync.dir/csrc/gate.c.s"
-	/usr/bin/cc $(C_DEFINES) $(C_INCLUDES) $(C_FLAGS) -S /work/main/csrc/gate.c -o CMakeFiles/ljasync.dir/csrc/gate.c.s
-
-CMakeFiles/ljasync.dir/csrc/lua.c.o: CMakeFiles/ljasync.dir/flags.make
-CMakeFiles/ljasync.dir/csrc/lua.c.o: /work/main/csrc/lua.c
-CMakeFiles/ljasync.dir/csrc/lua.c.o: CMakeFiles/ljasync.dir/compiler_depend.ts
-	@$(CMAKE_COMMAND) -E cmake_echo_color --switch=$(COLOR) --green --progress-dir=/work/main/build/CMakeFiles --progress-num=$(CMAKE_PROGRESS_5) "Building C object CMakeFiles/ljasync.dir/csrc/lua.c.o"
-	/usr/bin/cc $(C_DEFINES) $(C_INCLUDES) $(C_FLAGS) -MD -MT CMakeFiles/ljasync.dir/csrc/lua.c.o -MF CMakeFiles/ljasync.dir/csrc/lua.c.o.d -o CMakeFiles/ljasync.dir/csrc/lua.c.o -c /work/main/csrc/lua.c
-
-CMakeFiles/ljasync.dir/csrc/lua.c.i: cmake_force
-	@$(CMAKE_COMMAND) -E cmake_echo_color --switch=$(COLOR) --green "Preprocessing C source to CMakeFiles/ljasync.dir/csrc/lua.c.i"
-	/usr/bin/cc $(C_DEFINES) $(C_INCLUDES) $(C_FLAGS) -E /work/main/csrc/lua.c > CMakeFiles/ljasync.dir/csrc/lua.c.i
-
-CMakeFiles/ljasync.dir/csrc/lua.c.s: cmake_force
-	@$(CMAKE_COMMAND) -E cmake_echo_color --switch=$(COLOR) --green "Compiling C source to assembly CMakeFiles/ljasync.dir/csrc/lua.c.s"
-	/usr/bin/cc $(C_DEFINES) $(C_INCLUDES) $(C_FLAGS) -S /work/main/csrc/lua.c -o CMakeFiles/ljasync.dir/csrc/lua.c.s
-
-CMakeFiles/ljasync.dir/csrc/thread.c.o: CMakeFiles/ljasync.dir/flags.make
-CMakeFiles/ljasync.dir/csrc/thread.c.o: /work/main/csrc/thread.c
-CMakeFiles/ljasync.dir/csrc/thread.c.o: CMakeFiles/ljasync.dir/compiler_depend.ts
-	@$(CMAKE_COMMAND) -E cmake_echo_color --switch=$(COLOR) --green --progress-dir=/work/main/build/CMakeFiles --progress-num=$(CMAKE_PROGRESS_6) "Building C object CMakeFiles/ljasync.dir/csrc/thread.c.o"
-	/usr/bin/cc $(C_DEFINES) $(C_INCLUDES) $(C_FLAGS) -MD -MT CMakeFiles/ljasync.dir/csrc/thread.c.o -MF CMakeFiles/ljasync.dir/csrc/thread.c.o.d -o CMakeFiles/ljasync.dir/csrc/thread.c.o -c /work/main/csrc/thread.c
-
-CMakeFiles/ljasync.dir/csrc/thread.c.i: cmake_force
-	@$(CMAKE_COMMAND) -E cmake_echo_color --switch=$(COLOR) --green "Preprocessing C source to CMakeFiles/ljasync.dir/csrc/thread.c.i"
-	/usr/bin/cc $(C_DEFINES) $(C_INCLUDES) $(C_FLAGS) -E /work/main/csrc/thread.c > CMakeFiles/ljasync.dir/csrc/thread.c.i
-
-CMakeFiles/ljasync.dir/csrc/thread.c.s: cmake_force
-	@$(CMAKE_COMMAND) -E cmake_echo_color --switch=$(COLOR) --green "Compiling C source to assembly CMakeFiles/ljasync.dir/csrc/thread.c.s"
-	/usr/bin/cc $(C_DEFINES) $(C_INCLUDES) $(C_FLAGS) -S /work/main/csrc/thread.c -o CMakeFiles/ljasync.dir/csrc/thread.c.s
-
 # Object files for target ljasync
-ljasync_OBJECTS = \
-"CMakeFiles/ljasync.dir/csrc/atomic.c.o" \
-"CMakeFiles/ljasync.dir/csrc/clock.c.o" \
-"CMakeFiles/ljasync.dir/csrc/error.c.o" \
-"CMakeFiles/ljasync.dir/csrc/gate.c.o" \
-"CMakeFiles/ljasync.dir/csrc/lua.c.o" \
-"CMakeFiles/ljasync.dir/csrc/thread.c.o"
+ljasync_OBJECTS =
 
 # External object files for target ljasync
-ljasync_EXTERNAL_OBJECTS =
+ljasync_EXTERNAL_OBJECTS = \
+"/work/main/build/CMakeFiles/ljasync_objects.dir/csrc/atomic.c.o" \
+"/work/main/build/CMakeFiles/ljasync_objects.dir/csrc/clock.c.o" \
+"/work/main/build/CMakeFiles/ljasync_objects.dir/csrc/error.c.o" \
+"/work/main/build/CMakeFiles/ljasync_objects.dir/csrc/gate.c.o" \
+"/work/main/build/CMakeFiles/ljasync_objects.dir/csrc/lua.c.o" \
+"/work/main/build/CMakeFiles/ljasync_objects.dir/csrc/thread.c.o"
 
-ljasync.so: CMakeFiles/ljasync.dir/csrc/atomic.c.o
-ljasync.so: CMakeFiles/ljasync.dir/csrc/clock.c.o
-ljasync.so: CMakeFiles/ljasync.dir/csrc/error.c.o
-ljasync.so: CMakeFiles/ljasync.dir/csrc/gate.c.o
-ljasync.so: CMakeFiles/ljasync.dir/csrc/lua.c.o
-ljasync.so: CMakeFiles/ljasync.dir/csrc/thread.c.o
+ljasync.so: CMakeFiles/ljasync_objects.dir/csrc/atomic.c.o
+ljasync.so: CMakeFiles/ljasync_objects.dir/csrc/clock.c.o
+ljasync.so: CMakeFiles/ljasync_objects.dir/csrc/error.c.o
+ljasync.so: CMakeFiles/ljasync_objects.dir/csrc/gate.c.o
+ljasync.so: CMakeFiles/ljasync_objects.dir/csrc/lua.c.o
+ljasync.so: CMakeFiles/ljasync_objects.dir/csrc/thread.c.o
 ljasync.so: CMakeFiles/ljasync.dir/build.make
 ljasync.so: /usr/lib/x86_64-linux-gnu/libffi.so
 ljasync.so: CMakeFiles/ljasync.dir/link.txt
-	@$(CMAKE_COMMAND) -E cmake_echo_color --switch=$(COLOR) --green --bold --progress-dir=/work/main/build/CMakeFiles --progress-num=$(CMAKE_PROGRESS_7) "Linking C shared module ljasync.so"
+	@$(CMAKE_COMMAND) -E cmake_echo_color --switch=$(COLOR) --green --bold --progress-dir=/work/main/build/CMakeFiles --progress-num=$(CMAKE_PROGRESS_1) "Linking C shared module ljasync.so"
 	$(CMAKE_COMMAND) -E cmake_link_script CMakeFiles/ljasync.dir/link.txt --verbose=$(VERBOSE)
 
 # Rule to build all files generated by this target.

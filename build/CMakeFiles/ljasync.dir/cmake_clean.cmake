@@ -1,16 +1,4 @@
 file(REMOVE_RECURSE
-  "CMakeFiles/ljasync.dir/csrc/atomic.c.o"
-  "CMakeFiles/ljasync.dir/csrc/atomic.c.o.d"
-  "CMakeFiles/ljasync.dir/csrc/clock.c.o"
-  "CMakeFiles/ljasync.dir/csrc/clock.c.o.d"
-  "CMakeFiles/ljasync.dir/csrc/error.c.o"
-  "CMakeFiles/ljasync.dir/csrc/error.c.o.d"
-  "CMakeFiles/ljasync.dir/csrc/gate.c.o"
-  "CMakeFiles/ljasync.dir/csrc/gate.c.o.d"
-  "CMakeFiles/ljasync.dir/csrc/lua.c.o"
-  "CMakeFiles/ljasync.dir/csrc/lua.c.o.d"
-  "CMakeFiles/ljasync.dir/csrc/thread.c.o"
-  "CMakeFiles/ljasync.dir/csrc/thread.c.o.d"
   "ljasync.pdb"
   "ljasync.so"
 )
