@@ -60,10 +60,12 @@ out:
 
 static void give_target(lja_gate *g, int slot)
 {
+    /* Signal under the lock: once quiesce sees every target free, free()
+     * may destroy the condition at once. */
     pthread_mutex_lock(&g->lock);
     g->free_slots[g->nfree++] = slot;
-    pthread_mutex_unlock(&g->lock);
     pthread_cond_signal(&g->freed);
+    pthread_mutex_unlock(&g->lock);
 }
 
 static void gate_entry(ffi_cif *cif, void *ret, void **args, void *user)
@@ -131,8 +133,8 @@ void lja_gate_set_target(lja_gate *g, int i, void *fn)
     if (!g->targets[i])
         g->free_slots[g->nfree++] = i;
     g->targets[i] = fn;
-    pthread_mutex_unlock(&g->lock);
     pthread_cond_signal(&g->freed);
+    pthread_mutex_unlock(&g->lock);
 }
 
 int lja_gate_quiesce(lja_gate *g, double timeout)

@@ -31,6 +31,36 @@ function H.now()
     return require("lj-async.shim").C.lja_now()
 end
 
+-- Under ThreadSanitizer a LuaJIT process cannot fork (the child crashes),
+-- so tests that run other programs say so and skip there.
+H.can_fork = os.getenv("LJA_SANITIZE") ~= "thread"
+
+function H.skip_without_fork(lu)
+    lu.skipIf(not H.can_fork, "ThreadSanitizer build: LuaJIT cannot fork a subprocess under TSan")
+end
+
+-- The entries of a directory (no subprocess: works under every sanitizer).
+function H.listdir(dir)
+    pcall(ffi.cdef, [[
+    typedef struct lja_test_dirent { uint64_t ino; int64_t off; unsigned short reclen;
+                                     unsigned char type; char name[256]; } lja_test_dirent;
+    void *opendir(const char *name);
+    lja_test_dirent *readdir(void *dir);
+    int closedir(void *dir);
+    ]])
+    local d = ffi.C.opendir(dir)
+    if d == nil then return {} end
+    local names = {}
+    while true do
+        local e = ffi.C.readdir(d)
+        if e == nil then break end
+        names[#names + 1] = ffi.string(e.name)
+    end
+    ffi.C.closedir(d)
+    table.sort(names)
+    return names
+end
+
 -- Run a shell command; returns its output and whether it exited 0.
 function H.sh(cmd)
     local f = io.popen("(" .. cmd .. ") 2>&1; echo \"__status=$?\"")

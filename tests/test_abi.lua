@@ -2,6 +2,7 @@
 -- Lua file gives ffi.cdef must match it, and the error codes must agree.
 local lu = require "luaunit"
 local ffi = require "ffi"
+local H = require "tests.helpers"
 
 local function read(path)
     local f = assert(io.open(path, "rb"))
@@ -50,10 +51,10 @@ end
 
 local function files()
     local list = {}
-    for _, dir in ipairs { "lj-async", "tests", "bench", "examples" } do
-        local p = io.popen("ls " .. dir .. "/*.lua 2>/dev/null")
-        for f in p:lines() do list[#list + 1] = f end
-        p:close()
+    for _, dir in ipairs { "lj-async", "ltask", "tests", "bench", "examples" } do
+        for _, name in ipairs(H.listdir(dir)) do
+            if name:match("%.lua$") then list[#list + 1] = dir .. "/" .. name end
+        end
     end
     return list
 end

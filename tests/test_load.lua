@@ -14,6 +14,10 @@ end
 
 TestLoad = {}
 
+function TestLoad:setUp()
+    H.skip_without_fork(lu)
+end
+
 function TestLoad:test_repository_root_without_environment()
     -- From the root, the shim is found next to the modules, in build/.
     lu.assertTrue(exists("build/ljasync.so"), "run the normal build first (cmake -S . -B build)")

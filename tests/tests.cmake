@@ -3,7 +3,8 @@
 # Sanitizer builds preload the sanitizer runtime, since luajit itself is not
 # instrumented.  Every test has a TIMEOUT, so a hang fails instead of
 # freezing CI; the tests also bound their own waits.
-set(LJA_TEST_ENV "LJ_ASYNC_LIB=${CMAKE_BINARY_DIR}/ljasync.so" "LJA_BUILD_DIR=${CMAKE_BINARY_DIR}")
+set(LJA_TEST_ENV "LJ_ASYNC_LIB=${CMAKE_BINARY_DIR}/ljasync.so" "LJA_BUILD_DIR=${CMAKE_BINARY_DIR}"
+    "LJA_SANITIZE=${LJA_SANITIZE}")
 if(LJA_SAN_RUNTIME)
   execute_process(COMMAND ${CMAKE_C_COMPILER} -print-file-name=${LJA_SAN_RUNTIME}
                   OUTPUT_VARIABLE LJA_SAN_PATH OUTPUT_STRIP_TRAILING_WHITESPACE)
