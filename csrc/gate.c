@@ -5,6 +5,7 @@
  * calling one ffi.cast callback corrupt it.  The gate is a libffi closure:
  * it takes a target before any Lua runs and gives it back after. */
 #include <ffi.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -17,10 +18,11 @@ struct lja_gate {
     void *code;                 /* the closure's entry: the gate's funcptr */
     ffi_cif cif;
     ffi_type *args[GATE_MAX_ARGS];
-    pthread_mutex_t lock;
-    pthread_cond_t freed;       /* a target became free */
-    int n, nfree;               /* guarded by lock */
-    int *free_slots;            /* stack of free target indexes */
+    pthread_mutex_t lock;       /* only for waiting and for the error text */
+    pthread_cond_t freed;       /* a target became free (signalled under lock) */
+    atomic_int waiters;         /* callers waiting for a free target */
+    int n;
+    atomic_int *busy;           /* per target: 1 while a caller has it (or unset) */
     void **targets;
     char *error;                /* the last error a target reported */
     size_t error_len;
@@ -45,27 +47,45 @@ static ffi_type *sig_type(char c)
     }
 }
 
+static int try_take(lja_gate *g)
+{
+    for (int i = 0; i < g->n; i++) {
+        int expected = 0;
+        if (atomic_load_explicit(&g->busy[i], memory_order_relaxed) == 0 &&
+            atomic_compare_exchange_strong(&g->busy[i], &expected, 1))
+            return i;
+    }
+    return -1;
+}
+
+/* Take a free target, waiting until the deadline (NULL: forever); -1 when
+ * it passed.  Uncontended, this is one compare-and-swap: no lock. */
 static int take_target(lja_gate *g, const struct timespec *deadline)
 {
-    int slot = -1;
+    int slot = try_take(g);
+    if (slot >= 0)
+        return slot;
     pthread_mutex_lock(&g->lock);
-    while (g->nfree == 0)
-        if (lja_cond_wait_until(&g->freed, &g->lock, deadline) == LJA_ETIMEDOUT && g->nfree == 0)
-            goto out;
-    slot = g->free_slots[--g->nfree];
-out:
+    /* Counted before the re-check: a giver that frees a target after it
+     * sees the count and signals (under the lock), so no wakeup is lost. */
+    atomic_fetch_add(&g->waiters, 1);
+    while ((slot = try_take(g)) < 0)
+        if (lja_cond_wait_until(&g->freed, &g->lock, deadline) == LJA_ETIMEDOUT &&
+            (slot = try_take(g)) < 0)
+            break;
+    atomic_fetch_sub(&g->waiters, 1);
     pthread_mutex_unlock(&g->lock);
     return slot;
 }
 
 static void give_target(lja_gate *g, int slot)
 {
-    /* Signal under the lock: once quiesce sees every target free, free()
-     * may destroy the condition at once. */
-    pthread_mutex_lock(&g->lock);
-    g->free_slots[g->nfree++] = slot;
-    pthread_cond_signal(&g->freed);
-    pthread_mutex_unlock(&g->lock);
+    atomic_store(&g->busy[slot], 0);
+    if (atomic_load(&g->waiters) > 0) {
+        pthread_mutex_lock(&g->lock);
+        pthread_cond_signal(&g->freed);
+        pthread_mutex_unlock(&g->lock);
+    }
 }
 
 static void gate_entry(ffi_cif *cif, void *ret, void **args, void *user)
@@ -97,9 +117,9 @@ int lja_gate_new(lja_gate **out, const char *sig, int n)
         return rc;
     }
     g->targets = calloc((size_t)n, sizeof *g->targets);
-    g->free_slots = calloc((size_t)n, sizeof *g->free_slots);
+    g->busy = calloc((size_t)n, sizeof *g->busy);
     g->closure = ffi_closure_alloc(sizeof(ffi_closure), &g->code);
-    if (!g->targets || !g->free_slots || !g->closure) {
+    if (!g->targets || !g->busy || !g->closure) {
         rc = LJA_ENOMEM;
     } else if (ffi_prep_cif(&g->cif, FFI_DEFAULT_ABI, (unsigned)nargs, rtype, g->args) != FFI_OK ||
                ffi_prep_closure_loc(g->closure, &g->cif, gate_entry, g, g->code) != FFI_OK) {
@@ -109,11 +129,14 @@ int lja_gate_new(lja_gate **out, const char *sig, int n)
         if (g->closure)
             ffi_closure_free(g->closure);
         free(g->targets);
-        free(g->free_slots);
+        free((void *)g->busy);
         free(g);
         return rc;
     }
     g->n = n;
+    for (int i = 0; i < n; i++)
+        atomic_init(&g->busy[i], 1);  /* not takeable until its target is set */
+    atomic_init(&g->waiters, 0);
     pthread_mutex_init(&g->lock, NULL);
     lja_cond_init(&g->freed);
     *out = g;
@@ -127,14 +150,10 @@ void *lja_gate_funcptr(lja_gate *g)
 
 void lja_gate_set_target(lja_gate *g, int i, void *fn)
 {
-    if (i < 0 || i >= g->n || !fn)
+    if (i < 0 || i >= g->n || !fn || g->targets[i])
         return;
-    pthread_mutex_lock(&g->lock);
-    if (!g->targets[i])
-        g->free_slots[g->nfree++] = i;
-    g->targets[i] = fn;
-    pthread_cond_signal(&g->freed);
-    pthread_mutex_unlock(&g->lock);
+    g->targets[i] = fn;   /* published by the store below */
+    give_target(g, i);
 }
 
 int lja_gate_quiesce(lja_gate *g, double timeout)
@@ -142,19 +161,12 @@ int lja_gate_quiesce(lja_gate *g, double timeout)
     /* Take every target: once all are held, no call is inside any of them,
      * and later calls wait (calling a freed callback is the caller's bug). */
     struct timespec deadline = lja_deadline(timeout < 0 ? 0 : timeout);
-    int rc = LJA_OK;
-    pthread_mutex_lock(&g->lock);
-    int installed = 0;
+    int installed = 0, held = 0;
     for (int i = 0; i < g->n; i++)
         installed += g->targets[i] != NULL;
-    while (g->nfree < installed && rc == LJA_OK)
-        rc = lja_cond_wait_until(&g->freed, &g->lock, &deadline);
-    if (g->nfree == installed) {
-        g->nfree = 0;
-        rc = LJA_OK;
-    }
-    pthread_mutex_unlock(&g->lock);
-    return rc;
+    while (held < installed && take_target(g, &deadline) >= 0)
+        held++;
+    return held == installed ? LJA_OK : LJA_ETIMEDOUT;
 }
 
 void lja_gate_set_error(lja_gate *g, const char *msg, size_t len)
@@ -189,7 +201,7 @@ void lja_gate_free(lja_gate *g)
     pthread_cond_destroy(&g->freed);
     pthread_mutex_destroy(&g->lock);
     free(g->targets);
-    free(g->free_slots);
+    free((void *)g->busy);
     free(g->error);
     free(g);
 }

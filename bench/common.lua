@@ -1,0 +1,36 @@
+-- Shared by the benchmarks: timing, medians, and the native baselines.
+local ffi = require "ffi"
+
+ffi.cdef [[
+double lja_now(void);
+double ljabench_spawn_join(int n);
+int ljabench_plain(int x);
+double ljabench_call_loop(int (*fn)(int), int n, int threads, long *sum);
+]]
+
+local B = {}
+
+B.RUNS = tonumber(os.getenv("LJA_BENCH_RUNS")) or 5
+
+local shim = require("lj-async.shim").C
+B.now = function() return shim.lja_now() end
+
+local native_path = os.getenv("LJA_BENCH_LIB") or "build/ljabench.so"
+B.native = ffi.load(native_path)
+
+-- Median of RUNS calls of f().
+function B.median(f)
+    local xs = {}
+    for i = 1, B.RUNS do xs[i] = f() end
+    table.sort(xs)
+    return xs[math.floor((#xs + 1) / 2)]
+end
+
+-- Seconds taken by f().
+function B.time(f)
+    local t0 = B.now()
+    f()
+    return B.now() - t0
+end
+
+return B
