@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(luajit libluajit-5.1-dev lua-unit libffi-dev libuv1-dev libglib2.0-dev
-          libmicrohttpd-dev curl cmake make gcc pkg-config)
+          libmicrohttpd-dev curl cmake make gcc pkg-config luarocks)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
