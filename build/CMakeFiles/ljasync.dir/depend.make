@@ -1,2 +1,0 @@
-# Empty dependencies file for ljasync.
-# This may be replaced when dependencies are built.
