@@ -5,6 +5,7 @@
  * calling one ffi.cast callback corrupt it.  The gate is a libffi closure:
  * it takes a target before any Lua runs and gives it back after. */
 #include <ffi.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +22,7 @@ struct lja_gate {
     pthread_mutex_t lock;       /* only for waiting and for the error text */
     pthread_cond_t freed;       /* a target became free (signalled under lock) */
     atomic_int waiters;         /* callers waiting for a free target */
+    atomic_int giving;          /* callers inside give_target */
     int n;
     atomic_int *busy;           /* per target: 1 while a caller has it (or unset) */
     void **targets;
@@ -80,12 +82,16 @@ static int take_target(lja_gate *g, const struct timespec *deadline)
 
 static void give_target(lja_gate *g, int slot)
 {
+    /* `giving` covers the touches of g after the target is free again, so
+     * that quiesce can wait them out before free() destroys g. */
+    atomic_fetch_add(&g->giving, 1);
     atomic_store(&g->busy[slot], 0);
     if (atomic_load(&g->waiters) > 0) {
         pthread_mutex_lock(&g->lock);
         pthread_cond_signal(&g->freed);
         pthread_mutex_unlock(&g->lock);
     }
+    atomic_fetch_sub(&g->giving, 1);
 }
 
 static void gate_entry(ffi_cif *cif, void *ret, void **args, void *user)
@@ -137,6 +143,7 @@ int lja_gate_new(lja_gate **out, const char *sig, int n)
     for (int i = 0; i < n; i++)
         atomic_init(&g->busy[i], 1);  /* not takeable until its target is set */
     atomic_init(&g->waiters, 0);
+    atomic_init(&g->giving, 0);
     pthread_mutex_init(&g->lock, NULL);
     lja_cond_init(&g->freed);
     *out = g;
@@ -166,7 +173,11 @@ int lja_gate_quiesce(lja_gate *g, double timeout)
         installed += g->targets[i] != NULL;
     while (held < installed && take_target(g, &deadline) >= 0)
         held++;
-    return held == installed ? LJA_OK : LJA_ETIMEDOUT;
+    if (held < installed)
+        return LJA_ETIMEDOUT;
+    while (atomic_load(&g->giving) > 0)  /* a few instructions at most */
+        sched_yield();
+    return LJA_OK;
 }
 
 void lja_gate_set_error(lja_gate *g, const char *msg, size_t len)

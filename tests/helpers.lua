@@ -61,6 +61,14 @@ function H.listdir(dir)
     return names
 end
 
+-- Resident memory of this process, in MiB.
+function H.rss_mib()
+    local f = assert(io.open("/proc/self/statm"))
+    local pages = tonumber(f:read("*a"):match("^%d+%s+(%d+)"))
+    f:close()
+    return pages * 4096 / 2 ^ 20
+end
+
 -- Run a shell command; returns its output and whether it exited 0.
 function H.sh(cmd)
     local f = io.popen("(" .. cmd .. ") 2>&1; echo \"__status=$?\"")

@@ -116,6 +116,24 @@ function TestCallback:test_free_idempotent_and_gc()
     lu.assertEquals(T(function(n) return -n end):funcptr()(3), -3)
 end
 
+function TestCallback:test_collected_callbacks_free_their_states()
+    local T = CallbackFactory("int(*)(int)")
+    local function round()
+        for _ = 1, 100 do
+            local cb = T(function(n) return n end, { states = 2 })
+            assert(cb:funcptr()(1) == 1)
+        end
+        collectgarbage()
+        collectgarbage()
+    end
+    for _ = 1, 2 do round() end
+    local before = H.rss_mib()
+    for _ = 1, 8 do round() end
+    local grown = H.rss_mib() - before
+    -- 1600 states of ~100 KiB each would be ~160 MiB if they leaked
+    lu.assertTrue(grown < 16, ("RSS grew %.1f MiB over 800 callbacks"):format(grown))
+end
+
 function TestCallback:test_foreign_pthreads_serialized()
     -- Four pthreads, 5000 calls each, into one state while this state runs
     -- a JIT loop: the non-atomic increment inside is exact only if the

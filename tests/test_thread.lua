@@ -90,6 +90,25 @@ function TestThread:test_destroy_idempotent_and_gc()
     Thread.sleep(0.1)
 end
 
+function TestThread:test_no_leak_without_destroy()
+    -- Rounds of threads never destroyed, some still running when collected:
+    -- memory settles instead of growing with every round.
+    local function round()
+        for i = 1, 300 do
+            local t = Thread.new(function(i) return ("x"):rep(1000) .. i end, i)
+            if i % 2 == 0 then t:join(5) end
+        end
+        collectgarbage()
+        collectgarbage()
+        Thread.sleep(0.05)
+    end
+    for _ = 1, 3 do round() end
+    local before = H.rss_mib()
+    for _ = 1, 10 do round() end
+    local grown = H.rss_mib() - before
+    lu.assertTrue(grown < 8, ("RSS grew %.1f MiB over 3000 threads"):format(grown))
+end
+
 function TestThread:test_many_threads_at_once()
     local threads = {}
     for i = 1, 64 do
