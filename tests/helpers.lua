@@ -69,6 +69,18 @@ function H.rss_mib()
     return pages * 4096 / 2 ^ 20
 end
 
+-- Runs round() `warmup` times, then `rounds` times, and fails unless the
+-- resident memory grew less than limit_mib over the latter (8 times that
+-- under ASan, whose quarantine keeps freed memory for a while).
+function H.assert_memory_settles(lu, round, warmup, rounds, limit_mib, what)
+    if os.getenv("LJA_SANITIZE") == "address" then limit_mib = limit_mib * 8 end
+    for _ = 1, warmup do round() end
+    local before = H.rss_mib()
+    for _ = 1, rounds do round() end
+    local grown = H.rss_mib() - before
+    lu.assertTrue(grown < limit_mib, ("RSS grew %.1f MiB over %s"):format(grown, what))
+end
+
 -- Run a shell command; returns its output and whether it exited 0.
 function H.sh(cmd)
     local f = io.popen("(" .. cmd .. ") 2>&1; echo \"__status=$?\"")

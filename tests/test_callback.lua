@@ -126,12 +126,8 @@ function TestCallback:test_collected_callbacks_free_their_states()
         collectgarbage()
         collectgarbage()
     end
-    for _ = 1, 2 do round() end
-    local before = H.rss_mib()
-    for _ = 1, 8 do round() end
-    local grown = H.rss_mib() - before
     -- 1600 states of ~100 KiB each would be ~160 MiB if they leaked
-    lu.assertTrue(grown < 16, ("RSS grew %.1f MiB over 800 callbacks"):format(grown))
+    H.assert_memory_settles(lu, round, 2, 8, 16, "800 callbacks")
 end
 
 function TestCallback:test_foreign_pthreads_serialized()

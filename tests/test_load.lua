@@ -12,6 +12,16 @@ local function exists(p)
     return f ~= nil
 end
 
+-- An installed tree in LuaRocks' usual layout works from another directory
+-- with nothing else set; the tree is removed afterwards.
+local function assert_tree_works(tree)
+    local out, ok = H.sh(("cd /tmp && env -u LJ_ASYNC_LIB LUA_PATH='%s/share/lua/5.1/?.lua;;' LUA_CPATH='%s/lib/lua/5.1/?.so;;' %s -e '%s'")
+        :format(tree, tree, luajit, probe))
+    H.sh("rm -rf " .. tree)
+    lu.assertTrue(ok, out)
+    lu.assertStrContains(out, "ok")
+end
+
 TestLoad = {}
 
 function TestLoad:setUp()
@@ -39,12 +49,7 @@ function TestLoad:test_install_layout()
     lu.assertTrue(ok, out)
     lu.assertTrue(exists(prefix .. "/lib/lua/5.1/ljasync.so"))
     lu.assertTrue(exists(prefix .. "/share/lua/5.1/lj-async/thread.lua"))
-    -- LuaRocks' usual layout, from another directory, nothing else set
-    out, ok = H.sh(("cd /tmp && env -u LJ_ASYNC_LIB LUA_PATH='%s/share/lua/5.1/?.lua;;' LUA_CPATH='%s/lib/lua/5.1/?.so;;' %s -e '%s'")
-        :format(prefix, prefix, luajit, probe))
-    H.sh("rm -rf " .. prefix)
-    lu.assertTrue(ok, out)
-    lu.assertStrContains(out, "ok")
+    assert_tree_works(prefix)
 end
 
 function TestLoad:test_rockspec()
@@ -52,11 +57,7 @@ function TestLoad:test_rockspec()
     os.remove(tree)
     local out, ok = H.sh("env -u LD_PRELOAD luarocks make --tree " .. tree .. " lj-async-scm-1.rockspec")
     lu.assertTrue(ok, out)
-    out, ok = H.sh(("cd /tmp && env -u LJ_ASYNC_LIB LUA_PATH='%s/share/lua/5.1/?.lua;;' LUA_CPATH='%s/lib/lua/5.1/?.so;;' %s -e '%s'")
-        :format(tree, tree, luajit, probe))
-    H.sh("rm -rf " .. tree)
-    lu.assertTrue(ok, out)
-    lu.assertStrContains(out, "ok")
+    assert_tree_works(tree)
 end
 
 local function run_host(name)

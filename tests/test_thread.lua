@@ -102,11 +102,7 @@ function TestThread:test_no_leak_without_destroy()
         collectgarbage()
         Thread.sleep(0.05)
     end
-    for _ = 1, 3 do round() end
-    local before = H.rss_mib()
-    for _ = 1, 10 do round() end
-    local grown = H.rss_mib() - before
-    lu.assertTrue(grown < 8, ("RSS grew %.1f MiB over 3000 threads"):format(grown))
+    H.assert_memory_settles(lu, round, 3, 10, 8, "3000 threads")
 end
 
 function TestThread:test_many_threads_at_once()
