@@ -129,18 +129,10 @@ int lja_lua_set_recipe(const char *chunk, size_t len, int nargs, const char *con
 
 /* The recipe never changes once set, so it is read without the lock after
  * a locked check that it exists. */
-static void *new_thread_state(char **err)
+static void *new_thread_state(void)
 {
-    pthread_mutex_lock(&lock);
-    int ready = recipe.chunk != NULL;
-    pthread_mutex_unlock(&lock);
-    if (!ready) {
-        if (err)
-            *err = copy_bytes("no recipe for thread states", 27);
-        return NULL;
-    }
     return lja_lua_new(recipe.chunk, recipe.len, recipe.nargs,
-                       (const char *const *)recipe.args, recipe.lens, err);
+                       (const char *const *)recipe.args, recipe.lens, NULL);
 }
 
 static void *take_spare(void)
@@ -197,7 +189,7 @@ int lja_lua_spawn(lja_thread **out, const char *input, size_t len)
         pthread_mutex_unlock(&lock);
         if (!ready)
             return LJA_EINVAL;
-        if (!(L = new_thread_state(NULL)))
+        if (!(L = new_thread_state()))
             return LJA_ENOMEM;
     }
     int rc = lja_thread_create(out, run_thread, L, finish_thread, L, input, len);
