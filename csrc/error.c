@@ -10,6 +10,9 @@ const char *lja_strerror(int err)
     case LJA_EINVAL: return "invalid argument";
     case LJA_EAGAIN: return "not available now";
     case LJA_ESYS: return "system error";
+    case LJA_ECLOSED: return "closed";
+    case LJA_EBUSY: return "busy";
+    case LJA_ENOTFOUND: return "not found";
     default: return "unknown error";
     }
 }

@@ -17,4 +17,9 @@ int lja_cond_init(pthread_cond_t *c);
  * Returns LJA_OK or LJA_ETIMEDOUT; callers re-check their predicate. */
 int lja_cond_wait_until(pthread_cond_t *c, pthread_mutex_t *m, const struct timespec *deadline);
 
+/* lua.c: make the code running in L raise "interrupted" at its next hook
+ * check, and undo that (both with the bound Lua C API). */
+void lja_lua_interrupt(void *L);
+void lja_lua_clear_hook(void *L);
+
 #endif

@@ -32,7 +32,10 @@ enum {
     LJA_ENOMEM = -2,    /* out of memory */
     LJA_EINVAL = -3,    /* bad argument */
     LJA_EAGAIN = -4,    /* nothing available now (empty, full) */
-    LJA_ESYS = -5       /* the OS refused (errno tells more) */
+    LJA_ESYS = -5,      /* the OS refused (errno tells more) */
+    LJA_ECLOSED = -6,   /* the object was closed */
+    LJA_EBUSY = -7,     /* in use by another thread */
+    LJA_ENOTFOUND = -8  /* no such id or name */
 };
 
 LJA_API const char *lja_strerror(int err);
@@ -95,6 +98,8 @@ typedef struct lja_lua_api {
     void (*settop)(void *L, int idx);
     int (*toboolean)(void *L, int idx);
     void (*close)(void *L);
+    int (*sethook)(void *L, void (*hook)(void *L, void *ar), int mask, int count);
+    int (*error)(void *L);
     int registry_index;
 } lja_lua_api;
 
@@ -112,6 +117,98 @@ LJA_API int64_t lja_atomic_load(const int64_t *p);
 LJA_API void lja_atomic_store(int64_t *p, int64_t v);
 LJA_API int64_t lja_atomic_add(int64_t *p, int64_t d);   /* returns the new value */
 LJA_API int lja_atomic_cas(int64_t *p, int64_t expected, int64_t desired);
+
+/* ---- Objects -------------------------------------------------------------
+ * Every lj-async object (mutex, cond, semaphore, atomic, channel, state) is
+ * reference counted and has a process-wide id.  Each handle in any state
+ * holds one reference; a message in flight holds one for each object in it.
+ * The object is destroyed when the last reference goes.  lja_object_get
+ * finds a live object by id (and kind, or 0 for any) and returns it with a
+ * new reference, or NULL.  Functions below that take `void *obj` take any
+ * object.
+ */
+enum {
+    LJA_KIND_MUTEX = 1,
+    LJA_KIND_COND = 2,
+    LJA_KIND_SEMAPHORE = 3,
+    LJA_KIND_ATOMIC = 4,
+    LJA_KIND_CHANNEL = 5,
+    LJA_KIND_STATE = 6
+};
+
+LJA_API uint64_t lja_object_id(void *obj);
+LJA_API int lja_object_kind(void *obj);
+LJA_API void *lja_object_get(uint64_t id, int kind);
+LJA_API void lja_object_retain(void *obj);
+LJA_API void lja_object_release(void *obj);
+LJA_API int lja_object_set_name(void *obj, const char *name);  /* LJA_EBUSY if taken */
+LJA_API const char *lja_object_name(void *obj);                /* or NULL */
+LJA_API void *lja_object_find(const char *name, int kind);      /* new reference or NULL */
+
+/* ---- Synchronization (SPEC section 4) --------------------------------------
+ * Timeouts are measured on the monotonic clock.  Waits return LJA_OK or
+ * LJA_ETIMEDOUT.  A mutex is not recursive; unlocking a mutex that is not
+ * locked returns LJA_EINVAL.
+ */
+typedef struct lja_mutex lja_mutex;
+typedef struct lja_cond lja_cond;
+typedef struct lja_semaphore lja_semaphore;
+typedef struct lja_atomic lja_atomic;
+
+LJA_API lja_mutex *lja_mutex_new(void);
+LJA_API int lja_mutex_lock(lja_mutex *m, double timeout);
+LJA_API int lja_mutex_unlock(lja_mutex *m);
+LJA_API lja_cond *lja_cond_new(void);
+LJA_API int lja_cond_wait(lja_cond *c, lja_mutex *m, double timeout);
+LJA_API void lja_cond_signal(lja_cond *c);
+LJA_API void lja_cond_broadcast(lja_cond *c);
+LJA_API lja_semaphore *lja_semaphore_new(int64_t count);
+LJA_API int lja_semaphore_wait(lja_semaphore *s, double timeout);
+LJA_API void lja_semaphore_post(lja_semaphore *s, int64_t n);
+LJA_API lja_atomic *lja_atomic_new(int64_t value);
+LJA_API int64_t *lja_atomic_cell(lja_atomic *a);  /* use with lja_atomic_load & co. */
+
+/* ---- Channels (SPEC section 5) ---------------------------------------------
+ * A channel is a FIFO of messages: bytes (the sender's encoding) plus the
+ * objects the message holds references to.  Many senders and receivers.
+ * capacity 0 means unbounded.  send copies the bytes (outside the channel's
+ * lock) and takes over the references in objs; it returns LJA_OK,
+ * LJA_ETIMEDOUT (full) or LJA_ECLOSED.  recv gives a message to read with
+ * lja_msg_data and then free with lja_msg_free (which releases its objects),
+ * or returns LJA_ETIMEDOUT, or LJA_ECLOSED once closed and drained.
+ * select receives from the first of n channels with a message (or closed
+ * and drained: *msg is then NULL) and sets *index.
+ */
+typedef struct lja_channel lja_channel;
+typedef struct lja_msg lja_msg;
+
+LJA_API lja_channel *lja_channel_new(int64_t capacity);
+LJA_API int lja_channel_send(lja_channel *ch, const char *data, size_t len,
+                             void *const *objs, int nobjs, double timeout);
+LJA_API int lja_channel_recv(lja_channel *ch, lja_msg **msg, double timeout);
+LJA_API int lja_channel_select(lja_channel *const *chs, int n, int *index, lja_msg **msg,
+                               double timeout);
+LJA_API void lja_channel_close(lja_channel *ch);
+LJA_API int64_t lja_channel_len(lja_channel *ch);
+LJA_API const char *lja_msg_data(lja_msg *msg, size_t *len);
+LJA_API void lja_msg_free(lja_msg *msg);
+
+/* ---- Callable states (SPEC section 6) ----------------------------------------
+ * The shim keeps a state's lua_State and who is inside it.  enter returns
+ * LJA_OK (the caller is now inside), LJA_EBUSY (timeout 0 and someone is
+ * inside), LJA_ETIMEDOUT or LJA_ECLOSED.  close waits (up to timeout) for
+ * the one inside, then hands back the lua_State for the caller to close
+ * (NULL if already closed or the wait timed out).  interrupt makes the code
+ * running inside raise "interrupted" at its next hook check.
+ */
+typedef struct lja_state lja_state;
+
+LJA_API lja_state *lja_state_new(void *L);
+LJA_API void *lja_state_lua(lja_state *st);
+LJA_API int lja_state_enter(lja_state *st, double timeout);
+LJA_API void lja_state_leave(lja_state *st);
+LJA_API void *lja_state_close(lja_state *st, double timeout);
+LJA_API int lja_state_interrupt(lja_state *st);
 
 /* ---- Callback gates ------------------------------------------------------
  * A gate is a C function pointer of any (non-variadic, scalar-only)

@@ -92,6 +92,27 @@ void lja_lua_close(void *L)
         api.close(L);
 }
 
+/* Lua 5.1's LUA_MASKCOUNT: the hook runs every `count` VM instructions. */
+#define LUA_MASKCOUNT (1 << 3)
+
+static void interrupt_hook(void *L, void *ar)
+{
+    api.sethook(L, NULL, 0, 0);
+    api.pushlstring(L, "interrupted", 11);
+    api.error(L);
+}
+
+void lja_lua_interrupt(void *L)
+{
+    api.sethook(L, interrupt_hook, LUA_MASKCOUNT, 1);
+}
+
+void lja_lua_clear_hook(void *L)
+{
+    if (L)
+        api.sethook(L, NULL, 0, 0);
+}
+
 int lja_lua_set_recipe(const char *chunk, size_t len, int nargs, const char *const *args,
                        const size_t *lens, int spare_limit)
 {

@@ -101,13 +101,16 @@ local M = {}
 
 -- Runs in a fresh state: builds the typed callback and stores its address.
 function M.boot(out, gate, ctype, cdef, code, setup, args)
+    -- Decoded first: the message's object references are released only by
+    -- decoding it, whatever fails later.
+    local setup_args = setup == "1" and transfer.pack(select(2, transfer.decode_transient(args)))
     out = ffi.cast("void **", vm.pointer_from_arg(out))
     gate_of_state = ffi.cast("lja_gate *", vm.pointer_from_arg(gate))
     if cdef ~= "" then ffi.cdef(cdef) end
     local ct = ffi.typeof(ctype)
     local fn = assert(load(code, "=(callback)"))
-    if setup == "1" then
-        fn = fn(select(2, transfer.decode(args)))
+    if setup_args then
+        fn = fn(unpack(setup_args, 1, setup_args.n))
         if type(fn) ~= "function" then
             error("the setup function returned " .. type(fn) .. ", not a function", 0)
         end
@@ -165,21 +168,26 @@ local function new_callback(factory, fn, opts, level)
         error("lj-async: states must be an integer from 1 to 1024", level)
     end
     local code = Thread.code_of(fn, level)
-    local args = ""
-    if opts.setup then
-        local list = opts.args or {}
-        if type(list) ~= "table" then error("lj-async: args must be a list", level) end
+    local list = opts.args or {}
+    if type(list) ~= "table" then error("lj-async: args must be a list", level) end
+    -- Each state gets its own message: its objects' references are its own.
+    local function setup_args()
+        if not opts.setup then return "" end
         local ok, s = pcall(transfer.encode_string, list.n or #list, unpack(list, 1, list.n or #list))
-        if not ok then error(s, level) end
-        args = s
+        if not ok then error(s, level + 1) end
+        return s
     end
+    setup_args()   -- raise on bad arguments before any state is made
+    transfer.drop_exported()
     local rc = C.lja_gate_new(gate_out, factory.sig, n)
     if rc ~= LJA_OK then error("lj-async: cannot make a callback gate: " .. shim.strerror(rc), level) end
     local gate = gate_out[0]
     local states = {}
     for i = 1, n do
+        local args = setup_args()
         local ok, L = pcall(vm.new, BOOT, vm.pointer_arg(target_out), vm.pointer_arg(gate),
             factory.ctype, factory.cdef, code, opts.setup and "1" or "0", args)
+
         if not ok then
             close_all(states)
             C.lja_gate_free(gate)

@@ -15,7 +15,10 @@ enum {
     LJA_ENOMEM = -2,
     LJA_EINVAL = -3,
     LJA_EAGAIN = -4,
-    LJA_ESYS = -5
+    LJA_ESYS = -5,
+    LJA_ECLOSED = -6,
+    LJA_EBUSY = -7,
+    LJA_ENOTFOUND = -8
 };
 const char *lja_strerror(int err);
 ]]

@@ -53,7 +53,7 @@ local function result(...)
 end
 
 local function run(input)
-    return result(xpcall(execute, transfer.traceback, transfer.decode(input)))
+    return result(xpcall(execute, transfer.traceback, transfer.decode_transient(input)))
 end
 
 registry["lj-async.run"] = function(input)
@@ -112,12 +112,11 @@ function Thread.new(func, ...)
     local ok, p, len = pcall(transfer.encode_after, 3, select("#", ...) + 3, package.path, package.cpath, code, ...)
     if not ok then error(p, 2) end
     local rc = C.lja_lua_spawn(handle_out, p, len)
-    if rc ~= LJA_OK then error("lj-async: cannot create a thread: " .. shim.strerror(rc), 2) end
+    if rc ~= LJA_OK then
+        transfer.drop_exported()
+        error("lj-async: cannot create a thread: " .. shim.strerror(rc), 2)
+    end
     return setmetatable({ handle = ffi.gc(handle_out[0], C.lja_thread_release) }, Thread)
-end
-
-local function pack(...)
-    return { n = select("#", ...), ... }
 end
 
 local function results(ok, ...)
@@ -138,9 +137,9 @@ function Thread:join(timeout)
     end
     local p = C.lja_thread_result(h, lenbuf)
     if p == nil then
-        r = pack(false, "lj-async: the thread failed before it could store a result")
+        r = transfer.pack(false, "lj-async: the thread failed before it could store a result")
     else
-        r = pack(select(2, transfer.decode(p, lenbuf[0])))
+        r = transfer.pack(select(2, transfer.decode_transient(p, lenbuf[0])))
     end
     self.result = r
     return results(unpack(r, 1, r.n))

@@ -29,7 +29,11 @@ local enc = buffer.new()
 local dec = buffer.new()
 
 -- lj-async objects that cross as live handles: ctype id -> kind.
--- kind = { name = ..., export = fn(obj) -> id, import = fn(id) -> obj, discard = fn(id) }
+-- kind = { name = ..., module = ..., export = fn(obj) -> id, ref,
+--          import = fn(id) -> obj, ref, release = fn(ref) }
+-- export takes a reference that the message holds (ref); import makes a
+-- handle of its own.  Who holds the message releases its references once
+-- it is decoded (decode_transient does) or dropped.
 local kinds_by_ctype, kinds_by_name = {}, {}
 
 function M.register(ct, kind)
@@ -66,9 +70,12 @@ local function cannot(what, path)
     error("lj-async: cannot send " .. what .. " (" .. path .. ")", 0)
 end
 
+-- The references taken by the last encode, and their kinds.
+local exported, exported_kinds = {}, {}
+
 -- Slow path: a copy of v with specials replaced by markers; raises on what
--- cannot cross.  `exported` collects object ids to discard if sending fails.
-local function convert(v, path, seen, exported)
+-- cannot cross.
+local function convert(v, path, seen)
     local tv = type(v)
     if tv == "nil" or tv == "boolean" or tv == "number" or tv == "string" then
         return v
@@ -78,11 +85,11 @@ local function convert(v, path, seen, exported)
         local out = {}
         for k, x in next, v do
             if type(k) == "table" or type(k) == "cdata" then
-                k = convert(k, where(path, "<key>"), seen, exported)
+                k = convert(k, where(path, "<key>"), seen)
             elseif type(k) ~= "string" and type(k) ~= "number" and type(k) ~= "boolean" then
                 cannot("a table key of type " .. type(k), where(path, "<key>"))
             end
-            out[k] = convert(x, where(path, k), seen, exported)
+            out[k] = convert(x, where(path, k), seen)
         end
         seen[v] = nil
         return out
@@ -98,9 +105,10 @@ local function convert(v, path, seen, exported)
         local id = tonumber(typeof(v))
         local kind = kinds_by_ctype[id]
         if kind then
-            local oid = kind.export(v)
-            exported[#exported + 1] = { kind, oid }
-            return { [MARK] = "object", kind.name, oid }
+            local oid, ref = kind.export(v)
+            exported[#exported + 1] = ref
+            exported_kinds[#exported] = kind
+            return { [MARK] = "object", kind.module, kind.name, oid }
         end
         local class = classify(id)
         if class == "int64" then return v end
@@ -115,18 +123,23 @@ local function encode_plain(n, ...)
     for i = 1, n do enc:encode((select(i, ...))) end
 end
 
+local function release_all(refs, kinds)
+    for i = #refs, 1, -1 do
+        kinds[i].release(refs[i])
+        refs[i], kinds[i] = nil, nil
+    end
+end
+
 local function encode_special(hidden, n, ...)
-    local seen, exported = {}, {}
+    local seen = {}
     local ok, err = pcall(function(...)
         enc:encode(-n - 1)
         for i = 1, n do
-            enc:encode(convert((select(i, ...)), "argument " .. (i - hidden), seen, exported))
+            enc:encode(convert((select(i, ...)), "argument " .. (i - hidden), seen))
         end
     end, ...)
     if not ok then
-        for _, e in ipairs(exported) do
-            if e[1].discard then e[1].discard(e[2]) end
-        end
+        release_all(exported, exported_kinds)
         enc:reset()
         error(err, 0)
     end
@@ -136,6 +149,7 @@ end
 -- until the next encode in this state; raises an error that names what
 -- cannot cross, and then nothing was sent.
 local function encode(hidden, n, ...)
+    for i = #exported, 1, -1 do exported[i], exported_kinds[i] = nil, nil end
     enc:reset()
     if not pcall(encode_plain, n, ...) then
         enc:reset()
@@ -155,11 +169,25 @@ function M.encode_after(hidden, n, ...)
     return enc:ref()
 end
 
+-- The object references the last encode took for its message (a list,
+-- empty for most messages).  The caller hands them to whatever holds the
+-- message, or calls drop_exported() if the message is not sent.
+function M.exported()
+    return exported
+end
+
+function M.drop_exported()
+    release_all(exported, exported_kinds)
+end
+
 -- Encode into a Lua string (same errors as encode).
 function M.encode_string(n, ...)
     encode(0, n, ...)
     return enc:tostring()
 end
+
+-- References of the objects that the last decode imported.
+local imported, imported_kinds = {}, {}
 
 local function rebuild(v)
     if type(v) ~= "table" then return v end
@@ -169,11 +197,15 @@ local function rebuild(v)
     elseif tag == "pointer" then
         return FFI().cast("void *", ffi.cast("uintptr_t", v[1]))
     elseif tag == "object" then
-        local kind = kinds_by_name[v[1]]
+        local kind = kinds_by_name[v[2]]
         if not kind then
-            error("lj-async: received an object of kind '" .. tostring(v[1]) .. "' whose module is not loaded", 0)
+            require(v[1])   -- the module that defines the kind registers it
+            kind = kinds_by_name[v[2]]
         end
-        return kind.import(v[2])
+        local obj, ref = kind.import(v[3])
+        imported[#imported + 1] = ref
+        imported_kinds[#imported] = kind
+        return obj
     end
     for k, x in next, v do
         if type(x) == "table" then v[k] = rebuild(x) end
@@ -189,6 +221,7 @@ local function decode_n(special, n)
 end
 
 local function decode(p, len)
+    for i = #imported, 1, -1 do imported[i], imported_kinds[i] = nil, nil end
     dec:set(p, len)
     local n = dec:decode()
     if n < 0 then
@@ -202,6 +235,7 @@ end
 local function pack(...)
     return { n = select("#", ...), ... }
 end
+M.pack = pack
 
 -- Decode a message from memory (pointer, length) or a string: returns n,
 -- then the n values.
@@ -213,6 +247,18 @@ function M.decode(p, len)
     if r[1] then return unpack(r, 2, r.n) end
     FFI()
     return decode(p, len)
+end
+
+local function release_imports(...)
+    release_all(imported, imported_kinds)
+    return ...
+end
+
+-- Decode a message whose object references travel inside it (thread
+-- arguments and results, state calls): once the objects have handles here,
+-- the message's own references are released.
+function M.decode_transient(p, len)
+    return release_imports(M.decode(p, len))
 end
 
 -- An error handler for xpcall: the message with a traceback that stops

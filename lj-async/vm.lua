@@ -23,6 +23,8 @@ void lua_getfield(lua_State *L, int idx, const char *k);
 void lua_settop(lua_State *L, int idx);
 int lua_toboolean(lua_State *L, int idx);
 void lua_close(lua_State *L);
+int lua_sethook(lua_State *L, void (*hook)(lua_State *L, void *ar), int mask, int count);
+int lua_error(lua_State *L);
 
 typedef struct lja_lua_api {
     void *(*newstate)(void);
@@ -35,6 +37,8 @@ typedef struct lja_lua_api {
     void (*settop)(void *L, int idx);
     int (*toboolean)(void *L, int idx);
     void (*close)(void *L);
+    int (*sethook)(void *L, void (*hook)(void *L, void *ar), int mask, int count);
+    int (*error)(void *L);
     int registry_index;
 } lja_lua_api;
 void lja_lua_bind(const lja_lua_api *api);
@@ -56,7 +60,9 @@ if not ok then
 end
 S.lja_lua_bind(ffi.new("lja_lua_api", {
     C.luaL_newstate, C.luaL_openlibs, C.luaL_loadbuffer, C.lua_pushlstring, C.lua_pcall,
-    C.lua_tolstring, C.lua_getfield, C.lua_settop, C.lua_toboolean, C.lua_close, LUA_REGISTRYINDEX,
+    C.lua_tolstring, C.lua_getfield, C.lua_settop, C.lua_toboolean, C.lua_close,
+    ffi.cast("int (*)(void *, void (*)(void *, void *), int, int)", C.lua_sethook), C.lua_error,
+    LUA_REGISTRYINDEX,
 }))
 
 local M = {}

@@ -85,7 +85,7 @@ function TestAbi:test_error_codes_agree()
         lu.assertEquals(S[name], tonumber(value), name)
         n = n + 1
     end
-    lu.assertEquals(n, 6)
+    lu.assertEquals(n, 9)
     ffi.cdef "const char *lja_strerror(int err);"
     lu.assertEquals(ffi.string(S.lja_strerror(S.LJA_ETIMEDOUT)), "timeout")
 end

@@ -1,0 +1,263 @@
+/* sync.c: mutexes, conditions, semaphores and atomics that any thread or
+ * state may share (SPEC section 4).  Waits use monotonic deadlines, so the
+ * mutex is a flag under an internal lock rather than a pthread mutex
+ * (whose timed lock measures the wall clock). */
+#include <stdlib.h>
+
+#include "object.h"
+
+static int wait_for(pthread_cond_t *c, pthread_mutex_t *m, double timeout, struct timespec *deadline,
+                    int *have_deadline)
+{
+    if (timeout == 0)
+        return LJA_ETIMEDOUT;
+    if (timeout > 0 && !*have_deadline) {
+        *deadline = lja_deadline(timeout);
+        *have_deadline = 1;
+    }
+    return lja_cond_wait_until(c, m, timeout > 0 ? deadline : NULL);
+}
+
+/* ---- mutex ---- */
+
+struct lja_mutex {
+    lja_object hdr;
+    pthread_mutex_t lock;
+    pthread_cond_t unlocked;
+    int locked, waiters;
+};
+
+static void mutex_destroy(void *obj)
+{
+    lja_mutex *m = obj;
+    pthread_cond_destroy(&m->unlocked);
+    pthread_mutex_destroy(&m->lock);
+    free(m);
+}
+
+lja_mutex *lja_mutex_new(void)
+{
+    lja_mutex *m = calloc(1, sizeof *m);
+    if (!m)
+        return NULL;
+    pthread_mutex_init(&m->lock, NULL);
+    if (lja_cond_init(&m->unlocked) != LJA_OK) {
+        pthread_mutex_destroy(&m->lock);
+        free(m);
+        return NULL;
+    }
+    if (lja_object_init(&m->hdr, LJA_KIND_MUTEX, mutex_destroy) != LJA_OK) {
+        mutex_destroy(m);
+        return NULL;
+    }
+    return m;
+}
+
+int lja_mutex_lock(lja_mutex *m, double timeout)
+{
+    struct timespec deadline;
+    int have = 0, rc = LJA_OK;
+    pthread_mutex_lock(&m->lock);
+    m->waiters++;
+    while (m->locked && rc == LJA_OK)
+        rc = wait_for(&m->unlocked, &m->lock, timeout, &deadline, &have);
+    m->waiters--;
+    if (!m->locked) {
+        m->locked = 1;
+        rc = LJA_OK;
+    } else {
+        rc = LJA_ETIMEDOUT;
+    }
+    pthread_mutex_unlock(&m->lock);
+    return rc;
+}
+
+int lja_mutex_unlock(lja_mutex *m)
+{
+    pthread_mutex_lock(&m->lock);
+    int was = m->locked;
+    m->locked = 0;
+    if (was && m->waiters)
+        pthread_cond_signal(&m->unlocked);
+    pthread_mutex_unlock(&m->lock);
+    return was ? LJA_OK : LJA_EINVAL;
+}
+
+/* ---- condition ----
+ * Waiters count themselves under c->lock before they unlock the user's
+ * mutex, and signals take c->lock: so no signal falls between the unlock
+ * and the wait.  `wakeups` is how many waiters a signal or broadcast let go. */
+
+struct lja_cond {
+    lja_object hdr;
+    pthread_mutex_t lock;
+    pthread_cond_t cv;
+    int waiters, wakeups;
+};
+
+static void cond_destroy(void *obj)
+{
+    lja_cond *c = obj;
+    pthread_cond_destroy(&c->cv);
+    pthread_mutex_destroy(&c->lock);
+    free(c);
+}
+
+lja_cond *lja_cond_new(void)
+{
+    lja_cond *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    pthread_mutex_init(&c->lock, NULL);
+    if (lja_cond_init(&c->cv) != LJA_OK) {
+        pthread_mutex_destroy(&c->lock);
+        free(c);
+        return NULL;
+    }
+    if (lja_object_init(&c->hdr, LJA_KIND_COND, cond_destroy) != LJA_OK) {
+        cond_destroy(c);
+        return NULL;
+    }
+    return c;
+}
+
+int lja_cond_wait(lja_cond *c, lja_mutex *m, double timeout)
+{
+    struct timespec deadline;
+    int have = 0, rc = LJA_OK;
+    pthread_mutex_lock(&c->lock);
+    c->waiters++;
+    if (lja_mutex_unlock(m) != LJA_OK) {
+        c->waiters--;
+        pthread_mutex_unlock(&c->lock);
+        return LJA_EINVAL;
+    }
+    while (c->wakeups == 0 && rc == LJA_OK)
+        rc = wait_for(&c->cv, &c->lock, timeout, &deadline, &have);
+    if (c->wakeups > 0) {
+        c->wakeups--;
+        rc = LJA_OK;
+    }
+    c->waiters--;
+    if (c->wakeups > c->waiters)   /* a wakeup meant for one who timed out */
+        c->wakeups = c->waiters;
+    pthread_mutex_unlock(&c->lock);
+    lja_mutex_lock(m, -1);
+    return rc;
+}
+
+void lja_cond_signal(lja_cond *c)
+{
+    pthread_mutex_lock(&c->lock);
+    if (c->wakeups < c->waiters) {
+        c->wakeups++;
+        pthread_cond_signal(&c->cv);
+    }
+    pthread_mutex_unlock(&c->lock);
+}
+
+void lja_cond_broadcast(lja_cond *c)
+{
+    pthread_mutex_lock(&c->lock);
+    if (c->wakeups < c->waiters) {
+        c->wakeups = c->waiters;
+        pthread_cond_broadcast(&c->cv);
+    }
+    pthread_mutex_unlock(&c->lock);
+}
+
+/* ---- semaphore ---- */
+
+struct lja_semaphore {
+    lja_object hdr;
+    pthread_mutex_t lock;
+    pthread_cond_t posted;
+    int64_t count;
+};
+
+static void semaphore_destroy(void *obj)
+{
+    lja_semaphore *s = obj;
+    pthread_cond_destroy(&s->posted);
+    pthread_mutex_destroy(&s->lock);
+    free(s);
+}
+
+lja_semaphore *lja_semaphore_new(int64_t count)
+{
+    lja_semaphore *s = calloc(1, sizeof *s);
+    if (!s || count < 0) {
+        free(s);
+        return NULL;
+    }
+    s->count = count;
+    pthread_mutex_init(&s->lock, NULL);
+    if (lja_cond_init(&s->posted) != LJA_OK) {
+        pthread_mutex_destroy(&s->lock);
+        free(s);
+        return NULL;
+    }
+    if (lja_object_init(&s->hdr, LJA_KIND_SEMAPHORE, semaphore_destroy) != LJA_OK) {
+        semaphore_destroy(s);
+        return NULL;
+    }
+    return s;
+}
+
+int lja_semaphore_wait(lja_semaphore *s, double timeout)
+{
+    struct timespec deadline;
+    int have = 0, rc = LJA_OK;
+    pthread_mutex_lock(&s->lock);
+    while (s->count == 0 && rc == LJA_OK)
+        rc = wait_for(&s->posted, &s->lock, timeout, &deadline, &have);
+    if (s->count > 0) {
+        s->count--;
+        rc = LJA_OK;
+    }
+    pthread_mutex_unlock(&s->lock);
+    return rc;
+}
+
+void lja_semaphore_post(lja_semaphore *s, int64_t n)
+{
+    if (n <= 0)
+        return;
+    pthread_mutex_lock(&s->lock);
+    s->count += n;
+    if (n == 1)
+        pthread_cond_signal(&s->posted);
+    else
+        pthread_cond_broadcast(&s->posted);
+    pthread_mutex_unlock(&s->lock);
+}
+
+/* ---- atomic ---- */
+
+struct lja_atomic {
+    lja_object hdr;
+    int64_t cell;   /* only through lja_atomic_load & co. */
+};
+
+static void atomic_destroy(void *obj)
+{
+    free(obj);
+}
+
+lja_atomic *lja_atomic_new(int64_t value)
+{
+    lja_atomic *a = calloc(1, sizeof *a);
+    if (!a)
+        return NULL;
+    lja_atomic_store(&a->cell, value);
+    if (lja_object_init(&a->hdr, LJA_KIND_ATOMIC, atomic_destroy) != LJA_OK) {
+        free(a);
+        return NULL;
+    }
+    return a;
+}
+
+int64_t *lja_atomic_cell(lja_atomic *a)
+{
+    return &a->cell;
+}

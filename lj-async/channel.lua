@@ -1,0 +1,144 @@
+-- lj-async.channel: MPMC channels of messages between any threads and
+-- states (SPEC section 5).  A message is one or more values, encoded in the
+-- sender's state (outside any lock) and queued in the shim
+-- (csrc/channel.c).  Expected failures return nil, err ("timeout",
+-- "closed"); bad arguments and values that cannot cross raise errors.
+local ffi = require "ffi"
+local shim = require "lj-async.shim"
+local object = require "lj-async.object"
+local transfer = require "lj-async.transfer"
+local Thread = require "lj-async.thread"
+
+ffi.cdef [[
+typedef struct lja_channel lja_channel;
+typedef struct lja_msg lja_msg;
+lja_channel *lja_channel_new(int64_t capacity);
+int lja_channel_send(lja_channel *ch, const char *data, size_t len,
+                     void *const *objs, int nobjs, double timeout);
+int lja_channel_recv(lja_channel *ch, lja_msg **msg, double timeout);
+int lja_channel_select(lja_channel *const *chs, int n, int *index, lja_msg **msg,
+                       double timeout);
+void lja_channel_close(lja_channel *ch);
+int64_t lja_channel_len(lja_channel *ch);
+const char *lja_msg_data(lja_msg *msg, size_t *len);
+void lja_msg_free(lja_msg *msg);
+]]
+
+local C = shim.C
+local select, error, type = select, error, type
+local encode, exported, decode = transfer.encode, transfer.exported, transfer.decode
+local timeout_arg = Thread.timeout_arg
+local LJA_OK, LJA_ETIMEDOUT, LJA_ECLOSED = C.LJA_OK, C.LJA_ETIMEDOUT, C.LJA_ECLOSED
+local send_c, recv_c, msg_data, msg_free = C.lja_channel_send, C.lja_channel_recv, C.lja_msg_data, C.lja_msg_free
+
+local M = {}
+local Channel = {}
+local wrap = object.define("channel", "lj-async.channel", C.LJA_KIND_CHANNEL, "struct lja_channel", Channel)
+
+local objs_buf = ffi.new("void *[?]", 64)
+local objs_cap = 64
+
+-- Encode and send; returns the shim's code.  The message's object
+-- references go with it, sent or not.
+local function send(ch, timeout, level, n, v, ...)
+    if n == 0 or v == nil then error("lj-async: a message's first value must not be nil", level + 1) end
+    local ok, p, len = pcall(encode, n, v, ...)
+    if not ok then error(p, level + 1) end
+    local refs = exported()
+    local nobjs = #refs
+    if nobjs == 0 then return send_c(ch, p, len, nil, 0, timeout) end
+    if nobjs > objs_cap then
+        objs_cap = nobjs
+        objs_buf = ffi.new("void *[?]", nobjs)
+    end
+    for i = 1, nobjs do
+        objs_buf[i - 1] = refs[i]
+        refs[i] = nil   -- the message holds these references now
+    end
+    return send_c(ch, p, len, objs_buf, nobjs, timeout)
+end
+
+function Channel:send(...)
+    local rc = send(self, -1, 2, select("#", ...), ...)
+    if rc == LJA_ECLOSED then error("lj-async: send on a closed channel", 2) end
+    if rc ~= LJA_OK then error("lj-async: send failed: " .. shim.strerror(rc), 2) end
+end
+
+function Channel:send_timeout(timeout, ...)
+    local rc = send(self, timeout_arg(timeout, 2), 2, select("#", ...), ...)
+    if rc == LJA_OK then return true end
+    if rc == LJA_ETIMEDOUT then return nil, "timeout" end
+    if rc == LJA_ECLOSED then return nil, "closed" end
+    error("lj-async: send failed: " .. shim.strerror(rc), 2)
+end
+
+local msg_out = ffi.new("lja_msg *[1]")
+local len_out = ffi.new("size_t[1]")
+
+local function free_after(msg, n, ...)
+    msg_free(msg)
+    return ...
+end
+
+-- The values of a received message, which is freed.
+local function open(msg)
+    local p = msg_data(msg, len_out)
+    return free_after(msg, decode(p, len_out[0]))
+end
+
+function Channel:recv(timeout)
+    local rc = recv_c(self, msg_out, timeout_arg(timeout, 2))
+    if rc == LJA_OK then return open(msg_out[0]) end
+    if rc == LJA_ETIMEDOUT then return nil, "timeout" end
+    return nil, "closed"
+end
+
+function Channel:try_recv()
+    return self:recv(0)
+end
+
+Channel.close = C.lja_channel_close
+
+function Channel:len()
+    return tonumber(C.lja_channel_len(self))
+end
+
+Channel.id = object.id
+
+function M.new(capacity)
+    if capacity ~= nil and (type(capacity) ~= "number" or capacity < 1 or capacity % 1 ~= 0) then
+        error("lj-async: a channel's capacity is a positive integer, or nil for unbounded", 2)
+    end
+    local ch = wrap(C.lja_channel_new(capacity or 0))
+    if ch == nil then error("lj-async: cannot make a channel (out of memory)", 2) end
+    return ch
+end
+
+function M.get(id)
+    return object.get(wrap, C.LJA_KIND_CHANNEL, "channel", id, 2)
+end
+
+local index_out = ffi.new("int[1]")
+local channel_ct = ffi.typeof("struct lja_channel *")
+
+-- Receives from the first of the channels with a message: ch, values... .
+-- A closed, drained channel is ready too: ch, nil, "closed".
+function M.select(chs, timeout)
+    if type(chs) ~= "table" or #chs == 0 then
+        error("lj-async: select takes a non-empty list of channels", 2)
+    end
+    local n = #chs
+    local arr = ffi.new("lja_channel *[?]", n)
+    for i = 1, n do
+        if not ffi.istype(channel_ct, chs[i]) then error("lj-async: select: item " .. i .. " is not a channel", 2) end
+        arr[i - 1] = chs[i]
+    end
+    local rc = C.lja_channel_select(arr, n, index_out, msg_out, timeout_arg(timeout, 2))
+    if rc == LJA_ETIMEDOUT then return nil, "timeout" end
+    if rc ~= LJA_OK then error("lj-async: select failed: " .. shim.strerror(rc), 2) end
+    local ch = chs[index_out[0] + 1]
+    if msg_out[0] == nil then return ch, nil, "closed" end
+    return ch, open(msg_out[0])
+end
+
+return M

@@ -1,0 +1,81 @@
+-- lj-async.object: what every lj-async object shares (csrc/object.c).
+--
+-- A handle is a cdata pointer of the object's own type that holds one
+-- reference, released when the handle is collected.  Handles cross states
+-- through lj-async.transfer as live objects: the message holds a reference
+-- until the receiver has a handle of its own.
+local ffi = require "ffi"
+local shim = require "lj-async.shim"
+local transfer = require "lj-async.transfer"
+
+ffi.cdef [[
+enum {
+    LJA_KIND_MUTEX = 1,
+    LJA_KIND_COND = 2,
+    LJA_KIND_SEMAPHORE = 3,
+    LJA_KIND_ATOMIC = 4,
+    LJA_KIND_CHANNEL = 5,
+    LJA_KIND_STATE = 6
+};
+uint64_t lja_object_id(void *obj);
+int lja_object_kind(void *obj);
+void *lja_object_get(uint64_t id, int kind);
+void lja_object_retain(void *obj);
+void lja_object_release(void *obj);
+int lja_object_set_name(void *obj, const char *name);
+const char *lja_object_name(void *obj);
+void *lja_object_find(const char *name, int kind);
+]]
+
+local C = shim.C
+local release = C.lja_object_release
+
+local M = {}
+
+function M.id(obj)
+    return tonumber(C.lja_object_id(obj))
+end
+
+-- Declares a kind of object: `struct_name` gets `methods` as its metatype,
+-- and crosses states as a live handle.  Returns wrap(ptr) -> handle, which
+-- adopts a new reference (NULL -> nil).
+function M.define(name, module, kind, struct_name, methods, mt)
+    mt = mt or {}
+    mt.__index = methods
+    mt.__tostring = mt.__tostring or function(self)
+        return ("lj-async.%s: %d"):format(name, M.id(self))
+    end
+    ffi.metatype(struct_name, mt)
+    local ct = ffi.typeof(struct_name .. " *")
+    local function wrap(p)
+        if p == nil then return nil end
+        return ffi.gc(ffi.cast(ct, p), release)
+    end
+    transfer.register(ct, {
+        name = name,
+        module = module,
+        export = function(obj)
+            C.lja_object_retain(obj)
+            return M.id(obj), ffi.cast("void *", obj)
+        end,
+        import = function(id)
+            local p = C.lja_object_get(id, kind)
+            if p == nil then error(("lj-async: %s %d is gone"):format(name, id), 0) end
+            return wrap(p), p
+        end,
+        release = release,
+    })
+    return wrap, ct
+end
+
+-- A handle of the given kind for an id, or raises a clear error.
+function M.get(wrap, kind, name, id, level)
+    if type(id) ~= "number" then
+        error(("lj-async: %s id must be a number, got %s"):format(name, type(id)), level + 1)
+    end
+    local h = wrap(C.lja_object_get(id, kind))
+    if h == nil then error(("lj-async: no %s with id %s"):format(name, tostring(id)), level + 1) end
+    return h
+end
+
+return M

@@ -1,0 +1,168 @@
+-- lj-async.state: long-lived Lua states callable from any thread, the job
+-- of mtstates (SPEC section 6).  A call runs on the caller's thread, inside
+-- the state; one caller at a time.
+local ffi = require "ffi"
+local shim = require "lj-async.shim"
+local object = require "lj-async.object"
+local transfer = require "lj-async.transfer"
+local vm = require "lj-async.vm"
+local Thread = require "lj-async.thread"
+
+ffi.cdef [[
+typedef struct lja_state lja_state;
+lja_state *lja_state_new(void *L);
+void *lja_state_lua(lja_state *st);
+int lja_state_enter(lja_state *st, double timeout);
+void lja_state_leave(lja_state *st);
+void *lja_state_close(lja_state *st, double timeout);
+int lja_state_interrupt(lja_state *st);
+]]
+
+local C, L_API = shim.C, ffi.C
+local LJA_OK, LJA_EBUSY, LJA_ECLOSED = C.LJA_OK, C.LJA_EBUSY, C.LJA_ECLOSED
+local LUA_REGISTRYINDEX = -10000
+
+local M = {}
+
+------------------------------------------------------------------------------
+-- Inside a state.
+
+-- Runs in the new state: setup(...) gives the handler; registry
+-- "lj-async.call" takes a call's message and returns its result message.
+function M.boot(setup_code, args)
+    local setup_args = transfer.pack(select(2, transfer.decode_transient(args)))
+    local setup = assert(load(setup_code, "=(state setup)"))
+    local handler = setup(unpack(setup_args, 1, setup_args.n))
+    if type(handler) ~= "function" then
+        error("the setup function returned " .. type(handler) .. ", not a function", 0)
+    end
+    local function result(...)
+        local ok, msg = pcall(transfer.encode_string, select("#", ...), ...)
+        if ok then return msg end
+        return transfer.encode_string(2, false, "lj-async: the state's results cannot cross: " .. tostring(msg))
+    end
+    local function run(input)
+        return result(xpcall(handler, transfer.traceback, select(2, transfer.decode_transient(input))))
+    end
+    debug.getregistry()["lj-async.call"] = function(input)
+        local ok, msg = pcall(run, input)
+        if ok then return msg end
+        return transfer.encode_string(2, false, tostring(msg))
+    end
+end
+
+------------------------------------------------------------------------------
+-- Handles.
+
+local State = {}
+local wrap = object.define("state", "lj-async.state", C.LJA_KIND_STATE, "struct lja_state", State)
+local BOOT = vm.compile('return require("lj-async.state").boot(...)', "lj-async.state boot")
+local len_out = ffi.new("size_t[1]")
+
+local function raise_or_return(ok, ...)
+    if ok then return ... end
+    error((...), 0)
+end
+
+-- The call proper, inside the state (entered by the caller).
+local function call_inside(L, ...)
+    local ok, p, len = pcall(transfer.encode, select("#", ...), ...)
+    if not ok then error(p, 0) end
+    L_API.lua_getfield(L, LUA_REGISTRYINDEX, "lj-async.call")
+    L_API.lua_pushlstring(L, p, len)
+    if L_API.lua_pcall(L, 1, 1, 0) ~= 0 then
+        -- only an error outside the handler's own protection (out of memory)
+        local msg = ffi.string(L_API.lua_tolstring(L, -1, len_out), len_out[0])
+        L_API.lua_settop(L, 0)
+        error("lj-async: state call failed: " .. msg, 0)
+    end
+    local r = L_API.lua_tolstring(L, -1, len_out)
+    local reply = ffi.string(r, len_out[0])
+    L_API.lua_settop(L, 0)
+    return raise_or_return(select(2, transfer.decode_transient(reply)))
+end
+
+local function leave_after(st, ok, ...)
+    C.lja_state_leave(st)
+    if not ok then error((...), 0) end
+    return ...
+end
+
+local function call(st, timeout, ...)
+    local rc = C.lja_state_enter(st, timeout)
+    if rc == LJA_EBUSY or rc == C.LJA_ETIMEDOUT then error("lj-async: state is busy", 3) end
+    if rc == LJA_ECLOSED then error("lj-async: state is closed", 3) end
+    local L = ffi.cast("lua_State *", C.lja_state_lua(st))
+    return leave_after(st, pcall(call_inside, L, ...))
+end
+
+function State:call(...)
+    return call(self, 0, ...)
+end
+
+function State:call_wait(timeout, ...)
+    return call(self, Thread.timeout_arg(timeout, 2), ...)
+end
+
+State.id = object.id
+
+function State:name()
+    local n = C.lja_object_name(self)
+    return n ~= nil and ffi.string(n) or nil
+end
+
+-- Waits for a call inside to end, then closes the state; idempotent.
+function State:close()
+    local L = C.lja_state_close(self, -1)
+    if L ~= nil then vm.close(L) end
+end
+
+-- Makes the call running inside raise "interrupted" at its next hook check
+-- (interpreted code; a compiled loop that calls nothing is not reached).
+-- Returns true if a call was inside.
+function State:interrupt()
+    local rc = C.lja_state_interrupt(self)
+    if rc == LJA_ECLOSED then error("lj-async: state is closed", 2) end
+    return rc == LJA_OK
+end
+
+-- state.new([name,] setup, ...)
+function M.new(...)
+    local setup = (...)
+    local name, first
+    local nargs = select("#", ...)
+    if type(setup) == "string" and nargs >= 2 then
+        local second = select(2, ...)
+        if type(second) == "function" or type(second) == "string" or second == nil then
+            name, setup, first = setup, second, 3
+        end
+    end
+    if name ~= nil and type(name) ~= "string" then error("lj-async: a state's name must be a string", 2) end
+    first = first or 2
+    if setup == nil and first == 3 then error("lj-async: state.new needs a setup function", 2) end
+    local code = Thread.code_of(setup, 2)
+    local ok, args = pcall(transfer.encode_string, math.max(nargs - first + 1, 0), select(first, ...))
+    if not ok then error(args, 2) end
+    local L = vm.new(BOOT, code, args)
+    local st = wrap(C.lja_state_new(L))
+    if st == nil then
+        vm.close(L)
+        error("lj-async: cannot make a state (out of memory)", 2)
+    end
+    if name and C.lja_object_set_name(st, name) ~= LJA_OK then
+        st:close()
+        error("lj-async: a state named '" .. name .. "' exists already", 2)
+    end
+    return st
+end
+
+function M.get(id_or_name)
+    if type(id_or_name) == "string" then
+        local st = wrap(C.lja_object_find(id_or_name, C.LJA_KIND_STATE))
+        if st == nil then error("lj-async: no state named '" .. id_or_name .. "'", 2) end
+        return st
+    end
+    return object.get(wrap, C.LJA_KIND_STATE, "state", id_or_name, 2)
+end
+
+return M

@@ -1,0 +1,148 @@
+-- lj-async.sync: mutex, condition, semaphore and int64 atomic, shared by
+-- any thread or state (SPEC section 4).  Timeouts in seconds (nil: forever,
+-- 0: do not block) on the monotonic clock; waits return true, or false when
+-- the timeout passed.  Bad arguments raise errors.
+local ffi = require "ffi"
+local shim = require "lj-async.shim"
+local object = require "lj-async.object"
+local Thread = require "lj-async.thread"
+
+ffi.cdef [[
+typedef struct lja_mutex lja_mutex;
+typedef struct lja_cond lja_cond;
+typedef struct lja_semaphore lja_semaphore;
+typedef struct lja_atomic lja_atomic;
+lja_mutex *lja_mutex_new(void);
+int lja_mutex_lock(lja_mutex *m, double timeout);
+int lja_mutex_unlock(lja_mutex *m);
+lja_cond *lja_cond_new(void);
+int lja_cond_wait(lja_cond *c, lja_mutex *m, double timeout);
+void lja_cond_signal(lja_cond *c);
+void lja_cond_broadcast(lja_cond *c);
+lja_semaphore *lja_semaphore_new(int64_t count);
+int lja_semaphore_wait(lja_semaphore *s, double timeout);
+void lja_semaphore_post(lja_semaphore *s, int64_t n);
+lja_atomic *lja_atomic_new(int64_t value);
+int64_t *lja_atomic_cell(lja_atomic *a);
+int64_t lja_atomic_load(const int64_t *p);
+void lja_atomic_store(int64_t *p, int64_t v);
+int64_t lja_atomic_add(int64_t *p, int64_t d);
+int lja_atomic_cas(int64_t *p, int64_t expected, int64_t desired);
+]]
+
+local C = shim.C
+local LJA_OK = C.LJA_OK
+local timeout_arg = Thread.timeout_arg
+
+local M = {}
+
+local function made(p, what)
+    if p == nil then error("lj-async: cannot make a " .. what .. " (out of memory)", 3) end
+    return p
+end
+
+-- mutex ---------------------------------------------------------------------
+
+local Mutex = {}
+local wrap_mutex = object.define("mutex", "lj-async.sync", C.LJA_KIND_MUTEX, "struct lja_mutex", Mutex)
+
+function Mutex:lock(timeout)
+    return C.lja_mutex_lock(self, timeout_arg(timeout, 2)) == LJA_OK
+end
+
+function Mutex:trylock()
+    return C.lja_mutex_lock(self, 0) == LJA_OK
+end
+
+function Mutex:unlock()
+    if C.lja_mutex_unlock(self) ~= LJA_OK then error("lj-async: unlock of a mutex that is not locked", 2) end
+end
+
+Mutex.id = object.id
+
+function M.mutex()
+    return wrap_mutex(made(C.lja_mutex_new(), "mutex"))
+end
+
+-- condition -----------------------------------------------------------------
+
+local Cond = {}
+local wrap_cond = object.define("cond", "lj-async.sync", C.LJA_KIND_COND, "struct lja_cond", Cond)
+local mutex_ct = ffi.typeof("struct lja_mutex *")
+
+-- Waits for a signal; m must be locked by the caller and is locked again
+-- on return, also after a timeout.
+function Cond:wait(m, timeout)
+    if not ffi.istype(mutex_ct, m) then error("lj-async: cond:wait needs a lj-async mutex", 2) end
+    local rc = C.lja_cond_wait(self, m, timeout_arg(timeout, 2))
+    if rc == C.LJA_EINVAL then error("lj-async: cond:wait with a mutex that is not locked", 2) end
+    return rc == LJA_OK
+end
+
+Cond.signal = C.lja_cond_signal
+Cond.broadcast = C.lja_cond_broadcast
+Cond.id = object.id
+
+function M.cond()
+    return wrap_cond(made(C.lja_cond_new(), "cond"))
+end
+
+-- semaphore -----------------------------------------------------------------
+
+local Semaphore = {}
+local wrap_semaphore = object.define("semaphore", "lj-async.sync", C.LJA_KIND_SEMAPHORE,
+    "struct lja_semaphore", Semaphore)
+
+function Semaphore:wait(timeout)
+    return C.lja_semaphore_wait(self, timeout_arg(timeout, 2)) == LJA_OK
+end
+
+function Semaphore:post(n)
+    if n ~= nil and (type(n) ~= "number" or n < 1 or n % 1 ~= 0) then
+        error("lj-async: post takes a positive integer count", 2)
+    end
+    C.lja_semaphore_post(self, n or 1)
+end
+
+Semaphore.id = object.id
+
+function M.semaphore(n)
+    if n ~= nil and (type(n) ~= "number" or n < 0 or n % 1 ~= 0) then
+        error("lj-async: a semaphore starts at a non-negative integer count", 2)
+    end
+    return wrap_semaphore(made(C.lja_semaphore_new(n or 0), "semaphore"))
+end
+
+-- atomic ----------------------------------------------------------------------
+-- Every operation is a real C11 atomic behind an FFI call: a plain FFI load
+-- could be hoisted out of a polling loop by the JIT.  Values are int64
+-- cdata (compare with ==, convert with tonumber).
+
+local Atomic = {}
+local wrap_atomic = object.define("atomic", "lj-async.sync", C.LJA_KIND_ATOMIC, "struct lja_atomic", Atomic)
+local cell = C.lja_atomic_cell
+
+function Atomic:get()
+    return C.lja_atomic_load(cell(self))
+end
+
+function Atomic:set(v)
+    C.lja_atomic_store(cell(self), v)
+end
+
+-- Adds d and returns the new value.
+function Atomic:add(d)
+    return C.lja_atomic_add(cell(self), d)
+end
+
+function Atomic:cas(old, new)
+    return C.lja_atomic_cas(cell(self), old, new) ~= 0
+end
+
+Atomic.id = object.id
+
+function M.atomic(v)
+    return wrap_atomic(made(C.lja_atomic_new(v or 0), "atomic"))
+end
+
+return M
