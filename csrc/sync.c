@@ -84,15 +84,21 @@ int lja_mutex_unlock(lja_mutex *m)
 }
 
 /* ---- condition ----
- * Waiters count themselves under c->lock before they unlock the user's
+ * Waiters queue up (FIFO) under c->lock before they unlock the user's
  * mutex, and signals take c->lock: so no signal falls between the unlock
- * and the wait.  `wakeups` is how many waiters a signal or broadcast let go. */
+ * and the wait, and a signal wakes one of those waiting when it was given
+ * (a later waiter cannot take it).  A waiter that times out leaves the queue. */
+
+struct cond_waiter {
+    struct cond_waiter *next;
+    int signaled;
+};
 
 struct lja_cond {
     lja_object hdr;
     pthread_mutex_t lock;
     pthread_cond_t cv;
-    int waiters, wakeups;
+    struct cond_waiter *head, *tail;
 };
 
 static void cond_destroy(void *obj)
@@ -125,44 +131,65 @@ int lja_cond_wait(lja_cond *c, lja_mutex *m, double timeout)
 {
     struct timespec deadline;
     int have = 0, rc = LJA_OK;
+    struct cond_waiter self = {NULL, 0};
     pthread_mutex_lock(&c->lock);
-    c->waiters++;
     if (lja_mutex_unlock(m) != LJA_OK) {
-        c->waiters--;
         pthread_mutex_unlock(&c->lock);
         return LJA_EINVAL;
     }
-    while (c->wakeups == 0 && rc == LJA_OK)
+    if (c->tail)
+        c->tail->next = &self;
+    else
+        c->head = &self;
+    c->tail = &self;
+    while (!self.signaled && rc == LJA_OK)
         rc = wait_for(&c->cv, &c->lock, timeout, &deadline, &have);
-    if (c->wakeups > 0) {
-        c->wakeups--;
-        rc = LJA_OK;
+    if (self.signaled) {
+        rc = LJA_OK;      /* a signal given before the timeout counts */
+    } else {              /* timed out: leave the queue */
+        struct cond_waiter **p = &c->head, *prev = NULL;
+        while (*p != &self) {
+            prev = *p;
+            p = &(*p)->next;
+        }
+        *p = self.next;
+        if (c->tail == &self)
+            c->tail = prev;
     }
-    c->waiters--;
-    if (c->wakeups > c->waiters)   /* a wakeup meant for one who timed out */
-        c->wakeups = c->waiters;
     pthread_mutex_unlock(&c->lock);
     lja_mutex_lock(m, -1);
     return rc;
 }
 
+/* Wakes the first waiter; called with c->lock held. */
+static int wake_one(lja_cond *c)
+{
+    struct cond_waiter *w = c->head;
+    if (!w)
+        return 0;
+    c->head = w->next;
+    if (!c->head)
+        c->tail = NULL;
+    w->signaled = 1;
+    return 1;
+}
+
 void lja_cond_signal(lja_cond *c)
 {
     pthread_mutex_lock(&c->lock);
-    if (c->wakeups < c->waiters) {
-        c->wakeups++;
-        pthread_cond_signal(&c->cv);
-    }
+    if (wake_one(c))
+        pthread_cond_broadcast(&c->cv);   /* the one signaled finds its flag */
     pthread_mutex_unlock(&c->lock);
 }
 
 void lja_cond_broadcast(lja_cond *c)
 {
     pthread_mutex_lock(&c->lock);
-    if (c->wakeups < c->waiters) {
-        c->wakeups = c->waiters;
+    int woken = 0;
+    while (wake_one(c))
+        woken = 1;
+    if (woken)
         pthread_cond_broadcast(&c->cv);
-    }
     pthread_mutex_unlock(&c->lock);
 }
 

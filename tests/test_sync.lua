@@ -1,0 +1,215 @@
+-- SPEC section 4: lj-async.sync, and live objects across states (section 1).
+local lu = require "luaunit"
+local ffi = require "ffi"
+local sync = require "lj-async.sync"
+local Thread = require "lj-async.thread"
+local H = require "tests.helpers"
+
+ffi.cdef "void *lja_object_get(uint64_t id, int kind); void lja_object_release(void *obj);"
+local S = require("lj-async.shim").C
+
+local function alive(id)
+    local p = S.lja_object_get(id, 0)
+    if p == nil then return false end
+    S.lja_object_release(p)
+    return true
+end
+
+local function join_all(threads)
+    local out = {}
+    for i, t in ipairs(threads) do
+        local r = { t:join(60) }
+        lu.assertTrue(r[1], r[2])
+        out[i] = r[2]
+    end
+    return out
+end
+
+TestSync = {}
+
+function TestSync:test_mutex_basics()
+    local m = sync.mutex()
+    lu.assertTrue(m:lock())
+    lu.assertFalse(m:trylock())
+    local t0 = H.now()
+    lu.assertFalse(m:lock(0.05))
+    lu.assertTrue(H.now() - t0 >= 0.045)
+    m:unlock()
+    lu.assertTrue(m:trylock())
+    m:unlock()
+    lu.assertErrorMsgContains("not locked", m.unlock, m)
+    lu.assertErrorMsgContains("timeout must be a number", m.lock, m, "x")
+end
+
+function TestSync:test_mutex_excludes_across_threads()
+    -- A plain (non-atomic) counter in shared memory, guarded by the mutex.
+    local m = sync.mutex()
+    local cell = ffi.new("int64_t[1]")
+    local threads = {}
+    for i = 1, 4 do
+        threads[i] = Thread.new(function(m, p)
+            local ffi = require "ffi"
+            p = ffi.cast("int64_t *", p)
+            for _ = 1, 20000 do
+                m:lock()
+                p[0] = p[0] + 1
+                m:unlock()
+            end
+            return true
+        end, m, ffi.cast("void *", cell))
+    end
+    join_all(threads)
+    lu.assertEquals(tonumber(cell[0]), 80000)
+end
+
+function TestSync:test_cond_wait_signal_broadcast()
+    local m, c = sync.mutex(), sync.cond()
+    m:lock()
+    local t0 = H.now()
+    lu.assertFalse(c:wait(m, 0.05))      -- timeout, and m is locked again
+    lu.assertTrue(H.now() - t0 >= 0.045)
+    lu.assertFalse(m:trylock())
+    m:unlock()
+    lu.assertErrorMsgContains("not locked", c.wait, c, m, 0)
+    lu.assertErrorMsgContains("needs a lj-async mutex", c.wait, c, {}, 0)
+
+    -- four waiters; one broadcast releases them all
+    local ready, go = sync.atomic(0), sync.atomic(0)
+    local threads = {}
+    for i = 1, 4 do
+        threads[i] = Thread.new(function(m, c, ready, go)
+            m:lock()
+            ready:add(1)
+            while go:get() == 0 do
+                if not c:wait(m, 10) then m:unlock() return "timed out" end
+            end
+            m:unlock()
+            return "woken"
+        end, m, c, ready, go)
+    end
+    local deadline = H.now() + 10
+    while ready:get() < 4 and H.now() < deadline do Thread.sleep(0.001) end
+    m:lock()
+    go:set(1)
+    c:broadcast()
+    m:unlock()
+    lu.assertEquals(join_all(threads), { "woken", "woken", "woken", "woken" })
+end
+
+function TestSync:test_cond_producer_consumer()
+    local m, c = sync.mutex(), sync.cond()
+    local box = ffi.new("int64_t[2]")   -- [0]: value, [1]: full flag
+    local consumer = Thread.new(function(m, c, p)
+        local ffi = require "ffi"
+        p = ffi.cast("int64_t *", p)
+        local sum = 0
+        for _ = 1, 1000 do
+            m:lock()
+            while p[1] == 0 do assert(c:wait(m, 10), "consumer starved") end
+            sum = sum + tonumber(p[0])
+            p[1] = 0
+            c:signal()
+            m:unlock()
+        end
+        return sum
+    end, m, c, ffi.cast("void *", box))
+    for i = 1, 1000 do
+        m:lock()
+        while box[1] ~= 0 do assert(c:wait(m, 10), "producer starved") end
+        box[0], box[1] = i, 1
+        c:signal()
+        m:unlock()
+    end
+    lu.assertEquals({ consumer:join(30) }, { true, 500500 })
+end
+
+function TestSync:test_semaphore()
+    local s = sync.semaphore(2)
+    lu.assertTrue(s:wait())
+    lu.assertTrue(s:wait(0))
+    lu.assertFalse(s:wait(0))
+    local t0 = H.now()
+    lu.assertFalse(s:wait(0.05))
+    lu.assertTrue(H.now() - t0 >= 0.045)
+    s:post(3)
+    for _ = 1, 3 do lu.assertTrue(s:wait(0)) end
+    lu.assertFalse(s:wait(0))
+    lu.assertErrorMsgContains("positive integer", s.post, s, 0)
+    lu.assertErrorMsgContains("non-negative", sync.semaphore, -1)
+    -- posts from another thread release waits here
+    local t = Thread.new(function(s) for _ = 1, 100 do s:post() end return true end, s)
+    for _ = 1, 100 do lu.assertTrue(s:wait(10)) end
+    lu.assertTrue((t:join(10)))
+end
+
+function TestSync:test_atomic()
+    local a = sync.atomic(5)
+    lu.assertTrue(a:get() == 5)
+    lu.assertTrue(a:add(3) == 8)
+    lu.assertTrue(a:cas(8, -1))
+    lu.assertFalse(a:cas(8, 0))
+    a:set(2 ^ 40)
+    lu.assertTrue(a:get() == 2LL ^ 40)
+    a:set(0)
+    local threads = {}
+    for i = 1, 2 do
+        threads[i] = Thread.new(function(a)
+            for _ = 1, 100000 do a:add(1) end
+            return true
+        end, a)
+    end
+    -- a JIT-compiled polling loop sees the value change (no hoisted load)
+    local deadline = H.now() + 30
+    while a:get() < 200000 and H.now() < deadline do end
+    join_all(threads)
+    lu.assertTrue(a:get() == 200000)
+end
+
+function TestSync:test_objects_live_until_the_last_handle()
+    local m = sync.mutex()
+    local id = m:id()
+    -- the thread holds its own handle a while after this state dropped its own
+    local t = Thread.new(function(m)
+        require("lj-async.thread").sleep(0.2)
+        return m:trylock()
+    end, m)
+    m = nil
+    collectgarbage()
+    collectgarbage()
+    lu.assertTrue(alive(id))
+    lu.assertEquals({ t:join(10) }, { true, true })
+    t:destroy()
+    -- the thread's state was closed (it loaded the FFI): its handle is gone
+    local deadline = H.now() + 5
+    while alive(id) and H.now() < deadline do
+        collectgarbage()
+        Thread.sleep(0.01)
+    end
+    lu.assertFalse(alive(id))
+end
+
+function TestSync:test_handles_held_by_several_states()
+    local a = sync.atomic(0)
+    local id = a:id()
+    local threads = {}
+    for i = 1, 3 do
+        threads[i] = Thread.new(function(a, i)
+            require("lj-async.thread").sleep(0.05 * i)
+            return tonumber(a:add(1))
+        end, a, i)
+    end
+    a = nil
+    collectgarbage()
+    local results = join_all(threads)
+    table.sort(results)
+    lu.assertEquals(results, { 1, 2, 3 })
+    for _, t in ipairs(threads) do t:destroy() end
+    local deadline = H.now() + 5
+    while alive(id) and H.now() < deadline do
+        collectgarbage()
+        Thread.sleep(0.01)
+    end
+    lu.assertFalse(alive(id))
+end
+
+os.exit(lu.LuaUnit.run())
