@@ -1,0 +1,249 @@
+-- SPEC section 5: lj-async.channel, with objects crossing inside messages.
+local lu = require "luaunit"
+local ffi = require "ffi"
+local channel = require "lj-async.channel"
+local sync = require "lj-async.sync"
+local Thread = require "lj-async.thread"
+local H = require "tests.helpers"
+
+ffi.cdef "void *lja_object_get(uint64_t id, int kind); void lja_object_release(void *obj);"
+local S = require("lj-async.shim").C
+
+local function alive(id)
+    local p = S.lja_object_get(id, 0)
+    if p == nil then return false end
+    S.lja_object_release(p)
+    return true
+end
+
+local function eventually_gone(id)
+    local deadline = H.now() + 5
+    while alive(id) and H.now() < deadline do
+        collectgarbage()
+        Thread.sleep(0.01)
+    end
+    return not alive(id)
+end
+
+TestChannel = {}
+
+function TestChannel:test_messages_of_several_values()
+    local ch = channel.new()
+    ch:send(1, "two", { three = 3 }, nil)
+    ch:send(false)
+    lu.assertEquals(ch:len(), 2)
+    lu.assertEquals(select("#", ch:recv()), 4 - 1 + 1)
+    lu.assertEquals({ ch:recv() }, { false })
+    lu.assertEquals({ ch:recv(0) }, { nil, "timeout" })
+    lu.assertEquals({ ch:try_recv() }, { nil, "timeout" })
+    lu.assertErrorMsgContains("first value must not be nil", ch.send, ch, nil, 1)
+    lu.assertErrorMsgContains("first value must not be nil", ch.send, ch)
+    lu.assertErrorMsgContains("capacity", channel.new, 0)
+end
+
+function TestChannel:test_values_that_cannot_cross_are_not_sent()
+    local ch = channel.new()
+    local up = 1
+    lu.assertErrorMsgContains("upvalue 'up' (argument 2.f)", ch.send, ch, 1, { f = function() return up end })
+    lu.assertEquals(ch:len(), 0)
+    ch:send(function(x) return x * 2 end)
+    lu.assertEquals(ch:recv()(21), 42)
+end
+
+function TestChannel:test_bounded_send_blocks_and_times_out()
+    local ch = channel.new(2)
+    lu.assertTrue(ch:send_timeout(0, "a"))
+    lu.assertTrue(ch:send_timeout(0, "b"))
+    lu.assertEquals({ ch:send_timeout(0, "c") }, { nil, "timeout" })
+    local t0 = H.now()
+    lu.assertEquals({ ch:send_timeout(0.05, "c") }, { nil, "timeout" })
+    lu.assertTrue(H.now() - t0 >= 0.045)
+    -- a blocked send goes on once a receiver makes room
+    local t = Thread.new(function(ch)
+        require("lj-async.thread").sleep(0.05)
+        return ch:recv(), ch:recv(), ch:recv()
+    end, ch)
+    ch:send("c")
+    lu.assertEquals({ t:join(10) }, { true, "a", "b", "c" })
+end
+
+function TestChannel:test_recv_timeout()
+    local ch = channel.new()
+    local t0 = H.now()
+    lu.assertEquals({ ch:recv(0.05) }, { nil, "timeout" })
+    local waited = H.now() - t0
+    lu.assertTrue(waited >= 0.045 and waited < 1, waited)
+end
+
+function TestChannel:test_close_drains_then_reports_closed()
+    local ch = channel.new()
+    ch:send(1)
+    ch:send(2)
+    ch:close()
+    lu.assertErrorMsgContains("closed channel", ch.send, ch, 3)
+    lu.assertEquals({ ch:send_timeout(1, 3) }, { nil, "closed" })
+    lu.assertEquals(ch:recv(), 1)
+    lu.assertEquals(ch:recv(), 2)
+    lu.assertEquals({ ch:recv() }, { nil, "closed" })
+    lu.assertEquals({ ch:recv(0) }, { nil, "closed" })
+end
+
+function TestChannel:test_close_wakes_waiting_threads()
+    local empty, full = channel.new(), channel.new(1)
+    full:send("x")
+    local receivers, senders = {}, {}
+    for i = 1, 3 do
+        receivers[i] = Thread.new(function(ch) return ch:recv(30) end, empty)
+        senders[i] = Thread.new(function(ch) return ch:send_timeout(30, "y") end, full)
+    end
+    Thread.sleep(0.1)
+    local t0 = H.now()
+    empty:close()
+    full:close()
+    for i = 1, 3 do
+        lu.assertEquals({ receivers[i]:join(10) }, { true, nil, "closed" })
+        lu.assertEquals({ senders[i]:join(10) }, { true, nil, "closed" })
+    end
+    lu.assertTrue(H.now() - t0 < 5)
+    lu.assertEquals(full:recv(), "x")   -- what was queued still drains
+end
+
+function TestChannel:test_ids_and_get()
+    local ch = channel.new()
+    local same = channel.get(ch:id())
+    same:send("hi")
+    lu.assertEquals(ch:recv(), "hi")
+    lu.assertErrorMsgContains("no channel with id", channel.get, 1e9)
+    lu.assertErrorMsgContains("must be a number", channel.get, "x")
+    local t = Thread.new(function(id)
+        local channel = require "lj-async.channel"
+        channel.get(id):send("from thread")
+        return true
+    end, ch:id())
+    lu.assertTrue((t:join(10)))
+    lu.assertEquals(ch:recv(1), "from thread")
+end
+
+function TestChannel:test_select()
+    local a, b, c = channel.new(), channel.new(), channel.new()
+    lu.assertEquals({ channel.select({ a, b }, 0) }, { nil, "timeout" })
+    b:send("b1", 2)
+    local ch, v, w = channel.select({ a, b })
+    lu.assertTrue(ch == b)
+    lu.assertEquals({ v, w }, { "b1", 2 })
+    -- woken by a send from another thread
+    local t = Thread.new(function(c)
+        require("lj-async.thread").sleep(0.05)
+        c:send("late")
+        return true
+    end, c)
+    local t0 = H.now()
+    ch, v = channel.select({ a, b, c }, 10)
+    lu.assertTrue(ch == c)
+    lu.assertEquals(v, "late")
+    lu.assertTrue(H.now() - t0 < 5)
+    t:join(5)
+    a:close()
+    ch, v, w = channel.select({ b, a }, 1)
+    lu.assertTrue(ch == a)
+    lu.assertEquals({ v, w }, { nil, "closed" })
+    lu.assertErrorMsgContains("non-empty list", channel.select, {})
+    lu.assertErrorMsgContains("not a channel", channel.select, { a, {} })
+end
+
+function TestChannel:test_objects_inside_messages()
+    local ch, inner = channel.new(), channel.new()
+    local m = sync.mutex()
+    ch:send({ reply = inner, lock = m })
+    local t = Thread.new(function(ch)
+        local msg = ch:recv(10)
+        assert(msg.lock:trylock())
+        msg.reply:send("got it")
+        return true
+    end, ch)
+    lu.assertTrue((t:join(10)))
+    lu.assertEquals(inner:recv(5), "got it")
+    lu.assertFalse(m:trylock())   -- the thread locked the same mutex
+    m:unlock()
+end
+
+function TestChannel:test_undelivered_messages_release_their_objects()
+    local m = sync.mutex()
+    local id = m:id()
+    local ch = channel.new()
+    ch:send(m)
+    m = nil
+    collectgarbage()
+    lu.assertTrue(alive(id))    -- the queued message holds it
+    ch = nil
+    collectgarbage()
+    collectgarbage()
+    lu.assertTrue(eventually_gone(id))
+end
+
+function TestChannel:test_channel_gc_across_states()
+    local ch = channel.new()
+    local id = ch:id()
+    local threads = {}
+    for i = 1, 3 do
+        threads[i] = Thread.new(function(ch, i)
+            require("lj-async.thread").sleep(0.03 * i)
+            ch:send(i)
+            return true
+        end, ch, i)
+    end
+    local got = {}
+    for _ = 1, 3 do got[#got + 1] = ch:recv(10) end
+    table.sort(got)
+    lu.assertEquals(got, { 1, 2, 3 })
+    for _, t in ipairs(threads) do t:join(10); t:destroy() end
+    ch = nil
+    lu.assertTrue(eventually_gone(id))
+end
+
+-- 4 producers, 4 consumers, 200,000 messages through a bounded channel:
+-- every message counted, none twice, each producer's order kept.
+function TestChannel:test_stress_mpmc_exact_counts_and_order()
+    local PRODUCERS, CONSUMERS, PER = 4, 4, 50000
+    local ch, results = channel.new(64), channel.new()
+    local consumers = {}
+    for c = 1, CONSUMERS do
+        consumers[c] = Thread.new(function(ch, results, producers)
+            local last, count, sums, bad = {}, 0, {}, 0
+            for p = 1, producers do last[p], sums[p] = 0, 0 end
+            while true do
+                local p, seq = ch:recv(60)
+                if p == nil then break end
+                if seq <= last[p] then bad = bad + 1 end   -- order per producer
+                last[p] = seq
+                sums[p] = sums[p] + seq
+                count = count + 1
+            end
+            results:send(count, sums, bad)
+            return true
+        end, ch, results, PRODUCERS)
+    end
+    local producers = {}
+    for p = 1, PRODUCERS do
+        producers[p] = Thread.new(function(ch, p, n)
+            for seq = 1, n do ch:send(p, seq) end
+            return true
+        end, ch, p, PER)
+    end
+    for p = 1, PRODUCERS do lu.assertEquals({ producers[p]:join(120) }, { true, true }) end
+    ch:close()
+    local total, bad, sums = 0, 0, {}
+    for p = 1, PRODUCERS do sums[p] = 0 end
+    for _ = 1, CONSUMERS do
+        local count, s, b = results:recv(60)
+        lu.assertNotNil(count, "a consumer never reported")
+        total, bad = total + count, bad + b
+        for p = 1, PRODUCERS do sums[p] = sums[p] + s[p] end
+    end
+    for c = 1, CONSUMERS do lu.assertTrue((consumers[c]:join(60))) end
+    lu.assertEquals(total, PRODUCERS * PER)      -- nothing lost, nothing doubled
+    lu.assertEquals(bad, 0)                      -- each producer's order kept
+    for p = 1, PRODUCERS do lu.assertEquals(sums[p], PER * (PER + 1) / 2) end
+end
+
+os.exit(lu.LuaUnit.run())
