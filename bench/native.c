@@ -1,5 +1,6 @@
 /* native.c: plain-C baselines that bench/run.lua measures beside lj-async. */
 #include <pthread.h>
+#include <stdlib.h>
 #include <time.h>
 
 #define EXPORT __attribute__((visibility("default")))
@@ -78,4 +79,116 @@ EXPORT double ljabench_call_loop(int_fn fn, int n, int threads, long *sum)
         *sum += loops[i].sum;
     }
     return now() - t0;
+}
+
+/* A plain C mutex+condvar queue: the baseline for channels. */
+struct node {
+    struct node *next;
+    long value;
+};
+
+struct queue {
+    pthread_mutex_t lock;
+    pthread_cond_t ready;
+    struct node *head, *tail;
+};
+
+static void queue_init(struct queue *q)
+{
+    pthread_mutex_init(&q->lock, NULL);
+    pthread_cond_init(&q->ready, NULL);
+    q->head = q->tail = NULL;
+}
+
+static void queue_push(struct queue *q, long v)
+{
+    struct node *n = malloc(sizeof *n);
+    n->next = NULL;
+    n->value = v;
+    pthread_mutex_lock(&q->lock);
+    if (q->tail)
+        q->tail->next = n;
+    else
+        q->head = n;
+    q->tail = n;
+    pthread_cond_signal(&q->ready);
+    pthread_mutex_unlock(&q->lock);
+}
+
+static long queue_pop(struct queue *q)
+{
+    pthread_mutex_lock(&q->lock);
+    while (!q->head)
+        pthread_cond_wait(&q->ready, &q->lock);
+    struct node *n = q->head;
+    q->head = n->next;
+    if (!q->head)
+        q->tail = NULL;
+    pthread_mutex_unlock(&q->lock);
+    long v = n->value;
+    free(n);
+    return v;
+}
+
+struct producer {
+    struct queue *q;
+    long n;
+};
+
+static void *produce(void *p)
+{
+    struct producer *pr = p;
+    for (long i = 0; i < pr->n; i++)
+        queue_push(pr->q, i);
+    return NULL;
+}
+
+/* Seconds for one thread to pass n messages to another through the queue. */
+EXPORT double ljabench_queue(long n)
+{
+    struct queue q;
+    queue_init(&q);
+    struct producer pr = {&q, n};
+    pthread_t t;
+    double t0 = now();
+    pthread_create(&t, NULL, produce, &pr);
+    long sum = 0;
+    for (long i = 0; i < n; i++)
+        sum += queue_pop(&q);
+    double s = now() - t0;
+    pthread_join(t, NULL);
+    return sum == n * (n - 1) / 2 ? s : -1;
+}
+
+struct pingpong {
+    struct queue *ping, *pong;
+    long n;
+};
+
+static void *ponger(void *p)
+{
+    struct pingpong *pp = p;
+    for (long i = 0; i < pp->n; i++)
+        queue_push(pp->pong, queue_pop(pp->ping) + 1);
+    return NULL;
+}
+
+/* Seconds for n round trips between two threads over two queues. */
+EXPORT double ljabench_pingpong(long n)
+{
+    struct queue ping, pong;
+    queue_init(&ping);
+    queue_init(&pong);
+    struct pingpong pp = {&ping, &pong, n};
+    pthread_t t;
+    double t0 = now();
+    pthread_create(&t, NULL, ponger, &pp);
+    long v = 0;
+    for (long i = 0; i < n; i++) {
+        queue_push(&ping, v);
+        v = queue_pop(&pong);
+    }
+    double s = now() - t0;
+    pthread_join(t, NULL);
+    return v == n ? s : -1;
 }

@@ -12,7 +12,17 @@
 
 #include "object.h"
 
-#define SPIN_ROUNDS 200   /* ~ a few microseconds of polling */
+#define SPIN_ROUNDS 2000  /* polls of the count (~ tens of microseconds) */
+#define SPIN_YIELD_AFTER 200  /* the rest of the polls also yield the CPU */
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
 
 struct lja_msg {
     struct lja_msg *next;
@@ -184,8 +194,12 @@ int lja_channel_recv(lja_channel *ch, lja_msg **out, double timeout)
 {
     *out = NULL;
     if (timeout != 0) {
-        for (int i = 0; i < SPIN_ROUNDS && atomic_load(&ch->count) == 0 && !atomic_load(&ch->closed); i++)
-            sched_yield();
+        for (int i = 0; i < SPIN_ROUNDS && atomic_load(&ch->count) == 0 && !atomic_load(&ch->closed); i++) {
+            if (i < SPIN_YIELD_AFTER)
+                cpu_relax();
+            else
+                sched_yield();
+        }
     }
     struct timespec deadline;
     int have = 0, rc = LJA_OK;

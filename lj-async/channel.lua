@@ -42,8 +42,7 @@ local objs_cap = 64
 -- references go with it, sent or not.
 local function send(ch, timeout, level, n, v, ...)
     if n == 0 or v == nil then error("lj-async: a message's first value must not be nil", level + 1) end
-    local ok, p, len = pcall(encode, n, v, ...)
-    if not ok then error(p, level + 1) end
+    local p, len = encode(n, v, ...)   -- raises on what cannot cross (no position)
     local refs = exported()
     local nobjs = #refs
     if nobjs == 0 then return send_c(ch, p, len, nil, 0, timeout) end

@@ -148,10 +148,25 @@ end
 -- Encode n values into one message.  Returns a pointer and length valid
 -- until the next encode in this state; raises an error that names what
 -- cannot cross, and then nothing was sent.
+-- Values string.buffer encodes as they are, without a chance of failing.
+local SIMPLE = { number = true, string = true, boolean = true, ["nil"] = true }
+
 local function encode(hidden, n, ...)
-    for i = #exported, 1, -1 do exported[i], exported_kinds[i] = nil, nil end
+    if #exported > 0 then
+        for i = #exported, 1, -1 do exported[i], exported_kinds[i] = nil, nil end
+    end
     enc:reset()
-    if not pcall(encode_plain, n, ...) then
+    if n == 1 then   -- the common one-value message: no vararg loop
+        local v = ...
+        if SIMPLE[type(v)] then
+            enc:encode(1):encode(v)
+            return
+        end
+        enc:encode(1)
+        if pcall(enc.encode, enc, v) then return end
+        enc:reset()
+        encode_special(hidden, n, ...)
+    elseif not pcall(encode_plain, n, ...) then
         enc:reset()
         encode_special(hidden, n, ...)
     end
