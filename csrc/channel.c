@@ -26,11 +26,24 @@ static inline void cpu_relax(void)
 
 struct lja_msg {
     struct lja_msg *next;
+    struct lja_channel *home;   /* small messages: the channel that recycles them */
     size_t len;
     int nobjs;
     char *data;        /* right after objs */
     void *objs[];
 };
+
+/* Small messages are blocks of one size, recycled through their channel's
+ * spare stack: malloc and a free on another thread cost more than the rest
+ * of a send.  Pushes are lock-free; pops happen under the channel's lock,
+ * one at a time, so the stack has no ABA problem. */
+#define SMALL_BLOCK 256
+#define SPARE_MAX 256
+
+static int is_small(size_t len, int nobjs)
+{
+    return sizeof(lja_msg) + (size_t)nobjs * sizeof(void *) + len <= SMALL_BLOCK;
+}
 
 /* A select in progress, registered on each channel it waits on. */
 struct selector {
@@ -54,15 +67,57 @@ struct lja_channel {
     atomic_int closed;
     int recv_waiters, send_waiters;
     struct selector_link *selectors;
+    _Atomic(lja_msg *) spare;    /* recycled small blocks */
+    atomic_int nspare;
 };
 
+static void release_objects(lja_msg *msg)
+{
+    for (int i = 0; i < msg->nobjs; i++)
+        lja_object_release(msg->objs[i]);
+}
+
+/* A message goes back to its channel: the caller must still hold a
+ * reference to that channel (the Lua side frees inside recv). */
 void lja_msg_free(lja_msg *msg)
 {
     if (!msg)
         return;
-    for (int i = 0; i < msg->nobjs; i++)
-        lja_object_release(msg->objs[i]);
+    release_objects(msg);
+    lja_channel *ch = msg->home;
+    if (ch && atomic_fetch_add(&ch->nspare, 1) < SPARE_MAX) {
+        lja_msg *head = atomic_load(&ch->spare);
+        do
+            msg->next = head;
+        while (!atomic_compare_exchange_weak(&ch->spare, &head, msg));
+        return;
+    }
+    if (ch)
+        atomic_fetch_sub(&ch->nspare, 1);
     free(msg);
+}
+
+/* Called with ch->lock held. */
+static lja_msg *pop_spare(lja_channel *ch)
+{
+    lja_msg *head = atomic_load(&ch->spare);
+    while (head && !atomic_compare_exchange_weak(&ch->spare, &head, head->next)) {
+    }
+    if (head)
+        atomic_fetch_sub(&ch->nspare, 1);
+    return head;
+}
+
+static void fill(lja_msg *msg, const char *data, size_t len, void *const *objs, int nobjs)
+{
+    msg->next = NULL;
+    msg->len = len;
+    msg->nobjs = nobjs;
+    msg->data = (char *)(msg->objs + nobjs);
+    if (nobjs)
+        memcpy(msg->objs, objs, (size_t)nobjs * sizeof(void *));
+    if (len)
+        memcpy(msg->data, data, len);
 }
 
 const char *lja_msg_data(lja_msg *msg, size_t *len)
@@ -76,7 +131,12 @@ static void channel_destroy(void *obj)
     lja_channel *ch = obj;
     for (lja_msg *m = ch->head, *next; m; m = next) {
         next = m->next;
-        lja_msg_free(m);
+        release_objects(m);
+        free(m);
+    }
+    for (lja_msg *m = atomic_load(&ch->spare), *next; m; m = next) {
+        next = m->next;
+        free(m);
     }
     pthread_cond_destroy(&ch->not_empty);
     pthread_cond_destroy(&ch->not_full);
@@ -93,8 +153,18 @@ lja_channel *lja_channel_new(int64_t capacity)
         return NULL;
     ch->capacity = capacity;
     atomic_init(&ch->count, 0);
+    atomic_init(&ch->spare, NULL);
+    atomic_init(&ch->nspare, 0);
     atomic_init(&ch->closed, 0);
-    pthread_mutex_init(&ch->lock, NULL);
+    /* Held for a few instructions at a time by both ends: an adaptive mutex
+     * spins briefly instead of sleeping in the kernel under contention. */
+    pthread_mutexattr_t attr;
+    pthread_mutexattr_init(&attr);
+#ifdef PTHREAD_MUTEX_ADAPTIVE_NP
+    pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_ADAPTIVE_NP);
+#endif
+    pthread_mutex_init(&ch->lock, &attr);
+    pthread_mutexattr_destroy(&attr);
     if (lja_cond_init(&ch->not_empty) != LJA_OK || lja_cond_init(&ch->not_full) != LJA_OK ||
         lja_object_init(&ch->hdr, LJA_KIND_CHANNEL, channel_destroy) != LJA_OK) {
         channel_destroy(ch);
@@ -131,21 +201,26 @@ int lja_channel_send(lja_channel *ch, const char *data, size_t len, void *const 
 {
     if (nobjs < 0 || (nobjs > 0 && !objs))
         return LJA_EINVAL;
-    lja_msg *msg = malloc(sizeof *msg + (size_t)nobjs * sizeof(void *) + len);
-    if (!msg)
-        return LJA_ENOMEM;
-    msg->next = NULL;
-    msg->len = len;
-    msg->nobjs = nobjs;
-    msg->data = (char *)(msg->objs + nobjs);
-    if (nobjs)
-        memcpy(msg->objs, objs, (size_t)nobjs * sizeof(void *));
-    if (len)
-        memcpy(msg->data, data, len);
+    lja_msg *msg = NULL;
+    int small = is_small(len, nobjs);
+    if (small) {
+        /* a recycled block is taken and filled under the lock (<= 256 bytes) */
+        pthread_mutex_lock(&ch->lock);
+        msg = pop_spare(ch);
+        if (!msg)
+            pthread_mutex_unlock(&ch->lock);
+    }
+    if (!msg) {
+        msg = malloc(small ? SMALL_BLOCK : sizeof *msg + (size_t)nobjs * sizeof(void *) + len);
+        if (!msg)
+            return LJA_ENOMEM;
+        pthread_mutex_lock(&ch->lock);
+    }
+    msg->home = small ? ch : NULL;
+    fill(msg, data, len, objs, nobjs);
 
     struct timespec deadline;
     int have = 0, rc = LJA_OK;
-    pthread_mutex_lock(&ch->lock);
     while (!atomic_load(&ch->closed) && ch->capacity && atomic_load(&ch->count) >= ch->capacity &&
            rc == LJA_OK) {
         ch->send_waiters++;
