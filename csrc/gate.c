@@ -5,7 +5,6 @@
  * calling one ffi.cast callback corrupt it.  The gate is a libffi closure:
  * it takes a target before any Lua runs and gives it back after. */
 #include <ffi.h>
-#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,7 +21,7 @@ struct lja_gate {
     pthread_mutex_t lock;       /* only for waiting and for the error text */
     pthread_cond_t freed;       /* a target became free (signalled under lock) */
     atomic_int waiters;         /* callers waiting for a free target */
-    atomic_int giving;          /* callers inside give_target */
+    lja_gate *next_spare;       /* in the pool of gate structs (under pool_lock) */
     int n;
     atomic_int *busy;           /* per target: 1 while a caller has it (or unset) */
     void **targets;
@@ -82,16 +81,48 @@ static int take_target(lja_gate *g, const struct timespec *deadline)
 
 static void give_target(lja_gate *g, int slot)
 {
-    /* `giving` covers the touches of g after the target is free again, so
-     * that quiesce can wait them out before free() destroys g. */
-    atomic_fetch_add(&g->giving, 1);
+    /* Once the target is free, quiesce and free() may run at once; what
+     * follows touches only g's struct itself, which is type-stable (see
+     * the pool below), so a late signal reaches at worst a new gate's
+     * waiters, who check again. */
     atomic_store(&g->busy[slot], 0);
     if (atomic_load(&g->waiters) > 0) {
         pthread_mutex_lock(&g->lock);
         pthread_cond_signal(&g->freed);
         pthread_mutex_unlock(&g->lock);
     }
-    atomic_fetch_sub(&g->giving, 1);
+}
+
+/* Gate structs are never given back to malloc: a freed one keeps its lock
+ * and condition and waits in this pool for the next lja_gate_new.  That
+ * keeps give_target's last touches safe without a counter on every call. */
+static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
+static lja_gate *pool;
+
+static lja_gate *gate_struct(void)
+{
+    pthread_mutex_lock(&pool_lock);
+    lja_gate *g = pool;
+    if (g)
+        pool = g->next_spare;
+    pthread_mutex_unlock(&pool_lock);
+    if (g)
+        return g;
+    g = calloc(1, sizeof *g);
+    if (g) {
+        pthread_mutex_init(&g->lock, NULL);
+        lja_cond_init(&g->freed);
+        atomic_init(&g->waiters, 0);
+    }
+    return g;
+}
+
+static void gate_struct_free(lja_gate *g)
+{
+    pthread_mutex_lock(&pool_lock);
+    g->next_spare = pool;
+    pool = g;
+    pthread_mutex_unlock(&pool_lock);
 }
 
 static void gate_entry(ffi_cif *cif, void *ret, void **args, void *user)
@@ -110,16 +141,21 @@ int lja_gate_new(lja_gate **out, const char *sig, int n)
     if (nargs < 1 || nargs - 1 > GATE_MAX_ARGS)
         return LJA_EINVAL;
     nargs--;
-    lja_gate *g = calloc(1, sizeof *g);
+    lja_gate *g = gate_struct();
     if (!g)
         return LJA_ENOMEM;
+    g->closure = NULL;
+    g->targets = NULL;
+    g->busy = NULL;
+    g->error = NULL;
+    g->error_len = 0;
     ffi_type *rtype = sig_type(sig[0]);
     int rc = rtype ? LJA_OK : LJA_EINVAL;
     for (size_t i = 0; i < nargs && rc == LJA_OK; i++)
         if (sig[i + 1] == 'v' || !(g->args[i] = sig_type(sig[i + 1])))
             rc = LJA_EINVAL;
     if (rc != LJA_OK) {
-        free(g);
+        gate_struct_free(g);
         return rc;
     }
     g->targets = calloc((size_t)n, sizeof *g->targets);
@@ -136,16 +172,12 @@ int lja_gate_new(lja_gate **out, const char *sig, int n)
             ffi_closure_free(g->closure);
         free(g->targets);
         free((void *)g->busy);
-        free(g);
+        gate_struct_free(g);
         return rc;
     }
     g->n = n;
     for (int i = 0; i < n; i++)
         atomic_init(&g->busy[i], 1);  /* not takeable until its target is set */
-    atomic_init(&g->waiters, 0);
-    atomic_init(&g->giving, 0);
-    pthread_mutex_init(&g->lock, NULL);
-    lja_cond_init(&g->freed);
     *out = g;
     return LJA_OK;
 }
@@ -173,11 +205,7 @@ int lja_gate_quiesce(lja_gate *g, double timeout)
         installed += g->targets[i] != NULL;
     while (held < installed && take_target(g, &deadline) >= 0)
         held++;
-    if (held < installed)
-        return LJA_ETIMEDOUT;
-    while (atomic_load(&g->giving) > 0)  /* a few instructions at most */
-        sched_yield();
-    return LJA_OK;
+    return held == installed ? LJA_OK : LJA_ETIMEDOUT;
 }
 
 void lja_gate_set_error(lja_gate *g, const char *msg, size_t len)
@@ -209,10 +237,11 @@ void lja_gate_free(lja_gate *g)
     if (!g)
         return;
     ffi_closure_free(g->closure);
-    pthread_cond_destroy(&g->freed);
-    pthread_mutex_destroy(&g->lock);
     free(g->targets);
     free((void *)g->busy);
+    pthread_mutex_lock(&g->lock);
     free(g->error);
-    free(g);
+    g->error = NULL;
+    pthread_mutex_unlock(&g->lock);
+    gate_struct_free(g);
 }

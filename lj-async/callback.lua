@@ -122,10 +122,15 @@ function M.boot(out, gate, ctype, cdef, code, setup, args)
         report(...)
         return zero
     end
-    local traceback = transfer.traceback
-    local cb = ffi.cast(ct, function(...)
-        return finish(xpcall(fn, traceback, ...))
-    end)
+    -- A wrapper of the signature's arity: fixed parameters compile better
+    -- than varargs in a function entered on every call.
+    local params = {}
+    for i = 1, #sig - 1 do params[i] = "a" .. i end
+    params = table.concat(params, ", ")
+    local wrapper = assert(load(("local finish, xpcall, fn, traceback = ... "
+        .. "return function(%s) return finish(xpcall(fn, traceback%s)) end")
+        :format(params, params == "" and "" or ", " .. params), "=(callback wrapper)"))
+    local cb = ffi.cast(ct, wrapper(finish, xpcall, fn, transfer.traceback))
     M.anchor = cb
     out[0] = ffi.cast("void *", cb)
 end
