@@ -173,17 +173,6 @@ lja_channel *lja_channel_new(int64_t capacity)
     return ch;
 }
 
-static int wait_deadline(pthread_cond_t *c, pthread_mutex_t *m, double timeout,
-                         struct timespec *deadline, int *have)
-{
-    if (timeout == 0)
-        return LJA_ETIMEDOUT;
-    if (timeout > 0 && !*have) {
-        *deadline = lja_deadline(timeout);
-        *have = 1;
-    }
-    return lja_cond_wait_until(c, m, timeout > 0 ? deadline : NULL);
-}
 
 /* Wake selects waiting on ch; called with ch->lock held. */
 static void notify_selectors(lja_channel *ch)
@@ -224,7 +213,7 @@ int lja_channel_send(lja_channel *ch, const char *data, size_t len, void *const 
     while (!atomic_load(&ch->closed) && ch->capacity && atomic_load(&ch->count) >= ch->capacity &&
            rc == LJA_OK) {
         ch->send_waiters++;
-        rc = wait_deadline(&ch->not_full, &ch->lock, timeout, &deadline, &have);
+        rc = lja_cond_wait_timeout(&ch->not_full, &ch->lock, timeout, &deadline, &have);
         ch->send_waiters--;
     }
     if (atomic_load(&ch->closed)) {
@@ -281,7 +270,7 @@ int lja_channel_recv(lja_channel *ch, lja_msg **out, double timeout)
     pthread_mutex_lock(&ch->lock);
     while (!ch->head && !atomic_load(&ch->closed) && rc == LJA_OK) {
         ch->recv_waiters++;
-        rc = wait_deadline(&ch->not_empty, &ch->lock, timeout, &deadline, &have);
+        rc = lja_cond_wait_timeout(&ch->not_empty, &ch->lock, timeout, &deadline, &have);
         ch->recv_waiters--;
     }
     lja_msg *msg = pop(ch);
@@ -371,7 +360,7 @@ int lja_channel_select(lja_channel *const *chs, int n, int *index, lja_msg **msg
     while (!(got = take_ready(chs, n, index, msg)) && rc == LJA_OK) {
         pthread_mutex_lock(&sel.lock);
         while (!sel.signaled && rc == LJA_OK)
-            rc = wait_deadline(&sel.ready, &sel.lock, timeout, &deadline, &have);
+            rc = lja_cond_wait_timeout(&sel.ready, &sel.lock, timeout, &deadline, &have);
         sel.signaled = 0;
         pthread_mutex_unlock(&sel.lock);
     }

@@ -68,3 +68,15 @@ int lja_cond_wait_until(pthread_cond_t *c, pthread_mutex_t *m, const struct time
     }
     return pthread_cond_timedwait(c, m, deadline) == ETIMEDOUT ? LJA_ETIMEDOUT : LJA_OK;
 }
+
+int lja_cond_wait_timeout(pthread_cond_t *c, pthread_mutex_t *m, double timeout,
+                          struct timespec *deadline, int *have_deadline)
+{
+    if (timeout == 0)
+        return LJA_ETIMEDOUT;
+    if (timeout > 0 && !*have_deadline) {
+        *deadline = lja_deadline(timeout);
+        *have_deadline = 1;
+    }
+    return lja_cond_wait_until(c, m, timeout > 0 ? deadline : NULL);
+}

@@ -17,6 +17,11 @@ int lja_cond_init(pthread_cond_t *c);
  * Returns LJA_OK or LJA_ETIMEDOUT; callers re-check their predicate. */
 int lja_cond_wait_until(pthread_cond_t *c, pthread_mutex_t *m, const struct timespec *deadline);
 
+/* Wait on c for a relative timeout (< 0: forever, 0: not at all); the
+ * deadline is fixed on the first call of a wait loop (*have_deadline). */
+int lja_cond_wait_timeout(pthread_cond_t *c, pthread_mutex_t *m, double timeout,
+                          struct timespec *deadline, int *have_deadline);
+
 /* lua.c: make the code running in L raise "interrupted" at its next hook
  * check, and undo that (both with the bound Lua C API). */
 void lja_lua_interrupt(void *L);

@@ -6,17 +6,6 @@
 
 #include "object.h"
 
-static int wait_for(pthread_cond_t *c, pthread_mutex_t *m, double timeout, struct timespec *deadline,
-                    int *have_deadline)
-{
-    if (timeout == 0)
-        return LJA_ETIMEDOUT;
-    if (timeout > 0 && !*have_deadline) {
-        *deadline = lja_deadline(timeout);
-        *have_deadline = 1;
-    }
-    return lja_cond_wait_until(c, m, timeout > 0 ? deadline : NULL);
-}
 
 /* ---- mutex ---- */
 
@@ -60,7 +49,7 @@ int lja_mutex_lock(lja_mutex *m, double timeout)
     pthread_mutex_lock(&m->lock);
     m->waiters++;
     while (m->locked && rc == LJA_OK)
-        rc = wait_for(&m->unlocked, &m->lock, timeout, &deadline, &have);
+        rc = lja_cond_wait_timeout(&m->unlocked, &m->lock, timeout, &deadline, &have);
     m->waiters--;
     if (!m->locked) {
         m->locked = 1;
@@ -143,7 +132,7 @@ int lja_cond_wait(lja_cond *c, lja_mutex *m, double timeout)
         c->head = &self;
     c->tail = &self;
     while (!self.signaled && rc == LJA_OK)
-        rc = wait_for(&c->cv, &c->lock, timeout, &deadline, &have);
+        rc = lja_cond_wait_timeout(&c->cv, &c->lock, timeout, &deadline, &have);
     if (self.signaled) {
         rc = LJA_OK;      /* a signal given before the timeout counts */
     } else {              /* timed out: leave the queue */
@@ -237,7 +226,7 @@ int lja_semaphore_wait(lja_semaphore *s, double timeout)
     int have = 0, rc = LJA_OK;
     pthread_mutex_lock(&s->lock);
     while (s->count == 0 && rc == LJA_OK)
-        rc = wait_for(&s->posted, &s->lock, timeout, &deadline, &have);
+        rc = lja_cond_wait_timeout(&s->posted, &s->lock, timeout, &deadline, &have);
     if (s->count > 0) {
         s->count--;
         rc = LJA_OK;

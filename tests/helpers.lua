@@ -61,6 +61,27 @@ function H.listdir(dir)
     return names
 end
 
+-- Whether an lj-async object with this id still exists anywhere.
+function H.object_alive(id)
+    pcall(ffi.cdef, "void *lja_object_get(uint64_t id, int kind); void lja_object_release(void *obj);")
+    local S = require("lj-async.shim").C
+    local p = S.lja_object_get(id, 0)
+    if p == nil then return false end
+    S.lja_object_release(p)
+    return true
+end
+
+-- Collects garbage until the object is gone (true) or 5 s pass (false).
+function H.eventually_gone(id)
+    local Thread = require "lj-async.thread"
+    local deadline = H.now() + 5
+    while H.object_alive(id) and H.now() < deadline do
+        collectgarbage()
+        Thread.sleep(0.01)
+    end
+    return not H.object_alive(id)
+end
+
 -- Resident memory of this process, in MiB.
 function H.rss_mib()
     local f = assert(io.open("/proc/self/statm"))

@@ -6,24 +6,7 @@ local sync = require "lj-async.sync"
 local Thread = require "lj-async.thread"
 local H = require "tests.helpers"
 
-ffi.cdef "void *lja_object_get(uint64_t id, int kind); void lja_object_release(void *obj);"
-local S = require("lj-async.shim").C
-
-local function alive(id)
-    local p = S.lja_object_get(id, 0)
-    if p == nil then return false end
-    S.lja_object_release(p)
-    return true
-end
-
-local function eventually_gone(id)
-    local deadline = H.now() + 5
-    while alive(id) and H.now() < deadline do
-        collectgarbage()
-        Thread.sleep(0.01)
-    end
-    return not alive(id)
-end
+local alive, eventually_gone = H.object_alive, H.eventually_gone
 
 TestChannel = {}
 

@@ -5,15 +5,7 @@ local sync = require "lj-async.sync"
 local Thread = require "lj-async.thread"
 local H = require "tests.helpers"
 
-ffi.cdef "void *lja_object_get(uint64_t id, int kind); void lja_object_release(void *obj);"
-local S = require("lj-async.shim").C
-
-local function alive(id)
-    local p = S.lja_object_get(id, 0)
-    if p == nil then return false end
-    S.lja_object_release(p)
-    return true
-end
+local alive, eventually_gone = H.object_alive, H.eventually_gone
 
 local function join_all(threads)
     local out = {}
@@ -180,12 +172,7 @@ function TestSync:test_objects_live_until_the_last_handle()
     lu.assertEquals({ t:join(10) }, { true, true })
     t:destroy()
     -- the thread's state was closed (it loaded the FFI): its handle is gone
-    local deadline = H.now() + 5
-    while alive(id) and H.now() < deadline do
-        collectgarbage()
-        Thread.sleep(0.01)
-    end
-    lu.assertFalse(alive(id))
+    lu.assertTrue(eventually_gone(id))
 end
 
 function TestSync:test_handles_held_by_several_states()
@@ -204,12 +191,7 @@ function TestSync:test_handles_held_by_several_states()
     table.sort(results)
     lu.assertEquals(results, { 1, 2, 3 })
     for _, t in ipairs(threads) do t:destroy() end
-    local deadline = H.now() + 5
-    while alive(id) and H.now() < deadline do
-        collectgarbage()
-        Thread.sleep(0.01)
-    end
-    lu.assertFalse(alive(id))
+    lu.assertTrue(eventually_gone(id))
 end
 
 os.exit(lu.LuaUnit.run())
