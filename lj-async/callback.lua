@@ -8,7 +8,6 @@ local ffi = require "ffi"
 local shim = require "lj-async.shim"
 local transfer = require "lj-async.transfer"
 local vm = require "lj-async.vm"
-local Thread = require "lj-async.thread"
 
 ffi.cdef [[
 typedef struct lja_gate lja_gate;
@@ -172,7 +171,7 @@ local function new_callback(factory, fn, opts, level)
     if type(n) ~= "number" or n < 1 or n % 1 ~= 0 or n > 1024 then
         error("lj-async: states must be an integer from 1 to 1024", level)
     end
-    local code = Thread.code_of(fn, level)
+    local code = transfer.code_of(fn, level)
     local list = opts.args or {}
     if type(list) ~= "table" then error("lj-async: args must be a list", level) end
     -- Each state gets its own message: its objects' references are its own.

@@ -7,7 +7,6 @@ local ffi = require "ffi"
 local shim = require "lj-async.shim"
 local object = require "lj-async.object"
 local transfer = require "lj-async.transfer"
-local Thread = require "lj-async.thread"
 
 ffi.cdef [[
 typedef struct lja_channel lja_channel;
@@ -27,7 +26,7 @@ void lja_msg_free(lja_msg *msg);
 local C = shim.C
 local select, error, type = select, error, type
 local encode, exported, decode = transfer.encode, transfer.exported, transfer.decode
-local timeout_arg = Thread.timeout_arg
+local timeout_arg = shim.timeout_arg
 local LJA_OK, LJA_ETIMEDOUT, LJA_ECLOSED = C.LJA_OK, C.LJA_ETIMEDOUT, C.LJA_ECLOSED
 local send_c, recv_c, msg_data, msg_free = C.lja_channel_send, C.lja_channel_recv, C.lja_msg_data, C.lja_msg_free
 

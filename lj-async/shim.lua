@@ -69,4 +69,14 @@ function M.strerror(rc)
     return ffi.string(strerror(rc))
 end
 
+-- A timeout argument as the shim takes it: nil waits forever (-1), a
+-- negative number is 0; anything else raises at the caller's level.
+function M.timeout_arg(timeout, level)
+    if timeout == nil then return -1 end
+    if type(timeout) ~= "number" or timeout ~= timeout then
+        error("lj-async: the timeout must be a number of seconds or nil", level + 1)
+    end
+    return timeout < 0 and 0 or timeout
+end
+
 return M

@@ -6,7 +6,6 @@ local shim = require "lj-async.shim"
 local object = require "lj-async.object"
 local transfer = require "lj-async.transfer"
 local vm = require "lj-async.vm"
-local Thread = require "lj-async.thread"
 
 ffi.cdef [[
 typedef struct lja_state lja_state;
@@ -36,13 +35,9 @@ function M.boot(setup_code, args)
     if type(handler) ~= "function" then
         error("the setup function returned " .. type(handler) .. ", not a function", 0)
     end
-    local function result(...)
-        local ok, msg = pcall(transfer.encode_string, select("#", ...), ...)
-        if ok then return msg end
-        return transfer.encode_string(2, false, "lj-async: the state's results cannot cross: " .. tostring(msg))
-    end
     local function run(input)
-        return result(xpcall(handler, transfer.traceback, select(2, transfer.decode_transient(input))))
+        return transfer.encode_outcome("state", xpcall(handler, transfer.traceback,
+            select(2, transfer.decode_transient(input))))
     end
     debug.getregistry()["lj-async.call"] = function(input)
         local ok, msg = pcall(run, input)
@@ -101,7 +96,7 @@ function State:call(...)
 end
 
 function State:call_wait(timeout, ...)
-    return call(self, Thread.timeout_arg(timeout, 2), ...)
+    return call(self, shim.timeout_arg(timeout, 2), ...)
 end
 
 State.id = object.id
@@ -140,7 +135,7 @@ function M.new(...)
     if name ~= nil and type(name) ~= "string" then error("lj-async: a state's name must be a string", 2) end
     first = first or 2
     if setup == nil and first == 3 then error("lj-async: state.new needs a setup function", 2) end
-    local code = Thread.code_of(setup, 2)
+    local code = transfer.code_of(setup, 2)
     local ok, args = pcall(transfer.encode_string, math.max(nargs - first + 1, 0), select(first, ...))
     if not ok then error(args, 2) end
     local L = vm.new(BOOT, code, args)

@@ -5,7 +5,6 @@
 local ffi = require "ffi"
 local shim = require "lj-async.shim"
 local object = require "lj-async.object"
-local Thread = require "lj-async.thread"
 
 ffi.cdef [[
 typedef struct lja_mutex lja_mutex;
@@ -32,7 +31,7 @@ int lja_atomic_cas(int64_t *p, int64_t expected, int64_t desired);
 
 local C = shim.C
 local LJA_OK = C.LJA_OK
-local timeout_arg = Thread.timeout_arg
+local timeout_arg = shim.timeout_arg
 
 local M = {}
 

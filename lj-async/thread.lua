@@ -38,7 +38,7 @@ local CPU_COUNT = C.lja_cpu_count()
 -- input (path, cpath, code, arguments) and returns its result message.
 local RUNTIME = vm.compile([[
 local transfer = require "lj-async.transfer"
-local select, tostring, load, pcall, xpcall = select, tostring, load, pcall, xpcall
+local tostring, load, pcall, xpcall = tostring, load, pcall, xpcall
 local registry = debug.getregistry()
 
 local function execute(n, path, cpath, code, ...)
@@ -46,14 +46,8 @@ local function execute(n, path, cpath, code, ...)
     return assert(load(code, "=(thread)"))(...)
 end
 
-local function result(...)
-    local ok, msg = pcall(transfer.encode_string, select("#", ...), ...)
-    if ok then return msg end
-    return transfer.encode_string(2, false, "lj-async: the thread's results cannot cross: " .. tostring(msg))
-end
-
 local function run(input)
-    return result(xpcall(execute, transfer.traceback, transfer.decode_transient(input)))
+    return transfer.encode_outcome("thread", xpcall(execute, transfer.traceback, transfer.decode_transient(input)))
 end
 
 registry["lj-async.run"] = function(input)
@@ -71,44 +65,10 @@ do
     if rc ~= LJA_OK then error("lj-async: cannot set up threads: " .. shim.strerror(rc)) end
 end
 
--- Turn a function, Lua source or bytecode into something load() takes in
--- another state.  Raises at the caller's level on what cannot cross.
-function Thread.code_of(func, level)
-    level = level + 1
-    local tf = type(func)
-    if tf == "function" then
-        if debug.getinfo(func, "S").what == "C" then
-            error("lj-async: cannot run a C function in another state", level)
-        end
-        local up = debug.getupvalue(func, 1)
-        if up then
-            error("lj-async: the function has upvalue '" .. up .. "' and cannot cross states "
-                .. "(require modules and pass values as arguments instead)", level)
-        end
-        return string.dump(func)
-    elseif tf == "string" then
-        if func:sub(1, 3) ~= "\27LJ" then
-            local ok, err = load(func, "=(source)")
-            if not ok then error("lj-async: " .. err, level) end
-        end
-        return func
-    end
-    error("lj-async: expected a function, Lua source or bytecode, got " .. tf, level)
-end
-
--- A timeout argument as the shim takes it: nil waits forever (-1).
-function Thread.timeout_arg(timeout, level)
-    if timeout == nil then return -1 end
-    if type(timeout) ~= "number" or timeout ~= timeout then
-        error("lj-async: the timeout must be a number of seconds or nil", level + 1)
-    end
-    return timeout < 0 and 0 or timeout
-end
-
 local handle_out = ffi.new("lja_thread *[1]")
 
 function Thread.new(func, ...)
-    local code = Thread.code_of(func, 2)
+    local code = transfer.code_of(func, 2)
     local ok, p, len = pcall(transfer.encode_after, 3, select("#", ...) + 3, package.path, package.cpath, code, ...)
     if not ok then error(p, 2) end
     local rc = C.lja_lua_spawn(handle_out, p, len)
@@ -127,7 +87,7 @@ end
 local lenbuf = ffi.new("size_t[1]")
 
 function Thread:join(timeout)
-    timeout = Thread.timeout_arg(timeout, 2)
+    timeout = shim.timeout_arg(timeout, 2)
     local r = self.result
     if r then return results(unpack(r, 1, r.n)) end
     local h = self.handle
@@ -154,7 +114,7 @@ function Thread:destroy()
 end
 
 function Thread.sleep(seconds)
-    C.lja_sleep(Thread.timeout_arg(seconds, 2))
+    C.lja_sleep(shim.timeout_arg(seconds, 2))
 end
 
 function Thread.yield()

@@ -276,6 +276,41 @@ function M.decode_transient(p, len)
     return release_imports(M.decode(p, len))
 end
 
+-- Code that will run in another state: a function without upvalues (as
+-- bytecode), Lua source (checked here) or bytecode.  Raises at the caller's
+-- level on what cannot cross.
+function M.code_of(func, level)
+    level = level + 1
+    local tf = type(func)
+    if tf == "function" then
+        if getinfo(func, "S").what == "C" then
+            error("lj-async: cannot run a C function in another state", level)
+        end
+        local up = getupvalue(func, 1)
+        if up then
+            error("lj-async: the function has upvalue '" .. up .. "' and cannot cross states "
+                .. "(require modules and pass values as arguments instead)", level)
+        end
+        return string_dump(func)
+    elseif tf == "string" then
+        if func:sub(1, 3) ~= "\27LJ" then
+            local ok, err = load(func, "=(source)")
+            if not ok then error("lj-async: " .. err, level) end
+        end
+        return func
+    end
+    error("lj-async: expected a function, Lua source or bytecode, got " .. tf, level)
+end
+
+-- The reply of a run in another state (a thread, a state call): the
+-- results of xpcall as one message, or, when a result cannot cross, a
+-- failure that says so.
+function M.encode_outcome(what, ...)
+    local ok, msg = pcall(M.encode_string, select("#", ...), ...)
+    if ok then return msg end
+    return M.encode_string(2, false, "lj-async: the " .. what .. "'s results cannot cross: " .. tostring(msg))
+end
+
 -- An error handler for xpcall: the message with a traceback that stops
 -- where lj-async's own frames begin.
 function M.traceback(e)
