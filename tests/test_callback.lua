@@ -104,6 +104,24 @@ function TestCallback:test_setup_with_args()
     lu.assertEquals(cb:funcptr()(2), 106)
 end
 
+function TestCallback:test_setup_objects_reach_every_state()
+    -- each of the states gets a live handle of its own to the same channel
+    local channel = require "lj-async.channel"
+    local ch = channel.new()
+    local T = CallbackFactory("int(*)(int)")
+    local cb = T(function(ch)
+        ch:send("ready")
+        return function(n) ch:send(n) return n end
+    end, { setup = true, args = { ch }, states = 3 })
+    for _ = 1, 3 do lu.assertEquals(ch:recv(5), "ready") end
+    lu.assertEquals(cb:funcptr()(7), 7)
+    lu.assertEquals(ch:recv(5), 7)
+    local id = ch:id()
+    cb:free()
+    ch = nil
+    lu.assertTrue(H.eventually_gone(id))   -- the states' handles went with them
+end
+
 function TestCallback:test_free_idempotent_and_gc()
     local T = CallbackFactory("int(*)(int)")
     local cb = T(function(n) return n end)

@@ -66,6 +66,19 @@ function TestState:test_seed_example_with_channels()
     lu.assertEquals({ thread:join(10) }, { true, true })
 end
 
+function TestState:test_state_handles_cross_as_live_objects()
+    -- the handle itself, not its id, goes to a thread and comes back
+    local st = list_state("one")
+    local t = Thread.new(function(st)
+        st:call("add", "two")
+        return st
+    end, st)
+    local ok, back = t:join(10)
+    lu.assertTrue(ok, back)
+    lu.assertEquals(back:id(), st:id())
+    lu.assertEquals(back:call("get"), "one two")
+end
+
 function TestState:test_values_cross_both_ways()
     local st = state.new(function() return function(...) return select("#", ...), ... end end)
     local n, a, b, c = st:call({ x = 1 }, nil, "s")
