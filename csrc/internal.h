@@ -27,4 +27,7 @@ int lja_cond_wait_timeout(pthread_cond_t *c, pthread_mutex_t *m, double timeout,
 void lja_lua_interrupt(void *L);
 void lja_lua_clear_hook(void *L);
 
+/* lua.c: the Lua C API the host bound (read only after a state exists). */
+const lja_lua_api *lja_lua_api_bound(void);
+
 #endif

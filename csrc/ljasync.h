@@ -100,6 +100,7 @@ typedef struct lja_lua_api {
     void (*close)(void *L);
     int (*sethook)(void *L, void (*hook)(void *L, void *ar), int mask, int count);
     int (*error)(void *L);
+    ptrdiff_t (*tointeger)(void *L, int idx);
     int registry_index;
 } lja_lua_api;
 
@@ -228,6 +229,71 @@ LJA_API int lja_gate_quiesce(lja_gate *g, double timeout);
 LJA_API void lja_gate_set_error(lja_gate *g, const char *msg, size_t len);
 LJA_API size_t lja_gate_error(lja_gate *g, char *buf, size_t cap);
 LJA_API void lja_gate_free(lja_gate *g);
+
+/* ---- ltask's scheduler (SPEC section 7) ------------------------------------
+ * Services are lua_States that run on a pool of worker threads (or, when
+ * exclusive, on a thread of their own); one service runs on one thread at a
+ * time.  A service's state must leave in its registry a function
+ * "ltask.dispatch" that handles what lja_sched_pop gives it and returns 0
+ * (wait for messages), 1 (run me again) or 2 (I quit: the scheduler then
+ * answers its queued requests with LJA_SMSG_DEAD and closes the state).
+ *
+ * Addresses are integers below 2^53, passed as double so that LuaJIT keeps
+ * them plain numbers; 0 is "nobody" (the host, the timer).  An address is
+ * never reused while the scheduler lives.  The first service added is the
+ * root: when it quits, every other service is killed.
+ *
+ * Inboxes are FIFO; requests and posts count against a service's capacity,
+ * every other message type is always accepted.  send returns LJA_OK (the
+ * message and the references in objs now belong to the scheduler),
+ * LJA_EAGAIN (the inbox is full; `from` will get an LJA_SMSG_ROOM message
+ * from `to` once it has drained to half) or LJA_ECLOSED (no such service);
+ * on failure the caller keeps objs' references.
+ */
+typedef struct lja_sched lja_sched;
+
+enum {
+    LJA_SMSG_REQUEST = 1,   /* a call: the receiver answers with RESPONSE or ERROR */
+    LJA_SMSG_POST = 2,      /* a one-way send */
+    LJA_SMSG_RESPONSE = 3,
+    LJA_SMSG_ERROR = 4,
+    LJA_SMSG_DEAD = 5,      /* the request's receiver quit before answering */
+    LJA_SMSG_TIMER = 6,     /* a timer set with lja_sched_timer fired */
+    LJA_SMSG_ROOM = 7,      /* `from`'s inbox has room again */
+    LJA_SMSG_KILL = 8,      /* the receiver must quit */
+    LJA_SMSG_NAME = 9       /* a name waited for was bound to `from` (0: failed) */
+};
+
+typedef struct lja_smsg {
+    struct lja_smsg *next;
+    double from;
+    int32_t type;
+    int32_t session;
+    size_t len;
+    char *data;
+    int32_t nobjs;
+    void *objs[];
+} lja_smsg;
+
+LJA_API lja_sched *lja_sched_new(int workers, int64_t max_services);
+LJA_API int lja_sched_add(lja_sched *s, void *L, int exclusive, int64_t capacity, double *addr);
+LJA_API int lja_sched_start(lja_sched *s);
+LJA_API int lja_sched_send(lja_sched *s, double from, double to, int type, int32_t session,
+                           const char *data, size_t len, void *const *objs, int nobjs);
+LJA_API double lja_sched_self(void);   /* the service dispatching on this thread, or 0 */
+LJA_API lja_smsg *lja_sched_pop(lja_sched *s, double self);
+LJA_API void lja_sched_msg_free(lja_smsg *m);
+LJA_API int lja_sched_timer(lja_sched *s, double addr, int32_t session, double seconds);
+LJA_API int lja_sched_kill(lja_sched *s, double addr);
+LJA_API int lja_sched_name_claim(lja_sched *s, const char *name);  /* LJA_OK: yours to bind */
+LJA_API void lja_sched_name_bind(lja_sched *s, const char *name, double addr);
+LJA_API int lja_sched_name_query(lja_sched *s, const char *name, double waiter,
+                                 int32_t session, double *addr);
+LJA_API void lja_sched_log(lja_sched *s, double addr, const char *msg, size_t len);
+LJA_API int lja_sched_set_log(lja_sched *s, const char *path);  /* NULL: stderr */
+LJA_API int64_t lja_sched_count(lja_sched *s);     /* services alive */
+LJA_API int lja_sched_wait(lja_sched *s, double timeout);
+LJA_API void lja_sched_free(lja_sched *s);
 
 #ifdef __cplusplus
 }

@@ -35,6 +35,11 @@ void lja_lua_bind(const lja_lua_api *a)
     pthread_mutex_unlock(&lock);
 }
 
+const lja_lua_api *lja_lua_api_bound(void)
+{
+    return &api;
+}
+
 void lja_free(void *p)
 {
     free(p);

@@ -25,6 +25,7 @@ int lua_toboolean(lua_State *L, int idx);
 void lua_close(lua_State *L);
 int lua_sethook(lua_State *L, void (*hook)(lua_State *L, void *ar), int mask, int count);
 int lua_error(lua_State *L);
+ptrdiff_t lua_tointeger(lua_State *L, int idx);
 
 typedef struct lja_lua_api {
     void *(*newstate)(void);
@@ -39,6 +40,7 @@ typedef struct lja_lua_api {
     void (*close)(void *L);
     int (*sethook)(void *L, void (*hook)(void *L, void *ar), int mask, int count);
     int (*error)(void *L);
+    ptrdiff_t (*tointeger)(void *L, int idx);
     int registry_index;
 } lja_lua_api;
 void lja_lua_bind(const lja_lua_api *api);
@@ -62,7 +64,7 @@ S.lja_lua_bind(ffi.new("lja_lua_api", {
     C.luaL_newstate, C.luaL_openlibs, C.luaL_loadbuffer, C.lua_pushlstring, C.lua_pcall,
     C.lua_tolstring, C.lua_getfield, C.lua_settop, C.lua_toboolean, C.lua_close,
     ffi.cast("int (*)(void *, void (*)(void *, void *), int, int)", C.lua_sethook), C.lua_error,
-    LUA_REGISTRYINDEX,
+    C.lua_tointeger, LUA_REGISTRYINDEX,
 }))
 
 local M = {}
@@ -72,10 +74,21 @@ local M = {}
 local bytecode = package.loaded["lj-async.bytecode"] or {}
 package.loaded["lj-async.bytecode"] = bytecode
 
+-- Other modules that new states get preloaded (name -> file or true).
+local shipped = package.loaded["lj-async.shipped"] or {}
+package.loaded["lj-async.shipped"] = shipped
+
+-- Ships a module to every state made from now on; `file` where
+-- package.path would not find it.
+function M.ship(name, file)
+    shipped[name] = shipped[name] or file or true
+end
+
 local function module_bytecode(name)
     local bc = bytecode[name]
     if bc then return bc end
-    local file, serr = package.searchpath(name, package.path)
+    local file, serr = shipped[name], nil
+    if type(file) ~= "string" then file, serr = package.searchpath(name, package.path) end
     if not file then error("lj-async: cannot find module '" .. name .. "': " .. serr, 3) end
     bc = string.dump(assert(loadfile(file)))
     bytecode[name] = bc
@@ -89,10 +102,13 @@ local PRELUDE = string.dump(assert(load([==[
     package.loaded["lj-async.libpath"] = libpath
     local bytecode = {}
     package.loaded["lj-async.bytecode"] = bytecode
+    local shipped = {}
+    package.loaded["lj-async.shipped"] = shipped
     nmods = tonumber(nmods)
     for i = 5, 3 + 2 * nmods, 2 do
         local name, bc = select(i, ...)
         bytecode[name] = bc
+        if name:sub(1, 9) ~= "lj-async." then shipped[name] = true end
         package.preload[name] = function(...) return assert(load(bc, "=" .. name))(...) end
     end
     local boot = select(5 + 2 * nmods, ...)
@@ -108,10 +124,15 @@ end
 function M.args(boot, ...)
     local args = { package.path, package.cpath, shim.path, 0 }
     for name in pairs(package.loaded) do
-        if name:sub(1, 9) == "lj-async." and name ~= "lj-async.libpath" and name ~= "lj-async.bytecode" then
+        if name:sub(1, 9) == "lj-async." and name ~= "lj-async.libpath" and name ~= "lj-async.bytecode"
+            and name ~= "lj-async.shipped" and not shipped[name] then
             args[#args + 1] = name
             args[#args + 1] = module_bytecode(name)
         end
+    end
+    for name in pairs(shipped) do
+        args[#args + 1] = name
+        args[#args + 1] = module_bytecode(name)
     end
     args[4] = tostring((#args - 4) / 2)
     args[#args + 1] = boot

@@ -1,0 +1,521 @@
+-- ltask: the service API (SPEC section 7), and the runtime under it.
+--
+-- A service is a lua_State; the scheduler (csrc/sched.c) runs it on a
+-- worker by calling registry["ltask.dispatch"], which handles up to `batch`
+-- messages: each request, send and fork runs in a coroutine of its own
+-- (coroutines are pooled), and a coroutine that calls, sleeps or waits is
+-- suspended until its reply, timer or wakeup arrives.  The functions here
+-- that wait must run in those coroutines (handlers, the service's file,
+-- forks, timeouts), not in coroutines of the user's own.
+--
+-- Errors: bad arguments raise; call raises the remote error; call_timeout
+-- returns nil, "timeout"; send returns false when the target is gone.
+local ffi = require "ffi"
+local core = require "ltask.core"
+local shim = require "lj-async.shim"
+local transfer = require "lj-async.transfer"
+
+local C = core.C
+local type, select, error, tostring, pcall, xpcall = type, select, error, tostring, pcall, xpcall
+local co_create, co_resume, co_yield, co_running = coroutine.create, coroutine.resume, coroutine.yield, coroutine.running
+local concat, format = table.concat, string.format
+local encode_after, exported, drop_exported, decode = transfer.encode_after, transfer.exported,
+    transfer.drop_exported, transfer.decode
+local send_c, pop_c, free_c, timer_c = C.lja_sched_send, C.lja_sched_pop, C.lja_sched_msg_free, C.lja_sched_timer
+
+local REQUEST, POST, RESPONSE, ERROR = C.LJA_SMSG_REQUEST, C.LJA_SMSG_POST, C.LJA_SMSG_RESPONSE, C.LJA_SMSG_ERROR
+local DEAD, TIMER, ROOM, KILL, NAME = C.LJA_SMSG_DEAD, C.LJA_SMSG_TIMER, C.LJA_SMSG_ROOM, C.LJA_SMSG_KILL, C.LJA_SMSG_NAME
+local OK, EAGAIN, ECLOSED = C.LJA_OK, C.LJA_EAGAIN, C.LJA_ECLOSED
+local DISPATCH_WAIT, DISPATCH_AGAIN, DISPATCH_QUIT = 0, 1, 2
+
+local ltask = {}
+
+local sched, self_addr, service_name, service_file, main_code, config
+local handlers          -- the table the service's file returned, or nil
+local started, quitting = false, false
+local session_seq = 0
+local waiting = {}      -- session -> coroutine waiting for a reply, timer or name
+local timeouts = {}     -- session -> function of ltask.timeout
+local room_wait = {}    -- address -> coroutines waiting (in order) for room in its inbox
+local tokens = {}       -- token -> coroutine in ltask.wait
+local ready, ready_args = {}, {}   -- coroutines to resume, and what with
+local inflight = {}     -- coroutine -> caller of the request it serves
+local inflight_session = {}
+local pending = 0       -- suspended coroutines and unfired timeouts
+
+local function addr_text(addr)
+    return format(":%08x", addr)
+end
+
+local function who()
+    return "service '" .. tostring(service_name) .. "' " .. addr_text(self_addr or 0)
+end
+
+function ltask.log(...)
+    local n = select("#", ...)
+    local parts = {}
+    for i = 1, n do parts[i] = tostring((select(i, ...))) end
+    local s = concat(parts, "\t")
+    C.lja_sched_log(sched, self_addr or 0, s, #s)
+end
+local log = ltask.log
+
+-- ---- coroutines --------------------------------------------------------
+
+local pool = {}
+local EXIT = {}
+
+local function task(f, ...)
+    f(...)
+    pool[#pool + 1] = co_running()
+    return task(co_yield(EXIT))
+end
+
+local function new_task()
+    local n = #pool
+    if n == 0 then return co_create(task) end
+    local co = pool[n]
+    pool[n] = nil
+    return co
+end
+
+local function resume(co, ...)
+    local ok, err = co_resume(co, ...)
+    if not ok then log("ltask: a coroutine of " .. who() .. " failed: " .. tostring(err)) end
+end
+
+local function resumed(...)
+    pending = pending - 1
+    return ...
+end
+
+-- Suspends the running coroutine until the runtime resumes it; returns
+-- what it is resumed with (a message type first).
+local function suspend()
+    pending = pending + 1
+    return resumed(co_yield())
+end
+
+local function in_service(level)
+    if not sched then
+        error("ltask: this function works only inside a service", level + 1)
+    end
+end
+
+local function next_session()
+    session_seq = session_seq < 0x7ffffffe and session_seq + 1 or 1
+    return session_seq
+end
+
+local function check_addr(addr, level)
+    if type(addr) ~= "number" or addr < 1 or addr % 1 ~= 0 then
+        error("ltask: bad service address " .. tostring(addr), level + 1)
+    end
+end
+
+-- ---- sending -------------------------------------------------------------
+
+local objs_buf, objs_cap = ffi.new("void *[?]", 16), 16
+
+local function fill_objs(refs)
+    local n = #refs
+    if n > objs_cap then
+        objs_cap = n
+        objs_buf = ffi.new("void *[?]", n)
+    end
+    for i = 1, n do objs_buf[i - 1] = refs[i] end
+    return n
+end
+
+local function release_refs(refs)
+    for i = 1, #refs do C.lja_object_release(refs[i]) end
+end
+
+local function wait_room(to)
+    local list = room_wait[to]
+    if not list then
+        list = {}
+        room_wait[to] = list
+    end
+    list[#list + 1] = co_running()
+    suspend()
+end
+
+-- Sends a request or post, waiting while `to`'s inbox is full; true when
+-- sent, false when `to` is gone.  `hidden` values lead the message.
+local function deliver(to, kind, session, hidden, level, n, ...)
+    local ok, p, len = pcall(encode_after, hidden, n, ...)
+    if not ok then error(p, level + 1) end
+    local refs = exported()
+    local nobjs = #refs
+    local rc = EAGAIN
+    if not room_wait[to] then   -- else queue behind this service's earlier senders to `to`
+        if nobjs > 0 then fill_objs(refs) end
+        rc = send_c(sched, self_addr, to, kind, session, p, len, objs_buf, nobjs)
+        if rc == OK then
+            for i = nobjs, 1, -1 do refs[i] = nil end   -- the message holds them now
+            return true
+        end
+    end
+    if rc == EAGAIN then
+        local bytes, saved = ffi.string(p, len), {}
+        for i = 1, nobjs do saved[i], refs[i] = refs[i], nil end
+        repeat
+            wait_room(to)
+            fill_objs(saved)
+            rc = send_c(sched, self_addr, to, kind, session, bytes, #bytes, objs_buf, nobjs)
+        until rc ~= EAGAIN
+        if rc == OK then return true end
+        release_refs(saved)
+    else
+        drop_exported()
+    end
+    if rc == ECLOSED then return false end
+    error("ltask: cannot send to " .. addr_text(to) .. ": " .. shim.strerror(rc), level + 1)
+end
+
+-- Replies and other messages that are never refused for room.
+local function reply(to, kind, session, n, ...)
+    local ok, p, len = pcall(encode_after, 0, n, ...)
+    if not ok then
+        kind = ERROR
+        p, len = encode_after(0, 1, "ltask: the results of " .. who() .. " cannot cross: " .. tostring(p))
+    end
+    local refs = exported()
+    local nobjs = fill_objs(refs)
+    if send_c(sched, self_addr, to, kind, session, p, len, objs_buf, nobjs) == OK then
+        for i = nobjs, 1, -1 do refs[i] = nil end
+    else
+        drop_exported()   -- the caller is gone
+    end
+end
+
+-- ---- requests ------------------------------------------------------------
+
+local function traceback(e)
+    return debug.traceback(tostring(e), 2)
+end
+
+local function answer(kind, from, session, cmd, ok, ...)
+    if kind == REQUEST then
+        if ok then
+            reply(from, RESPONSE, session, select("#", ...), ...)
+        else
+            reply(from, ERROR, session, 1, (...))
+        end
+    elseif not ok then
+        log("ltask: error in send '" .. tostring(cmd) .. "' to " .. who() .. ": " .. tostring((...)))
+    end
+end
+
+local function serve(kind, from, session, cmd, ...)
+    local co = co_running()
+    if kind == REQUEST then
+        inflight[co], inflight_session[co] = from, session
+    end
+    local f = handlers and handlers[cmd]
+    if type(f) ~= "function" then
+        answer(kind, from, session, cmd, false, "ltask: unknown command '" .. tostring(cmd) .. "' in " .. who())
+    else
+        answer(kind, from, session, cmd, xpcall(f, traceback, ...))
+    end
+    inflight[co], inflight_session[co] = nil, nil
+end
+
+-- The first request: run the service's file with the spawner's arguments.
+local function init(kind, from, session, ...)
+    local main, err = load(main_code, "@" .. service_file)
+    local ok, result
+    if main then
+        ok, result = xpcall(main, traceback, ...)
+    else
+        ok, result = false, err
+    end
+    started = true
+    if ok then
+        handlers = type(result) == "table" and result or nil
+        if from >= 1 then reply(from, RESPONSE, session, 0) end
+    else
+        log("ltask: " .. who() .. " failed to start: " .. tostring(result))
+        if from >= 1 then reply(from, ERROR, session, 1, tostring(result)) end
+        quitting = true
+    end
+end
+
+-- ---- the dispatch loop ---------------------------------------------------
+
+local function free_after(m, n, ...)
+    free_c(m)
+    return ...
+end
+
+local function open(m)
+    return free_after(m, decode(m.data, m.len))
+end
+
+local function wake(session, ...)
+    local co = waiting[session]
+    if co then
+        waiting[session] = nil
+        resume(co, ...)
+    end
+end
+
+local function run_timeout(f)
+    local ok, err = xpcall(f, traceback)
+    if not ok then log("ltask: error in a timeout of " .. who() .. ": " .. tostring(err)) end
+end
+
+local function handle(m)
+    local kind, from, session = m.type, m.from, m.session
+    if kind == REQUEST or kind == POST then
+        resume(new_task(), started and serve or init, kind, from, session, open(m))
+        return
+    elseif kind == RESPONSE or kind == ERROR then
+        if waiting[session] then return wake(session, kind, open(m)) end
+    elseif kind == TIMER then
+        if waiting[session] then
+            wake(session, TIMER)
+        else
+            local f = timeouts[session]
+            if f then
+                timeouts[session] = nil
+                pending = pending - 1
+                resume(new_task(), run_timeout, f)
+            end
+        end
+    elseif kind == DEAD or kind == NAME then
+        wake(session, kind, from)
+    elseif kind == ROOM then
+        local list = room_wait[from]
+        room_wait[from] = nil
+        if list then
+            for i = 1, #list do resume(list[i], ROOM) end
+        end
+    elseif kind == KILL then
+        quitting = true
+    end
+    free_c(m)
+end
+
+local function finish()
+    for co, from in pairs(inflight) do
+        send_c(sched, self_addr, from, DEAD, inflight_session[co], nil, 0, nil, 0)
+    end
+    return DISPATCH_QUIT
+end
+
+local function dispatch()
+    if not self_addr then self_addr = C.lja_sched_self() end
+    local batch = config.batch
+    for _ = 1, batch do
+        if quitting then break end
+        local m = pop_c(sched, self_addr)
+        if m == nil then break end
+        handle(m)
+    end
+    local n = #ready
+    if n > 0 and not quitting then
+        -- What forks and wakeups add now runs at the next dispatch.
+        local list, args = ready, ready_args
+        ready, ready_args = {}, {}
+        for i = 1, n do
+            if quitting then break end
+            local a = args[i]
+            resume(list[i], unpack(a, 1, a.n))
+        end
+    end
+    if quitting or (started and handlers == nil and pending == 0 and #ready == 0) then
+        return finish()
+    end
+    return #ready > 0 and DISPATCH_AGAIN or DISPATCH_WAIT
+end
+
+-- ---- the API -------------------------------------------------------------
+
+function ltask.self()
+    return self_addr
+end
+
+function ltask.now()
+    return core.wallclock()
+end
+
+local function call_result(addr, cmd, kind, ...)
+    if kind == RESPONSE then return ... end
+    if kind == ERROR then
+        error(tostring((...)) .. "\n" .. debug.traceback("ltask: raised by call(" .. addr_text(addr)
+            .. ", '" .. tostring(cmd) .. "') in " .. who(), 3), 0)
+    end
+    error("ltask: call(" .. addr_text(addr) .. ", '" .. tostring(cmd) .. "'): the service is dead", 3)
+end
+
+function ltask.call(addr, cmd, ...)
+    in_service(2)
+    check_addr(addr, 2)
+    local session = next_session()
+    if not deliver(addr, REQUEST, session, 1, 2, select("#", ...) + 1, cmd, ...) then
+        error("ltask: call(" .. addr_text(addr) .. ", '" .. tostring(cmd) .. "'): the service is dead", 2)
+    end
+    waiting[session] = co_running()
+    return call_result(addr, cmd, suspend())
+end
+
+local function timer(cs, session, level)
+    if type(cs) ~= "number" or cs ~= cs then error("ltask: a time must be a number of centiseconds", level + 1) end
+    local rc = timer_c(sched, self_addr, session, cs / 100)
+    if rc ~= OK then error("ltask: cannot set a timer: " .. shim.strerror(rc), level + 1) end
+end
+
+function ltask.call_timeout(cs, addr, cmd, ...)
+    in_service(2)
+    check_addr(addr, 2)
+    local session, tsession = next_session(), next_session()
+    timer(cs, tsession, 2)
+    if not deliver(addr, REQUEST, session, 1, 2, select("#", ...) + 1, cmd, ...) then
+        error("ltask: call(" .. addr_text(addr) .. ", '" .. tostring(cmd) .. "'): the service is dead", 2)
+    end
+    local co = co_running()
+    waiting[session], waiting[tsession] = co, co
+    return (function(kind, ...)
+        if kind == TIMER then
+            waiting[session] = nil   -- a late reply is dropped
+            return nil, "timeout"
+        end
+        waiting[tsession] = nil
+        return call_result(addr, cmd, kind, ...)
+    end)(suspend())
+end
+
+function ltask.send(addr, cmd, ...)
+    in_service(2)
+    check_addr(addr, 2)
+    return deliver(addr, POST, 0, 1, 2, select("#", ...) + 1, cmd, ...)
+end
+
+function ltask.sleep(cs)
+    in_service(2)
+    local session = next_session()
+    timer(cs, session, 2)
+    waiting[session] = co_running()
+    suspend()
+end
+
+function ltask.timeout(cs, f)
+    in_service(2)
+    if type(f) ~= "function" then error("ltask: timeout needs a function", 2) end
+    local session = next_session()
+    timer(cs, session, 2)
+    timeouts[session] = f
+    pending = pending + 1
+end
+
+local function pack(...)
+    return { n = select("#", ...), ... }
+end
+
+function ltask.fork(f, ...)
+    in_service(2)
+    if type(f) ~= "function" then error("ltask: fork needs a function", 2) end
+    ready[#ready + 1] = new_task()
+    ready_args[#ready] = pack(function(...)
+        local ok, err = xpcall(f, traceback, ...)
+        if not ok then log("ltask: error in a fork of " .. who() .. ": " .. tostring(err)) end
+    end, ...)
+end
+
+function ltask.wait(token)
+    in_service(2)
+    local co = co_running()
+    if token == nil then token = co end
+    if tokens[token] then error("ltask: something already waits for this token", 2) end
+    tokens[token] = co
+    return select(2, suspend())
+end
+
+function ltask.wakeup(token, ...)
+    local co = tokens[token]
+    if not co then return false end
+    tokens[token] = nil
+    ready[#ready + 1] = co
+    ready_args[#ready] = pack(true, ...)
+    return true
+end
+
+function ltask.quit()
+    in_service(2)
+    quitting = true
+end
+
+function ltask.kill(addr)
+    in_service(2)
+    check_addr(addr, 2)
+    if addr == self_addr then
+        quitting = true
+        return true
+    end
+    return C.lja_sched_kill(sched, addr) == OK
+end
+
+-- spawn_service { name = ..., args = {...}, exclusive = true, inbox = n }
+function ltask.spawn_service(opts, level)
+    level = (level or 1) + 1
+    in_service(level)
+    if type(opts) ~= "table" then error("ltask: spawn_service takes a table", level) end
+    local args = opts.args or {}
+    if type(args) ~= "table" then error("ltask: spawn_service: args must be a list", level) end
+    local inbox = opts.inbox
+    if inbox ~= nil and (type(inbox) ~= "number" or inbox < 1 or inbox % 1 ~= 0) then
+        error("ltask: spawn_service: inbox must be a positive integer", level)
+    end
+    local addr = core.new_service(sched, config, opts.name, opts.exclusive, inbox, level)
+    local session = next_session()
+    local n = args.n or #args
+    if not deliver(addr, REQUEST, session, 0, level, n, unpack(args, 1, n)) then
+        error("ltask: service '" .. opts.name .. "' died before it started", level)
+    end
+    waiting[session] = co_running()
+    local kind, err = suspend()
+    if kind == RESPONSE then return addr end
+    error("ltask: service '" .. opts.name .. "' failed to start: " .. tostring(err), level)
+end
+
+function ltask.spawn(name, ...)
+    return ltask.spawn_service({ name = name, args = pack(...) }, 2)
+end
+
+local addr_out = ffi.new("double[1]")
+
+function ltask.queryservice(name)
+    in_service(2)
+    if type(name) ~= "string" then error("ltask: a service name must be a string", 2) end
+    local session = next_session()
+    local rc = C.lja_sched_name_query(sched, name, self_addr, session, addr_out)
+    if rc == OK then return addr_out[0] end
+    if rc ~= EAGAIN then error("ltask: queryservice: " .. shim.strerror(rc), 2) end
+    waiting[session] = co_running()
+    local _, addr = suspend()
+    if addr < 1 then error("ltask: service '" .. name .. "' failed to start", 2) end
+    return addr
+end
+
+function ltask.uniqueservice(name, ...)
+    in_service(2)
+    if type(name) ~= "string" then error("ltask: a service name must be a string", 2) end
+    if C.lja_sched_name_query(sched, name, 0, 0, addr_out) == OK then return addr_out[0] end
+    if C.lja_sched_name_claim(sched, name) ~= OK then return ltask.queryservice(name) end
+    local ok, addr = pcall(ltask.spawn_service, { name = name, args = pack(...) }, 1)
+    C.lja_sched_name_bind(sched, name, ok and addr or 0)
+    if not ok then error(addr, 2) end
+    return addr
+end
+
+-- Called by the service's boot chunk (ltask.core) in a new state.
+function ltask._boot(name, file, code)
+    sched, config = core.sched, core.config
+    service_name, service_file, main_code = name, file, code
+    _G.print = log
+    debug.getregistry()["ltask.dispatch"] = dispatch
+end
+
+return ltask
