@@ -248,7 +248,12 @@ LJA_API void lja_gate_free(lja_gate *g);
  * message and the references in objs now belong to the scheduler),
  * LJA_EAGAIN (the inbox is full; `from` will get an LJA_SMSG_ROOM message
  * from `to` once it has drained to half) or LJA_ECLOSED (no such service);
- * on failure the caller keeps objs' references.
+ * on failure the caller keeps objs' references.  pop takes up to max
+ * messages off the front of a service's inbox, linked through next.
+ *
+ * When a service quits, registry["ltask.recycle"] is called in its state;
+ * if it returns true the state is kept (up to 64) and handed out again by
+ * lja_sched_take_state (NULL when none is kept), else it is closed.
  */
 typedef struct lja_sched lja_sched;
 
@@ -277,11 +282,12 @@ typedef struct lja_smsg {
 
 LJA_API lja_sched *lja_sched_new(int workers, int64_t max_services);
 LJA_API int lja_sched_add(lja_sched *s, void *L, int exclusive, int64_t capacity, double *addr);
+LJA_API void *lja_sched_take_state(lja_sched *s);
 LJA_API int lja_sched_start(lja_sched *s);
 LJA_API int lja_sched_send(lja_sched *s, double from, double to, int type, int32_t session,
                            const char *data, size_t len, void *const *objs, int nobjs);
 LJA_API double lja_sched_self(void);   /* the service dispatching on this thread, or 0 */
-LJA_API lja_smsg *lja_sched_pop(lja_sched *s, double self);
+LJA_API lja_smsg *lja_sched_pop(lja_sched *s, double self, int max);
 LJA_API void lja_sched_msg_free(lja_smsg *m);
 LJA_API int lja_sched_timer(lja_sched *s, double addr, int32_t session, double seconds);
 LJA_API int lja_sched_kill(lja_sched *s, double addr);

@@ -31,6 +31,7 @@
 #define SPIN_ROUNDS 400         /* an idle worker's polls before it sleeps */
 #define SPIN_YIELD_AFTER 100
 #define STUCK_AFTER 0.001       /* seconds a runnext may wait behind a running service */
+#define SPARE_STATES 64         /* states of quit services kept for new ones */
 
 enum { SVC_FREE, SVC_IDLE, SVC_QUEUED, SVC_RUNNING, SVC_DEAD };
 enum { DISPATCH_WAIT = 0, DISPATCH_AGAIN = 1, DISPATCH_QUIT = 2 };
@@ -95,6 +96,8 @@ struct lja_sched {
     pthread_t *xthreads;        /* exclusive services' threads, joined at free */
     int nxthreads, cxthreads;
     struct name *names;
+    void *spare[SPARE_STATES];  /* reset states of quit services */
+    int nspare;
 
     pthread_mutex_t timer_lock;
     pthread_cond_t timer_cond;
@@ -286,22 +289,30 @@ static void tell_room(lja_sched *s, uint64_t from, const uint64_t *waiters, int 
         lja_sched_send(s, (double)from, (double)waiters[i], LJA_SMSG_ROOM, 0, NULL, 0, NULL, 0);
 }
 
-lja_smsg *lja_sched_pop(lja_sched *s, double self)
+lja_smsg *lja_sched_pop(lja_sched *s, double self, int max)
 {
     uint64_t addr = (uint64_t)self;
     struct service *svc = lookup(s, addr);
-    if (!svc)
+    if (!svc || max < 1)
         return NULL;
     uint64_t stack[16], *waiters = NULL;
     int nwaiters = 0;
     pthread_mutex_lock(&svc->lock);
-    lja_smsg *m = svc->addr == addr ? svc->head : NULL;
-    if (m) {
-        svc->head = m->next;
-        if (!svc->head)
+    lja_smsg *first = svc->addr == addr ? svc->head : NULL, *last = NULL;
+    int64_t taken = 0;
+    lja_smsg *m = first;
+    for (int n = 0; m && n < max; n++) {
+        taken += counted(m->type);
+        last = m;
+        m = m->next;
+    }
+    if (last) {
+        last->next = NULL;
+        svc->head = m;
+        if (!m)
             svc->tail = NULL;
-        m->next = NULL;
-        if (counted(m->type) && --svc->count <= svc->capacity / 2 && svc->nwaiters) {
+        svc->count -= taken;
+        if (taken && svc->count <= svc->capacity / 2 && svc->nwaiters) {
             nwaiters = svc->nwaiters;
             waiters = nwaiters <= 16 ? stack : malloc((size_t)nwaiters * sizeof *waiters);
             if (waiters) {
@@ -318,7 +329,7 @@ lja_smsg *lja_sched_pop(lja_sched *s, double self)
         if (waiters != stack)
             free(waiters);
     }
-    return m;
+    return last ? first : NULL;
 }
 
 double lja_sched_self(void)
@@ -384,6 +395,36 @@ static void drop_names_of(lja_sched *s, uint64_t addr)
     pthread_mutex_unlock(&s->lock);
 }
 
+/* A quit service's state is reset by registry["ltask.recycle"] and kept
+ * for the next spawn, unless the reset says it cannot be reused. */
+static void recycle(lja_sched *s, void *L)
+{
+    const lja_lua_api *api = lja_lua_api_bound();
+    api->getfield(L, api->registry_index, "ltask.recycle");
+    int reusable = api->pcall(L, 0, 1, 0) == 0 && api->toboolean(L, -1);
+    api->settop(L, 0);
+    if (reusable) {
+        pthread_mutex_lock(&s->lock);
+        if (s->nspare < SPARE_STATES && !s->stopping)
+            s->spare[s->nspare++] = L;
+        else
+            reusable = 0;
+        pthread_mutex_unlock(&s->lock);
+    }
+    if (!reusable)
+        api->close(L);
+}
+
+void *lja_sched_take_state(lja_sched *s)
+{
+    void *L = NULL;
+    pthread_mutex_lock(&s->lock);
+    if (s->nspare > 0)
+        L = s->spare[--s->nspare];
+    pthread_mutex_unlock(&s->lock);
+    return L;
+}
+
 /* A service quit: answer what it will never answer, close its state, free
  * its slot. */
 static void finish(lja_sched *s, struct service *svc)
@@ -410,7 +451,7 @@ static void finish(lja_sched *s, struct service *svc)
     }
     tell_room(s, addr, waiters, nwaiters);   /* their retry finds the service gone */
     free(waiters);
-    lja_lua_api_bound()->close(L);
+    recycle(s, L);
     drop_names_of(s, addr);
 
     pthread_mutex_lock(&svc->lock);
@@ -865,6 +906,8 @@ void lja_sched_free(lja_sched *s)
         pthread_mutex_destroy(&svc->lock);
         free(svc);
     }
+    for (int i = 0; i < s->nspare; i++)
+        lja_lua_api_bound()->close(s->spare[i]);
     for (struct name *nm = s->names, *next; nm; nm = next) {
         next = nm->next;
         free(nm->text);

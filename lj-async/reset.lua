@@ -6,7 +6,10 @@
 -- each recorded table back in place (identity is kept, so the string
 -- methods and package's loaders still see the tables they hold) and returns
 -- whether the state is fit to reuse: a run that loaded the FFI or a C module
--- changed what no restore can undo (ffi.cdef, registry entries).
+-- changed what no restore can undo (ffi.cdef, registry entries).  If the
+-- FFI was loaded before the snapshot, a run that declares C types
+-- (ffi.cdef, ffi.metatype) or loads a library with it makes the state
+-- unfit the same way.
 local type, next, rawget, rawset, pairs, ipairs, pcall = type, next, rawget, rawset, pairs, ipairs, pcall
 local getmetatable, setmetatable = getmetatable, setmetatable
 local debug_getmetatable, debug_setmetatable, sethook = debug.getmetatable, debug.setmetatable, debug.sethook
@@ -40,12 +43,25 @@ function M.snapshot()
         foreign = true
         return loadlib(...)
     end
+    -- A state whose own code loaded the FFI before the snapshot (ltask's
+    -- services) stays reusable until a run declares C types or loads a
+    -- library.
+    local ffi = rawget(loaded, "ffi")
+    if ffi then
+        for _, name in ipairs { "cdef", "load", "metatype" } do
+            local f = ffi[name]
+            ffi[name] = function(...)
+                foreign = true
+                return f(...)
+            end
+        end
+    end
 
     local tables = { [G] = copy(G) }
     for _, v in next, G do
         if type(v) == "table" then tables[v] = copy(v) end
     end
-    for _, t in ipairs { loaded, package.preload, package.loaders, getmetatable("") } do
+    for _, t in ipairs { loaded, package.preload, package.loaders, getmetatable(""), ffi or nil } do
         tables[t] = copy(t)
     end
     local metatables = {}
@@ -57,7 +73,7 @@ function M.snapshot()
     local jit_on = jit and jit.status()
 
     return function()
-        local reusable = not foreign and rawget(loaded, "ffi") == nil
+        local reusable = not foreign and rawget(loaded, "ffi") == ffi
         foreign = false
         sethook()
         for t, saved in pairs(tables) do

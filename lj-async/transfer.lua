@@ -166,6 +166,9 @@ local function encode(hidden, n, ...)
         if pcall(enc.encode, enc, v) then return end
         enc:reset()
         encode_special(hidden, n, ...)
+    elseif n == 2 and SIMPLE[type((...))] and SIMPLE[type((select(2, ...)))] then
+        local a, b = ...   -- a command and its argument (ltask), a key and a value
+        enc:encode(2):encode(a):encode(b)
     elseif not pcall(encode_plain, n, ...) then
         enc:reset()
         encode_special(hidden, n, ...)

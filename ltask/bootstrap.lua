@@ -38,28 +38,29 @@ local function configure(opts)
         if type(config[k]) ~= "string" then error("ltask: option '" .. k .. "' must be a string", 3) end
     end
     if type(config.args) ~= "table" then error("ltask: option 'args' must be a list", 3) end
+    local args = config.args
+    config.args = nil   -- root's own: services get the rest
     if config.logfile ~= nil and type(config.logfile) ~= "string" then
         error("ltask: option 'logfile' must be a path", 3)
     end
-    return config
+    return config, args
 end
 
 function M.start(opts)
-    local config = configure(opts)
+    local config, args = configure(opts)
     local sched = C.lja_sched_new(config.worker, config.max_services)
     if sched == nil then error("ltask: cannot make the scheduler (out of memory)", 2) end
     if config.logfile and C.lja_sched_set_log(sched, config.logfile) ~= C.LJA_OK then
         C.lja_sched_free(sched)
         error("ltask: cannot open the log file '" .. config.logfile .. "'", 2)
     end
-    local ok, root = pcall(core.new_service, sched, config, config.root, false, config.inbox, 1)
+    local ok, root, file, code = pcall(core.new_service, sched, config, config.root, false, config.inbox, 1)
     if not ok then
         C.lja_sched_free(sched)
         error(root, 2)
     end
-    local args = config.args
     local n = args.n or #args
-    local p, len = transfer.encode(n, unpack(args, 1, n))
+    local p, len = transfer.encode_after(3, n + 3, config.root, file, code, unpack(args, 1, n))
     local refs = transfer.exported()
     local objs = ffi.new("void *[?]", #refs + 1)
     for i = 1, #refs do objs[i - 1] = refs[i] end

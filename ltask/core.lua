@@ -4,9 +4,10 @@
 --
 -- A service state is made by whoever spawns it (a service, or the host for
 -- root), on the spawner's thread: a fresh lua_State with the standard
--- libraries, lj-async and ltask preloaded as bytecode, and the service's
--- file compiled once per spawner.  It then waits for its first message,
--- the init request, to run that file.
+-- libraries, lj-async and ltask preloaded as bytecode; or the state of a
+-- quit service, reset (lj-async.reset), which is much cheaper.  The
+-- service's file is compiled once per spawner; the state runs it when its
+-- first message, the init request, brings it.
 local ffi = require "ffi"
 local buffer = require "string.buffer"
 local shim = require "lj-async.shim"
@@ -37,11 +38,12 @@ typedef struct lja_smsg {
 } lja_smsg;
 lja_sched *lja_sched_new(int workers, int64_t max_services);
 int lja_sched_add(lja_sched *s, void *L, int exclusive, int64_t capacity, double *addr);
+void *lja_sched_take_state(lja_sched *s);
 int lja_sched_start(lja_sched *s);
 int lja_sched_send(lja_sched *s, double from, double to, int type, int32_t session,
                    const char *data, size_t len, void *const *objs, int nobjs);
 double lja_sched_self(void);
-lja_smsg *lja_sched_pop(lja_sched *s, double self);
+lja_smsg *lja_sched_pop(lja_sched *s, double self, int max);
 void lja_sched_msg_free(lja_smsg *m);
 int lja_sched_timer(lja_sched *s, double addr, int32_t session, double seconds);
 int lja_sched_kill(lja_sched *s, double addr);
@@ -118,27 +120,30 @@ local function service_code(name, path, level)
 end
 
 local BOOT = vm.compile([[
-local sched_arg, config, name, file, code = ...
+local sched_arg, config = ...
 local core = require "ltask.core"
 core.attach(sched_arg, config)
-require("ltask")._boot(name, file, code)
+require("ltask")._boot()
 ]], "ltask service boot")
 
 local addr_out = ffi.new("double[1]")
 
--- Makes a service's state and adds it to the scheduler; returns its
--- address.  Its init request is the caller's to send.  Raises at `level`.
+-- Adds a service to the scheduler, in the state of a quit service or a new
+-- one; returns its address, then its file's path and bytecode, which its
+-- init request (the caller's to send) carries with the spawner's
+-- arguments.  Raises at `level`.
 function M.new_service(sched, config, name, exclusive, inbox, level)
     level = (level or 1) + 1
     if type(name) ~= "string" then error("ltask: a service name must be a string", level) end
     local code, file = service_code(name, config.service_path, level)
-    local L = vm.new(BOOT, vm.pointer_arg(sched), buffer.encode(config), name, file, code)
+    local L = C.lja_sched_take_state(sched)
+    if L == nil then L = vm.new(BOOT, vm.pointer_arg(sched), buffer.encode(config)) end
     local rc = C.lja_sched_add(sched, L, exclusive and 1 or 0, inbox or config.inbox, addr_out)
     if rc ~= C.LJA_OK then
         vm.close(L)
         error("ltask: cannot add service '" .. name .. "': " .. shim.strerror(rc), level)
     end
-    return addr_out[0]
+    return addr_out[0], file, code
 end
 
 return M

@@ -30,7 +30,7 @@ local DISPATCH_WAIT, DISPATCH_AGAIN, DISPATCH_QUIT = 0, 1, 2
 
 local ltask = {}
 
-local sched, self_addr, service_name, service_file, main_code, config
+local sched, self_addr, service_name, service_file, config
 local handlers          -- the table the service's file returned, or nil
 local started, quitting = false, false
 local session_seq = 0
@@ -223,8 +223,9 @@ local function serve(kind, from, session, cmd, ...)
 end
 
 -- The first request: run the service's file with the spawner's arguments.
-local function init(kind, from, session, ...)
-    local main, err = load(main_code, "@" .. service_file)
+local function init(kind, from, session, name, file, code, ...)
+    service_name, service_file = name, file
+    local main, err = load(code, "@" .. file)
     local ok, result
     if main then
         ok, result = xpcall(main, traceback, ...)
@@ -307,12 +308,17 @@ end
 
 local function dispatch()
     if not self_addr then self_addr = C.lja_sched_self() end
-    local batch = config.batch
-    for _ = 1, batch do
-        if quitting then break end
-        local m = pop_c(sched, self_addr)
-        if m == nil then break end
+    local m = pop_c(sched, self_addr, config.batch)
+    while m ~= nil and not quitting do
+        local next_m = m.next
         handle(m)
+        m = next_m
+    end
+    while m ~= nil do   -- popped after a quit: never served
+        local next_m = m.next
+        if m.type == REQUEST then send_c(sched, self_addr, m.from, DEAD, m.session, nil, 0, nil, 0) end
+        free_c(m)
+        m = next_m
     end
     local n = #ready
     if n > 0 and not quitting then
@@ -468,10 +474,10 @@ function ltask.spawn_service(opts, level)
     if inbox ~= nil and (type(inbox) ~= "number" or inbox < 1 or inbox % 1 ~= 0) then
         error("ltask: spawn_service: inbox must be a positive integer", level)
     end
-    local addr = core.new_service(sched, config, opts.name, opts.exclusive, inbox, level)
+    local addr, file, code = core.new_service(sched, config, opts.name, opts.exclusive, inbox, level)
     local session = next_session()
     local n = args.n or #args
-    if not deliver(addr, REQUEST, session, 0, level, n, unpack(args, 1, n)) then
+    if not deliver(addr, REQUEST, session, 3, level, n + 3, opts.name, file, code, unpack(args, 1, n)) then
         error("ltask: service '" .. opts.name .. "' died before it started", level)
     end
     waiting[session] = co_running()
@@ -510,12 +516,25 @@ function ltask.uniqueservice(name, ...)
     return addr
 end
 
+-- Back to a state that never ran a service, for the next one.
+local function clear()
+    self_addr, service_name, service_file, handlers = nil, nil, nil, nil
+    started, quitting, pending = false, false, 0
+    waiting, timeouts, room_wait, tokens = {}, {}, {}, {}
+    ready, ready_args, inflight, inflight_session = {}, {}, {}, {}
+end
+
 -- Called by the service's boot chunk (ltask.core) in a new state.
-function ltask._boot(name, file, code)
+function ltask._boot()
     sched, config = core.sched, core.config
-    service_name, service_file, main_code = name, file, code
     _G.print = log
-    debug.getregistry()["ltask.dispatch"] = dispatch
+    local registry = debug.getregistry()
+    registry["ltask.dispatch"] = dispatch
+    local restore = require("lj-async.reset").snapshot()
+    registry["ltask.recycle"] = function()
+        clear()
+        return restore()
+    end
 end
 
 return ltask

@@ -1,0 +1,1 @@
+-- Returns no handlers: the service quits once its file has run.

@@ -1,0 +1,19 @@
+-- The benchmarks' root service: runs one measurement and sends its rate
+-- to the host through the channel it was given.
+local ltask = require "ltask"
+local what, n, out = ...
+
+local t0 = ltask.now()
+if what == "calls" then
+    local echo = ltask.spawn("echo")
+    local v = 0
+    for _ = 1, n do v = ltask.call(echo, "inc", v) end
+    assert(v == n)
+elseif what == "sends" then
+    local sink = ltask.spawn("echo")
+    for i = 1, n do ltask.send(sink, "add", i) end
+    assert(ltask.call(sink, "total") == n * (n + 1) / 2, "sends were lost")
+elseif what == "spawns" then
+    for _ = 1, n do ltask.spawn("empty") end
+end
+out:send(n / (ltask.now() - t0))
