@@ -1,0 +1,179 @@
+-- Root service of tests/test_ltask.lua: runs the test named by its second
+-- argument and sends "ok", results (or "error", message) to the host
+-- through the channel it was given first.
+local ltask = require "ltask"
+local out, test = ...
+
+local T = {}
+
+local function errmsg(f, ...)
+    local ok, err = pcall(f, ...)
+    assert(not ok, "expected an error")
+    return tostring(err)
+end
+
+-- Waits (in centiseconds slices) until f() is true.
+local function until_true(f, max_cs)
+    for _ = 1, max_cs or 500 do
+        if f() then return true end
+        ltask.sleep(1)
+    end
+    return false
+end
+
+function T.api()
+    local r = {}
+    local e = ltask.spawn("echo", 1, nil, "x")
+    r.args = { n = select("#", ltask.call(e, "args")), ltask.call(e, "args") }
+    r.echo = { ltask.call(e, "echo", "a", { k = { 1, 2 } }, 3.5) }
+    r.remote_error = errmsg(ltask.call, e, "fail", "boom")
+    r.unknown = errmsg(ltask.call, e, "nope")
+    r.timeout = { ltask.call_timeout(5, e, "sleep", 100, "late") }
+    r.in_time = { ltask.call_timeout(200, e, "echo", 7) }
+    r.after_timeout = ltask.call(e, "echo", "still serving")
+    r.self = ltask.self()
+    r.child_self = ltask.call(e, "self")
+    r.child = e
+    r.now = ltask.now()
+
+    local forked = {}
+    ltask.fork(function(a, b) forked[#forked + 1] = a .. b end, "f", "g")
+    ltask.sleep(1)
+    r.forked = forked[1]
+
+    local got
+    ltask.fork(function() got = { ltask.wait("tok") } end)
+    ltask.sleep(1)
+    r.wakeup = ltask.wakeup("tok", 42, "x")
+    r.wakeup_none = ltask.wakeup("nobody")
+    ltask.sleep(1)
+    r.waited = got
+
+    local k = ltask.spawn("echo")
+    r.kill = ltask.kill(k)
+    r.after_kill = errmsg(ltask.call, k, "echo", 1)
+    r.send_to_dead = ltask.send(k, "echo", 1)
+    local q = ltask.spawn("echo")
+    ltask.send(q, "quit")
+    until_true(function() return not pcall(ltask.call, q, "echo") end)
+    r.after_quit = errmsg(ltask.call, q, "echo", 1)
+
+    local up = 1
+    r.upvalue = errmsg(ltask.call, e, "echo", function() return up end)
+    r.bad_result = errmsg(ltask.call, e, "function_result")
+    r.missing = errmsg(ltask.spawn, "no_such_service")
+    r.bad_init = errmsg(ltask.spawn, "bad_init")
+    r.bad_addr = errmsg(ltask.call, "x", "echo")
+    out:send("ok", r)
+end
+
+function T.names()
+    local r = {}
+    local queried
+    ltask.fork(function() queried = ltask.queryservice("peer") end)
+    local helpers = {}
+    for i = 1, 4 do helpers[i] = ltask.spawn("echo") end
+    local addrs, done = {}, 0
+    for i = 1, 4 do
+        ltask.fork(function()
+            addrs[i] = ltask.call(helpers[i], "unique", "peer")
+            done = done + 1
+        end)
+    end
+    addrs[5] = ltask.uniqueservice("peer")
+    until_true(function() return done == 4 and queried end)
+    r.addrs, r.queried = addrs, queried
+    r.query_now = ltask.queryservice("peer")
+    out:send("ok", r)
+end
+
+function T.flood(n, inbox)
+    local e = ltask.spawn_service { name = "echo", inbox = inbox }
+    for i = 1, n do ltask.send(e, "add", i) end
+    out:send("ok", { ltask.call(e, "totals") })
+end
+
+function T.many(n, fanout, rounds)
+    local peers = {}
+    for i = 1, n do peers[i] = ltask.spawn("peer") end
+    for i = 1, n do
+        local targets = {}
+        for j = 1, fanout do targets[j] = peers[(i + j - 1) % n + 1] end
+        ltask.call(peers[i], "fire", targets, rounds, i)
+    end
+    local bad = {}
+    for j = 1, n do
+        local expect_sum = 0
+        for d = 1, fanout do
+            local i = (j - d - 1) % n + 1
+            for r = 1, rounds do expect_sum = expect_sum + i * 1000 + r end
+        end
+        local received, sum = ltask.call(peers[j], "totals")
+        if received ~= fanout * rounds or sum ~= expect_sum then
+            bad[#bad + 1] = ("peer %d: %d messages, sum %d (expected %d, %d)"):format(j, received, sum,
+                fanout * rounds, expect_sum)
+        end
+    end
+    out:send("ok", bad)
+end
+
+function T.kill_during_call()
+    local e = ltask.spawn("echo")
+    local err
+    local t0 = ltask.now()
+    ltask.fork(function() err = errmsg(ltask.call, e, "sleep", 1000) end)
+    ltask.sleep(5)
+    ltask.kill(e)
+    until_true(function() return err end)
+    out:send("ok", { err = err, elapsed = ltask.now() - t0 })
+end
+
+function T.send_error()
+    local e = ltask.spawn("echo")
+    ltask.send(e, "send_fail", "xyz")
+    out:send("ok", { ltask.call(e, "echo", "alive") })
+end
+
+function T.pending_timers()
+    ltask.spawn("idle", out, 100000)   -- its timeout would fire in 1,000 s
+    out:send("ok", true)
+end
+
+function T.exclusive()
+    local b = ltask.spawn_service { name = "blocker", exclusive = true }
+    local e = ltask.spawn("echo")
+    local blocked_done
+    local t0 = ltask.now()
+    ltask.fork(function() blocked_done = ltask.call(b, "block", 400) and ltask.now() - t0 end)
+    ltask.sleep(1)
+    local n = 0
+    for i = 1, 20 do n = n + ltask.call(e, "echo", 1) end
+    local echoes_done = ltask.now() - t0
+    until_true(function() return blocked_done end)
+    out:send("ok", { n = n, echoes = echoes_done, blocked = blocked_done })
+end
+
+function T.busy()
+    local busy, e = ltask.spawn("echo"), ltask.spawn("echo")
+    local t0 = ltask.now()
+    local spun
+    ltask.fork(function() spun = ltask.call(busy, "spin", 1.0) and ltask.now() - t0 end)
+    for _ = 1, 50 do ltask.call(e, "echo", 1) end
+    local echoes = ltask.now() - t0
+    until_true(function() return spun end)
+    out:send("ok", { echoes = echoes, spun = spun })
+end
+
+function T.sleep_idle(cs)
+    ltask.sleep(cs)
+    out:send("ok", true)
+end
+
+function T.log()
+    print("hello from root", 1)
+    ltask.log("logged", nil, true)
+    out:send("ok", ltask.self())
+end
+
+local ok, err = xpcall(T[test], debug.traceback, select(3, ...))
+if not ok then out:send("error", err) end

@@ -1,0 +1,191 @@
+-- SPEC section 7: ltask, every row of its table, the seed's example, and
+-- stress: 1,000 services with counted cross traffic, 10^6 sends into a
+-- small inbox, kill during a call, shutdown with timers pending.  The root
+-- service of each test is tests/ltask/t_root.lua (or the seed's root); it
+-- reports through an lj-async channel it gets as an argument.
+local lu = require "luaunit"
+local boot = require "ltask.bootstrap"
+local channel = require "lj-async.channel"
+local H = require "tests.helpers"
+
+local SANITIZED = (os.getenv("LJA_SANITIZE") or "") ~= ""
+
+local function read(path)
+    local f = io.open(path, "rb")
+    if not f then return "" end
+    local s = f:read("*a")
+    f:close()
+    return s
+end
+
+-- Runs a root service to its end; returns what it reported, the log, and
+-- the seconds it took.
+local function run(opts, ...)
+    local out = channel.new()
+    local logfile = os.tmpname()
+    local t0 = H.now()
+    local ctx = boot.start {
+        worker = opts.worker or 2, service_path = "tests/ltask/?.lua", root = opts.root or "t_root",
+        args = { out, ... }, logfile = logfile, inbox = opts.inbox,
+    }
+    local finished = boot.wait(ctx, opts.timeout or 60)
+    local elapsed = H.now() - t0
+    local log = read(logfile)
+    os.remove(logfile)
+    lu.assertTrue(finished, "the services did not finish in time; log:\n" .. log)
+    return out, log, elapsed
+end
+
+local function run_test(opts, ...)
+    local out, log, elapsed = run(opts, ...)
+    local status, result = out:recv(0)
+    lu.assertEquals(status, "ok", tostring(result) .. "\nlog:\n" .. log)
+    return result, log, elapsed
+end
+
+TestLtask = {}
+
+function TestLtask:test_seed_example()
+    local out, log, elapsed = run({ root = "seed_root" })
+    local a, b, slept = out:recv(0)
+    lu.assertEquals({ a, b }, { "PING", "PONG" })
+    lu.assertTrue(slept >= 0.39 and slept < 2, "ping took " .. slept .. " s")
+    lu.assertTrue(elapsed < 5)
+    -- Root starts, user starts with its argument, three timeouts fire in
+    -- order during the sleep, then root prints the reply.
+    local lines = {}
+    for line in log:gmatch("[^\n]+") do lines[#lines + 1] = line:gsub("^%[[%d:.]+%]", "") end
+    lu.assertEquals(lines[1], "[:00000001] Root Start")
+    lu.assertStrContains(lines[3], "[:00000002] User Start\tHello")
+    lu.assertEquals({ lines[4], lines[5], lines[6], lines[7] },
+        { "[:00000002] 1", "[:00000002] 2", "[:00000002] 3", "[:00000001] PING\tPONG" })
+end
+
+function TestLtask:test_api()
+    local r, log = run_test({}, "api")
+    lu.assertEquals(r.args, { n = 3, 1, nil, "x" })
+    lu.assertEquals(r.echo, { "a", { k = { 1, 2 } }, 3.5 })
+    -- the remote error, with the remote traceback and the caller's
+    lu.assertStrContains(r.remote_error, "boom")
+    lu.assertStrContains(r.remote_error, "deep_failure")
+    lu.assertStrContains(r.remote_error, "raised by call(")
+    lu.assertStrContains(r.remote_error, "t_root.lua")
+    lu.assertStrContains(r.unknown, "unknown command 'nope'")
+    lu.assertEquals(r.timeout, { nil, "timeout" })
+    lu.assertEquals(r.in_time, { 7 })
+    lu.assertEquals(r.after_timeout, "still serving")
+    lu.assertEquals(r.self, 1)
+    lu.assertEquals(r.child_self, r.child)
+    lu.assertTrue(math.abs(r.now - os.time()) < 5)
+    lu.assertEquals(r.forked, "fg")
+    lu.assertTrue(r.wakeup)
+    lu.assertFalse(r.wakeup_none)
+    lu.assertEquals(r.waited, { 42, "x" })
+    lu.assertTrue(r.kill)
+    lu.assertStrContains(r.after_kill, "dead")
+    lu.assertFalse(r.send_to_dead)
+    lu.assertStrContains(r.after_quit, "dead")
+    lu.assertStrContains(r.upvalue, "upvalue 'up'")
+    lu.assertStrContains(r.bad_result, "cannot cross")
+    lu.assertStrContains(r.missing, "cannot find service 'no_such_service'")
+    lu.assertStrContains(r.bad_init, "bad_init cannot start")
+    lu.assertStrContains(r.bad_addr, "bad service address")
+    -- a service that fails to start is logged with its traceback
+    lu.assertStrContains(log, "failed to start")
+    lu.assertStrContains(log, "bad_init.lua:1")
+    lu.assertStrContains(log, "stack traceback")
+end
+
+function TestLtask:test_uniqueservice_and_queryservice()
+    local r = run_test({}, "names")
+    lu.assertEquals(#r.addrs, 5)
+    for i = 2, 5 do lu.assertEquals(r.addrs[i], r.addrs[1]) end
+    lu.assertEquals(r.queried, r.addrs[1])
+    lu.assertEquals(r.query_now, r.addrs[1])
+end
+
+-- Backpressure: a plain send loop into a 16-message inbox waits for room
+-- and never fails; every message arrives, in order.
+function TestLtask:test_flood_small_inbox()
+    local n = SANITIZED and 100000 or 1000000
+    local r = run_test({ timeout = 120 }, "flood", n, 16)
+    lu.assertEquals(r, { n, n * (n + 1) / 2, 0 })
+end
+
+function TestLtask:test_flood_default_inbox_one_worker()
+    local n = 200000
+    local r = run_test({ worker = 1 }, "flood", n)
+    lu.assertEquals(r, { n, n * (n + 1) / 2, 0 })
+end
+
+function TestLtask:test_thousand_services_cross_traffic()
+    local bad = run_test({ timeout = 120 }, "many", 1000, 10, 10)
+    lu.assertEquals(bad, {})
+end
+
+function TestLtask:test_kill_during_pending_call()
+    local r = run_test({}, "kill_during_call")
+    lu.assertStrContains(r.err, "dead")
+    lu.assertTrue(r.elapsed < 5, "the caller waited " .. r.elapsed .. " s")
+end
+
+function TestLtask:test_error_in_send_handler_is_logged()
+    local r, log = run_test({}, "send_error")
+    lu.assertEquals(r, { "alive" })
+    lu.assertStrContains(log, "send handler failed: xyz")
+    lu.assertStrContains(log, "send 'send_fail'")
+    lu.assertStrContains(log, "stack traceback")
+end
+
+function TestLtask:test_shutdown_with_pending_timers()
+    local out, _, elapsed = run({}, "pending_timers")
+    lu.assertEquals(out:recv(0), "ok")
+    lu.assertEquals(out:recv(0), nil)   -- the timer never fired
+    lu.assertTrue(elapsed < 5, "shutdown took " .. elapsed .. " s")
+end
+
+-- An exclusive service blocks its own thread; the one worker goes on.
+function TestLtask:test_exclusive_service_blocks_alone()
+    local r = run_test({ worker = 1 }, "exclusive")
+    lu.assertEquals(r.n, 20)
+    lu.assertTrue(r.blocked >= 0.39, "blocked " .. r.blocked)
+    lu.assertTrue(r.echoes < r.blocked, ("echoes done at %.3f s, block at %.3f s"):format(r.echoes, r.blocked))
+end
+
+-- A service busy in one long handler does not hold up the others.
+function TestLtask:test_busy_service_does_not_starve_others()
+    local r = run_test({}, "busy")
+    lu.assertTrue(r.spun >= 0.99)
+    lu.assertTrue(r.echoes < 0.5, ("50 calls took %.3f s beside a 1 s handler"):format(r.echoes))
+end
+
+-- Idle workers sleep: a half-second sleep costs next to no CPU.
+function TestLtask:test_idle_workers_sleep()
+    local c0 = os.clock()
+    local _, _, elapsed = run_test({}, "sleep_idle", 50)
+    local cpu = os.clock() - c0
+    lu.assertTrue(elapsed >= 0.49)
+    lu.assertTrue(cpu < (SANITIZED and 0.4 or 0.15), ("%.3f s of CPU over %.3f s"):format(cpu, elapsed))
+end
+
+function TestLtask:test_print_and_log_go_to_the_log()
+    local self, log = run_test({}, "log")
+    lu.assertEquals(self, 1)
+    lu.assertStrContains(log, "[:00000001] hello from root\t1\n")
+    lu.assertStrContains(log, "[:00000001] logged\tnil\ttrue\n")
+end
+
+function TestLtask:test_bad_configuration()
+    lu.assertErrorMsgContains("'worker' must be a positive integer", boot.start, { worker = 0 })
+    lu.assertErrorMsgContains("unknown option 'wrker'", boot.start, { wrker = 2 })
+    lu.assertErrorMsgContains("cannot find service 'nothing_here'", boot.start,
+        { service_path = "tests/ltask/?.lua", root = "nothing_here" })
+    lu.assertErrorMsgContains("start takes a table", boot.start, "x")
+end
+
+function TestLtask:test_service_api_outside_a_service()
+    local ltask = require "ltask.core" and package.loaded["ltask"] or dofile("ltask/init.lua")
+    lu.assertErrorMsgContains("only inside a service", ltask.call, 1, "x")
+end
+
+os.exit(lu.LuaUnit.run())
