@@ -134,7 +134,8 @@ enum {
     LJA_KIND_SEMAPHORE = 3,
     LJA_KIND_ATOMIC = 4,
     LJA_KIND_CHANNEL = 5,
-    LJA_KIND_STATE = 6
+    LJA_KIND_STATE = 6,
+    LJA_KIND_POOL = 7
 };
 
 LJA_API uint64_t lja_object_id(void *obj);
@@ -300,6 +301,47 @@ LJA_API int lja_sched_set_log(lja_sched *s, const char *path);  /* NULL: stderr 
 LJA_API int64_t lja_sched_count(lja_sched *s);     /* services alive */
 LJA_API int lja_sched_wait(lja_sched *s, double timeout);
 LJA_API void lja_sched_free(lja_sched *s);
+
+/* ---- Worker pools (SPEC section 8) -----------------------------------------
+ * n worker threads, each with its own lua_State made from a recipe (chunk
+ * and string arguments, as lja_lua_new takes them) that leaves in the
+ * registry "lj-async.pool.run" (runs the current job: it reads the job's
+ * input with lja_pool_input and stores its result with lja_pool_set_result)
+ * and "lj-async.pool.reset" (returns true when the state may run the next
+ * job; else the worker makes a new one).
+ *
+ * submit copies the input and takes over the references in objs (unless it
+ * fails); timeout (seconds, < 0: none) cancels the job when it passes.  A
+ * job handle is released with lja_job_release.  wait returns LJA_OK once
+ * the job is done (run, failed or cancelled) or LJA_ETIMEDOUT; result is
+ * NULL when the job stored none.  cancel stops a queued job at once and a
+ * running one at its next poll or hook check (LJA_EINVAL: already done).
+ * lja_pool_poll, called by a job's code on its worker, returns the running
+ * job's cancel reason (0: go on).  A worker whose cancelled job has not
+ * stopped within 0.25 s is replaced, so the pool keeps its size.  shutdown
+ * refuses new jobs, cancels queued ones, lets running ones finish for up to
+ * `grace` seconds (< 0: no limit), then cancels them; LJA_ETIMEDOUT if some
+ * did not stop.  The pool is an object: its last reference shuts it down.
+ */
+typedef struct lja_pool lja_pool;
+typedef struct lja_job lja_job;
+
+enum { LJA_JOB_CANCELLED = 1, LJA_JOB_TIMEOUT = 2, LJA_JOB_SHUTDOWN = 3 };
+
+LJA_API lja_pool *lja_pool_new(int workers, const char *chunk, size_t len, int nargs,
+                               const char *const *args, const size_t *lens);
+LJA_API int lja_pool_submit(lja_pool *p, const char *data, size_t len, void *const *objs,
+                            int nobjs, double timeout, lja_job **out);
+LJA_API int lja_pool_size(lja_pool *p);
+LJA_API int lja_pool_shutdown(lja_pool *p, double grace);
+LJA_API int lja_job_wait(lja_job *j, double timeout);
+LJA_API const char *lja_job_result(lja_job *j, size_t *len);
+LJA_API int lja_job_cancel(lja_job *j, int reason);
+LJA_API int lja_job_cancelled(lja_job *j);
+LJA_API void lja_job_release(lja_job *j);
+LJA_API const char *lja_pool_input(size_t *len);
+LJA_API int lja_pool_set_result(const char *data, size_t len, void *const *objs, int nobjs);
+LJA_API int lja_pool_poll(void);
 
 #ifdef __cplusplus
 }

@@ -15,7 +15,8 @@ enum {
     LJA_KIND_SEMAPHORE = 3,
     LJA_KIND_ATOMIC = 4,
     LJA_KIND_CHANNEL = 5,
-    LJA_KIND_STATE = 6
+    LJA_KIND_STATE = 6,
+    LJA_KIND_POOL = 7
 };
 uint64_t lja_object_id(void *obj);
 int lja_object_kind(void *obj);

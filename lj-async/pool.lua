@@ -1,0 +1,251 @@
+-- lj-async.pool: worker threads, each with its own lua_State, running
+-- precompiled bytecode on a context table (SPEC section 8).
+--
+-- The queue, the workers and the watchdog are in the shim (csrc/pool.c).
+-- A job is a code string (Pool.compile's output, plain bytecode, or source)
+-- and a context; the worker loads the code once (cached per worker), sets
+-- the global `ctx`, runs it, sends back what it returns, and restores its
+-- globals and standard library (lj-async.reset) for the next job.
+--
+-- Stopping jobs: Pool.compile instruments the source (lj-async.safepoint)
+-- so that compiled loops call the shim's poll; plain bytecode runs with the
+-- JIT off for its functions, where a count hook stops it.
+--
+-- Errors: bad arguments and values that cannot cross raise; a job's error,
+-- timeout or cancel, and a shut pool, return nil, err.
+local ffi = require "ffi"
+local shim = require "lj-async.shim"
+local object = require "lj-async.object"
+local transfer = require "lj-async.transfer"
+local safepoint = require "lj-async.safepoint"
+local vm = require "lj-async.vm"
+
+ffi.cdef [[
+typedef struct lja_pool lja_pool;
+typedef struct lja_job lja_job;
+enum { LJA_JOB_CANCELLED = 1, LJA_JOB_TIMEOUT = 2, LJA_JOB_SHUTDOWN = 3 };
+lja_pool *lja_pool_new(int workers, const char *chunk, size_t len, int nargs,
+                       const char *const *args, const size_t *lens);
+int lja_pool_submit(lja_pool *p, const char *data, size_t len, void *const *objs,
+                    int nobjs, double timeout, lja_job **out);
+int lja_pool_size(lja_pool *p);
+int lja_pool_shutdown(lja_pool *p, double grace);
+int lja_job_wait(lja_job *j, double timeout);
+const char *lja_job_result(lja_job *j, size_t *len);
+int lja_job_cancel(lja_job *j, int reason);
+int lja_job_cancelled(lja_job *j);
+void lja_job_release(lja_job *j);
+]]
+
+local C = shim.C
+local type, select, error, tostring = type, select, error, tostring
+local LJA_OK, LJA_ETIMEDOUT, LJA_ECLOSED = C.LJA_OK, C.LJA_ETIMEDOUT, C.LJA_ECLOSED
+
+-- Pool.compile's output: this header, then LuaJIT bytecode.
+local HEADER = "\27lja-pool\1"
+
+local REASONS = {
+    [C.LJA_JOB_CANCELLED] = "cancelled",
+    [C.LJA_JOB_TIMEOUT] = "timeout",
+    [C.LJA_JOB_SHUTDOWN] = "pool is shut down",
+}
+
+-- What every worker's state runs once (lj-async.vm's prelude gives it the
+-- lj-async modules).
+local RUNTIME = vm.compile([==[
+local HEADER = ...
+local ffi = require "ffi"
+local transfer = require "lj-async.transfer"
+local safepoint = require "lj-async.safepoint"
+local C = require("lj-async.shim").C
+ffi.cdef [[
+const char *lja_pool_input(size_t *len);
+int lja_pool_set_result(const char *data, size_t len, void *const *objs, int nobjs);
+int lja_pool_poll(void);
+]]
+local poll_c, rawset, load, xpcall, pcall = C.lja_pool_poll, rawset, load, xpcall, pcall
+
+-- Called by instrumented code in every loop and function: a real C call,
+-- which the JIT can neither hoist nor drop.
+local function poll()
+    if poll_c() ~= 0 then error("lj-async: job cancelled", 0) end
+end
+
+local cache, ncache = {}, 0   -- code -> its main function, per worker
+
+local function job_function(code)
+    local f = cache[code]
+    if f then return f end
+    if code:sub(1, #HEADER) == HEADER then
+        f = assert(load(code:sub(#HEADER + 1)))
+    elseif code:sub(1, 3) == "\27LJ" then
+        local g = assert(load(code))
+        jit.off(g, true)   -- not compiled: the cancel hook reaches it
+        f = function() return g() end
+    else
+        f = assert(load(safepoint.instrument(code), "=(job)"))
+    end
+    if ncache >= 256 then cache, ncache = {}, 0 end
+    cache[code], ncache = f, ncache + 1
+    return f
+end
+
+local function execute(code, ctx)
+    local f = job_function(code)
+    rawset(_G, "ctx", ctx)
+    return f(poll)
+end
+
+local len = ffi.new("size_t[1]")
+local objs, objs_cap = ffi.new("void *[?]", 8), 8
+
+local function run()
+    local p = C.lja_pool_input(len)
+    local ok, n, code, ctx = pcall(transfer.decode, p, len[0])
+    local msg
+    if ok then
+        msg = transfer.encode_outcome("job", xpcall(execute, transfer.traceback, code, ctx))
+    else
+        msg = transfer.encode_string(2, false, "lj-async: the job's context cannot be read: " .. tostring(n))
+    end
+    local refs = transfer.exported()
+    local nobjs = #refs
+    if nobjs > objs_cap then objs, objs_cap = ffi.new("void *[?]", nobjs), nobjs end
+    for i = 1, nobjs do objs[i - 1], refs[i] = refs[i], nil end
+    C.lja_pool_set_result(msg, #msg, objs, nobjs)
+end
+
+local registry = debug.getregistry()
+registry["lj-async.pool.run"] = run
+registry["lj-async.pool.reset"] = require("lj-async.reset").snapshot()
+]==], "lj-async.pool runtime")
+
+local Pool = {}
+local methods = {}
+local wrap = object.define("pool", "lj-async.pool", C.LJA_KIND_POOL, "struct lja_pool", methods)
+
+function Pool.new(n)
+    if type(n) ~= "number" or n < 1 or n > 4096 or n % 1 ~= 0 then
+        error("lj-async: a pool's size is an integer from 1 to 4096", 2)
+    end
+    local chunk, args = vm.args(RUNTIME, HEADER)
+    local nargs, ptrs, lens = vm.c_strings(args)
+    local p = wrap(C.lja_pool_new(n, chunk, #chunk, nargs, ptrs, lens))
+    if p == nil then error("lj-async: cannot make a pool of " .. n .. " workers", 2) end
+    return p
+end
+
+-- Source in, stoppable bytecode out; nil, err on a syntax error.
+function Pool.compile(src, name)
+    if type(src) ~= "string" then error("lj-async: compile takes Lua source", 2) end
+    if name ~= nil and type(name) ~= "string" then error("lj-async: a script's name is a string", 2) end
+    name = "=" .. (name or "script")
+    local f, err = load(src, name)
+    if not f then return nil, err end
+    local g, ierr = load(safepoint.instrument(src), name)
+    if not g then return nil, "lj-async: cannot instrument the script: " .. ierr end
+    return HEADER .. string.dump(g)
+end
+
+function Pool.get(id)
+    return object.get(wrap, C.LJA_KIND_POOL, "pool", id, 2)
+end
+
+local job_out = ffi.new("lja_job *[1]")
+local len_out = ffi.new("size_t[1]")
+local objs_buf, objs_cap = ffi.new("void *[?]", 8), 8
+
+-- Queues a job; returns its handle, or nil, "pool is shut down".
+local function submit(pool, code, ctx, opts, level)
+    level = level + 1
+    if type(code) ~= "string" then error("lj-async: submit takes the code as a string", level) end
+    local timeout = -1
+    if opts ~= nil then
+        if type(opts) ~= "table" then error("lj-async: submit's options are a table", level) end
+        if opts.timeout ~= nil then
+            timeout = opts.timeout
+            if type(timeout) ~= "number" or not (timeout > 0) then
+                error("lj-async: a job's timeout is a positive number of seconds", level)
+            end
+        end
+    end
+    local ok, p, len = pcall(transfer.encode_after, 1, 2, code, ctx)
+    if not ok then error((p:gsub("%(argument 1", "(ctx")), level) end
+    local refs = transfer.exported()
+    local nobjs = #refs
+    if nobjs > objs_cap then objs_buf, objs_cap = ffi.new("void *[?]", nobjs), nobjs end
+    for i = 1, nobjs do objs_buf[i - 1] = refs[i] end
+    local rc = C.lja_pool_submit(pool, p, len, objs_buf, nobjs, timeout, job_out)
+    if rc == LJA_ECLOSED then
+        transfer.drop_exported()
+        return nil, "pool is shut down"
+    elseif rc ~= LJA_OK then
+        transfer.drop_exported()
+        error("lj-async: cannot submit: " .. shim.strerror(rc), level)
+    end
+    for i = nobjs, 1, -1 do refs[i] = nil end   -- the job holds them now
+    return ffi.gc(job_out[0], C.lja_job_release), timeout
+end
+
+local function results(n, ok, ...)
+    if ok then return ... end
+    return nil, ...
+end
+
+-- A finished job's return values, or nil, err.
+local function outcome(job)
+    local reason = C.lja_job_cancelled(job)
+    if reason ~= 0 then return nil, REASONS[reason] end
+    local p = C.lja_job_result(job, len_out)
+    if p == nil then return nil, "lj-async: the job failed in its worker" end
+    return results(transfer.decode(p, len_out[0]))
+end
+
+function methods:submit(code, ctx, opts)
+    local job, timeout = submit(self, code, ctx, opts, 2)
+    if not job then return nil, timeout end
+    if C.lja_job_wait(job, timeout) == LJA_ETIMEDOUT then
+        C.lja_job_cancel(job, C.LJA_JOB_TIMEOUT)
+        return nil, "timeout"
+    end
+    return outcome(job)
+end
+
+local Job = {}
+Job.__index = Job
+
+function methods:submit_async(code, ctx, opts)
+    local job, err = submit(self, code, ctx, opts, 2)
+    if not job then return nil, err end
+    return setmetatable({ handle = job }, Job)
+end
+
+-- The job's results once it is done; nil, "timeout" if it is not done in
+-- `timeout` seconds (it goes on); nil, err if it failed or was stopped.
+function Job:wait(timeout)
+    if C.lja_job_wait(self.handle, shim.timeout_arg(timeout, 2)) == LJA_ETIMEDOUT then
+        return nil, "timeout"
+    end
+    return outcome(self.handle)
+end
+
+-- Stops the job: true if it was queued or running, false if it was done.
+function Job:cancel()
+    return C.lja_job_cancel(self.handle, C.LJA_JOB_CANCELLED) == LJA_OK
+end
+
+function methods:active_workers()
+    return C.lja_pool_size(self)
+end
+
+-- Refuses new jobs and cancels queued ones; running jobs finish, or are
+-- stopped after `grace` seconds.  True once all have ended, else false, err.
+function methods:shutdown(grace)
+    local rc = C.lja_pool_shutdown(self, shim.timeout_arg(grace, 2))
+    if rc == LJA_OK then return true end
+    return false, "some jobs did not stop (blocked in C?)"
+end
+
+methods.id = object.id
+
+return Pool

@@ -1,0 +1,219 @@
+-- SPEC section 8: lj-async.pool, with the seed's example (seeds/004).
+local lu = require "luaunit"
+local Pool = require "lj-async.pool"
+local Thread = require "lj-async.thread"
+local H = require "tests.helpers"
+
+local SANITIZED = (os.getenv("LJA_SANITIZE") or "") ~= ""
+
+local function timed(f, ...)
+    local t0 = H.now()
+    local r = { n = 0 }
+    r = (function(...) return { n = select("#", ...), ... } end)(f(...))
+    return H.now() - t0, unpack(r, 1, r.n)
+end
+
+TestPool = {}
+
+function TestPool:test_seed_example()
+    local pool = Pool.new(4)
+    local bytecode = Pool.compile('return ctx.message .. " from Lua"', "script")
+    lu.assertEquals({ pool:submit(bytecode, { message = "Hello", params = { id = "123" } }) }, { "Hello from Lua" })
+    lu.assertEquals(pool:submit(Pool.compile("return ctx.params.id"), { params = { id = "123" } }), "123")
+    lu.assertEquals(pool:active_workers(), 4)
+    lu.assertTrue(pool:shutdown())
+end
+
+function TestPool:test_compile_errors_and_bad_arguments()
+    local bc, err = Pool.compile("return +", "broken")
+    lu.assertNil(bc)
+    lu.assertStrContains(err, "broken:1:")
+    lu.assertErrorMsgContains("compile takes Lua source", Pool.compile, 42)
+    lu.assertErrorMsgContains("integer from 1 to 4096", Pool.new, 0)
+    local pool = Pool.new(1)
+    lu.assertErrorMsgContains("code as a string", pool.submit, pool, nil, {})
+    lu.assertErrorMsgContains("positive number of seconds", pool.submit, pool, "return 1", {}, { timeout = -1 })
+    local up = 1
+    lu.assertErrorMsgContains("upvalue 'up' (ctx.f)", pool.submit, pool, "return 1", { f = function() return up end })
+    pool:shutdown()
+end
+
+function TestPool:test_results_and_errors()
+    local pool = Pool.new(2)
+    lu.assertEquals({ pool:submit(Pool.compile("return 1, nil, { a = { 'x' } }, ctx"), 7) }, { 1, nil, { a = { "x" } }, 7 })
+    lu.assertEquals({ pool:submit(Pool.compile("return"), nil) }, {})
+    local res, err = pool:submit(Pool.compile("local function inner() error('boom') end\ninner()", "failing"), {})
+    lu.assertNil(res)
+    lu.assertStrContains(err, "failing:1: boom")
+    lu.assertStrContains(err, "stack traceback")
+    lu.assertStrContains(err, "inner")
+    res, err = pool:submit(Pool.compile("local up = 1 return function() return up end"), {})
+    lu.assertNil(res)
+    lu.assertStrContains(err, "cannot cross")
+    -- plain bytecode and source run too
+    lu.assertEquals(pool:submit(string.dump(function() return ctx.x * 2 end), { x = 21 }), 42)
+    lu.assertEquals(pool:submit("return ctx.x + 1", { x = 1 }), 2)
+    -- the workers live on
+    lu.assertEquals(pool:active_workers(), 2)
+    lu.assertEquals(pool:submit(Pool.compile("return 'fine'"), {}), "fine")
+    pool:shutdown()
+end
+
+function TestPool:test_runs_are_isolated()
+    local pool = Pool.new(1)   -- one worker: every job runs in the same state
+    local dirty = Pool.compile([[
+        x = 1; string.x = 2; table.insert = nil; math.pi = 3
+        package.loaded.extra = true
+        setmetatable(_G, { __index = function() return "leaked" end })
+        getmetatable("").__index = { upper = function() return "hijacked" end }
+        return "dirty"
+    ]])
+    lu.assertEquals(pool:submit(dirty, {}), "dirty")
+    local check = Pool.compile([[
+        return x, string.x, type(table.insert), math.pi, package.loaded.extra, getmetatable(_G),
+               ("a"):upper(), ctx.n
+    ]])
+    lu.assertEquals({ pool:submit(check, { n = 1 }) }, { nil, nil, "function", math.pi, nil, nil, "A", 1 })
+    lu.assertEquals(pool:submit(Pool.compile("return ctx"), nil), nil)   -- the last ctx is gone too
+    pool:shutdown()
+end
+
+local SPINS = {
+    ["while true do end"] = "while true do end",
+    ["numeric for"] = "local x = 0 for i = 1, 1e300 do x = x + i end",
+    ["repeat"] = "local x = 0 repeat x = x + 1 until false",
+    ["goto"] = "local x = 0 ::top:: x = x + 1 goto top",
+    ["tail recursion"] = "local function f(n) return f(n + 1) end return f(1)",
+    ["pcall in a loop"] = "while true do pcall(function() while true do end end) end",
+}
+
+-- A timeout stops a job spinning in compiled code; the worker is free
+-- again at once (a pool of one serves the next job).
+function TestPool:test_timeout_stops_compiled_loops()
+    local pool = Pool.new(1)
+    local quick = Pool.compile("return 'next'")
+    for name, src in pairs(SPINS) do
+        local s, res, err = timed(pool.submit, pool, Pool.compile(src, name), {}, { timeout = 0.2 })
+        lu.assertNil(res, name)
+        lu.assertEquals(err, "timeout", name)
+        lu.assertTrue(s < 0.4, ("%s: the timeout of 0.2 s took %.3f s"):format(name, s))
+        s, res = timed(pool.submit, pool, quick, {})
+        lu.assertEquals(res, "next", name)
+        lu.assertTrue(s < 0.2, ("%s: the next job waited %.3f s"):format(name, s))
+    end
+    lu.assertEquals(pool:active_workers(), 1)
+    pool:shutdown()
+end
+
+-- Plain bytecode and source are stopped too (no JIT for plain bytecode).
+function TestPool:test_timeout_stops_plain_bytecode_and_source()
+    local pool = Pool.new(1)
+    local spin = string.dump(function() local x = 0 while true do x = x + 1 end end)
+    for _, code in ipairs { spin, "while true do end" } do
+        local s, res, err = timed(pool.submit, pool, code, {}, { timeout = 0.2 })
+        lu.assertEquals({ res, err }, { nil, "timeout" })
+        lu.assertTrue(s < 0.4)
+        lu.assertEquals(pool:submit("return 1", {}), 1)
+    end
+    pool:shutdown()
+end
+
+function TestPool:test_async_jobs_wait_and_cancel()
+    local pool = Pool.new(1)
+    local spin = Pool.compile("while true do end")
+    local running = pool:submit_async(spin, {})
+    local queued = pool:submit_async(Pool.compile("return 'never'"), {})
+    lu.assertEquals({ running:wait(0.05) }, { nil, "timeout" })   -- waiting does not stop it
+    lu.assertTrue(queued:cancel())
+    lu.assertEquals({ queued:wait(1) }, { nil, "cancelled" })
+    local s = timed(function() return running:cancel() end)
+    lu.assertEquals({ running:wait(1) }, { nil, "cancelled" })
+    lu.assertTrue(s < 0.1)
+    local done = pool:submit_async(Pool.compile("return ctx * 2"), 21)
+    lu.assertEquals(done:wait(5), 42)
+    lu.assertFalse(done:cancel())
+    lu.assertEquals(done:wait(), 42)
+    -- a job's own timeout applies whether or not anybody waits
+    local timed_out = pool:submit_async(spin, {}, { timeout = 0.1 })
+    Thread.sleep(0.3)
+    lu.assertEquals({ timed_out:wait(0) }, { nil, "timeout" })
+    lu.assertEquals(pool:submit(Pool.compile("return 'free'"), {}), "free")
+    pool:shutdown()
+end
+
+-- A job blocked in C cannot be stopped: its worker is replaced, so the pool
+-- keeps its size and serves, and the stuck thread ends when C returns.
+function TestPool:test_job_stuck_in_c_is_replaced()
+    local pool = Pool.new(1)
+    local block = Pool.compile([[
+        local ffi = require "ffi"
+        pcall(ffi.cdef, "int usleep(unsigned int usec);")
+        ffi.C.usleep(1500000)
+        return "woke"
+    ]])
+    local s, res, err = timed(pool.submit, pool, block, {}, { timeout = 0.1 })
+    lu.assertEquals({ res, err }, { nil, "timeout" })
+    lu.assertTrue(s < 0.2)
+    s, res = timed(pool.submit, pool, Pool.compile("return 'served'"), {})
+    lu.assertEquals(res, "served")
+    lu.assertTrue(s < 1.0, ("the next job waited %.3f s for a stuck worker"):format(s))
+    lu.assertEquals(pool:active_workers(), 1)
+    lu.assertTrue(pool:shutdown(5))
+end
+
+-- The pool crosses to other threads; they submit at once; every result is
+-- counted.
+function TestPool:test_submit_from_many_threads()
+    local pool = Pool.new(2)
+    local code = Pool.compile("return ctx.a + ctx.b")
+    local threads = {}
+    local n = SANITIZED and 200 or 1000
+    for t = 1, 4 do
+        threads[t] = Thread.new(function(pool, code, t, n)
+            local sum = 0
+            for i = 1, n do
+                local r, err = pool:submit(code, { a = i, b = t })
+                if not r then return nil, err end
+                sum = sum + r
+            end
+            return sum
+        end, pool, code, t, n)
+    end
+    for t = 1, 4 do
+        lu.assertEquals({ threads[t]:join(60) }, { true, n * (n + 1) / 2 + n * t })
+    end
+    pool:shutdown()
+end
+
+function TestPool:test_shutdown()
+    local pool = Pool.new(1)
+    local slow = pool:submit_async(Pool.compile([[
+        local t = os.clock() + 0.2 while os.clock() < t do end return "finished"
+    ]]), {})
+    Thread.sleep(0.02)
+    local queued = pool:submit_async(Pool.compile("return 'queued'"), {})
+    lu.assertTrue(pool:shutdown())
+    lu.assertEquals(slow:wait(0), "finished")           -- running jobs finish
+    lu.assertEquals({ queued:wait(0) }, { nil, "pool is shut down" })
+    lu.assertEquals({ pool:submit(Pool.compile("return 1"), {}) }, { nil, "pool is shut down" })
+    lu.assertEquals(pool:active_workers(), 0)
+    -- past the grace time, running jobs are stopped
+    local pool2 = Pool.new(1)
+    local spinning = pool2:submit_async(Pool.compile("while true do end"), {})
+    Thread.sleep(0.02)
+    local s, ok = timed(pool2.shutdown, pool2, 0.1)
+    lu.assertTrue(ok)
+    lu.assertTrue(s < 1)
+    lu.assertEquals({ spinning:wait(0) }, { nil, "pool is shut down" })
+end
+
+function TestPool:test_pool_goes_with_its_last_handle()
+    local pool = Pool.new(2)
+    local id = pool:id()
+    lu.assertEquals(Pool.get(id):submit("return 5", {}), 5)
+    pool = nil
+    lu.assertTrue(H.eventually_gone(id))
+    lu.assertErrorMsgContains("no pool with id", Pool.get, id)
+end
+
+os.exit(lu.LuaUnit.run())
