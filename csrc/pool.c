@@ -25,7 +25,9 @@
 #define GRACE 0.25              /* seconds a cancelled job has to stop */
 #define HOOK_EVERY 1000         /* VM instructions between hook checks */
 #define LUA_MASKCOUNT (1 << 3)
-#define WAIT_SPINS 200
+#define WAIT_SPINS 2000          /* polls before a waiter sleeps (~ tens of us) */
+#define WAIT_YIELD_AFTER 200    /* the rest of the polls also yield the CPU */
+#define IDLE_SPINS 2000         /* an idle worker's polls of the queue before it sleeps */
 
 enum { JOB_QUEUED, JOB_RUNNING, JOB_DONE };
 
@@ -61,6 +63,7 @@ struct lja_pool {
     pthread_mutex_t lock;
     pthread_cond_t work, changed, watch;
     lja_job *head, *tail;
+    atomic_int queued;          /* jobs in the queue, read to spin */
     int nidle;
     int size;                   /* workers that count (not retired) */
     int threads;                /* worker threads alive, retired or not */
@@ -79,6 +82,21 @@ struct lja_pool {
 };
 
 static _Thread_local lja_job *current_job;
+
+/* A poll loop's pause: a spin hint, later a yield of the CPU.  A job done
+ * (or queued) within microseconds then costs no futex sleep and wake. */
+static void relax(int i)
+{
+    if (i < WAIT_YIELD_AFTER) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#elif defined(__aarch64__)
+        __asm__ __volatile__("yield");
+#endif
+    } else {
+        sched_yield();
+    }
+}
 
 /* ---- jobs ---------------------------------------------------------------- */
 
@@ -128,9 +146,7 @@ int lja_job_wait(lja_job *j, double timeout)
     if (atomic_load(&j->state) == JOB_DONE)
         return LJA_OK;
     for (int i = 0; i < WAIT_SPINS && timeout != 0; i++) {
-#if defined(__x86_64__) || defined(__i386__)
-        __builtin_ia32_pause();
-#endif
+        relax(i);
         if (atomic_load(&j->state) == JOB_DONE)
             return LJA_OK;
     }
@@ -276,6 +292,12 @@ static void *worker_main(void *arg)
         p->size--;
     }
     while (w->L) {
+        if (!p->head && !p->stopping && !w->retire) {
+            pthread_mutex_unlock(&p->lock);
+            for (int i = 0; i < IDLE_SPINS && !atomic_load(&p->queued); i++)
+                relax(i);
+            pthread_mutex_lock(&p->lock);
+        }
         while (!p->head && !p->stopping && !w->retire) {
             p->nidle++;
             pthread_cond_wait(&p->work, &p->lock);
@@ -284,6 +306,7 @@ static void *worker_main(void *arg)
         if (w->retire || !p->head)
             break;
         lja_job *j = p->head;
+        atomic_fetch_sub(&p->queued, 1);
         p->head = j->next;
         if (!p->head)
             p->tail = NULL;
@@ -560,6 +583,7 @@ int lja_pool_submit(lja_pool *p, const char *data, size_t len, void *const *objs
     else
         p->head = j;
     p->tail = j;
+    atomic_fetch_add(&p->queued, 1);
     if (p->nidle)
         pthread_cond_signal(&p->work);
     if (j->deadline > 0)

@@ -90,10 +90,15 @@ local function job_function(code)
     return f
 end
 
+local function finish(...)
+    rawset(_G, "ctx", nil)   -- ours: the reset need not find it
+    return ...
+end
+
 local function execute(code, ctx)
     local f = job_function(code)
     rawset(_G, "ctx", ctx)
-    return f(poll)
+    return finish(f(poll))
 end
 
 local len = ffi.new("size_t[1]")

@@ -1,0 +1,67 @@
+-- lj-async.pool with 2 workers: trivial jobs through submit from 1 and from
+-- 2 submitting threads, the seed's job, and what the reset between jobs
+-- costs; beside a C condvar ping-pong (a job is a round trip) and the
+-- trivial job's own time, measured in the same run.
+local ffi = require "ffi"
+local Pool = require "lj-async.pool"
+local Thread = require "lj-async.thread"
+local B = require "bench.common"
+
+ffi.cdef [[
+double ljabench_pingpong(long n);
+]]
+
+local TRIVIAL = Pool.compile("return 1", "trivial")
+local SEED = Pool.compile('return ctx.message .. " from Lua"', "script")
+
+-- jobs/s through submit from `submitters` threads (the main one included).
+local function jobs(pool, code, ctx, submitters, n)
+    return function()
+        local per = math.floor(n / submitters)
+        local t0 = B.now()
+        local others = {}
+        for i = 2, submitters do
+            others[i] = Thread.new(function(pool, code, ctx, per)
+                for _ = 1, per do assert(pool:submit(code, ctx)) end
+                return true
+            end, pool, code, ctx, per)
+        end
+        for _ = 1, per do assert(pool:submit(code, ctx)) end
+        for i = 2, submitters do assert(others[i]:join()) end
+        return per * submitters / (B.now() - t0)
+    end
+end
+
+-- Seconds one reset of a worker's state takes, measured in a job on that
+-- worker: it calls the worker's own reset function in a loop.
+local RESET = Pool.compile([[
+    local ffi = require "ffi"
+    ffi.cdef "double lja_now(void);"   -- (this worker's state is then replaced)
+    local now = require("lj-async.shim").C.lja_now
+    local reset = debug.getregistry()["lj-async.pool.reset"]
+    local n = ctx
+    local t0 = now()
+    for i = 1, n do
+        rawset(_G, "x", i)   -- a job that leaves a global behind
+        reset()
+    end
+    return (now() - t0) / n
+]], "reset cost")
+
+return function()
+    local pool = Pool.new(2)
+    local one = B.median(jobs(pool, TRIVIAL, nil, 1, 50000))
+    local two = B.median(jobs(pool, TRIVIAL, nil, 2, 100000))
+    local seed = B.median(jobs(pool, SEED, { message = "Hello", params = { id = "123" } }, 2, 100000))
+    local per_reset = B.median(function() return assert(pool:submit(RESET, 20000)) end)
+    pool:shutdown()
+    local c_pp = B.median(function() return 50000 / B.native.ljabench_pingpong(50000) end)
+    local per_job = 1 / one
+    return {
+        { "pool: trivial jobs, 1 submitter", one, "jobs/s", "C condvar ping-pong", c_pp, one / c_pp, "" },
+        { "pool: trivial jobs, 2 submitters", two, "jobs/s", "C condvar ping-pong", c_pp, two / c_pp, ">= 60k/s" },
+        { "pool: seed's job, 2 submitters", seed, "jobs/s", "C condvar ping-pong", c_pp, seed / c_pp, "" },
+        { "pool: reset between jobs", per_reset * 1e6, "us/job", "trivial job, 1 submitter (us)", per_job * 1e6,
+          per_reset / per_job, "< 0.2" },
+    }
+end
