@@ -13,6 +13,7 @@
 local type, next, rawget, rawset, pairs, ipairs, pcall = type, next, rawget, rawset, pairs, ipairs, pcall
 local getmetatable, setmetatable = getmetatable, setmetatable
 local debug_getmetatable, debug_setmetatable, sethook = debug.getmetatable, debug.setmetatable, debug.sethook
+local io_set_input, io_set_output, collectgarbage = io.input, io.output, collectgarbage
 
 local M = {}
 
@@ -57,6 +58,25 @@ function M.snapshot()
         end
     end
 
+    -- Process-wide settings a run may change: their setters are watched, so
+    -- that the restore touches them only after a run did.
+    local touched = false
+    local function watch(t, name)
+        local f = t and t[name]
+        if f then
+            t[name] = function(...)
+                touched = true
+                return f(...)
+            end
+        end
+    end
+    watch(io, "input")
+    watch(io, "output")
+    watch(debug, "sethook")
+    watch(debug, "setmetatable")
+    watch(jit, "off")
+    watch(G, "collectgarbage")
+
     local tables = { [G] = copy(G) }
     for _, v in next, G do
         if type(v) == "table" then tables[v] = copy(v) end
@@ -69,13 +89,12 @@ function M.snapshot()
     -- Values whose type-wide metatable a run could set with debug.setmetatable.
     local typed = { 0, false, print, coroutine.create(print) }
 
-    local io_input, io_output = io.input(), io.output()
+    local io_input, io_output = io_set_input(), io_set_output()
     local jit_on = jit and jit.status()
 
     return function()
         local reusable = not foreign and rawget(loaded, "ffi") == ffi
         foreign = false
-        sethook()
         for t, saved in pairs(tables) do
             local mt = metatables[t] or nil
             if getmetatable(t) ~= mt and not pcall(setmetatable, t, mt) then reusable = false end
@@ -86,14 +105,19 @@ function M.snapshot()
                 if rawget(t, k) ~= v then rawset(t, k, v) end
             end
         end
-        -- Only where changed: setting a type's metatable flushes all traces.
-        for i = 1, #typed do
-            if debug_getmetatable(typed[i]) ~= nil then debug_setmetatable(typed[i], nil) end
+        if touched then
+            touched = false
+            sethook()
+            -- Only where changed: setting a type's metatable flushes all traces.
+            for i = 1, #typed do
+                if debug_getmetatable(typed[i]) ~= nil then debug_setmetatable(typed[i], nil) end
+            end
+            if debug_getmetatable(nil) ~= nil then debug_setmetatable(nil, nil) end
+            io_set_input(io_input)
+            io_set_output(io_output)
+            if jit_on and not jit.status() then jit.on() end
+            collectgarbage("restart")
         end
-        if debug_getmetatable(nil) ~= nil then debug_setmetatable(nil, nil) end
-        io.input(io_input)
-        io.output(io_output)
-        if jit_on and not jit.status() then jit.on() end
         return reusable
     end
 end

@@ -4,7 +4,9 @@ local H = require "tests.helpers"
 
 local build = os.getenv("LJA_BUILD_DIR") or "build"
 local luajit = "luajit"
-local probe = [[local T = require "lj-async.thread"; local ok, v = T(function() return 7 end):join(10); assert(ok and v == 7); print("ok")]]
+local probe = [[local T = require "lj-async.thread"; local ok, v = T(function() return 7 end):join(10); assert(ok and v == 7); ]]
+    .. [[assert(require("lj-async.pool").new(1):submit("return 2") == 2); require "ltask.bootstrap"; ]]
+    .. [[assert(io.open((package.searchpath("ltask.core", package.path):gsub("core%.lua$", "init.lua")))); print("ok")]]
 
 local function exists(p)
     local f = io.open(p)

@@ -66,14 +66,18 @@ function TestPool:test_runs_are_isolated()
         package.loaded.extra = true
         setmetatable(_G, { __index = function() return "leaked" end })
         getmetatable("").__index = { upper = function() return "hijacked" end }
+        debug.sethook(function() end, "", 1000000)
+        io.output(io.stderr)
+        debug.setmetatable(0, { __index = math })
         return "dirty"
     ]])
     lu.assertEquals(pool:submit(dirty, {}), "dirty")
     local check = Pool.compile([[
         return x, string.x, type(table.insert), math.pi, package.loaded.extra, getmetatable(_G),
-               ("a"):upper(), ctx.n
+               ("a"):upper(), ctx.n, debug.gethook(), io.output() == io.stdout, debug.getmetatable(0)
     ]])
-    lu.assertEquals({ pool:submit(check, { n = 1 }) }, { nil, nil, "function", math.pi, nil, nil, "A", 1 })
+    lu.assertEquals({ pool:submit(check, { n = 1 }) },
+        { nil, nil, "function", math.pi, nil, nil, "A", 1, nil, true, nil })
     lu.assertEquals(pool:submit(Pool.compile("return ctx"), nil), nil)   -- the last ctx is gone too
     pool:shutdown()
 end
@@ -205,6 +209,20 @@ function TestPool:test_shutdown()
     lu.assertTrue(ok)
     lu.assertTrue(s < 1)
     lu.assertEquals({ spinning:wait(0) }, { nil, "pool is shut down" })
+end
+
+-- Cancelled jobs leave nothing behind: memory settles over many of them.
+function TestPool:test_cancelled_jobs_do_not_leak()
+    local pool = Pool.new(2)
+    local spin = Pool.compile("local t = {} while true do t[#t % 100 + 1] = {} end")
+    H.assert_memory_settles(lu, function()
+        local job = pool:submit_async(spin, { payload = ("x"):rep(1000) })
+        Thread.sleep(0.001)
+        job:cancel()
+        lu.assertEquals({ job:wait(5) }, { nil, "cancelled" })
+    end, 50, 300, 4, "300 cancelled jobs")
+    lu.assertEquals(pool:active_workers(), 2)
+    lu.assertTrue(pool:shutdown())
 end
 
 function TestPool:test_pool_goes_with_its_last_handle()
