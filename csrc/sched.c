@@ -49,6 +49,8 @@ struct service {
     int nwaiters, cwaiters;
     void *L;
     struct service *run_link;   /* global run queue (under the scheduler's lock) */
+    _Atomic(struct block *) spare;   /* recycled message blocks */
+    atomic_int nspare;
     lja_sched *sched;
 };
 
@@ -126,12 +128,56 @@ static inline void cpu_relax(void)
 
 /* ---- messages ---------------------------------------------------------- */
 
-static lja_smsg *msg_new(double from, int type, int32_t session, const char *data, size_t len,
-                         void *const *objs, int nobjs)
+/* A message is one block: a hidden header, then the lja_smsg Lua reads.
+ * Small blocks are recycled through the receiver's spare stack (malloc
+ * here and free on another thread cost more than the rest of a send):
+ * pushes are lock-free, pops happen under the service's lock, one at a
+ * time, so the stack has no ABA problem. */
+#define SMALL_BLOCK 256
+#define SPARE_BLOCKS 256
+
+struct block {
+    struct service *home;       /* the service that recycles it, or NULL */
+    struct block *spare_next;
+};
+
+#define MSG_OF(b) ((lja_smsg *)((char *)(b) + sizeof(struct block)))
+#define BLOCK_OF(m) ((struct block *)((char *)(m) - sizeof(struct block)))
+
+static size_t block_size(size_t len, int nobjs)
 {
-    lja_smsg *m = malloc(sizeof *m + (size_t)nobjs * sizeof(void *) + len);
-    if (!m)
-        return NULL;
+    return sizeof(struct block) + sizeof(lja_smsg) + (size_t)nobjs * sizeof(void *) + len;
+}
+
+/* Called with svc->lock held. */
+static struct block *pop_spare(struct service *svc)
+{
+    struct block *b = atomic_load(&svc->spare);
+    while (b && !atomic_compare_exchange_weak(&svc->spare, &b, b->spare_next)) {
+    }
+    if (b)
+        atomic_fetch_sub(&svc->nspare, 1);
+    return b;
+}
+
+static void block_free(struct block *b)
+{
+    struct service *home = b->home;
+    if (home && atomic_fetch_add(&home->nspare, 1) < SPARE_BLOCKS) {
+        struct block *head = atomic_load(&home->spare);
+        do
+            b->spare_next = head;
+        while (!atomic_compare_exchange_weak(&home->spare, &head, b));
+        return;
+    }
+    if (home)
+        atomic_fetch_sub(&home->nspare, 1);
+    free(b);
+}
+
+static void fill(lja_smsg *m, double from, int type, int32_t session, const char *data, size_t len,
+                 void *const *objs, int nobjs)
+{
     m->next = NULL;
     m->from = from;
     m->type = type;
@@ -143,7 +189,6 @@ static lja_smsg *msg_new(double from, int type, int32_t session, const char *dat
         memcpy(m->objs, objs, (size_t)nobjs * sizeof(void *));
     if (len)
         memcpy(m->data, data, len);
-    return m;
 }
 
 void lja_sched_msg_free(lja_smsg *m)
@@ -152,7 +197,7 @@ void lja_sched_msg_free(lja_smsg *m)
         return;
     for (int i = 0; i < m->nobjs; i++)
         lja_object_release(m->objs[i]);
-    free(m);
+    block_free(BLOCK_OF(m));
 }
 
 static int counted(int type)
@@ -222,11 +267,23 @@ int lja_sched_send(lja_sched *s, double from, double to, int type, int32_t sessi
     struct service *svc = lookup(s, addr);
     if (!svc)
         return LJA_ECLOSED;
-    lja_smsg *m = msg_new(from, type, session, data, len, objs, nobjs);
-    if (!m)
-        return LJA_ENOMEM;
+    size_t size = block_size(len, nobjs);
+    int small = size <= SMALL_BLOCK;
+    struct block *b = NULL;
+    if (small) {   /* a recycled block is taken and filled under the lock */
+        pthread_mutex_lock(&svc->lock);
+        if (!(b = pop_spare(svc)))
+            pthread_mutex_unlock(&svc->lock);
+    }
+    if (!b) {
+        if (!(b = malloc(small ? SMALL_BLOCK : size)))
+            return LJA_ENOMEM;
+        pthread_mutex_lock(&svc->lock);
+    }
+    b->home = small ? svc : NULL;
+    lja_smsg *m = MSG_OF(b);
+    fill(m, from, type, session, data, len, objs, nobjs);
     int rc = LJA_OK, wake = 0;
-    pthread_mutex_lock(&svc->lock);
     if (svc->addr != addr || svc->status == SVC_DEAD || svc->status == SVC_FREE) {
         rc = LJA_ECLOSED;
     } else if (counted(type) && svc->capacity && svc->count >= svc->capacity) {
@@ -276,7 +333,7 @@ out:
     pthread_mutex_unlock(&svc->lock);
     if (m) {
         m->nobjs = 0;   /* not sent: the caller keeps its references */
-        free(m);
+        lja_sched_msg_free(m);
     }
     if (wake)
         schedule(s, svc);
@@ -753,6 +810,8 @@ static struct service *take_slot(lja_sched *s, uint64_t *addr)
     } else if (s->nslots < s->max_services) {
         if (!(svc = calloc(1, sizeof *svc)))
             return NULL;
+        atomic_init(&svc->spare, NULL);
+        atomic_init(&svc->nspare, 0);
         pthread_mutex_init(&svc->lock, NULL);
         pthread_cond_init(&svc->wake, NULL);
         svc->sched = s;
@@ -899,9 +958,16 @@ void lja_sched_free(lja_sched *s)
             lja_lua_api_bound()->close(svc->L);
         for (lja_smsg *m = svc->head, *next; m; m = next) {
             next = m->next;
-            lja_sched_msg_free(m);
+            m->next = NULL;
+            for (int i = 0; i < m->nobjs; i++)
+                lja_object_release(m->objs[i]);
+            free(BLOCK_OF(m));   /* not to a spare stack: those go next */
         }
         free(svc->room_waiters);
+        for (struct block *b = atomic_load(&svc->spare), *next; b; b = next) {
+            next = b->spare_next;
+            free(b);
+        }
         pthread_cond_destroy(&svc->wake);
         pthread_mutex_destroy(&svc->lock);
         free(svc);

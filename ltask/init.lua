@@ -144,8 +144,7 @@ end
 -- Sends a request or post, waiting while `to`'s inbox is full; true when
 -- sent, false when `to` is gone.  `hidden` values lead the message.
 local function deliver(to, kind, session, hidden, level, n, ...)
-    local ok, p, len = pcall(encode_after, hidden, n, ...)
-    if not ok then error(p, level + 1) end
+    local p, len = encode_after(hidden, n, ...)   -- raises, naming what cannot cross
     local refs = exported()
     local nobjs = #refs
     local rc = EAGAIN
