@@ -134,7 +134,7 @@ static inline void cpu_relax(void)
  * pushes are lock-free, pops happen under the service's lock, one at a
  * time, so the stack has no ABA problem. */
 #define SMALL_BLOCK 256
-#define SPARE_BLOCKS 256
+#define SPARE_BLOCKS 1024       /* a default inbox's worth */
 
 struct block {
     struct service *home;       /* the service that recycles it, or NULL */

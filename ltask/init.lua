@@ -268,9 +268,8 @@ end
 
 local function handle(m)
     local kind, from, session = m.type, m.from, m.session
-    if kind == REQUEST or kind == POST then
-        resume(new_task(), started and serve or init, kind, from, session, open(m))
-        return
+    if kind == REQUEST or kind == POST then   -- served on the running message loop
+        return (started and serve or init)(kind, from, session, open(m))
     elseif kind == RESPONSE or kind == ERROR then
         if waiting[session] then return wake(session, kind, open(m)) end
     elseif kind == TIMER then
@@ -305,14 +304,43 @@ local function finish()
     return DISPATCH_QUIT
 end
 
+-- Messages are handled on a loop coroutine, one after another, without a
+-- coroutine switch each: a handler that returns lets the loop go on.  A
+-- handler that waits keeps that coroutine (and finishes on it later); the
+-- dispatcher starts another loop for the rest.
+local loop_co       -- the coroutine running the message loop, or nil
+local batch_m       -- the next message of the batch
+local LOOP_DONE = {}
+
+local function message_loop()
+    local me = co_running()
+    while loop_co == me and not quitting do
+        local m = batch_m
+        if m == nil then
+            co_yield(LOOP_DONE)   -- resumed with the next batch
+        else
+            batch_m = m.next
+            handle(m)
+        end
+    end
+end
+
 local function dispatch()
     if not self_addr then self_addr = C.lja_sched_self() end
-    local m = pop_c(sched, self_addr, config.batch)
-    while m ~= nil and not quitting do
-        local next_m = m.next
-        handle(m)
-        m = next_m
+    batch_m = pop_c(sched, self_addr, config.batch)
+    while batch_m ~= nil and not quitting do
+        local ok, r
+        if loop_co == nil then
+            loop_co = new_task()
+            ok, r = co_resume(loop_co, message_loop)
+        else
+            ok, r = co_resume(loop_co)
+        end
+        if not ok then log("ltask: the message loop of " .. who() .. " failed: " .. tostring(r)) end
+        if r ~= LOOP_DONE then loop_co = nil end   -- a handler waits on it, or it ended
     end
+    local m = batch_m
+    batch_m = nil
     while m ~= nil do   -- popped after a quit: never served
         local next_m = m.next
         if m.type == REQUEST then send_c(sched, self_addr, m.from, DEAD, m.session, nil, 0, nil, 0) end
@@ -521,6 +549,7 @@ local function clear()
     started, quitting, pending = false, false, 0
     waiting, timeouts, room_wait, tokens = {}, {}, {}, {}
     ready, ready_args, inflight, inflight_session = {}, {}, {}, {}
+    loop_co, batch_m = nil, nil
 end
 
 -- Called by the service's boot chunk (ltask.core) in a new state.
