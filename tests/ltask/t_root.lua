@@ -36,6 +36,13 @@ function T.api()
     r.child = e
     r.now = ltask.now()
 
+    -- a handler that sleeps does not hold up the next request in its batch
+    local order = {}
+    ltask.fork(function() ltask.call(e, "sleep", 30, "s") order[#order + 1] = "sleep" end)
+    ltask.fork(function() ltask.call(e, "echo", "e") order[#order + 1] = "echo" end)
+    until_true(function() return #order == 2 end)
+    r.order = order
+
     local forked = {}
     ltask.fork(function(a, b) forked[#forked + 1] = a .. b end, "f", "g")
     ltask.sleep(1)
