@@ -6,23 +6,12 @@
  * spins briefly (without the lock) before it sleeps: a reply that comes
  * within microseconds then costs no futex wake, which is what makes
  * ping-pong between two threads fast. */
-#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "object.h"
 
 #define SPIN_ROUNDS 2000  /* polls of the count (~ tens of microseconds) */
-#define SPIN_YIELD_AFTER 200  /* the rest of the polls also yield the CPU */
-
-static inline void cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
-}
 
 struct lja_msg {
     struct lja_msg *next;
@@ -34,9 +23,8 @@ struct lja_msg {
 };
 
 /* Small messages are blocks of one size, recycled through their channel's
- * spare stack: malloc and a free on another thread cost more than the rest
- * of a send.  Pushes are lock-free; pops happen under the channel's lock,
- * one at a time, so the stack has no ABA problem. */
+ * spare stack (popped under the channel's lock); a message links there
+ * through `next`, its first word. */
 #define SMALL_BLOCK 256
 #define SPARE_MAX 256
 
@@ -67,8 +55,7 @@ struct lja_channel {
     atomic_int closed;
     int recv_waiters, send_waiters;
     struct selector_link *selectors;
-    _Atomic(lja_msg *) spare;    /* recycled small blocks */
-    atomic_int nspare;
+    lja_spare_stack spare;       /* recycled small blocks */
 };
 
 static void release_objects(lja_msg *msg)
@@ -84,28 +71,10 @@ void lja_msg_free(lja_msg *msg)
     if (!msg)
         return;
     release_objects(msg);
-    lja_channel *ch = msg->home;
-    if (ch && atomic_fetch_add(&ch->nspare, 1) < SPARE_MAX) {
-        lja_msg *head = atomic_load(&ch->spare);
-        do
-            msg->next = head;
-        while (!atomic_compare_exchange_weak(&ch->spare, &head, msg));
-        return;
-    }
-    if (ch)
-        atomic_fetch_sub(&ch->nspare, 1);
-    free(msg);
-}
-
-/* Called with ch->lock held. */
-static lja_msg *pop_spare(lja_channel *ch)
-{
-    lja_msg *head = atomic_load(&ch->spare);
-    while (head && !atomic_compare_exchange_weak(&ch->spare, &head, head->next)) {
-    }
-    if (head)
-        atomic_fetch_sub(&ch->nspare, 1);
-    return head;
+    if (msg->home)
+        lja_spare_push(&msg->home->spare, msg, SPARE_MAX);
+    else
+        free(msg);
 }
 
 static void fill(lja_msg *msg, const char *data, size_t len, void *const *objs, int nobjs)
@@ -134,10 +103,7 @@ static void channel_destroy(void *obj)
         release_objects(m);
         free(m);
     }
-    for (lja_msg *m = atomic_load(&ch->spare), *next; m; m = next) {
-        next = m->next;
-        free(m);
-    }
+    lja_spare_free_all(&ch->spare);
     pthread_cond_destroy(&ch->not_empty);
     pthread_cond_destroy(&ch->not_full);
     pthread_mutex_destroy(&ch->lock);
@@ -153,8 +119,7 @@ lja_channel *lja_channel_new(int64_t capacity)
         return NULL;
     ch->capacity = capacity;
     atomic_init(&ch->count, 0);
-    atomic_init(&ch->spare, NULL);
-    atomic_init(&ch->nspare, 0);
+    lja_spare_init(&ch->spare);
     atomic_init(&ch->closed, 0);
     /* Held for a few instructions at a time by both ends: an adaptive mutex
      * spins briefly instead of sleeping in the kernel under contention. */
@@ -195,7 +160,7 @@ int lja_channel_send(lja_channel *ch, const char *data, size_t len, void *const 
     if (small) {
         /* a recycled block is taken and filled under the lock (<= 256 bytes) */
         pthread_mutex_lock(&ch->lock);
-        msg = pop_spare(ch);
+        msg = lja_spare_pop(&ch->spare);
         if (!msg)
             pthread_mutex_unlock(&ch->lock);
     }
@@ -258,12 +223,8 @@ int lja_channel_recv(lja_channel *ch, lja_msg **out, double timeout)
 {
     *out = NULL;
     if (timeout != 0) {
-        for (int i = 0; i < SPIN_ROUNDS && atomic_load(&ch->count) == 0 && !atomic_load(&ch->closed); i++) {
-            if (i < SPIN_YIELD_AFTER)
-                cpu_relax();
-            else
-                sched_yield();
-        }
+        for (int i = 0; i < SPIN_ROUNDS && atomic_load(&ch->count) == 0 && !atomic_load(&ch->closed); i++)
+            lja_spin_pause(i);
     }
     struct timespec deadline;
     int have = 0, rc = LJA_OK;

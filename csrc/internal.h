@@ -3,6 +3,9 @@
 #define LJA_INTERNAL_H
 
 #include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdlib.h>
 #include <time.h>
 
 #include "ljasync.h"
@@ -29,5 +32,96 @@ void lja_lua_clear_hook(void *L);
 
 /* lua.c: the Lua C API the host bound (read only after a state exists). */
 const lja_lua_api *lja_lua_api_bound(void);
+
+/* lua.c: calls registry[name]() in L.  Returns 1 if it ran, with its result
+ * in *result (if not NULL) as an integer or, unless as_integer, a boolean
+ * (0/1); returns 0 if it raised, with the message in err (if not NULL,
+ * truncated to errcap bytes and NUL-terminated).  The stack is left empty. */
+int lja_lua_call_registry(void *L, const char *name, int as_integer, ptrdiff_t *result,
+                          char *err, size_t errcap);
+
+/* lua.c: makes the code running in L raise "lj-async: job cancelled" at
+ * every 1,000th VM instruction until lja_lua_clear_hook. */
+void lja_lua_cancel(void *L);
+
+/* The i-th poll of a spin-wait: a CPU pause for the first LJA_SPIN_PAUSES
+ * polls, then a yield of the CPU.  Waiting this way a little before a
+ * condition variable makes a wake-up that comes within microseconds cost no
+ * futex sleep and wake. */
+#define LJA_SPIN_PAUSES 200
+
+static inline void lja_spin_pause(int i)
+{
+    if (i >= LJA_SPIN_PAUSES)
+        sched_yield();
+#if defined(__x86_64__) || defined(__i386__)
+    else
+        __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    else
+        __asm__ __volatile__("yield");
+#endif
+}
+
+/* A stack of spare memory blocks of one size, recycled between threads
+ * (malloc, then free on another thread, costs more than a whole message
+ * send).  A block links through its first word.  Pushes are lock-free from
+ * any thread; pops must happen one at a time (under the owner's lock), so
+ * the stack has no ABA problem.  At most `max` blocks are kept. */
+typedef struct lja_spare_stack {
+    _Atomic(void *) head;
+    atomic_int count;
+} lja_spare_stack;
+
+static inline void lja_spare_init(lja_spare_stack *st)
+{
+    atomic_init(&st->head, NULL);
+    atomic_init(&st->count, 0);
+}
+
+/* Keeps the block, or frees it when the stack is full. */
+static inline void lja_spare_push(lja_spare_stack *st, void *block, int max)
+{
+    if (atomic_fetch_add(&st->count, 1) >= max) {
+        atomic_fetch_sub(&st->count, 1);
+        free(block);
+        return;
+    }
+    void *head = atomic_load(&st->head);
+    do
+        *(void **)block = head;
+    while (!atomic_compare_exchange_weak(&st->head, &head, block));
+}
+
+static inline void *lja_spare_pop(lja_spare_stack *st)
+{
+    void *block = atomic_load(&st->head);
+    while (block && !atomic_compare_exchange_weak(&st->head, &block, *(void **)block)) {
+    }
+    if (block)
+        atomic_fetch_sub(&st->count, 1);
+    return block;
+}
+
+static inline void lja_spare_free_all(lja_spare_stack *st)
+{
+    void *block;
+    while ((block = lja_spare_pop(st)))
+        free(block);
+}
+
+/* Room for element `count` of a growable array of `*capacity` elements of
+ * `size` bytes: returns the array (moved, *capacity doubled, if it was
+ * full), or NULL when out of memory (the array is then unchanged). */
+static inline void *lja_reserve(void *items, int64_t count, int64_t *capacity, size_t size)
+{
+    if (count < *capacity)
+        return items;
+    int64_t c = *capacity ? *capacity * 2 : 8;
+    void *grown = realloc(items, (size_t)c * size);
+    if (grown)
+        *capacity = c;
+    return grown;
+}
 
 #endif

@@ -298,7 +298,6 @@ LJA_API int lja_sched_name_query(lja_sched *s, const char *name, double waiter,
                                  int32_t session, double *addr);
 LJA_API void lja_sched_log(lja_sched *s, double addr, const char *msg, size_t len);
 LJA_API int lja_sched_set_log(lja_sched *s, const char *path);  /* NULL: stderr */
-LJA_API int64_t lja_sched_count(lja_sched *s);     /* services alive */
 LJA_API int lja_sched_wait(lja_sched *s, double timeout);
 LJA_API void lja_sched_free(lja_sched *s);
 

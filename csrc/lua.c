@@ -112,6 +112,39 @@ void lja_lua_interrupt(void *L)
     api.sethook(L, interrupt_hook, LUA_MASKCOUNT, 1);
 }
 
+/* Stays set: a job that catches the error meets it again. */
+static void cancel_hook(void *L, void *ar)
+{
+    api.pushlstring(L, "lj-async: job cancelled", 23);
+    api.error(L);
+}
+
+void lja_lua_cancel(void *L)
+{
+    api.sethook(L, cancel_hook, LUA_MASKCOUNT, 1000);
+}
+
+int lja_lua_call_registry(void *L, const char *name, int as_integer, ptrdiff_t *result,
+                          char *err, size_t errcap)
+{
+    api.getfield(L, api.registry_index, name);
+    int ran = api.pcall(L, 0, 1, 0) == 0;
+    if (ran && result)
+        *result = as_integer ? api.tointeger(L, -1) : api.toboolean(L, -1);
+    if (!ran && err && errcap) {
+        size_t len = 0;
+        const char *msg = api.tolstring(L, -1, &len);
+        if (!msg)
+            msg = "?", len = 1;
+        if (len >= errcap)
+            len = errcap - 1;
+        memcpy(err, msg, len);
+        err[len] = '\0';
+    }
+    api.settop(L, 0);
+    return ran;
+}
+
 void lja_lua_clear_hook(void *L)
 {
     if (L)
@@ -189,9 +222,8 @@ static void run_thread(void *L)
 
 static void finish_thread(void *L)
 {
-    api.getfield(L, api.registry_index, "lj-async.reset");
-    int reusable = api.pcall(L, 0, 1, 0) == 0 && api.toboolean(L, -1);
-    api.settop(L, 0);
+    ptrdiff_t reusable = 0;
+    lja_lua_call_registry(L, "lj-async.reset", 0, &reusable, NULL, 0);
     if (reusable) {
         pthread_mutex_lock(&lock);
         if (spare_count < recipe.spare_limit)

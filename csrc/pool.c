@@ -15,18 +15,12 @@
  * (stuck in C): the pool keeps its size, and the stuck worker ends when its
  * job returns.  Worker threads are detached; the pool's memory goes when its
  * last handle and its last thread are gone. */
-#include <sched.h>
-#include <stdatomic.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "object.h"
 
 #define GRACE 0.25              /* seconds a cancelled job has to stop */
-#define HOOK_EVERY 1000         /* VM instructions between hook checks */
-#define LUA_MASKCOUNT (1 << 3)
-#define WAIT_SPINS 2000          /* polls before a waiter sleeps (~ tens of us) */
-#define WAIT_YIELD_AFTER 200    /* the rest of the polls also yield the CPU */
+#define WAIT_SPINS 2000         /* polls before a waiter sleeps (~ tens of us) */
 #define IDLE_SPINS 2000         /* an idle worker's polls of the queue before it sleeps */
 
 enum { JOB_QUEUED, JOB_RUNNING, JOB_DONE };
@@ -73,7 +67,7 @@ struct lja_pool {
     int orphaned;               /* no handle left: the last thread frees the pool */
     int watchdog_running;
     struct pool_worker **workers;
-    int nworkers, cworkers;
+    int64_t nworkers, cworkers;
     char *chunk;
     size_t chunk_len;
     int nargs;
@@ -82,21 +76,6 @@ struct lja_pool {
 };
 
 static _Thread_local lja_job *current_job;
-
-/* A poll loop's pause: a spin hint, later a yield of the CPU.  A job done
- * (or queued) within microseconds then costs no futex sleep and wake. */
-static void relax(int i)
-{
-    if (i < WAIT_YIELD_AFTER) {
-#if defined(__x86_64__) || defined(__i386__)
-        __builtin_ia32_pause();
-#elif defined(__aarch64__)
-        __asm__ __volatile__("yield");
-#endif
-    } else {
-        sched_yield();
-    }
-}
 
 /* ---- jobs ---------------------------------------------------------------- */
 
@@ -146,7 +125,7 @@ int lja_job_wait(lja_job *j, double timeout)
     if (atomic_load(&j->state) == JOB_DONE)
         return LJA_OK;
     for (int i = 0; i < WAIT_SPINS && timeout != 0; i++) {
-        relax(i);
+        lja_spin_pause(i);
         if (atomic_load(&j->state) == JOB_DONE)
             return LJA_OK;
     }
@@ -171,13 +150,6 @@ int lja_job_cancelled(lja_job *j)
     return atomic_load(&j->cancel);
 }
 
-static void cancel_hook(void *L, void *ar)
-{
-    const lja_lua_api *api = lja_lua_api_bound();
-    api->pushlstring(L, "lj-async: job cancelled", 23);
-    api->error(L);
-}
-
 int lja_job_cancel(lja_job *j, int reason)
 {
     if (reason < LJA_JOB_CANCELLED || reason > LJA_JOB_SHUTDOWN)
@@ -194,7 +166,7 @@ int lja_job_cancel(lja_job *j, int reason)
             atomic_store(&j->state, JOB_DONE);
             pthread_cond_broadcast(&j->done_cond);
         } else {
-            lja_lua_api_bound()->sethook(j->worker->L, cancel_hook, LUA_MASKCOUNT, HOOK_EVERY);
+            lja_lua_cancel(j->worker->L);
         }
     }
     pthread_mutex_unlock(&j->lock);
@@ -249,16 +221,6 @@ static void *make_state(lja_pool *p)
     return lja_lua_new(p->chunk, p->chunk_len, p->nargs, (const char *const *)p->args, p->lens, NULL);
 }
 
-static int call_registry(void *L, const char *name, int want_result)
-{
-    const lja_lua_api *api = lja_lua_api_bound();
-    api->getfield(L, api->registry_index, name);
-    int ok = api->pcall(L, 0, want_result, 0) == 0;
-    int result = ok && (!want_result || api->toboolean(L, -1));
-    api->settop(L, 0);
-    return result;
-}
-
 static void run_job(struct pool_worker *w, lja_job *j)
 {
     pthread_mutex_lock(&j->lock);
@@ -271,10 +233,10 @@ static void run_job(struct pool_worker *w, lja_job *j)
     if (skip)
         return;
     current_job = j;
-    call_registry(w->L, "lj-async.pool.run", 0);   /* no result stored: the job failed */
+    lja_lua_call_registry(w->L, "lj-async.pool.run", 0, NULL, NULL, 0);   /* else no result: failed */
     current_job = NULL;
     pthread_mutex_lock(&j->lock);
-    lja_lua_api_bound()->sethook(w->L, NULL, 0, 0);
+    lja_lua_clear_hook(w->L);
     j->worker = NULL;
     atomic_store(&j->state, JOB_DONE);
     pthread_cond_broadcast(&j->done_cond);
@@ -295,7 +257,7 @@ static void *worker_main(void *arg)
         if (!p->head && !p->stopping && !w->retire) {
             pthread_mutex_unlock(&p->lock);
             for (int i = 0; i < IDLE_SPINS && !atomic_load(&p->queued); i++)
-                relax(i);
+                lja_spin_pause(i);
             pthread_mutex_lock(&p->lock);
         }
         while (!p->head && !p->stopping && !w->retire) {
@@ -323,7 +285,8 @@ static void *worker_main(void *arg)
         int retire = w->retire;
         pthread_mutex_unlock(&p->lock);
         lja_job_release(j);
-        if (!retire && !call_registry(w->L, "lj-async.pool.reset", 1)) {
+        ptrdiff_t reusable = 0;
+        if (!retire && !(lja_lua_call_registry(w->L, "lj-async.pool.reset", 0, &reusable, NULL, 0) && reusable)) {
             lja_lua_close(w->L);
             w->L = make_state(p);
         }
@@ -350,14 +313,10 @@ static void *worker_main(void *arg)
 /* Called with p->lock held. */
 static int start_worker(lja_pool *p)
 {
-    if (p->nworkers == p->cworkers) {
-        int c = p->cworkers ? p->cworkers * 2 : 8;
-        struct pool_worker **ws = realloc(p->workers, (size_t)c * sizeof *ws);
-        if (!ws)
-            return LJA_ENOMEM;
-        p->workers = ws;
-        p->cworkers = c;
-    }
+    struct pool_worker **ws = lja_reserve(p->workers, p->nworkers, &p->cworkers, sizeof *ws);
+    if (!ws)
+        return LJA_ENOMEM;
+    p->workers = ws;
     struct pool_worker *w = calloc(1, sizeof *w);
     if (!w)
         return LJA_ENOMEM;

@@ -29,7 +29,6 @@
 
 #define SLOT_SPAN 16777216ULL  /* address = slot + generation * SLOT_SPAN */
 #define SPIN_ROUNDS 400         /* an idle worker's polls before it sleeps */
-#define SPIN_YIELD_AFTER 100
 #define STUCK_AFTER 0.001       /* seconds a runnext may wait behind a running service */
 #define SPARE_STATES 64         /* states of quit services kept for new ones */
 
@@ -46,11 +45,10 @@ struct service {
     int64_t capacity, count;    /* requests and posts queued */
     lja_smsg *head, *tail;
     uint64_t *room_waiters;     /* addresses to tell when the inbox drains */
-    int nwaiters, cwaiters;
+    int64_t nwaiters, cwaiters;
     void *L;
     struct service *run_link;   /* global run queue (under the scheduler's lock) */
-    _Atomic(struct block *) spare;   /* recycled message blocks */
-    atomic_int nspare;
+    lja_spare_stack spare;      /* recycled message blocks */
     lja_sched *sched;
 };
 
@@ -78,7 +76,7 @@ struct name {
     int claimed, bound;
     uint64_t addr;
     struct name_waiter *waiters;
-    int nwaiters, cwaiters;
+    int64_t nwaiters, cwaiters;
 };
 
 struct lja_sched {
@@ -96,7 +94,7 @@ struct lja_sched {
     int64_t alive;
     uint64_t root;
     pthread_t *xthreads;        /* exclusive services' threads, joined at free */
-    int nxthreads, cxthreads;
+    int64_t nxthreads, cxthreads;
     struct name *names;
     void *spare[SPARE_STATES];  /* reset states of quit services */
     int nspare;
@@ -117,28 +115,17 @@ struct lja_sched {
 static _Thread_local struct worker *current_worker;
 static _Thread_local uint64_t current_service;   /* dispatching on this thread */
 
-static inline void cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
-}
-
 /* ---- messages ---------------------------------------------------------- */
 
 /* A message is one block: a hidden header, then the lja_smsg Lua reads.
- * Small blocks are recycled through the receiver's spare stack (malloc
- * here and free on another thread cost more than the rest of a send):
- * pushes are lock-free, pops happen under the service's lock, one at a
- * time, so the stack has no ABA problem. */
+ * Small blocks are recycled through the receiver's spare stack, popped
+ * under the service's lock. */
 #define SMALL_BLOCK 256
 #define SPARE_BLOCKS 1024       /* a default inbox's worth */
 
 struct block {
+    void *spare_link;           /* first: the spare stack's link */
     struct service *home;       /* the service that recycles it, or NULL */
-    struct block *spare_next;
 };
 
 #define MSG_OF(b) ((lja_smsg *)((char *)(b) + sizeof(struct block)))
@@ -147,32 +134,6 @@ struct block {
 static size_t block_size(size_t len, int nobjs)
 {
     return sizeof(struct block) + sizeof(lja_smsg) + (size_t)nobjs * sizeof(void *) + len;
-}
-
-/* Called with svc->lock held. */
-static struct block *pop_spare(struct service *svc)
-{
-    struct block *b = atomic_load(&svc->spare);
-    while (b && !atomic_compare_exchange_weak(&svc->spare, &b, b->spare_next)) {
-    }
-    if (b)
-        atomic_fetch_sub(&svc->nspare, 1);
-    return b;
-}
-
-static void block_free(struct block *b)
-{
-    struct service *home = b->home;
-    if (home && atomic_fetch_add(&home->nspare, 1) < SPARE_BLOCKS) {
-        struct block *head = atomic_load(&home->spare);
-        do
-            b->spare_next = head;
-        while (!atomic_compare_exchange_weak(&home->spare, &head, b));
-        return;
-    }
-    if (home)
-        atomic_fetch_sub(&home->nspare, 1);
-    free(b);
 }
 
 static void fill(lja_smsg *m, double from, int type, int32_t session, const char *data, size_t len,
@@ -197,7 +158,11 @@ void lja_sched_msg_free(lja_smsg *m)
         return;
     for (int i = 0; i < m->nobjs; i++)
         lja_object_release(m->objs[i]);
-    block_free(BLOCK_OF(m));
+    struct block *b = BLOCK_OF(m);
+    if (b->home)
+        lja_spare_push(&b->home->spare, b, SPARE_BLOCKS);
+    else
+        free(b);
 }
 
 static int counted(int type)
@@ -272,7 +237,7 @@ int lja_sched_send(lja_sched *s, double from, double to, int type, int32_t sessi
     struct block *b = NULL;
     if (small) {   /* a recycled block is taken and filled under the lock */
         pthread_mutex_lock(&svc->lock);
-        if (!(b = pop_spare(svc)))
+        if (!(b = lja_spare_pop(&svc->spare)))
             pthread_mutex_unlock(&svc->lock);
     }
     if (!b) {
@@ -293,16 +258,12 @@ int lja_sched_send(lja_sched *s, double from, double to, int type, int32_t sessi
         for (int i = 0; i < svc->nwaiters && !known; i++)
             known = svc->room_waiters[i] == waiter;
         if (!known) {
-            if (svc->nwaiters == svc->cwaiters) {
-                int c = svc->cwaiters ? svc->cwaiters * 2 : 8;
-                uint64_t *w = realloc(svc->room_waiters, (size_t)c * sizeof *w);
-                if (!w) {
-                    rc = LJA_ENOMEM;
-                    goto out;
-                }
-                svc->room_waiters = w;
-                svc->cwaiters = c;
+            uint64_t *w = lja_reserve(svc->room_waiters, svc->nwaiters, &svc->cwaiters, sizeof *w);
+            if (!w) {
+                rc = LJA_ENOMEM;
+                goto out;
             }
+            svc->room_waiters = w;
             svc->room_waiters[svc->nwaiters++] = waiter;
         }
     } else {
@@ -396,29 +357,21 @@ double lja_sched_self(void)
 
 static int dispatch(lja_sched *s, struct service *svc)
 {
-    const lja_lua_api *api = lja_lua_api_bound();
-    void *L = svc->L;
-    api->getfield(L, api->registry_index, "ltask.dispatch");
-    int rc;
+    char err[400];
+    ptrdiff_t rc = DISPATCH_QUIT;
     current_service = svc->addr;
-    int failed = api->pcall(L, 0, 1, 0) != 0;
+    int ran = lja_lua_call_registry(svc->L, "ltask.dispatch", 1, &rc, err, sizeof err);
     current_service = 0;
-    if (failed) {
-        size_t len = 0;
-        const char *msg = api->tolstring(L, -1, &len);
+    if (!ran) {
         char line[512];
-        int n = snprintf(line, sizeof line, "service failed in its dispatch: %.*s", (int)len,
-                         msg ? msg : "?");
+        int n = snprintf(line, sizeof line, "service failed in its dispatch: %s", err);
         lja_sched_log(s, (double)svc->addr, line, n < (int)sizeof line ? (size_t)n : sizeof line - 1);
-        rc = DISPATCH_QUIT;
-    } else {
-        rc = (int)api->tointeger(L, -1);
+        return DISPATCH_QUIT;
     }
-    api->settop(L, 0);
-    return rc;
+    return (int)rc;
 }
 
-static void kill_all_but(lja_sched *s, uint64_t keep)
+static void kill_all(lja_sched *s)
 {
     pthread_mutex_lock(&s->lock);
     int64_t n = s->nslots;
@@ -430,7 +383,7 @@ static void kill_all_but(lja_sched *s, uint64_t keep)
         pthread_mutex_lock(&svc->lock);
         uint64_t addr = svc->status != SVC_DEAD && svc->status != SVC_FREE ? svc->addr : 0;
         pthread_mutex_unlock(&svc->lock);
-        if (addr && addr != keep)
+        if (addr)
             lja_sched_kill(s, (double)addr);
     }
 }
@@ -456,10 +409,8 @@ static void drop_names_of(lja_sched *s, uint64_t addr)
  * for the next spawn, unless the reset says it cannot be reused. */
 static void recycle(lja_sched *s, void *L)
 {
-    const lja_lua_api *api = lja_lua_api_bound();
-    api->getfield(L, api->registry_index, "ltask.recycle");
-    int reusable = api->pcall(L, 0, 1, 0) == 0 && api->toboolean(L, -1);
-    api->settop(L, 0);
+    ptrdiff_t reusable = 0;
+    lja_lua_call_registry(L, "ltask.recycle", 0, &reusable, NULL, 0);
     if (reusable) {
         pthread_mutex_lock(&s->lock);
         if (s->nspare < SPARE_STATES && !s->stopping)
@@ -469,7 +420,7 @@ static void recycle(lja_sched *s, void *L)
         pthread_mutex_unlock(&s->lock);
     }
     if (!reusable)
-        api->close(L);
+        lja_lua_close(L);
 }
 
 void *lja_sched_take_state(lja_sched *s)
@@ -525,7 +476,7 @@ static void finish(lja_sched *s, struct service *svc)
         pthread_cond_broadcast(&s->done);
     pthread_mutex_unlock(&s->lock);
     if (root_quit)
-        kill_all_but(s, 0);
+        kill_all(s);
 }
 
 /* ---- workers ----------------------------------------------------------- */
@@ -577,10 +528,7 @@ static struct service *next_service(lja_sched *s, struct worker *w)
         for (int i = 0; i < SPIN_ROUNDS && !atomic_load(&s->runnable); i++) {
             if (i % 16 == 15 && (svc = steal(s, w)))
                 return svc;
-            if (i < SPIN_YIELD_AFTER)
-                cpu_relax();
-            else
-                sched_yield();
+            lja_spin_pause(i);
         }
     }
 }
@@ -687,16 +635,12 @@ int lja_sched_timer(lja_sched *s, double addr, int32_t session, double seconds)
         return LJA_EINVAL;
     struct timer t = { lja_now() + (seconds > 0 ? seconds : 0), 0, (uint64_t)addr, session };
     pthread_mutex_lock(&s->timer_lock);
-    if (s->ntimers == s->ctimers) {
-        int64_t c = s->ctimers ? s->ctimers * 2 : 64;
-        struct timer *h = realloc(s->heap, (size_t)c * sizeof *h);
-        if (!h) {
-            pthread_mutex_unlock(&s->timer_lock);
-            return LJA_ENOMEM;
-        }
-        s->heap = h;
-        s->ctimers = c;
+    struct timer *h = lja_reserve(s->heap, s->ntimers, &s->ctimers, sizeof *h);
+    if (!h) {
+        pthread_mutex_unlock(&s->timer_lock);
+        return LJA_ENOMEM;
     }
+    s->heap = h;
     t.seq = s->timer_seq++;
     heap_push(s, t);
     if (s->heap[0].seq == t.seq)   /* a new earliest deadline */
@@ -810,8 +754,7 @@ static struct service *take_slot(lja_sched *s, uint64_t *addr)
     } else if (s->nslots < s->max_services) {
         if (!(svc = calloc(1, sizeof *svc)))
             return NULL;
-        atomic_init(&svc->spare, NULL);
-        atomic_init(&svc->nspare, 0);
+        lja_spare_init(&svc->spare);
         pthread_mutex_init(&svc->lock, NULL);
         pthread_cond_init(&svc->wake, NULL);
         svc->sched = s;
@@ -835,16 +778,14 @@ int lja_sched_add(lja_sched *s, void *L, int exclusive, int64_t capacity, double
         pthread_mutex_unlock(&s->lock);
         return s->stopping ? LJA_ECLOSED : LJA_ENOMEM;
     }
-    if (exclusive && s->nxthreads == s->cxthreads) {
-        int c = s->cxthreads ? s->cxthreads * 2 : 8;
-        pthread_t *t = realloc(s->xthreads, (size_t)c * sizeof *t);
+    if (exclusive) {
+        pthread_t *t = lja_reserve(s->xthreads, s->nxthreads, &s->cxthreads, sizeof *t);
         if (!t) {   /* give the slot back */
             s->free_slots[(s->free_head + s->free_count++) % s->max_services] = (int64_t)(a % SLOT_SPAN);
             pthread_mutex_unlock(&s->lock);
             return LJA_ENOMEM;
         }
         s->xthreads = t;
-        s->cxthreads = c;
     }
     pthread_mutex_lock(&svc->lock);
     svc->addr = a;
@@ -904,14 +845,6 @@ int lja_sched_kill(lja_sched *s, double addr)
     return lja_sched_send(s, 0, addr, LJA_SMSG_KILL, 0, NULL, 0, NULL, 0);
 }
 
-int64_t lja_sched_count(lja_sched *s)
-{
-    pthread_mutex_lock(&s->lock);
-    int64_t n = s->alive;
-    pthread_mutex_unlock(&s->lock);
-    return n;
-}
-
 int lja_sched_wait(lja_sched *s, double timeout)
 {
     struct timespec deadline;
@@ -933,7 +866,7 @@ void lja_sched_free(lja_sched *s)
     int started = s->started;
     pthread_mutex_unlock(&s->lock);
     if (started) {
-        kill_all_but(s, 0);
+        kill_all(s);
         lja_sched_wait(s, -1);
     }
     pthread_mutex_lock(&s->lock);
@@ -955,7 +888,7 @@ void lja_sched_free(lja_sched *s)
     for (int64_t slot = 1; slot <= s->nslots; slot++) {
         struct service *svc = atomic_load(&s->slots[slot]);
         if (svc->L)
-            lja_lua_api_bound()->close(svc->L);
+            lja_lua_close(svc->L);
         for (lja_smsg *m = svc->head, *next; m; m = next) {
             next = m->next;
             m->next = NULL;
@@ -964,16 +897,13 @@ void lja_sched_free(lja_sched *s)
             free(BLOCK_OF(m));   /* not to a spare stack: those go next */
         }
         free(svc->room_waiters);
-        for (struct block *b = atomic_load(&svc->spare), *next; b; b = next) {
-            next = b->spare_next;
-            free(b);
-        }
+        lja_spare_free_all(&svc->spare);
         pthread_cond_destroy(&svc->wake);
         pthread_mutex_destroy(&svc->lock);
         free(svc);
     }
     for (int i = 0; i < s->nspare; i++)
-        lja_lua_api_bound()->close(s->spare[i]);
+        lja_lua_close(s->spare[i]);
     for (struct name *nm = s->names, *next; nm; nm = next) {
         next = nm->next;
         free(nm->text);
@@ -1065,16 +995,12 @@ int lja_sched_name_query(lja_sched *s, const char *text, double waiter, int32_t 
         *addr = (double)nm->addr;
         rc = LJA_OK;
     } else if (nm && waiter >= 1) {
-        if (nm->nwaiters == nm->cwaiters) {
-            int c = nm->cwaiters ? nm->cwaiters * 2 : 4;
-            struct name_waiter *w = realloc(nm->waiters, (size_t)c * sizeof *w);
-            if (!w) {
-                pthread_mutex_unlock(&s->lock);
-                return LJA_ENOMEM;
-            }
-            nm->waiters = w;
-            nm->cwaiters = c;
+        struct name_waiter *w = lja_reserve(nm->waiters, nm->nwaiters, &nm->cwaiters, sizeof *w);
+        if (!w) {
+            pthread_mutex_unlock(&s->lock);
+            return LJA_ENOMEM;
         }
+        nm->waiters = w;
         nm->waiters[nm->nwaiters++] = (struct name_waiter){ (uint64_t)waiter, session };
     } else if (!nm && waiter >= 1) {
         rc = LJA_ENOMEM;

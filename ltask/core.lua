@@ -53,7 +53,6 @@ int lja_sched_name_query(lja_sched *s, const char *name, double waiter,
                          int32_t session, double *addr);
 void lja_sched_log(lja_sched *s, double addr, const char *msg, size_t len);
 int lja_sched_set_log(lja_sched *s, const char *path);
-int64_t lja_sched_count(lja_sched *s);
 int lja_sched_wait(lja_sched *s, double timeout);
 void lja_sched_free(lja_sched *s);
 ]]
