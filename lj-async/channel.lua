@@ -25,7 +25,7 @@ void lja_msg_free(lja_msg *msg);
 
 local C = shim.C
 local select, error, type = select, error, type
-local encode, exported, decode = transfer.encode, transfer.exported, transfer.decode
+local encode, decode = transfer.encode, transfer.decode
 local timeout_arg = shim.timeout_arg
 local LJA_OK, LJA_ETIMEDOUT, LJA_ECLOSED = C.LJA_OK, C.LJA_ETIMEDOUT, C.LJA_ECLOSED
 local send_c, recv_c, msg_data, msg_free = C.lja_channel_send, C.lja_channel_recv, C.lja_msg_data, C.lja_msg_free
@@ -34,26 +34,16 @@ local M = {}
 local Channel = {}
 local wrap = object.define("channel", "lj-async.channel", C.LJA_KIND_CHANNEL, "struct lja_channel", Channel)
 
-local objs_buf = ffi.new("void *[?]", 64)
-local objs_cap = 64
+local objs_array, forget_exported = transfer.objs_array, transfer.forget_exported
 
 -- Encode and send; returns the shim's code.  The message's object
 -- references go with it, sent or not.
 local function send(ch, timeout, level, n, v, ...)
     if n == 0 or v == nil then error("lj-async: a message's first value must not be nil", level + 1) end
     local p, len = encode(n, v, ...)   -- raises on what cannot cross (no position)
-    local refs = exported()
-    local nobjs = #refs
-    if nobjs == 0 then return send_c(ch, p, len, nil, 0, timeout) end
-    if nobjs > objs_cap then
-        objs_cap = nobjs
-        objs_buf = ffi.new("void *[?]", nobjs)
-    end
-    for i = 1, nobjs do
-        objs_buf[i - 1] = refs[i]
-        refs[i] = nil   -- the message holds these references now
-    end
-    return send_c(ch, p, len, objs_buf, nobjs, timeout)
+    local objs, nobjs = objs_array()
+    if nobjs > 0 then forget_exported() end   -- the message holds them now
+    return send_c(ch, p, len, objs, nobjs, timeout)
 end
 
 function Channel:send(...)

@@ -90,19 +90,13 @@ local function job_function(code)
     return f
 end
 
-local function finish(...)
-    rawset(_G, "ctx", nil)   -- ours: the reset need not find it
-    return ...
-end
-
 local function execute(code, ctx)
     local f = job_function(code)
-    rawset(_G, "ctx", ctx)
-    return finish(f(poll))
+    rawset(_G, "ctx", ctx)   -- the reset after the job takes it away
+    return f(poll)
 end
 
 local len = ffi.new("size_t[1]")
-local objs, objs_cap = ffi.new("void *[?]", 8), 8
 
 local function run()
     local p = C.lja_pool_input(len)
@@ -113,11 +107,12 @@ local function run()
     else
         msg = transfer.encode_string(2, false, "lj-async: the job's context cannot be read: " .. tostring(n))
     end
-    local refs = transfer.exported()
-    local nobjs = #refs
-    if nobjs > objs_cap then objs, objs_cap = ffi.new("void *[?]", nobjs), nobjs end
-    for i = 1, nobjs do objs[i - 1], refs[i] = refs[i], nil end
-    C.lja_pool_set_result(msg, #msg, objs, nobjs)
+    local objs, nobjs = transfer.objs_array()
+    if C.lja_pool_set_result(msg, #msg, objs, nobjs) == C.LJA_OK then
+        transfer.forget_exported()   -- the job holds them now
+    else
+        transfer.drop_exported()
+    end
 end
 
 local registry = debug.getregistry()
@@ -158,7 +153,6 @@ end
 
 local job_out = ffi.new("lja_job *[1]")
 local len_out = ffi.new("size_t[1]")
-local objs_buf, objs_cap = ffi.new("void *[?]", 8), 8
 
 -- Queues a job; returns its handle, or nil, "pool is shut down".
 local function submit(pool, code, ctx, opts, level)
@@ -176,11 +170,8 @@ local function submit(pool, code, ctx, opts, level)
     end
     local ok, p, len = pcall(transfer.encode_after, 1, 2, code, ctx)
     if not ok then error((p:gsub("%(argument 1", "(ctx")), level) end
-    local refs = transfer.exported()
-    local nobjs = #refs
-    if nobjs > objs_cap then objs_buf, objs_cap = ffi.new("void *[?]", nobjs), nobjs end
-    for i = 1, nobjs do objs_buf[i - 1] = refs[i] end
-    local rc = C.lja_pool_submit(pool, p, len, objs_buf, nobjs, timeout, job_out)
+    local objs, nobjs = transfer.objs_array()
+    local rc = C.lja_pool_submit(pool, p, len, objs, nobjs, timeout, job_out)
     if rc == LJA_ECLOSED then
         transfer.drop_exported()
         return nil, "pool is shut down"
@@ -188,7 +179,7 @@ local function submit(pool, code, ctx, opts, level)
         transfer.drop_exported()
         error("lj-async: cannot submit: " .. shim.strerror(rc), level)
     end
-    for i = nobjs, 1, -1 do refs[i] = nil end   -- the job holds them now
+    transfer.forget_exported()   -- the job holds them now
     return ffi.gc(job_out[0], C.lja_job_release), timeout
 end
 

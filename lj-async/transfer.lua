@@ -152,9 +152,7 @@ end
 local SIMPLE = { number = true, string = true, boolean = true, ["nil"] = true }
 
 local function encode(hidden, n, ...)
-    if #exported > 0 then
-        for i = #exported, 1, -1 do exported[i], exported_kinds[i] = nil, nil end
-    end
+    if #exported > 0 then M.forget_exported() end
     enc:reset()
     if n == 1 then   -- the common one-value message: no vararg loop
         local v = ...
@@ -187,15 +185,48 @@ function M.encode_after(hidden, n, ...)
     return enc:ref()
 end
 
--- The object references the last encode took for its message (a list,
--- empty for most messages).  The caller hands them to whatever holds the
--- message, or calls drop_exported() if the message is not sent.
-function M.exported()
-    return exported
+-- The object references the last encode took for its message: the shim's
+-- queues hold them with the message (channels, ltask, pools).  The caller
+-- passes them on (objs_array), then says the message took them
+-- (forget_exported) or was not sent (drop_exported releases them).  A
+-- sender that must wait before it sends takes them out of here first.
+local objs_buf, objs_cap
+
+-- A list of references (default: the last encode's) as a C array for the
+-- shim: pointer (valid until the next call) and count; nil, 0 for none.
+function M.objs_array(list)
+    list = list or exported
+    local n = #list
+    if n == 0 then return nil, 0 end
+    if not objs_buf or n > objs_cap then
+        objs_cap = math.max(n, 16)
+        objs_buf = FFI().new("void *[?]", objs_cap)
+    end
+    for i = 1, n do objs_buf[i - 1] = list[i] end
+    return objs_buf, n
+end
+
+function M.forget_exported()
+    for i = #exported, 1, -1 do exported[i], exported_kinds[i] = nil, nil end
 end
 
 function M.drop_exported()
     release_all(exported, exported_kinds)
+end
+
+-- The last encode's references, kept apart from later encodes (nil when
+-- there are none); objs_array and release take the result.
+function M.take_exported()
+    local n = #exported
+    if n == 0 then return nil end
+    local list = { kinds = {} }
+    for i = 1, n do list[i], list.kinds[i] = exported[i], exported_kinds[i] end
+    M.forget_exported()
+    return list
+end
+
+function M.release(list)
+    if list then release_all(list, list.kinds) end
 end
 
 -- Encode into a Lua string (same errors as encode).

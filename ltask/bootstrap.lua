@@ -7,7 +7,6 @@
 -- start raises on a bad configuration or a root service that cannot be
 -- loaded; wait returns once root and every service have quit (when root
 -- quits, the others are killed).
-local ffi = require "ffi"
 local shim = require "lj-async.shim"
 local transfer = require "lj-async.transfer"
 local core = require "ltask.core"
@@ -25,7 +24,7 @@ local function configure(opts)
     local config = {}
     for k, v in pairs(core.DEFAULTS) do config[k] = v end
     for k, v in pairs(opts) do
-        if core.DEFAULTS[k] == nil and k ~= "worker" and k ~= "logfile" then
+        if core.DEFAULTS[k] == nil then
             error("ltask: unknown option '" .. tostring(k) .. "'", 3)
         end
         config[k] = v
@@ -40,7 +39,7 @@ local function configure(opts)
     if type(config.args) ~= "table" then error("ltask: option 'args' must be a list", 3) end
     local args = config.args
     config.args = nil   -- root's own: services get the rest
-    if config.logfile ~= nil and type(config.logfile) ~= "string" then
+    if config.logfile and type(config.logfile) ~= "string" then
         error("ltask: option 'logfile' must be a path", 3)
     end
     return config, args
@@ -61,12 +60,9 @@ function M.start(opts)
     end
     local n = args.n or #args
     local p, len = transfer.encode_after(3, n + 3, config.root, file, code, unpack(args, 1, n))
-    local refs = transfer.exported()
-    local objs = ffi.new("void *[?]", #refs + 1)
-    for i = 1, #refs do objs[i - 1] = refs[i] end
-    local rc = C.lja_sched_send(sched, 0, root, C.LJA_SMSG_REQUEST, 0, p, len, objs, #refs)
+    local rc = C.lja_sched_send(sched, 0, root, C.LJA_SMSG_REQUEST, 0, p, len, transfer.objs_array())
     if rc == C.LJA_OK then
-        for i = #refs, 1, -1 do refs[i] = nil end
+        transfer.forget_exported()   -- the message holds them now
         rc = C.lja_sched_start(sched)
     end
     if rc ~= C.LJA_OK then

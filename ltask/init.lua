@@ -19,8 +19,9 @@ local C = core.C
 local type, select, error, tostring, pcall, xpcall = type, select, error, tostring, pcall, xpcall
 local co_create, co_resume, co_yield, co_running = coroutine.create, coroutine.resume, coroutine.yield, coroutine.running
 local concat, format = table.concat, string.format
-local encode_after, exported, drop_exported, decode = transfer.encode_after, transfer.exported,
-    transfer.drop_exported, transfer.decode
+local encode_after, decode = transfer.encode_after, transfer.decode
+local objs_array, forget_exported, drop_exported = transfer.objs_array, transfer.forget_exported,
+    transfer.drop_exported
 local send_c, pop_c, free_c, timer_c = C.lja_sched_send, C.lja_sched_pop, C.lja_sched_msg_free, C.lja_sched_timer
 
 local REQUEST, POST, RESPONSE, ERROR = C.LJA_SMSG_REQUEST, C.LJA_SMSG_POST, C.LJA_SMSG_RESPONSE, C.LJA_SMSG_ERROR
@@ -115,21 +116,7 @@ end
 
 -- ---- sending -------------------------------------------------------------
 
-local objs_buf, objs_cap = ffi.new("void *[?]", 16), 16
-
-local function fill_objs(refs)
-    local n = #refs
-    if n > objs_cap then
-        objs_cap = n
-        objs_buf = ffi.new("void *[?]", n)
-    end
-    for i = 1, n do objs_buf[i - 1] = refs[i] end
-    return n
-end
-
-local function release_refs(refs)
-    for i = 1, #refs do C.lja_object_release(refs[i]) end
-end
+local EMPTY = {}
 
 local function wait_room(to)
     local list = room_wait[to]
@@ -145,27 +132,24 @@ end
 -- sent, false when `to` is gone.  `hidden` values lead the message.
 local function deliver(to, kind, session, hidden, level, n, ...)
     local p, len = encode_after(hidden, n, ...)   -- raises, naming what cannot cross
-    local refs = exported()
-    local nobjs = #refs
     local rc = EAGAIN
     if not room_wait[to] then   -- else queue behind this service's earlier senders to `to`
-        if nobjs > 0 then fill_objs(refs) end
-        rc = send_c(sched, self_addr, to, kind, session, p, len, objs_buf, nobjs)
+        local objs, nobjs = objs_array()
+        rc = send_c(sched, self_addr, to, kind, session, p, len, objs, nobjs)
         if rc == OK then
-            for i = nobjs, 1, -1 do refs[i] = nil end   -- the message holds them now
+            if nobjs > 0 then forget_exported() end   -- the message holds them now
             return true
         end
     end
-    if rc == EAGAIN then
-        local bytes, saved = ffi.string(p, len), {}
-        for i = 1, nobjs do saved[i], refs[i] = refs[i], nil end
+    if rc == EAGAIN then   -- other coroutines encode while this one waits
+        local bytes, saved = ffi.string(p, len), transfer.take_exported()
         repeat
             wait_room(to)
-            fill_objs(saved)
-            rc = send_c(sched, self_addr, to, kind, session, bytes, #bytes, objs_buf, nobjs)
+            local objs, nobjs = objs_array(saved or EMPTY)
+            rc = send_c(sched, self_addr, to, kind, session, bytes, #bytes, objs, nobjs)
         until rc ~= EAGAIN
         if rc == OK then return true end
-        release_refs(saved)
+        transfer.release(saved)
     else
         drop_exported()
     end
@@ -180,10 +164,8 @@ local function reply(to, kind, session, n, ...)
         kind = ERROR
         p, len = encode_after(0, 1, "ltask: the results of " .. who() .. " cannot cross: " .. tostring(p))
     end
-    local refs = exported()
-    local nobjs = fill_objs(refs)
-    if send_c(sched, self_addr, to, kind, session, p, len, objs_buf, nobjs) == OK then
-        for i = nobjs, 1, -1 do refs[i] = nil end
+    if send_c(sched, self_addr, to, kind, session, p, len, objs_array()) == OK then
+        forget_exported()
     else
         drop_exported()   -- the caller is gone
     end
@@ -490,9 +472,9 @@ function ltask.kill(addr)
     return C.lja_sched_kill(sched, addr) == OK
 end
 
--- spawn_service { name = ..., args = {...}, exclusive = true, inbox = n }
-function ltask.spawn_service(opts, level)
-    level = (level or 1) + 1
+-- opts: { name = ..., args = {...}, exclusive = true, inbox = n }; raises at `level`.
+local function spawn_service(opts, level)
+    level = level + 1
     in_service(level)
     if type(opts) ~= "table" then error("ltask: spawn_service takes a table", level) end
     local args = opts.args or {}
@@ -513,8 +495,12 @@ function ltask.spawn_service(opts, level)
     error("ltask: service '" .. opts.name .. "' failed to start: " .. tostring(err), level)
 end
 
+function ltask.spawn_service(opts)
+    return spawn_service(opts, 2)
+end
+
 function ltask.spawn(name, ...)
-    return ltask.spawn_service({ name = name, args = pack(...) }, 2)
+    return spawn_service({ name = name, args = pack(...) }, 2)
 end
 
 local addr_out = ffi.new("double[1]")
@@ -537,7 +523,7 @@ function ltask.uniqueservice(name, ...)
     if type(name) ~= "string" then error("ltask: a service name must be a string", 2) end
     if C.lja_sched_name_query(sched, name, 0, 0, addr_out) == OK then return addr_out[0] end
     if C.lja_sched_name_claim(sched, name) ~= OK then return ltask.queryservice(name) end
-    local ok, addr = pcall(ltask.spawn_service, { name = name, args = pack(...) }, 1)
+    local ok, addr = pcall(spawn_service, { name = name, args = pack(...) }, 1)
     C.lja_sched_name_bind(sched, name, ok and addr or 0)
     if not ok then error(addr, 2) end
     return addr

@@ -59,6 +59,17 @@ function TestPool:test_results_and_errors()
     pool:shutdown()
 end
 
+-- Live objects cross both ways: a channel in the context, returned back.
+function TestPool:test_objects_in_context_and_results()
+    local channel = require "lj-async.channel"
+    local pool = Pool.new(1)
+    local ch = channel.new()
+    local back = pool:submit(Pool.compile("ctx.ch:send('from the job', ctx.n) return ctx.ch"), { ch = ch, n = 3 })
+    lu.assertEquals({ ch:recv(1) }, { "from the job", 3 })
+    lu.assertEquals(back:id(), ch:id())
+    pool:shutdown()
+end
+
 function TestPool:test_runs_are_isolated()
     local pool = Pool.new(1)   -- one worker: every job runs in the same state
     local dirty = Pool.compile([[
