@@ -23,6 +23,18 @@ local function copy(t)
     return c
 end
 
+-- Replaces t[name], if there is one, by a function that calls mark() and
+-- then the original.
+local function watch(t, name, mark)
+    local f = t and t[name]
+    if f then
+        t[name] = function(...)
+            mark()
+            return f(...)
+        end
+    end
+end
+
 function M.snapshot()
     local G = _G
     local loaded = package.loaded
@@ -39,43 +51,24 @@ function M.snapshot()
             end
         end
     end
-    local loadlib = package.loadlib
-    package.loadlib = function(...)
-        foreign = true
-        return loadlib(...)
-    end
+    local function mark_foreign() foreign = true end
+    watch(package, "loadlib", mark_foreign)
     -- A state whose own code loaded the FFI before the snapshot (ltask's
     -- services) stays reusable until a run declares C types or loads a
     -- library.
     local ffi = rawget(loaded, "ffi")
-    if ffi then
-        for _, name in ipairs { "cdef", "load", "metatype" } do
-            local f = ffi[name]
-            ffi[name] = function(...)
-                foreign = true
-                return f(...)
-            end
-        end
-    end
+    for _, name in ipairs { "cdef", "load", "metatype" } do watch(ffi, name, mark_foreign) end
 
     -- Process-wide settings a run may change: their setters are watched, so
     -- that the restore touches them only after a run did.
     local touched = false
-    local function watch(t, name)
-        local f = t and t[name]
-        if f then
-            t[name] = function(...)
-                touched = true
-                return f(...)
-            end
-        end
-    end
-    watch(io, "input")
-    watch(io, "output")
-    watch(debug, "sethook")
-    watch(debug, "setmetatable")
-    watch(jit, "off")
-    watch(G, "collectgarbage")
+    local function mark_touched() touched = true end
+    watch(io, "input", mark_touched)
+    watch(io, "output", mark_touched)
+    watch(debug, "sethook", mark_touched)
+    watch(debug, "setmetatable", mark_touched)
+    watch(jit, "off", mark_touched)
+    watch(G, "collectgarbage", mark_touched)
 
     local tables = { [G] = copy(G) }
     for _, v in next, G do

@@ -75,16 +75,16 @@ local here = debug.getinfo(1, "S").source:match("^@(.-)core%.lua$")
 vm.ship("ltask.core", here and here .. "core.lua")
 vm.ship("ltask", here and here .. "init.lua")
 
--- Configuration: start{} fills these; services get a copy.
+-- Configuration: start{} fills these (false: none given); services get a copy.
 M.DEFAULTS = {
-    worker = nil,          -- number of worker threads (default: the CPU count)
+    worker = false,        -- number of worker threads (default: the CPU count)
     service_path = "service/?.lua",
     root = "root",
     args = {},
     inbox = 1024,          -- a service's inbox: queued requests and sends
     batch = 64,            -- messages a service handles before it yields its worker
     max_services = 65536,  -- services alive at once
-    logfile = nil,         -- path to append the log to (default: stderr)
+    logfile = false,       -- path to append the log to (default: stderr)
 }
 
 -- In a service state: the scheduler, this service's configuration.
