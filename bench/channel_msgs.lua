@@ -1,16 +1,11 @@
 -- Messages between two threads through a channel, ping-pong over two
 -- channels, and a state:call round trip; each beside a plain C
 -- mutex+condvar queue (bench/native.c) measured in the same run.
-local ffi = require "ffi"
 local channel = require "lj-async.channel"
 local state = require "lj-async.state"
 local Thread = require "lj-async.thread"
 local B = require "bench.common"
 
-ffi.cdef [[
-double ljabench_queue(long n);
-double ljabench_pingpong(long n);
-]]
 
 -- msgs/s from a sender thread to this one; `kind` picks the payload.
 local function stream(kind, n)
@@ -69,27 +64,19 @@ local function state_calls(n)
     end
 end
 
-local function c_rate(fn, n)
-    return function()
-        local s = fn(n)
-        assert(s > 0, "C baseline failed")
-        return n / s
-    end
-end
-
 return function()
     local q = B.native
     local numbers = B.median(stream("numbers", 1000000))
-    local c_numbers = B.median(c_rate(q.ljabench_queue, 1000000))
+    local c_numbers = B.median(B.c_rate(q.ljabench_queue, 1000000))
     local tables = B.median(stream("tables", 200000))
-    local c_tables = B.median(c_rate(q.ljabench_queue, 200000))
+    local c_tables = B.median(B.c_rate(q.ljabench_queue, 200000))
     local pp = B.median(pingpong(50000))
-    local c_pp = B.median(c_rate(q.ljabench_pingpong, 50000))
+    local c_pp = B.median(B.c_rate(q.ljabench_pingpong, 50000))
     local calls = B.median(state_calls(200000))
     return {
-        { "channel: 1M numbers, 2 threads", numbers, "msgs/s", "C mutex+condvar queue", c_numbers, numbers / c_numbers, ">= 6M/s" },
-        { "channel: 200k small tables", tables, "msgs/s", "C mutex+condvar queue", c_tables, tables / c_tables, ">= 1M/s" },
-        { "channel ping-pong", pp, "trips/s", "C condvar ping-pong", c_pp, pp / c_pp, ">= 100k/s" },
-        { "state:call round trip", calls, "calls/s", "C condvar ping-pong", c_pp, calls / c_pp, "" },
+        { "channel: 1M numbers, 2 threads", numbers, "msgs/s", "C mutex+condvar queue", c_numbers, ">= 6M/s" },
+        { "channel: 200k small tables", tables, "msgs/s", "C mutex+condvar queue", c_tables, ">= 1M/s" },
+        { "channel ping-pong", pp, "trips/s", "C condvar ping-pong", c_pp, ">= 100k/s" },
+        { "state:call round trip", calls, "calls/s", "C condvar ping-pong", c_pp, "" },
     }
 end

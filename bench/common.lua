@@ -6,6 +6,8 @@ double lja_now(void);
 double ljabench_spawn_join(int n);
 int ljabench_plain(int x);
 double ljabench_call_loop(int (*fn)(int), int n, int threads, long *sum);
+double ljabench_queue(long n);
+double ljabench_pingpong(long n);
 ]]
 
 local B = {}
@@ -24,6 +26,15 @@ function B.median(f)
     for i = 1, B.RUNS do xs[i] = f() end
     table.sort(xs)
     return xs[math.floor((#xs + 1) / 2)]
+end
+
+-- A native baseline as a rate: fn(n) returns the seconds n steps took.
+function B.c_rate(fn, n)
+    return function()
+        local s = fn(n)
+        assert(s > 0, "the C baseline failed")
+        return n / s
+    end
 end
 
 -- Seconds taken by f().

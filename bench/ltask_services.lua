@@ -2,16 +2,11 @@
 -- sends (default inbox), and spawn+exit of services; each beside a
 -- baseline from the same run (a C condvar ping-pong, a C mutex+condvar
 -- queue, making and closing a bare lua_State on this thread).
-local ffi = require "ffi"
 local boot = require "ltask.bootstrap"
 local channel = require "lj-async.channel"
 local vm = require "lj-async.vm"
 local B = require "bench.common"
 
-ffi.cdef [[
-double ljabench_queue(long n);
-double ljabench_pingpong(long n);
-]]
 
 local function ltask_rate(what, n)
     return function()
@@ -19,14 +14,6 @@ local function ltask_rate(what, n)
         local ctx = boot.start { worker = 2, service_path = "bench/ltask/?.lua", root = "root", args = { what, n, out } }
         assert(boot.wait(ctx))
         return assert(out:recv(0))
-    end
-end
-
-local function c_rate(fn, n)
-    return function()
-        local s = fn(n)
-        assert(s > 0, "C baseline failed")
-        return n / s
     end
 end
 
@@ -43,14 +30,16 @@ end
 return function()
     local q = B.native
     local calls = B.median(ltask_rate("calls", 200000))
-    local c_pp = B.median(c_rate(q.ljabench_pingpong, 50000))
+    local c_pp = B.median(B.c_rate(q.ljabench_pingpong, 50000))
     local sends = B.median(ltask_rate("sends", 1000000))
-    local c_queue = B.median(c_rate(q.ljabench_queue, 1000000))
+    local c_queue = B.median(B.c_rate(q.ljabench_queue, 1000000))
     local spawns = B.median(ltask_rate("spawns", 5000))
+    local fresh = B.median(ltask_rate("fresh_spawns", 300))
     local bare = B.median(bare_states(2000))
     return {
-        { "ltask: call round trips, 2 workers", calls, "calls/s", "C condvar ping-pong", c_pp, calls / c_pp, ">= 400k/s" },
-        { "ltask: 1M sends, default inbox", sends, "msgs/s", "C mutex+condvar queue", c_queue, sends / c_queue, ">= 1.57M/s" },
-        { "ltask: spawn+exit", spawns, "services/s", "bare lua_State new+close", bare, spawns / bare, ">= 8.3k/s" },
+        { "ltask: call round trips, 2 workers", calls, "calls/s", "C condvar ping-pong", c_pp, ">= 400k/s" },
+        { "ltask: 1M sends, default inbox", sends, "msgs/s", "C mutex+condvar queue", c_queue, ">= 1.57M/s" },
+        { "ltask: spawn+exit", spawns, "services/s", "bare lua_State new+close", bare, ">= 8.3k/s" },
+        { "ltask: spawn, all staying (fresh states)", fresh, "services/s", "bare lua_State new+close", bare, "" },
     }
 end

@@ -1,15 +1,15 @@
 -- lj-async.pool with 2 workers: trivial jobs through submit from 1 and from
--- 2 submitting threads, the seed's job, and what the reset between jobs
--- costs; beside a C condvar ping-pong (a job is a round trip) and the
--- trivial job's own time, measured in the same run.
+-- 2 submitting threads, the seed's job, what the safepoints cost a loop and
+-- what the reset between jobs costs; beside a C condvar ping-pong (a job is
+-- a round trip), the loop as written and the trivial job's own time,
+-- measured in the same run.
 local ffi = require "ffi"
 local Pool = require "lj-async.pool"
 local Thread = require "lj-async.thread"
+local safepoint = require "lj-async.safepoint"
 local B = require "bench.common"
 
-ffi.cdef [[
-double ljabench_pingpong(long n);
-]]
+ffi.cdef "int lja_pool_poll(void);"
 
 local TRIVIAL = Pool.compile("return 1", "trivial")
 local SEED = Pool.compile('return ctx.message .. " from Lua"', "script")
@@ -29,6 +29,27 @@ local function jobs(pool, code, ctx, submitters, n)
         for _ = 1, per do assert(pool:submit(code, ctx)) end
         for i = 2, submitters do assert(others[i]:join()) end
         return per * submitters / (B.now() - t0)
+    end
+end
+
+-- ns per iteration of a loop as Pool.compile instruments it (a poll of the
+-- shim each iteration, as on a worker) and as written.
+local LOOP = "local x = 0 for i = 1, N do x = x + i % 7 end return x"
+local function ns_per_iteration(instrumented, n)
+    local f
+    if instrumented then
+        local poll_c = require("lj-async.shim").C.lja_pool_poll
+        local g = assert(load(safepoint.instrument(LOOP)))
+        local function poll() if poll_c() ~= 0 then error("cancelled") end end
+        f = function() return g(poll) end
+    else
+        f = assert(load(LOOP))
+    end
+    return function()
+        rawset(_G, "N", n)
+        local t0 = B.now()
+        f()
+        return (B.now() - t0) / n * 1e9
     end
 end
 
@@ -55,13 +76,15 @@ return function()
     local seed = B.median(jobs(pool, SEED, { message = "Hello", params = { id = "123" } }, 2, 100000))
     local per_reset = B.median(function() return assert(pool:submit(RESET, 20000)) end)
     pool:shutdown()
-    local c_pp = B.median(function() return 50000 / B.native.ljabench_pingpong(50000) end)
+    local c_pp = B.median(B.c_rate(B.native.ljabench_pingpong, 50000))
     local per_job = 1 / one
+    local polled = B.median(ns_per_iteration(true, 1e8))
+    local plain = B.median(ns_per_iteration(false, 1e8))
     return {
-        { "pool: trivial jobs, 1 submitter", one, "jobs/s", "C condvar ping-pong", c_pp, one / c_pp, "" },
-        { "pool: trivial jobs, 2 submitters", two, "jobs/s", "C condvar ping-pong", c_pp, two / c_pp, ">= 60k/s" },
-        { "pool: seed's job, 2 submitters", seed, "jobs/s", "C condvar ping-pong", c_pp, seed / c_pp, "" },
-        { "pool: reset between jobs", per_reset * 1e6, "us/job", "trivial job, 1 submitter (us)", per_job * 1e6,
-          per_reset / per_job, "< 0.2" },
+        { "pool: trivial jobs, 1 submitter", one, "jobs/s", "C condvar ping-pong", c_pp, "" },
+        { "pool: trivial jobs, 2 submitters", two, "jobs/s", "C condvar ping-pong", c_pp, ">= 60k/s" },
+        { "pool: seed's job, 2 submitters", seed, "jobs/s", "C condvar ping-pong", c_pp, "" },
+        { "pool: loop with safepoints", polled, "ns/iter", "the loop as written", plain, "" },
+        { "pool: reset between jobs", per_reset * 1e6, "us/job", "trivial job, 1 submitter (us)", per_job * 1e6, "< 0.2" },
     }
 end

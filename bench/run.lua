@@ -18,8 +18,10 @@ end
 
 local header = { "benchmark", "lj-async", "unit", "baseline (same run)", "baseline", "ratio", "target" }
 local lines = { header }
+-- A row: name, figure, unit, baseline name, baseline, target; the ratio
+-- is figure / baseline.
 for _, r in ipairs(rows) do
-    lines[#lines + 1] = { r[1], fmt(r[2]), r[3], r[4], fmt(r[5]), ("%.2f"):format(r[6]), r[7] }
+    lines[#lines + 1] = { r[1], fmt(r[2]), r[3], r[4], fmt(r[5]), ("%.2f"):format(r[2] / r[5]), r[6] }
 end
 local widths = {}
 for _, l in ipairs(lines) do

@@ -65,6 +65,7 @@ function TestLtask:test_api()
     local r, log = run_test({}, "api")
     lu.assertEquals(r.args, { n = 3, 1, nil, "x" })
     lu.assertEquals(r.echo, { "a", { k = { 1, 2 } }, 3.5 })
+    lu.assertEquals(r.service_args, { "p", 2 })
     -- the remote error, with the remote traceback and the caller's
     lu.assertStrContains(r.remote_error, "boom")
     lu.assertStrContains(r.remote_error, "deep_failure")
@@ -174,6 +175,18 @@ function TestLtask:test_print_and_log_go_to_the_log()
     lu.assertEquals(self, 1)
     lu.assertStrContains(log, "[:00000001] hello from root\t1\n")
     lu.assertStrContains(log, "[:00000001] logged\tnil\ttrue\n")
+end
+
+function TestLtask:test_log_goes_to_stderr_by_default()
+    H.skip_without_fork(lu)
+    local main = [[package.path = "./?.lua;" .. package.path
+        local ch, boot = require("lj-async.channel").new(), require "ltask.bootstrap"
+        boot.wait(boot.start { worker = 1, service_path = "tests/ltask/?.lua", root = "t_root", args = { ch, "log" } })
+        io.stdout:write("stdout: ", ch:recv(0), "\n")]]
+    local out, ok = H.sh("env -u LD_PRELOAD luajit -e '" .. main .. "' 2>&1 >/dev/null")
+    lu.assertTrue(ok, out)
+    lu.assertStrContains(out, "[:00000001] hello from root\t1\n")
+    lu.assertNotStrContains(out, "stdout:")
 end
 
 function TestLtask:test_bad_configuration()

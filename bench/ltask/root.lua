@@ -13,7 +13,9 @@ elseif what == "sends" then
     local sink = ltask.spawn("echo")
     for i = 1, n do ltask.send(sink, "add", i) end
     assert(ltask.call(sink, "total") == n * (n + 1) / 2, "sends were lost")
-elseif what == "spawns" then
+elseif what == "spawns" then   -- each quits: its state serves the next
     for _ = 1, n do ltask.spawn("empty") end
+elseif what == "fresh_spawns" then   -- all stay: every one is a new state
+    for _ = 1, n do ltask.spawn("echo") end
 end
 out:send(n / (ltask.now() - t0))

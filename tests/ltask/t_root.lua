@@ -26,6 +26,7 @@ function T.api()
     local e = ltask.spawn("echo", 1, nil, "x")
     r.args = { n = select("#", ltask.call(e, "args")), ltask.call(e, "args") }
     r.echo = { ltask.call(e, "echo", "a", { k = { 1, 2 } }, 3.5) }
+    r.service_args = { ltask.call(ltask.spawn_service { name = "echo", args = { "p", 2 } }, "args") }
     r.remote_error = errmsg(ltask.call, e, "fail", "boom")
     r.unknown = errmsg(ltask.call, e, "nope")
     r.timeout = { ltask.call_timeout(5, e, "sleep", 100, "late") }
