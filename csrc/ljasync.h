@@ -252,6 +252,18 @@ LJA_API void lja_gate_free(lja_gate *g);
  * on failure the caller keeps objs' references.  pop takes up to max
  * messages off the front of a service's inbox, linked through next.
  *
+ * A service's first message is LJA_SMSG_INIT.  Until the service calls
+ * lja_sched_started (from its dispatch), the requests and posts sent to it
+ * are held, still counted against its capacity; then they join its inbox.
+ * add returns LJA_EAGAIN when max_services services are alive.
+ *
+ * Names: claim gives a name to the claimer to spawn (LJA_EBUSY: another
+ * has it, or it is bound); bind binds it to the spawned address, or 0 when
+ * the spawn failed, and tells the waiters (LJA_SMSG_NAME).  A claimer that
+ * quits first fails the name.  query gives a bound name's address, or
+ * LJA_ENOTFOUND if its last spawn failed, or LJA_EAGAIN: with a waiter,
+ * the waiter is told once it is bound or fails.
+ *
  * When a service quits, registry["ltask.recycle"] is called in its state;
  * if it returns true the state is kept (up to 64) and handed out again by
  * lja_sched_take_state (NULL when none is kept), else it is closed.
@@ -267,7 +279,8 @@ enum {
     LJA_SMSG_TIMER = 6,     /* a timer set with lja_sched_timer fired */
     LJA_SMSG_ROOM = 7,      /* `from`'s inbox has room again */
     LJA_SMSG_KILL = 8,      /* the receiver must quit */
-    LJA_SMSG_NAME = 9       /* a name waited for was bound to `from` (0: failed) */
+    LJA_SMSG_NAME = 9,      /* a name waited for was bound to `from` (0: failed) */
+    LJA_SMSG_INIT = 10      /* a new service's first message: answered as a REQUEST */
 };
 
 typedef struct lja_smsg {
@@ -289,10 +302,11 @@ LJA_API int lja_sched_send(lja_sched *s, double from, double to, int type, int32
                            const char *data, size_t len, void *const *objs, int nobjs);
 LJA_API double lja_sched_self(void);   /* the service dispatching on this thread, or 0 */
 LJA_API lja_smsg *lja_sched_pop(lja_sched *s, double self, int max);
+LJA_API void lja_sched_started(lja_sched *s, double self);
 LJA_API void lja_sched_msg_free(lja_smsg *m);
 LJA_API int lja_sched_timer(lja_sched *s, double addr, int32_t session, double seconds);
 LJA_API int lja_sched_kill(lja_sched *s, double addr);
-LJA_API int lja_sched_name_claim(lja_sched *s, const char *name);  /* LJA_OK: yours to bind */
+LJA_API int lja_sched_name_claim(lja_sched *s, const char *name, double claimer);
 LJA_API void lja_sched_name_bind(lja_sched *s, const char *name, double addr);
 LJA_API int lja_sched_name_query(lja_sched *s, const char *name, double waiter,
                                  int32_t session, double *addr);

@@ -17,7 +17,12 @@
  *
  * Service structs are never freed before the scheduler: a slot keeps its
  * struct and a new generation reuses it, so an address can be looked up and
- * its struct locked without a reference count. */
+ * its struct locked without a reference count.
+ *
+ * Until a service's file has returned (lja_sched_started), the requests and
+ * posts sent to it are held aside, still counted against its inbox: only
+ * its first message (LJA_SMSG_INIT) and what its file waits for (replies,
+ * timers) reach it. */
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -42,8 +47,10 @@ struct service {
     uint64_t generation;
     int status;
     int exclusive;
-    int64_t capacity, count;    /* requests and posts queued */
+    int64_t capacity, count;    /* requests and posts queued (or held) */
     lja_smsg *head, *tail;
+    int starting;               /* its file runs: requests and posts are held */
+    lja_smsg *held_head, *held_tail;
     uint64_t *room_waiters;     /* addresses to tell when the inbox drains */
     int64_t nwaiters, cwaiters;
     void *L;
@@ -73,7 +80,8 @@ struct name_waiter {
 struct name {
     struct name *next;
     char *text;
-    int claimed, bound;
+    uint64_t claimer;           /* the service spawning it, or 0 */
+    int bound, failed;          /* failed: the last spawn for it failed */
     uint64_t addr;
     struct name_waiter *waiters;
     int64_t nwaiters, cwaiters;
@@ -170,6 +178,23 @@ static int counted(int type)
     return type == LJA_SMSG_REQUEST || type == LJA_SMSG_POST;
 }
 
+static void append(lja_smsg **head, lja_smsg **tail, lja_smsg *first, lja_smsg *last)
+{
+    if (*tail)
+        (*tail)->next = first;
+    else
+        *head = first;
+    *tail = last;
+}
+
+/* Moves the held requests and posts to the end of the inbox (svc->lock held). */
+static void release_held(struct service *svc)
+{
+    if (svc->held_head)
+        append(&svc->head, &svc->tail, svc->held_head, svc->held_tail);
+    svc->held_head = svc->held_tail = NULL;
+}
+
 /* ---- services ---------------------------------------------------------- */
 
 static struct service *lookup(lja_sched *s, uint64_t addr)
@@ -226,7 +251,7 @@ int lja_sched_send(lja_sched *s, double from, double to, int type, int32_t sessi
                    const char *data, size_t len, void *const *objs, int nobjs)
 {
     if (!s || nobjs < 0 || (nobjs && !objs) || (len && !data) || type < LJA_SMSG_REQUEST ||
-        type > LJA_SMSG_NAME || !(to >= 1 && to < 9007199254740992.0))
+        type > LJA_SMSG_INIT || !(to >= 1 && to < 9007199254740992.0))
         return LJA_EINVAL;
     uint64_t addr = (uint64_t)to;
     struct service *svc = lookup(s, addr);
@@ -266,6 +291,10 @@ int lja_sched_send(lja_sched *s, double from, double to, int type, int32_t sessi
             svc->room_waiters = w;
             svc->room_waiters[svc->nwaiters++] = waiter;
         }
+    } else if (svc->starting && counted(type)) {
+        append(&svc->held_head, &svc->held_tail, m, m);
+        m = NULL;
+        svc->count++;
     } else {
         if (type == LJA_SMSG_KILL) {   /* before anything else queued */
             m->next = svc->head;
@@ -273,11 +302,7 @@ int lja_sched_send(lja_sched *s, double from, double to, int type, int32_t sessi
             if (!svc->tail)
                 svc->tail = m;
         } else {
-            if (svc->tail)
-                svc->tail->next = m;
-            else
-                svc->head = m;
-            svc->tail = m;
+            append(&svc->head, &svc->tail, m, m);
         }
         m = NULL;
         if (counted(type))
@@ -355,6 +380,22 @@ double lja_sched_self(void)
     return (double)current_service;
 }
 
+/* Called by the service in its dispatch: the worker finds the released
+ * messages queued when the dispatch returns. */
+void lja_sched_started(lja_sched *s, double self)
+{
+    uint64_t addr = (uint64_t)self;
+    struct service *svc = s ? lookup(s, addr) : NULL;
+    if (!svc)
+        return;
+    pthread_mutex_lock(&svc->lock);
+    if (svc->addr == addr) {
+        svc->starting = 0;
+        release_held(svc);
+    }
+    pthread_mutex_unlock(&svc->lock);
+}
+
 static int dispatch(lja_sched *s, struct service *svc)
 {
     char err[400];
@@ -388,21 +429,36 @@ static void kill_all(lja_sched *s)
     }
 }
 
+static struct name_waiter *settle_name(struct name *nm, uint64_t addr, int64_t *n);
+static void tell_name_waiters(lja_sched *s, uint64_t addr, struct name_waiter *w, int64_t n);
+
+/* A quit service's names go; a name it was spawning fails (its spawn will
+ * never bind it).  The waiters of one failed name are told per pass, with
+ * the lock released. */
 static void drop_names_of(lja_sched *s, uint64_t addr)
 {
-    pthread_mutex_lock(&s->lock);
-    for (struct name **p = &s->names; *p;) {
-        struct name *nm = *p;
-        if (nm->bound && nm->addr == addr) {
-            *p = nm->next;
-            free(nm->text);
-            free(nm->waiters);
-            free(nm);
-        } else {
+    struct name_waiter *waiters;
+    int64_t n;
+    do {
+        waiters = NULL;
+        n = 0;
+        pthread_mutex_lock(&s->lock);
+        for (struct name **p = &s->names; *p;) {
+            struct name *nm = *p;
+            if (nm->bound && nm->addr == addr) {
+                *p = nm->next;
+                free(nm->text);
+                free(nm->waiters);
+                free(nm);
+                continue;
+            }
+            if (nm->claimer == addr && !n)
+                waiters = settle_name(nm, 0, &n);
             p = &nm->next;
         }
-    }
-    pthread_mutex_unlock(&s->lock);
+        pthread_mutex_unlock(&s->lock);
+        tell_name_waiters(s, 0, waiters, n);
+    } while (n);
 }
 
 /* A quit service's state is reset by registry["ltask.recycle"] and kept
@@ -440,6 +496,7 @@ static void finish(lja_sched *s, struct service *svc)
     pthread_mutex_lock(&svc->lock);
     uint64_t addr = svc->addr;
     svc->status = SVC_DEAD;
+    release_held(svc);
     lja_smsg *list = svc->head;
     svc->head = svc->tail = NULL;
     svc->count = 0;
@@ -453,7 +510,7 @@ static void finish(lja_sched *s, struct service *svc)
 
     for (lja_smsg *m = list, *next; m; m = next) {
         next = m->next;
-        if (m->type == LJA_SMSG_REQUEST && m->from >= 1)
+        if ((m->type == LJA_SMSG_REQUEST || m->type == LJA_SMSG_INIT) && m->from >= 1)
             lja_sched_send(s, (double)addr, m->from, LJA_SMSG_DEAD, m->session, NULL, 0, NULL, 0);
         lja_sched_msg_free(m);
     }
@@ -742,7 +799,8 @@ lja_sched *lja_sched_new(int workers, int64_t max_services)
     return s;
 }
 
-static struct service *take_slot(lja_sched *s, uint64_t *addr)
+/* LJA_EAGAIN: max_services are alive. */
+static int take_slot(lja_sched *s, struct service **out, uint64_t *addr)
 {
     int64_t slot;
     struct service *svc;
@@ -753,7 +811,7 @@ static struct service *take_slot(lja_sched *s, uint64_t *addr)
         svc = atomic_load(&s->slots[slot]);
     } else if (s->nslots < s->max_services) {
         if (!(svc = calloc(1, sizeof *svc)))
-            return NULL;
+            return LJA_ENOMEM;
         lja_spare_init(&svc->spare);
         pthread_mutex_init(&svc->lock, NULL);
         pthread_cond_init(&svc->wake, NULL);
@@ -761,10 +819,11 @@ static struct service *take_slot(lja_sched *s, uint64_t *addr)
         slot = ++s->nslots;
         atomic_store_explicit(&s->slots[slot], svc, memory_order_release);
     } else {
-        return NULL;
+        return LJA_EAGAIN;
     }
     *addr = (uint64_t)slot + svc->generation * SLOT_SPAN;
-    return svc;
+    *out = svc;
+    return LJA_OK;
 }
 
 int lja_sched_add(lja_sched *s, void *L, int exclusive, int64_t capacity, double *addr)
@@ -772,11 +831,12 @@ int lja_sched_add(lja_sched *s, void *L, int exclusive, int64_t capacity, double
     if (!s || !L || capacity < 0 || !addr)
         return LJA_EINVAL;
     uint64_t a;
+    struct service *svc;
     pthread_mutex_lock(&s->lock);
-    struct service *svc = s->stopping ? NULL : take_slot(s, &a);
-    if (!svc) {
+    int rc = s->stopping ? LJA_ECLOSED : take_slot(s, &svc, &a);
+    if (rc != LJA_OK) {
         pthread_mutex_unlock(&s->lock);
-        return s->stopping ? LJA_ECLOSED : LJA_ENOMEM;
+        return rc;
     }
     if (exclusive) {
         pthread_t *t = lja_reserve(s->xthreads, s->nxthreads, &s->cxthreads, sizeof *t);
@@ -793,6 +853,7 @@ int lja_sched_add(lja_sched *s, void *L, int exclusive, int64_t capacity, double
     svc->exclusive = exclusive != 0;
     svc->capacity = capacity;
     svc->count = 0;
+    svc->starting = 1;
     svc->L = L;
     pthread_mutex_unlock(&svc->lock);
     if (exclusive) {
@@ -889,6 +950,7 @@ void lja_sched_free(lja_sched *s)
         struct service *svc = atomic_load(&s->slots[slot]);
         if (svc->L)
             lja_lua_close(svc->L);
+        release_held(svc);
         for (lja_smsg *m = svc->head, *next; m; m = next) {
             next = m->next;
             m->next = NULL;
@@ -946,15 +1008,37 @@ static struct name *find_name(lja_sched *s, const char *text, int create)
     return nm;
 }
 
-int lja_sched_name_claim(lja_sched *s, const char *text)
+/* Binds a name to addr, or fails it (addr 0), with s->lock held; returns
+ * its waiters, for tell_name_waiters once the lock is released. */
+static struct name_waiter *settle_name(struct name *nm, uint64_t addr, int64_t *n)
 {
-    if (!s || !text)
+    struct name_waiter *waiters = nm->waiters;
+    *n = nm->nwaiters;
+    nm->waiters = NULL;
+    nm->nwaiters = nm->cwaiters = 0;
+    nm->claimer = 0;
+    nm->bound = addr != 0;
+    nm->failed = addr == 0;
+    nm->addr = addr;
+    return waiters;
+}
+
+static void tell_name_waiters(lja_sched *s, uint64_t addr, struct name_waiter *w, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        lja_sched_send(s, (double)addr, (double)w[i].addr, LJA_SMSG_NAME, w[i].session, NULL, 0, NULL, 0);
+    free(w);
+}
+
+int lja_sched_name_claim(lja_sched *s, const char *text, double claimer)
+{
+    if (!s || !text || !(claimer >= 1))
         return LJA_EINVAL;
     pthread_mutex_lock(&s->lock);
     struct name *nm = find_name(s, text, 1);
-    int rc = !nm ? LJA_ENOMEM : (nm->claimed || nm->bound) ? LJA_EBUSY : LJA_OK;
+    int rc = !nm ? LJA_ENOMEM : (nm->claimer || nm->bound) ? LJA_EBUSY : LJA_OK;
     if (rc == LJA_OK)
-        nm->claimed = 1;
+        nm->claimer = (uint64_t)claimer;
     pthread_mutex_unlock(&s->lock);
     return rc;
 }
@@ -966,21 +1050,11 @@ void lja_sched_name_bind(lja_sched *s, const char *text, double addr)
     pthread_mutex_lock(&s->lock);
     struct name *nm = find_name(s, text, 1);
     struct name_waiter *waiters = NULL;
-    int n = 0;
-    if (nm) {
-        waiters = nm->waiters;
-        n = nm->nwaiters;
-        nm->waiters = NULL;
-        nm->nwaiters = nm->cwaiters = 0;
-        nm->claimed = 0;
-        nm->bound = addr >= 1;
-        nm->addr = (uint64_t)addr;
-    }
+    int64_t n = 0;
+    if (nm)
+        waiters = settle_name(nm, addr >= 1 ? (uint64_t)addr : 0, &n);
     pthread_mutex_unlock(&s->lock);
-    for (int i = 0; i < n; i++)
-        lja_sched_send(s, addr, (double)waiters[i].addr, LJA_SMSG_NAME, waiters[i].session, NULL, 0,
-                       NULL, 0);
-    free(waiters);
+    tell_name_waiters(s, addr >= 1 ? (uint64_t)addr : 0, waiters, n);
 }
 
 int lja_sched_name_query(lja_sched *s, const char *text, double waiter, int32_t session, double *addr)
@@ -994,6 +1068,8 @@ int lja_sched_name_query(lja_sched *s, const char *text, double waiter, int32_t 
     if (nm && nm->bound) {
         *addr = (double)nm->addr;
         rc = LJA_OK;
+    } else if (nm && nm->failed && !nm->claimer) {
+        rc = LJA_ENOTFOUND;
     } else if (nm && waiter >= 1) {
         struct name_waiter *w = lja_reserve(nm->waiters, nm->nwaiters, &nm->cwaiters, sizeof *w);
         if (!w) {

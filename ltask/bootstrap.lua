@@ -15,10 +15,6 @@ local C = core.C
 
 local M = {}
 
-local function positive_integer(v)
-    return type(v) == "number" and v >= 1 and v % 1 == 0
-end
-
 local function configure(opts)
     if type(opts) ~= "table" then error("ltask: start takes a table of options", 3) end
     local config = {}
@@ -31,7 +27,9 @@ local function configure(opts)
     end
     config.worker = config.worker or require("lj-async.thread").cpu_count()
     for _, k in ipairs { "worker", "inbox", "batch", "max_services" } do
-        if not positive_integer(config[k]) then error("ltask: option '" .. k .. "' must be a positive integer", 3) end
+        if not core.is_count(config[k], core.MAX[k]) then
+            error(("ltask: option '%s' must be a positive integer up to %d"):format(k, core.MAX[k]), 3)
+        end
     end
     for _, k in ipairs { "service_path", "root" } do
         if type(config[k]) ~= "string" then error("ltask: option '" .. k .. "' must be a string", 3) end
@@ -60,7 +58,7 @@ function M.start(opts)
     end
     local n = args.n or #args
     local p, len = transfer.encode_after(3, n + 3, config.root, file, code, unpack(args, 1, n))
-    local rc = C.lja_sched_send(sched, 0, root, C.LJA_SMSG_REQUEST, 0, p, len, transfer.objs_array())
+    local rc = C.lja_sched_send(sched, 0, root, C.LJA_SMSG_INIT, 0, p, len, transfer.objs_array())
     if rc == C.LJA_OK then
         transfer.forget_exported()   -- the message holds them now
         rc = C.lja_sched_start(sched)

@@ -24,7 +24,8 @@ enum {
     LJA_SMSG_TIMER = 6,
     LJA_SMSG_ROOM = 7,
     LJA_SMSG_KILL = 8,
-    LJA_SMSG_NAME = 9
+    LJA_SMSG_NAME = 9,
+    LJA_SMSG_INIT = 10
 };
 typedef struct lja_smsg {
     struct lja_smsg *next;
@@ -44,10 +45,11 @@ int lja_sched_send(lja_sched *s, double from, double to, int type, int32_t sessi
                    const char *data, size_t len, void *const *objs, int nobjs);
 double lja_sched_self(void);
 lja_smsg *lja_sched_pop(lja_sched *s, double self, int max);
+void lja_sched_started(lja_sched *s, double self);
 void lja_sched_msg_free(lja_smsg *m);
 int lja_sched_timer(lja_sched *s, double addr, int32_t session, double seconds);
 int lja_sched_kill(lja_sched *s, double addr);
-int lja_sched_name_claim(lja_sched *s, const char *name);
+int lja_sched_name_claim(lja_sched *s, const char *name, double claimer);
 void lja_sched_name_bind(lja_sched *s, const char *name, double addr);
 int lja_sched_name_query(lja_sched *s, const char *name, double waiter,
                          int32_t session, double *addr);
@@ -86,6 +88,14 @@ M.DEFAULTS = {
     max_services = 65536,  -- services alive at once
     logfile = false,       -- path to append the log to (default: stderr)
 }
+
+-- Upper bounds of the integer options: the scheduler's (csrc/sched.c), or
+-- their C type's.
+M.MAX = { worker = 1024, inbox = 2 ^ 53, batch = 2 ^ 31 - 1, max_services = 2 ^ 24 - 1 }
+
+function M.is_count(v, max)
+    return type(v) == "number" and v >= 1 and v <= max and v % 1 == 0
+end
 
 -- In a service state: the scheduler, this service's configuration.
 M.sched, M.config = nil, nil
@@ -140,7 +150,9 @@ function M.new_service(sched, config, name, exclusive, inbox, level)
     local rc = C.lja_sched_add(sched, L, exclusive and 1 or 0, inbox or config.inbox, addr_out)
     if rc ~= C.LJA_OK then
         vm.close(L)
-        error("ltask: cannot add service '" .. name .. "': " .. shim.strerror(rc), level)
+        local why = rc == C.LJA_EAGAIN and "too many services (max_services = " .. config.max_services .. ")"
+            or shim.strerror(rc)
+        error("ltask: cannot add service '" .. name .. "': " .. why, level)
     end
     return addr_out[0], file, code
 end

@@ -26,7 +26,8 @@ local send_c, pop_c, free_c, timer_c = C.lja_sched_send, C.lja_sched_pop, C.lja_
 
 local REQUEST, POST, RESPONSE, ERROR = C.LJA_SMSG_REQUEST, C.LJA_SMSG_POST, C.LJA_SMSG_RESPONSE, C.LJA_SMSG_ERROR
 local DEAD, TIMER, ROOM, KILL, NAME = C.LJA_SMSG_DEAD, C.LJA_SMSG_TIMER, C.LJA_SMSG_ROOM, C.LJA_SMSG_KILL, C.LJA_SMSG_NAME
-local OK, EAGAIN, ECLOSED = C.LJA_OK, C.LJA_EAGAIN, C.LJA_ECLOSED
+local INIT = C.LJA_SMSG_INIT
+local OK, EAGAIN, ECLOSED, ENOTFOUND = C.LJA_OK, C.LJA_EAGAIN, C.LJA_ECLOSED, C.LJA_ENOTFOUND
 local DISPATCH_WAIT, DISPATCH_AGAIN, DISPATCH_QUIT = 0, 1, 2
 
 local ltask = {}
@@ -131,7 +132,8 @@ end
 -- Sends a request or post, waiting while `to`'s inbox is full; true when
 -- sent, false when `to` is gone.  `hidden` values lead the message.
 local function deliver(to, kind, session, hidden, level, n, ...)
-    local p, len = encode_after(hidden, n, ...)   -- raises, naming what cannot cross
+    local ok, p, len = pcall(encode_after, hidden, n, ...)
+    if not ok then error(p, level + 1) end   -- names what cannot cross
     local rc = EAGAIN
     if not room_wait[to] then   -- else queue behind this service's earlier senders to `to`
         local objs, nobjs = objs_array()
@@ -203,8 +205,13 @@ local function serve(kind, from, session, cmd, ...)
     inflight[co], inflight_session[co] = nil, nil
 end
 
--- The first request: run the service's file with the spawner's arguments.
-local function init(kind, from, session, name, file, code, ...)
+-- The first message: run the service's file with the spawner's arguments.
+-- The scheduler holds the requests and posts sent meanwhile until the file
+-- has returned its handlers.  The spawner is answered like a caller ("dead"
+-- if the service quits while its file waits).
+local function init(from, session, name, file, code, ...)
+    local co = co_running()
+    inflight[co], inflight_session[co] = from, session
     service_name, service_file = name, file
     local main, err = load(code, "@" .. file)
     local ok, result
@@ -213,9 +220,11 @@ local function init(kind, from, session, name, file, code, ...)
     else
         ok, result = false, err
     end
+    inflight[co], inflight_session[co] = nil, nil
     started = true
     if ok then
         handlers = type(result) == "table" and result or nil
+        C.lja_sched_started(sched, self_addr)
         if from >= 1 then reply(from, RESPONSE, session, 0) end
     else
         log("ltask: " .. who() .. " failed to start: " .. tostring(result))
@@ -251,7 +260,9 @@ end
 local function handle(m)
     local kind, from, session = m.type, m.from, m.session
     if kind == REQUEST or kind == POST then   -- served on the running message loop
-        return (started and serve or init)(kind, from, session, open(m))
+        return serve(kind, from, session, open(m))
+    elseif kind == INIT then
+        return init(from, session, open(m))
     elseif kind == RESPONSE or kind == ERROR then
         if waiting[session] then return wake(session, kind, open(m)) end
     elseif kind == TIMER then
@@ -281,7 +292,7 @@ end
 
 local function finish()
     for co, from in pairs(inflight) do
-        send_c(sched, self_addr, from, DEAD, inflight_session[co], nil, 0, nil, 0)
+        if from >= 1 then send_c(sched, self_addr, from, DEAD, inflight_session[co], nil, 0, nil, 0) end
     end
     return DISPATCH_QUIT
 end
@@ -325,7 +336,9 @@ local function dispatch()
     batch_m = nil
     while m ~= nil do   -- popped after a quit: never served
         local next_m = m.next
-        if m.type == REQUEST then send_c(sched, self_addr, m.from, DEAD, m.session, nil, 0, nil, 0) end
+        if (m.type == REQUEST or m.type == INIT) and m.from >= 1 then
+            send_c(sched, self_addr, m.from, DEAD, m.session, nil, 0, nil, 0)
+        end
         free_c(m)
         m = next_m
     end
@@ -480,49 +493,71 @@ local function spawn_service(opts, level)
     local args = opts.args or {}
     if type(args) ~= "table" then error("ltask: spawn_service: args must be a list", level) end
     local inbox = opts.inbox
-    if inbox ~= nil and (type(inbox) ~= "number" or inbox < 1 or inbox % 1 ~= 0) then
-        error("ltask: spawn_service: inbox must be a positive integer", level)
+    if inbox ~= nil and not core.is_count(inbox, core.MAX.inbox) then
+        error(format("ltask: spawn_service: inbox must be a positive integer up to %d", core.MAX.inbox), level)
     end
     local addr, file, code = core.new_service(sched, config, opts.name, opts.exclusive, inbox, level)
     local session = next_session()
     local n = args.n or #args
-    if not deliver(addr, REQUEST, session, 3, level, n + 3, opts.name, file, code, unpack(args, 1, n)) then
-        error("ltask: service '" .. opts.name .. "' died before it started", level)
+    local died = "ltask: service '" .. opts.name .. "' died before it started"
+    if not deliver(addr, INIT, session, 3, level, n + 3, opts.name, file, code, unpack(args, 1, n)) then
+        error(died, level)
     end
     waiting[session] = co_running()
     local kind, err = suspend()
     if kind == RESPONSE then return addr end
+    if kind == DEAD then error(died, level) end
     error("ltask: service '" .. opts.name .. "' failed to start: " .. tostring(err), level)
 end
 
+-- (Not tail calls: the error level counts these frames.)
 function ltask.spawn_service(opts)
-    return spawn_service(opts, 2)
+    local addr = spawn_service(opts, 2)
+    return addr
 end
 
 function ltask.spawn(name, ...)
-    return spawn_service({ name = name, args = pack(...) }, 2)
+    local addr = spawn_service({ name = name, args = pack(...) }, 2)
+    return addr
 end
 
 local addr_out = ffi.new("double[1]")
 
-function ltask.queryservice(name)
-    in_service(2)
-    if type(name) ~= "string" then error("ltask: a service name must be a string", 2) end
+-- The address bound to `name`, waiting until it is; raises at `level` if
+-- the spawn for it failed (now or before).
+local function query(name, level)
+    level = level + 1
     local session = next_session()
     local rc = C.lja_sched_name_query(sched, name, self_addr, session, addr_out)
     if rc == OK then return addr_out[0] end
-    if rc ~= EAGAIN then error("ltask: queryservice: " .. shim.strerror(rc), 2) end
-    waiting[session] = co_running()
-    local _, addr = suspend()
-    if addr < 1 then error("ltask: service '" .. name .. "' failed to start", 2) end
+    if rc == EAGAIN then
+        waiting[session] = co_running()
+        local _, addr = suspend()
+        if addr >= 1 then return addr end
+    elseif rc ~= ENOTFOUND then
+        error("ltask: queryservice: " .. shim.strerror(rc), level)
+    end
+    error("ltask: service '" .. name .. "' failed to start", level)
+end
+
+local function check_name(name, level)
+    in_service(level + 1)
+    if type(name) ~= "string" then error("ltask: a service name must be a string", level + 1) end
+end
+
+function ltask.queryservice(name)
+    check_name(name, 2)
+    local addr = query(name, 2)
     return addr
 end
 
 function ltask.uniqueservice(name, ...)
-    in_service(2)
-    if type(name) ~= "string" then error("ltask: a service name must be a string", 2) end
+    check_name(name, 2)
     if C.lja_sched_name_query(sched, name, 0, 0, addr_out) == OK then return addr_out[0] end
-    if C.lja_sched_name_claim(sched, name) ~= OK then return ltask.queryservice(name) end
+    if C.lja_sched_name_claim(sched, name, self_addr) ~= OK then   -- another spawns it
+        local addr = query(name, 2)
+        return addr
+    end
     local ok, addr = pcall(spawn_service, { name = name, args = pack(...) }, 1)
     C.lja_sched_name_bind(sched, name, ok and addr or 0)
     if not ok then error(addr, 2) end

@@ -26,7 +26,7 @@ local function run(opts, ...)
     local t0 = H.now()
     local ctx = boot.start {
         worker = opts.worker or 2, service_path = "tests/ltask/?.lua", root = opts.root or "t_root",
-        args = { out, ... }, logfile = logfile, inbox = opts.inbox,
+        args = { out, ... }, logfile = logfile, inbox = opts.inbox, max_services = opts.max_services,
     }
     local finished = boot.wait(ctx, opts.timeout or 60)
     local elapsed = H.now() - t0
@@ -96,6 +96,50 @@ function TestLtask:test_api()
     lu.assertStrContains(log, "failed to start")
     lu.assertStrContains(log, "bad_init.lua:1")
     lu.assertStrContains(log, "stack traceback")
+end
+
+-- A request or send that reaches a service while its file still runs (in
+-- spawn, call or sleep) waits, and the handlers the file returned serve it.
+function TestLtask:test_requests_during_start_up()
+    local r, log = run_test({ timeout = 20 }, "early_requests")
+    lu.assertTrue(r.served, "the call made during start-up was never answered")
+    lu.assertEquals(r.kept, { { addr = r.addr, result = { true, "early" } } })
+    lu.assertEquals(r.notes, { "sent early" })
+    lu.assertTrue(r.parent, "a child's call during its parent's start-up was never answered")
+    lu.assertEquals(r.parent_notes, { "first", "second" })
+    lu.assertEquals(r.greeting, "hello child")
+    lu.assertNotStrContains(log, "failed")
+end
+
+function TestLtask:test_kill_during_start_up()
+    local r = run_test({ timeout = 20 }, "kill_during_start")
+    lu.assertTrue(r.done, "the spawner or a held call still waits")
+    lu.assertStrContains(r.err, "died before it started")
+    lu.assertFalse(r.held[1])
+    lu.assertStrContains(r.held[2], "dead")
+end
+
+function TestLtask:test_queryservice_after_failed_uniqueservice()
+    local r = run_test({ timeout = 20 }, "failed_unique")
+    lu.assertStrContains(r.unique, "flaky fails as asked")
+    lu.assertTrue(r.raised, "queryservice still waits for a service that failed to start")
+    lu.assertStrContains(r.waiting, "service 'flaky' failed to start")
+    lu.assertStrContains(r.later, "service 'flaky' failed to start")
+    lu.assertEquals(r.echo, 5)
+    lu.assertEquals(r.query, r.retry)
+    lu.assertTrue(r.orphan_raised, "queryservice still waits for a name whose spawner was killed")
+    lu.assertStrContains(r.orphan, "service 'slow_start' failed to start")
+end
+
+function TestLtask:test_max_services_names_the_limit()
+    local r = run_test({ max_services = 3 }, "max_services")
+    lu.assertStrContains(r.err, "t_root.lua:" .. r.line .. ": ltask: cannot add service 'echo': "
+        .. "too many services (max_services = 3)")
+    lu.assertTrue(r.room, "no room after a service quit")
+end
+
+function TestLtask:test_errors_blame_the_caller()
+    lu.assertEquals(run_test({ timeout = 20 }, "user_errors"), {})
 end
 
 function TestLtask:test_uniqueservice_and_queryservice()
@@ -192,6 +236,11 @@ end
 function TestLtask:test_bad_configuration()
     lu.assertErrorMsgContains("'worker' must be a positive integer", boot.start, { worker = 0 })
     lu.assertErrorMsgContains("unknown option 'wrker'", boot.start, { wrker = 2 })
+    -- the scheduler's limits are named, not reported as "out of memory"
+    lu.assertErrorMsgContains("'worker' must be a positive integer up to 1024", boot.start, { worker = 1025 })
+    lu.assertErrorMsgContains("'max_services' must be a positive integer up to 16777215", boot.start,
+        { max_services = 2 ^ 24 })
+    lu.assertErrorMsgContains("'batch' must be a positive integer up to 2147483647", boot.start, { batch = 2 ^ 31 })
     lu.assertErrorMsgContains("cannot find service 'nothing_here'", boot.start,
         { service_path = "tests/ltask/?.lua", root = "nothing_here" })
     lu.assertErrorMsgContains("start takes a table", boot.start, "x")

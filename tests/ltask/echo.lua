@@ -27,4 +27,13 @@ function S.call(addr, cmd, ...) return ltask.call(addr, cmd, ...) end
 function S.send_fail(msg) error("send handler failed: " .. msg) end
 function S.unique(name, ...) return ltask.uniqueservice(name, ...) end
 function S.function_result() local up = 1 return function() return up end end
+-- As a relay (slow_start.lua): sends, and calls whose outcome `kept` tells.
+local kept = {}
+function S.post(addr, cmd, ...) ltask.send(addr, cmd, ...) end
+function S.later(addr, cmd, ...)
+    local k = { addr = addr }
+    kept[#kept + 1] = k
+    k.result = { pcall(ltask.call, addr, cmd, ...) }
+end
+function S.kept() return kept end
 return S

@@ -183,5 +183,115 @@ function T.log()
     out:send("ok", ltask.self())
 end
 
+-- Requests and sends that reach a service while its file still runs wait,
+-- and are served by the handlers the file returns.
+function T.early_requests()
+    local r = {}
+    local relay = ltask.spawn("echo")
+    r.addr = ltask.spawn("slow_start", relay, 20)
+    r.served = until_true(function() local k = ltask.call(relay, "kept")[1] return k and k.result end, 300)
+    r.kept = ltask.call(relay, "kept")
+    r.notes = ltask.call(r.addr, "notes")
+    local p = ltask.spawn("parent", 20)
+    r.parent = until_true(function()
+        r.parent_notes, r.greeting = ltask.call(p, "report")
+        return r.greeting
+    end, 300)
+    out:send("ok", r)
+end
+
+-- A service killed while its file runs: its spawner and what waits for it
+-- get "dead".
+function T.kill_during_start()
+    local relay = ltask.spawn("echo")
+    local r = {}
+    ltask.fork(function() r.err = errmsg(ltask.spawn, "slow_start", relay, 100000) end)
+    local k
+    until_true(function() k = ltask.call(relay, "kept")[1] return k end, 300)
+    ltask.kill(k.addr)
+    r.done = until_true(function()
+        r.held = ltask.call(relay, "kept")[1].result
+        return r.err and r.held
+    end, 300)
+    out:send("ok", r)
+end
+
+-- queryservice of a name whose uniqueservice failed raises, for those
+-- waiting then and those asking later; a later uniqueservice tries again.
+function T.failed_unique()
+    local r = {}
+    ltask.fork(function() r.waiting = errmsg(ltask.queryservice, "flaky") end)
+    ltask.sleep(1)
+    r.unique = errmsg(ltask.uniqueservice, "flaky", true)
+    ltask.fork(function() r.later = errmsg(ltask.queryservice, "flaky") end)
+    r.raised = until_true(function() return r.waiting and r.later end, 300)
+    r.retry = ltask.uniqueservice("flaky", false)
+    r.echo = ltask.call(r.retry, "echo", 5)
+    r.query = ltask.queryservice("flaky")
+    -- a service killed while it spawns a uniqueservice: the name fails
+    local relay, claimer = ltask.spawn("echo"), ltask.spawn("echo")
+    ltask.send(claimer, "unique", "slow_start", relay, 100000)
+    until_true(function() return ltask.call(relay, "kept")[1] end, 300)
+    ltask.kill(claimer)
+    ltask.fork(function() r.orphan = errmsg(ltask.queryservice, "slow_start") end)
+    r.orphan_raised = until_true(function() return r.orphan end, 300)
+    out:send("ok", r)
+end
+
+-- Spawning past max_services names the limit, at the caller's line; a
+-- service that quits makes room.
+function T.max_services()
+    local r = {}
+    local a = ltask.spawn("echo")
+    ltask.spawn("echo")
+    r.line = debug.getinfo(1, "l").currentline + 1
+    r.err = errmsg(function() local addr = ltask.spawn("echo") return addr end)
+    ltask.kill(a)
+    r.room = until_true(function() return pcall(ltask.spawn, "echo") end, 300)
+    out:send("ok", r)
+end
+
+-- Bad arguments and failures raise at the caller's line.
+function T.user_errors()
+    local e = ltask.spawn("echo")
+    local dead = ltask.spawn("echo")
+    ltask.kill(dead)
+    until_true(function() return not pcall(ltask.call, dead, "echo") end)
+    local cases = {
+        function() ltask.spawn("no_such_service") end,
+        function() ltask.spawn(42) end,
+        function() ltask.spawn("bad_init") end,
+        function() ltask.spawn_service("echo") end,
+        function() ltask.spawn_service { name = "echo", inbox = 0 } end,
+        function() ltask.spawn_service { name = "echo", args = 1 } end,
+        function() ltask.spawn_service { name = 1 } end,
+        function() ltask.call("x", "echo") end,
+        function() ltask.call(1.5, "echo") end,
+        function() ltask.call(dead, "echo") end,
+        function() ltask.call(e, "echo", coroutine.create(print)) end,
+        function() ltask.call_timeout("x", e, "echo") end,
+        function() ltask.call_timeout(10, nil, "echo") end,
+        function() ltask.send({}, "echo") end,
+        function() ltask.sleep("x") end,
+        function() ltask.timeout(1, nil) end,
+        function() ltask.fork(nil) end,
+        function() ltask.kill("x") end,
+        function() ltask.queryservice(1) end,
+        function() ltask.uniqueservice(nil) end,
+        function() ltask.uniqueservice("bad_init") end,
+        function() ltask.queryservice("bad_init") end,
+    }
+    local bad = {}
+    for _, f in ipairs(cases) do
+        local line = debug.getinfo(f, "S").linedefined
+        local ok, err = pcall(f)
+        local at = not ok and tostring(err):match("^tests/ltask/t_root%.lua:(%d+): l[%a-]+: ")
+        if at ~= tostring(line) then
+            bad[#bad + 1] = line .. ": " .. tostring(err)
+        end
+    end
+    out:send("ok", bad)
+end
+
 local ok, err = xpcall(T[test], debug.traceback, select(3, ...))
 if not ok then out:send("error", err) end
