@@ -192,6 +192,11 @@ function T.early_requests()
     r.served = until_true(function() local k = ltask.call(relay, "kept")[1] return k and k.result end, 300)
     r.kept = ltask.call(relay, "kept")
     r.notes = ltask.call(r.addr, "notes")
+    -- the same on a thread of its own
+    local xrelay = ltask.spawn("echo")
+    local x = ltask.spawn_service { name = "slow_start", args = { xrelay, 20 }, exclusive = true }
+    r.exclusive_served = until_true(function() local k = ltask.call(xrelay, "kept")[1] return k and k.result end, 300)
+    r.exclusive = { ltask.call(xrelay, "kept")[1].result, ltask.call(x, "notes") }
     local p = ltask.spawn("parent", 20)
     r.parent = until_true(function()
         r.parent_notes, r.greeting = ltask.call(p, "report")
