@@ -7,7 +7,7 @@
 -- libraries, lj-async and ltask preloaded as bytecode; or the state of a
 -- quit service, reset (lj-async.reset), which is much cheaper.  The
 -- service's file is compiled once per spawner; the state runs it when its
--- first message, the init request, brings it.
+-- first message (LJA_SMSG_INIT) brings it.
 local ffi = require "ffi"
 local buffer = require "string.buffer"
 local shim = require "lj-async.shim"
@@ -139,7 +139,7 @@ local addr_out = ffi.new("double[1]")
 
 -- Adds a service to the scheduler, in the state of a quit service or a new
 -- one; returns its address, then its file's path and bytecode, which its
--- init request (the caller's to send) carries with the spawner's
+-- init message (the caller's to send) carries with the spawner's
 -- arguments.  Raises at `level`.
 function M.new_service(sched, config, name, exclusive, inbox, level)
     level = (level or 1) + 1
