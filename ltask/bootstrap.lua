@@ -14,6 +14,7 @@ local core = require "ltask.core"
 local C = core.C
 
 local M = {}
+M._VERSION = shim.VERSION
 
 local function positive_integer(v)
     return type(v) == "number" and v >= 1 and v % 1 == 0

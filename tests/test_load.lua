@@ -62,6 +62,90 @@ function TestLoad:test_rockspec()
     assert_tree_works(tree)
 end
 
+-- Loaded by a Lua without LuaJIT's FFI (Debian's luarocks installs rocks
+-- for lua5.1 too), every public module says what it needs.
+function TestLoad:test_puc_lua_is_told_it_needs_luajit()
+    local _, has = H.sh("command -v lua5.1")
+    lu.skipIf(not has, "lua5.1 is not installed")
+    for _, name in ipairs { "lj-async.thread", "lj-async.callback", "lj-async.sync", "lj-async.channel",
+                            "lj-async.state", "lj-async.pool", "ltask", "ltask.bootstrap" } do
+        local out, ok = H.sh("LUA_PATH='./?.lua;./?/init.lua;;' lua5.1 -e 'require \"" .. name .. "\"'")
+        lu.assertFalse(ok, name)
+        lu.assertStrContains(out, "lj-async needs LuaJIT 2.1", false, name .. ": " .. out)
+        lu.assertStrContains(out, "Lua 5.1", false, name .. ": " .. out)
+        lu.assertNotStrContains(out, "not found", false, name .. ": " .. out)
+    end
+end
+
+-- A shared library built from C source, named ljasync.so in a new directory.
+local function fake_shim(source)
+    local dir = H.tmpdir()
+    local f = assert(io.open(dir .. "/fake.c", "w"))
+    f:write(source)
+    f:close()
+    local out, ok = H.sh(("env -u LD_PRELOAD gcc -shared -fPIC -o %s/ljasync.so %s/fake.c"):format(dir, dir))
+    assert(ok, out)
+    return dir
+end
+
+local function load_thread(env)
+    return H.sh(env .. " " .. luajit .. " -e 'require \"lj-async.thread\"'")
+end
+
+-- An old shim (from before the version check: it lacks the newer symbols)
+-- found first on package.cpath fails at load, naming where it was found
+-- and what was expected, not later with "undefined symbol".
+function TestLoad:test_old_shim_first_on_cpath_fails_at_load()
+    local shim = require "lj-async.shim"
+    local dir = fake_shim('const char *lja_strerror(int err) { return "old"; }\n')
+    local out, ok = load_thread(("env -u LJ_ASYNC_LIB LUA_CPATH='%s/?.so;;'"):format(dir))
+    H.sh("rm -rf " .. dir)
+    lu.assertFalse(ok)
+    lu.assertStrContains(out, dir .. "/ljasync.so")
+    lu.assertStrContains(out, "package.cpath")
+    lu.assertStrContains(out, "lja_abi_version")
+    lu.assertStrContains(out, ("ABI %d (lj-async %s)"):format(shim.ABI, shim.VERSION))
+    lu.assertNotStrContains(out, "undefined symbol")
+end
+
+-- A shim of another ABI named by LJ_ASYNC_LIB: both versions are told.
+function TestLoad:test_shim_of_another_abi_fails_at_load()
+    local shim = require "lj-async.shim"
+    local dir = fake_shim('const char *lja_strerror(int err) { return "x"; }\n'
+        .. 'int lja_abi_version(void) { return 999; }\nconst char *lja_version(void) { return "9.9.9"; }\n')
+    local out, ok = load_thread(("LJ_ASYNC_LIB=%s/ljasync.so"):format(dir))
+    H.sh("rm -rf " .. dir)
+    lu.assertFalse(ok)
+    lu.assertStrContains(out, dir .. "/ljasync.so")
+    lu.assertStrContains(out, "LJ_ASYNC_LIB")
+    lu.assertStrContains(out, "lj-async 9.9.9 (ABI 999)")
+    lu.assertStrContains(out, ("ABI %d (lj-async %s)"):format(shim.ABI, shim.VERSION))
+end
+
+-- LJ_ASYNC_LIB naming another library altogether.
+function TestLoad:test_lj_async_lib_naming_another_library()
+    local out, ok = load_thread("LJ_ASYNC_LIB=libc.so.6")
+    lu.assertFalse(ok)
+    lu.assertStrContains(out, "'libc.so.6' (from LJ_ASYNC_LIB)")
+    lu.assertStrContains(out, "lja_abi_version")
+    lu.assertNotStrContains(out, "undefined symbol")
+end
+
+-- No shim anywhere: the message lists every place searched.
+function TestLoad:test_missing_shim_lists_the_paths_searched()
+    local dir = H.tmpdir()
+    H.sh(("cp -r lj-async %s/"):format(dir))
+    local out, ok = H.sh(("cd %s && env -u LJ_ASYNC_LIB LUA_PATH='%s/?.lua;;' LUA_CPATH='/nonexistent/?.so' %s -e 'require \"lj-async.thread\"'")
+        :format(dir, dir, luajit))
+    H.sh("rm -rf " .. dir)
+    lu.assertFalse(ok)
+    lu.assertStrContains(out, "cannot find the C shim")
+    lu.assertStrContains(out, "LJ_ASYNC_LIB (not set)")
+    lu.assertStrContains(out, "/nonexistent/ljasync.so")
+    lu.assertStrContains(out, dir .. "/ljasync.so")
+    lu.assertStrContains(out, dir .. "/build/ljasync.so")
+end
+
 local function run_host(name)
     local host = build .. "/" .. name
     lu.assertTrue(exists(host), host .. " was not built")
