@@ -134,4 +134,11 @@ function H.run(lu)
     os.exit(failed)
 end
 
+-- The running LuaJIT's version and flavour.  OpenResty's luajit2 gives the
+-- same jit.version as LuaJIT's own 2.1 but has builtin modules of its own.
+function H.luajit_flavour()
+    local openresty = package.preload["thread.exdata"] or package.loaded["thread.exdata"]
+    return jit.version .. " (" .. (openresty and "OpenResty's luajit2" or "LuaJIT") .. ")"
+end
+
 return H
