@@ -138,7 +138,7 @@ end
 -- same jit.version as LuaJIT's own 2.1 but has builtin modules of its own.
 function H.luajit_flavour()
     local openresty = package.preload["thread.exdata"] or package.loaded["thread.exdata"]
-    return jit.version .. " (" .. (openresty and "OpenResty's luajit2" or "LuaJIT") .. ")"
+    return jit.version .. " (" .. (openresty and "OpenResty's luajit2" or "upstream LuaJIT") .. ")"
 end
 
 return H
