@@ -63,6 +63,12 @@ local function source_copy()
     return dir
 end
 
+-- The packaging tests build a shim of their own, never instrumented: they
+-- run in the normal builds only.
+local function skip_in_sanitizer_builds()
+    lu.skipIf((os.getenv("LJA_SANITIZE") or "") ~= "", "packaging builds its own shim: tested in the normal builds")
+end
+
 local function luarocks(dir, tree, args)
     return H.sh(("cd %s && env -u LD_PRELOAD luarocks --tree %s %s"):format(dir, tree, args))
 end
@@ -71,6 +77,7 @@ end
 -- `luarocks pack` of the installed rock gives a binary rock that installs
 -- and works elsewhere.
 function TestLoad:test_luarocks_make_and_pack()
+    skip_in_sanitizer_builds()
     local src, tree, tree2 = source_copy(), H.tmpdir(), H.tmpdir()
     local out, ok = luarocks(src, tree, "make lj-async-scm-1.rockspec")
     lu.assertTrue(ok, out)
@@ -91,6 +98,7 @@ end
 -- source rock, from which `luarocks build` (what `luarocks install` does)
 -- builds and installs.  A repository of the copy stands in for the real one.
 function TestLoad:test_luarocks_source_rock()
+    skip_in_sanitizer_builds()
     local src, work, tree = source_copy(), H.tmpdir(), H.tmpdir()
     local out, ok = H.sh(("cd %s && git init -q -b main && git add -A && "
         .. "git -c user.name=test -c user.email=test@localhost commit -qm source"):format(src))
@@ -140,6 +148,7 @@ end
 -- A packager builds the shim alone (as the rockspec does) with no LuaJIT
 -- installed at all: no headers, library, pkg-config file or binary.
 function TestLoad:test_shim_builds_without_luajit()
+    skip_in_sanitizer_builds()
     local dir = H.tmpdir()
     local out, ok = without_luajit(true, ("! command -v luajit\ncmake -S . -B %s -DBUILD_TESTING=OFF\n"
         .. "cmake --build %s -j2"):format(dir, dir))
@@ -154,6 +163,7 @@ end
 -- and the embedding test (which needs LuaJIT's headers) reports itself
 -- skipped.
 function TestLoad:test_tests_build_without_luajit_headers()
+    skip_in_sanitizer_builds()
     local dir = H.tmpdir()
     local out, ok = without_luajit(false, ("cmake -S . -B %s\ncmake --build %s -j2\n"
         .. "cd %s && ctest -R test_embed --timeout 60"):format(dir, dir, dir))
