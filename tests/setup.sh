@@ -11,7 +11,7 @@ profile=${1:-tests}
 
 # The shim and the demo: LuaJIT, a C compiler, CMake, libffi; the demo's C
 # library is libuv.
-packages=(luajit gcc make cmake pkg-config libffi-dev)
+packages=(luajit gcc libc6-dev make cmake pkg-config libffi-dev)
 case $profile in
 demo) packages+=(libuv1) ;;
 tests)
