@@ -18,22 +18,14 @@ local function first_line(cmd)
     return line
 end
 
-local function read_file(path)
-    local f = io.open(path)
-    if not f then return nil end
-    local s = f:read("*a")
-    f:close()
-    return s
-end
-
-local cpu = (read_file("/proc/cpuinfo") or ""):match("model name%s*:%s*([^\n]+)") or "unknown CPU"
+local cpu = (H.read("/proc/cpuinfo") or ""):match("model name%s*:%s*([^\n]+)") or "unknown CPU"
 local commit = first_line("git rev-parse --short HEAD")
 if commit and first_line("git status --porcelain --untracked-files=no") then commit = commit .. " + uncommitted changes" end
 print(("lj-async %s bench, %s"):format(shim.VERSION, os.date("!%Y-%m-%d %H:%M UTC")))
 print(("- CPU: %s, %d cores"):format(cpu, Thread.cpu_count()))
 print(("- LuaJIT: %s, %s"):format(H.luajit_flavour(), first_line("command -v " .. (arg and arg[-1] or "luajit")) or "?"))
 print(("- commit: %s"):format(commit or "unknown (not a git checkout)"))
-print(("- load average at start: %s"):format(((read_file("/proc/loadavg") or "?"):match("^(%S+ %S+ %S+)")) or "?"))
+print(("- load average at start: %s"):format(((H.read("/proc/loadavg") or "?"):match("^(%S+ %S+ %S+)")) or "?"))
 print(("- medians of %d runs (LJA_BENCH_RUNS)"):format(B.RUNS))
 print()
 io.stdout:flush()

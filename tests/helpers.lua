@@ -141,4 +141,13 @@ function H.luajit_flavour()
     return jit.version .. " (" .. (openresty and "OpenResty's luajit2" or "upstream LuaJIT") .. ")"
 end
 
+-- A whole file's contents, or nil if it cannot be opened.
+function H.read(path)
+    local f = io.open(path, "rb")
+    if not f then return nil end
+    local s = f:read("*a")
+    f:close()
+    return s
+end
+
 return H

@@ -7,10 +7,7 @@ local H = require "tests.helpers"
 local shim = require "lj-async.shim"
 
 local function read(path)
-    local f = assert(io.open(path, "rb"))
-    local s = f:read("*a")
-    f:close()
-    return s
+    return assert(H.read(path), path)
 end
 
 -- A rockspec's fields (it is Lua assigning globals).
