@@ -18,7 +18,12 @@ local shim = require("lj-async.shim").C
 B.now = function() return shim.lja_now() end
 
 local native_path = os.getenv("LJA_BENCH_LIB") or "build/ljabench.so"
-B.native = ffi.load(native_path)
+local ok, native = pcall(ffi.load, native_path)
+if not ok then
+    error(("bench: cannot load the native baselines %s (%s): build them with "
+        .. "`cmake -S . -B build -DLJA_BENCH=ON && cmake --build build`, or set LJA_BENCH_LIB"):format(native_path, native), 0)
+end
+B.native = native
 
 -- Median of RUNS calls of f().
 function B.median(f)

@@ -40,6 +40,16 @@ enum {
 
 LJA_API const char *lja_strerror(int err);
 
+/* ---- Version --------------------------------------------------------------
+ * lj-async/shim.lua refuses, at load, a shim whose ABI is not the one its
+ * modules were written for (README "Build, load, install").  Bump
+ * LJA_ABI_VERSION, and the ABI in lj-async/shim.lua, whenever a declaration
+ * in this file changes or is added.
+ */
+#define LJA_ABI_VERSION 1
+LJA_API int lja_abi_version(void);     /* LJA_ABI_VERSION when the shim was built */
+LJA_API const char *lja_version(void); /* the release, e.g. "0.1.0" (CMake's project version) */
+
 /* ---- Clock (monotonic) ------------------------------------------------ */
 LJA_API double lja_now(void);          /* seconds on the monotonic clock */
 LJA_API void lja_sleep(double seconds);

@@ -4,8 +4,8 @@
 -- Each state holds an ffi.cast callback of the user's ctype.  The pointer
 -- handed to C is a gate (csrc/gate.c): a libffi closure of the same
 -- signature that takes a free state, forwards the call, and gives it back.
-local ffi = require "ffi"
 local shim = require "lj-async.shim"
+local ffi = require "ffi"
 local transfer = require "lj-async.transfer"
 local vm = require "lj-async.vm"
 
@@ -97,6 +97,7 @@ local function report(msg)
 end
 
 local M = {}
+M._VERSION = shim.VERSION
 
 -- Runs in a fresh state: builds the typed callback and stores its address.
 function M.boot(out, gate, ctype, cdef, code, setup, args)

@@ -3,8 +3,8 @@
 -- sender's state (outside any lock) and queued in the shim
 -- (csrc/channel.c).  Expected failures return nil, err ("timeout",
 -- "closed"); bad arguments and values that cannot cross raise errors.
-local ffi = require "ffi"
 local shim = require "lj-async.shim"
+local ffi = require "ffi"
 local object = require "lj-async.object"
 local transfer = require "lj-async.transfer"
 
@@ -31,6 +31,7 @@ local LJA_OK, LJA_ETIMEDOUT, LJA_ECLOSED = C.LJA_OK, C.LJA_ETIMEDOUT, C.LJA_ECLO
 local send_c, recv_c, msg_data, msg_free = C.lja_channel_send, C.lja_channel_recv, C.lja_msg_data, C.lja_msg_free
 
 local M = {}
+M._VERSION = shim.VERSION
 local Channel = {}
 local wrap = object.define("channel", "lj-async.channel", C.LJA_KIND_CHANNEL, "struct lja_channel", Channel)
 

@@ -13,8 +13,8 @@
 --
 -- Errors: bad arguments and values that cannot cross raise; a job's error,
 -- timeout or cancel, and a shut pool, return nil, err.
-local ffi = require "ffi"
 local shim = require "lj-async.shim"
+local ffi = require "ffi"
 local object = require "lj-async.object"
 local transfer = require "lj-async.transfer"
 local safepoint = require "lj-async.safepoint"
@@ -121,6 +121,7 @@ registry["lj-async.pool.reset"] = require("lj-async.reset").snapshot()
 ]==], "lj-async.pool runtime")
 
 local Pool = {}
+Pool._VERSION = shim.VERSION
 local methods = {}
 local wrap = object.define("pool", "lj-async.pool", C.LJA_KIND_POOL, "struct lja_pool", methods)
 

@@ -1,12 +1,25 @@
--- lj-async.shim: finds and loads the C shim, once per Lua state.
+-- lj-async.shim: finds, loads and checks the C shim, once per Lua state.
 --
--- Search order (SPEC section 0): $LJ_ASYNC_LIB, then package.cpath, then
--- next to the module files (the directory holding lj-async/) and its build/.
--- Modules declare the functions they use with ffi.cdef themselves; this file
--- declares only what all of them share: the error codes and lja_strerror.
-local ffi = require "ffi"
+-- Search order (README "Build, load, install"): $LJ_ASYNC_LIB, then
+-- package.cpath, then next to the module files (the directory holding
+-- lj-async/) and its build/.  Modules declare the functions they use with
+-- ffi.cdef themselves; this file declares only what all of them share: the
+-- error codes, lja_strerror and the version.
+--
+-- Every public module requires this file first, so that a Lua without
+-- LuaJIT's FFI is told what it lacks, not "module 'ffi' not found".
+local has_ffi, ffi = pcall(require, "ffi")
+if not has_ffi or not pcall(require, "string.buffer") then
+    error("lj-async needs LuaJIT 2.1 with its FFI and string.buffer (2021 or later); this is "
+        .. (jit and jit.version or _VERSION) .. ": run it with luajit", 2)
+end
 
 local C_NAME = "ljasync"
+
+local M = {
+    VERSION = "0.1.0",  -- the release: CMakeLists.txt and the rockspecs say the same
+    ABI = 1,            -- LJA_ABI_VERSION of csrc/ljasync.h that these modules are written for
+}
 
 ffi.cdef [[
 enum {
@@ -21,6 +34,8 @@ enum {
     LJA_ENOTFOUND = -8
 };
 const char *lja_strerror(int err);
+int lja_abi_version(void);
+const char *lja_version(void);
 ]]
 
 local function exists(path)
@@ -37,32 +52,58 @@ local function module_root()
     return dir
 end
 
+-- The shim's path and where it was found, or nil and the places searched.
 local function find()
     local env = os.getenv("LJ_ASYNC_LIB")
-    if env and env ~= "" then return env end
-    local path = package.searchpath(C_NAME, package.cpath)
-    if path then return path end
+    if env and env ~= "" then return env, "LJ_ASYNC_LIB" end
+    local path, tried = package.searchpath(C_NAME, package.cpath)
+    if path then return path, "package.cpath" end
+    local searched = { "$LJ_ASYNC_LIB (not set)" }
+    for p in tried:gmatch("no file '([^']*)'") do searched[#searched + 1] = "package.cpath: " .. p end
     local root = module_root()
     if root then
         for _, p in ipairs { root .. "/" .. C_NAME .. ".so", root .. "/build/" .. C_NAME .. ".so" } do
-            if exists(p) then return p end
+            if exists(p) then return p, "next to the modules" end
+            searched[#searched + 1] = "next to the modules: " .. p
         end
     end
-    return nil
+    return nil, searched
 end
 
--- A state made by lj-async.vm is told the path its creator used.
-local path = package.loaded["lj-async.libpath"] or find()
+-- A state made by lj-async.vm is told the path its creator found and checked.
+local path, found = package.loaded["lj-async.libpath"], nil
 if not path then
-    error("lj-async: cannot find the C shim '" .. C_NAME .. ".so': set LJ_ASYNC_LIB, add it to "
-        .. "package.cpath, or build it with `cmake -S . -B build && cmake --build build`", 2)
+    path, found = find()
+    if not path then
+        error("lj-async: cannot find the C shim '" .. C_NAME .. ".so'; searched:\n\t"
+            .. table.concat(found, "\n\t") .. "\nSet LJ_ASYNC_LIB to its path, add its directory to "
+            .. "package.cpath, or build it: cmake -S . -B build && cmake --build build", 2)
+    end
 end
 local ok, lib = pcall(ffi.load, path)
 if not ok then
     error("lj-async: cannot load the C shim '" .. path .. "': " .. tostring(lib), 2)
 end
 
-local M = { C = lib, path = path }
+if found then
+    -- The modules and the shim must come from one release: an old shim
+    -- first on package.cpath would otherwise fail later, at its first
+    -- missing symbol.
+    local expected = ("ABI %d (lj-async %s) for the modules in %s"):format(M.ABI, M.VERSION, module_root() or "?")
+    local has, abi_version = pcall(function() return lib.lja_abi_version end)
+    if not has then
+        error(("lj-async: '%s' (from %s) is not the C shim these modules need: it has no "
+            .. "lja_abi_version (an lj-async shim from before 0.1.0, or another library); expected %s")
+            :format(path, found, expected), 2)
+    end
+    local abi = abi_version()
+    if abi ~= M.ABI then
+        error(("lj-async: the C shim '%s' (from %s) is lj-async %s (ABI %d); expected %s")
+            :format(path, found, ffi.string(lib.lja_version()), abi, expected), 2)
+    end
+end
+
+M.C, M.path = lib, path
 
 local strerror = lib.lja_strerror
 function M.strerror(rc)

@@ -1,8 +1,8 @@
 -- lj-async.state: long-lived Lua states callable from any thread, the job
 -- of mtstates (SPEC section 6).  A call runs on the caller's thread, inside
 -- the state; one caller at a time.
-local ffi = require "ffi"
 local shim = require "lj-async.shim"
+local ffi = require "ffi"
 local object = require "lj-async.object"
 local transfer = require "lj-async.transfer"
 local vm = require "lj-async.vm"
@@ -22,6 +22,7 @@ local LJA_OK, LJA_EBUSY, LJA_ECLOSED = C.LJA_OK, C.LJA_EBUSY, C.LJA_ECLOSED
 local LUA_REGISTRYINDEX = -10000
 
 local M = {}
+M._VERSION = shim.VERSION
 
 ------------------------------------------------------------------------------
 -- Inside a state.

@@ -2,8 +2,8 @@
 -- any thread or state (SPEC section 4).  Timeouts in seconds (nil: forever,
 -- 0: do not block) on the monotonic clock; waits return true, or false when
 -- the timeout passed.  Bad arguments raise errors.
-local ffi = require "ffi"
 local shim = require "lj-async.shim"
+local ffi = require "ffi"
 local object = require "lj-async.object"
 
 ffi.cdef [[
@@ -34,6 +34,7 @@ local LJA_OK = C.LJA_OK
 local timeout_arg = shim.timeout_arg
 
 local M = {}
+M._VERSION = shim.VERSION
 
 local function made(p, what)
     if p == nil then error("lj-async: cannot make a " .. what .. " (out of memory)", 3) end

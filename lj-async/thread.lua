@@ -6,8 +6,8 @@
 -- (lj-async.reset: globals and standard library as they were) and kept for
 -- the next thread, unless the thread loaded the FFI or a C module, whose
 -- effects no reset undoes: then the state is closed.
-local ffi = require "ffi"
 local shim = require "lj-async.shim"
+local ffi = require "ffi"
 local transfer = require "lj-async.transfer"
 local vm = require "lj-async.vm"
 
@@ -30,6 +30,7 @@ local type, select, error, tostring, unpack = type, select, error, tostring, unp
 local LJA_OK, LJA_ETIMEDOUT = C.LJA_OK, C.LJA_ETIMEDOUT
 
 local Thread = {}
+Thread._VERSION = shim.VERSION
 Thread.__index = Thread
 
 local CPU_COUNT = C.lja_cpu_count()

@@ -14,6 +14,7 @@ local core = require "ltask.core"
 local C = core.C
 
 local M = {}
+M._VERSION = shim.VERSION
 
 local function configure(opts)
     if type(opts) ~= "table" then error("ltask: start takes a table of options", 3) end

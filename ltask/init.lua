@@ -10,9 +10,9 @@
 --
 -- Errors: bad arguments raise; call raises the remote error; call_timeout
 -- returns nil, "timeout"; send returns false when the target is gone.
+local shim = require "lj-async.shim"
 local ffi = require "ffi"
 local core = require "ltask.core"
-local shim = require "lj-async.shim"
 local transfer = require "lj-async.transfer"
 
 local C = core.C
@@ -31,6 +31,7 @@ local OK, EAGAIN, ECLOSED, ENOTFOUND = C.LJA_OK, C.LJA_EAGAIN, C.LJA_ECLOSED, C.
 local DISPATCH_WAIT, DISPATCH_AGAIN, DISPATCH_QUIT = 0, 1, 2
 
 local ltask = {}
+ltask._VERSION = shim.VERSION
 
 local sched, self_addr, service_name, service_file, config
 local handlers          -- the table the service's file returned, or nil

@@ -1,4 +1,4 @@
--- Run by the embed_host programs (tests/test_load.lua): threads and a
+-- Run by the embed_host programs (tests/test_embed.lua): threads and a
 -- callback called from a foreign thread, inside a C host.
 local ffi = require "ffi"
 local Thread = require "lj-async.thread"
@@ -13,4 +13,4 @@ end, ffi.cast("void *", cb:funcptr()))
 local ok2, r = t:join(10)
 assert(ok2 and r == 42, "callback from a thread: " .. tostring(r))
 cb:free()
-print("embedded ok")
+print("embedded ok in " .. require("tests.helpers").luajit_flavour())

@@ -112,4 +112,42 @@ function H.sh(cmd)
     return (out:gsub("__status=%d+%s*$", "")), status == 0
 end
 
+-- A new empty directory under /tmp; the caller removes it (H.sh("rm -rf " .. dir)).
+function H.tmpdir()
+    local out, ok = H.sh("mktemp -d /tmp/lja-test.XXXXXX")
+    assert(ok, out)
+    return (out:gsub("%s+$", ""))
+end
+
+-- ctest's SKIP_RETURN_CODE (tests/tests.cmake): a file whose every test was
+-- skipped reports itself skipped, not passed.
+H.SKIP = 77
+
+-- Runs the file's LuaUnit tests and exits: the failure count, or H.SKIP
+-- when every test was skipped.
+function H.run(lu)
+    local runner = lu.LuaUnit.new()
+    local failed = runner:runSuite()
+    if failed == 0 and runner.result.runCount == 0 and runner.result.skippedCount > 0 then
+        os.exit(H.SKIP)
+    end
+    os.exit(failed)
+end
+
+-- The running LuaJIT's version and flavour.  OpenResty's luajit2 gives the
+-- same jit.version as LuaJIT's own 2.1 but has builtin modules of its own.
+function H.luajit_flavour()
+    local openresty = package.preload["thread.exdata"] or package.loaded["thread.exdata"]
+    return jit.version .. " (" .. (openresty and "OpenResty's luajit2" or "upstream LuaJIT") .. ")"
+end
+
+-- A whole file's contents, or nil if it cannot be opened.
+function H.read(path)
+    local f = io.open(path, "rb")
+    if not f then return nil end
+    local s = f:read("*a")
+    f:close()
+    return s
+end
+
 return H
