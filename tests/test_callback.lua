@@ -176,6 +176,14 @@ local BAD_RESULTS = {
       0, "cannot convert 'thread' to 'char'", -2 },
     { "uint64_t (*)(int)", function(n) if n == 1 then return "x" end return 2 ^ 40 end,
       0, "cannot convert 'string' to 'uint64_t'", 2 ^ 40 },
+    { "uint8_t (*)(int)", function(n) if n == 1 then return {} end return 255 end,
+      0, "cannot convert 'table' to 'unsigned char'", 255 },
+    { "int16_t (*)(int)", function(n) if n == 1 then return "7" end return -300 end,
+      0, "cannot convert 'string' to 'short'", -300 },
+    { "uint32_t (*)(int)", function(n) if n == 1 then return print end return 2 ^ 32 - 1 end,
+      0, "cannot convert 'function' to 'unsigned int'", 2 ^ 32 - 1 },
+    { "int64_t (*)(int)", function(n) if n ~= 1 then return -2 ^ 40 end end,
+      0, "cannot convert 'nil' to 'int64_t'", -2 ^ 40 },
     { "const char *(*)(int)", function(n) if n == 1 then return 5 end return "two" end,
       nil, "cannot convert 'number' to 'const char *'", "two" },
     { "int *(*)(int)", function(n) if n == 1 then return require("ffi").new("double[1]") end end,
@@ -198,6 +206,33 @@ function TestCallback:test_results_the_return_type_cannot_take()
         -- the state was given back: the next call, from another thread, works
         lu.assertEquals(call_in_thread(ctype, fp, 2), good, ctype)
         lu.assertTrue(free_time(cb) < 2, ctype .. ": free() waited")
+    end
+end
+
+function TestCallback:test_results_convert_as_in_luajit()
+    -- The same values through an lj-async callback and a plain ffi.cast one.
+    local cases = {
+        { "int8_t (*)(int)", { 300, -129, 1.9, true, false } },
+        { "int (*)(int)", { 2 ^ 40, -1.5, 0 / 0, 3LL } },
+        { "uint64_t (*)(int)", { -1, 2 ^ 63, 5ULL } },
+        { "bool (*)(int)", { 0, 2, true, false } },
+        { "float (*)(int)", { 1e300, 0.1, 7LL } },
+        { "lja_test_color_t (*)(int)", { "LJA_TEST_GREEN", 0 } },
+    }
+    for _, case in ipairs(cases) do
+        local ctype, values = case[1], case[2]
+        local cb = CallbackFactory(ctype, COLOR_CDEF)(function(values)
+            return function(i) return values[i] end
+        end, { setup = true, args = { values } })
+        local plain_cb = ffi.cast(ctype, function(i) return values[i] end)
+        for i = 1, #values do
+            local want, got = plain(plain_cb(i)), plain(cb:funcptr()(i))
+            lu.assertTrue(want == got or want ~= want and got ~= got,
+                ("%s from %s: %s, not %s"):format(ctype, tostring(values[i]), tostring(got), tostring(want)))
+        end
+        lu.assertNil(cb:last_error())
+        plain_cb:free()
+        cb:free()
     end
 end
 
