@@ -103,20 +103,6 @@ function TestCallback:test_source_and_bytecode()
     lu.assertEquals(b:funcptr()(3, 4), -1)
 end
 
-function TestCallback:test_factory_errors()
-    lu.assertErrorMsgContains("must be a string", CallbackFactory, ffi.typeof("void(*)(int)"))
-    lu.assertErrorMsgContains("not a function pointer", CallbackFactory, "int")
-    lu.assertErrorMsgContains("bad callback type", CallbackFactory, "no_such_type(*)(int)")
-    lu.assertErrorMsgContains("variadic", CallbackFactory, "int(*)(int, ...)")
-    lu.assertErrorMsgContains("by value", CallbackFactory, "int(*)(struct { int a; })")
-    local up = 1
-    local T = CallbackFactory("void(*)(void)")
-    lu.assertErrorMsgContains("upvalue 'up'", T, function() return up end)
-    lu.assertErrorMsgContains("states must be", T, function() end, { states = 0 })
-    lu.assertErrorMsgContains("setup function returned number",
-        T, function() return 1 end, { setup = true })
-end
-
 function TestCallback:test_cdef_typedefs()
     local T = CallbackFactory("lja_test_len_t (*)(const lja_test_pair *)",
         "typedef struct { int a, b; } lja_test_pair; typedef size_t lja_test_len_t;")
