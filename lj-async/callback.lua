@@ -33,9 +33,12 @@ local FREE_GRACE = 10
 
 local CT_NUM, CT_STRUCT, CT_PTR, CT_ARRAY, CT_VOID, CT_ENUM, CT_FUNC, CT_TYPEDEF, CT_ATTRIB =
     0, 1, 2, 3, 4, 5, 6, 7, 8
-local CTF_BOOL, CTF_FP, CTF_UNSIGNED, CTF_VARARG, CTF_VECTOR, CTF_COMPLEX =
-    0x08000000, 0x04000000, 0x00800000, 0x00800000, 0x08000000, 0x04000000
+local CTF_BOOL, CTF_FP, CTF_UNSIGNED, CTF_VARARG, CTF_VECTOR, CTF_COMPLEX, CTF_REF =
+    0x08000000, 0x04000000, 0x00800000, 0x00800000, 0x08000000, 0x04000000, 0x00800000
 local INT_LETTERS = { [1] = "b", [2] = "h", [4] = "i", [8] = "q" }
+-- LuaJIT's callbacks take at most 16 arguments (its callback_checkfunc:
+-- the arguments must fit in LUA_MINSTACK).
+local MAX_ARGS = 16
 
 local function resolve(cid)
     while true do
@@ -65,15 +68,21 @@ local function letter(cid, what)
         .. "passed by value; callbacks take and return only scalars and pointers", 0)
 end
 
-local function signature(ct)
+local function signature(ct, name)
     local ti, kind = resolve(tonumber(ct))
     local fti, fkind
     if kind == CT_PTR then fti, fkind = resolve(band(ti.info, 0xffff)) end
     if fkind ~= CT_FUNC then
-        error("lj-async: '" .. tostring(ct) .. "' is not a function pointer type", 0)
+        error("lj-async: '" .. name .. "' is not a function pointer type", 0)
     end
     if band(fti.info, CTF_VARARG) ~= 0 then
         error("lj-async: variadic callbacks are not supported", 0)
+    end
+    local rti, rkind = resolve(band(fti.info, 0xffff))
+    if rkind == CT_PTR and band(rti.info, CTF_REF) ~= 0 then
+        -- the result is converted in a box of the return type (M.boot),
+        -- and C has no arrays of references
+        error("lj-async: a callback cannot return a reference; return a pointer", 0)
     end
     local sig = { letter(band(fti.info, 0xffff), "return type") }
     local arg = fti.sib
@@ -82,6 +91,10 @@ local function signature(ct)
         sig[#sig + 1] = letter(band(f.info, 0xffff), "argument #" .. #sig)
         arg = f.sib
     end
+    if #sig - 1 > MAX_ARGS then
+        error(("lj-async: '%s' has %d arguments; LuaJIT's callbacks take at most %d")
+            :format(name, #sig - 1, MAX_ARGS), 0)
+    end
     return table.concat(sig)
 end
 
@@ -89,11 +102,31 @@ end
 -- Inside a callback's state.
 
 local gate_of_state   -- the gate this state reports errors to
+local stderr = io.stderr
 
+-- Runs outside any protection, so it must not raise (a closed io.stderr).
 local function report(msg)
-    msg = tostring(msg)
-    io.stderr:write("lj-async.callback: error in callback: ", msg, "\n")
     C.lja_gate_set_error(gate_of_state, msg, #msg)
+    pcall(stderr.write, stderr, "lj-async.callback: error in callback: ", msg, "\n")
+end
+
+-- The C types that a number or boolean result is converted to, by letter.
+local SCALAR_TYPES = { b = "int8_t", B = "uint8_t", h = "int16_t", H = "uint16_t", i = "int32_t",
+    I = "uint32_t", q = "int64_t", Q = "uint64_t", f = "float", d = "double" }
+
+-- The return type of ct, for the box that converts results.  ffi.typeinfo
+-- knows it only by id, so one call of a throwaway callback of ct (zero
+-- arguments, zero result) gives a value of it: a cdata for pointers, enums
+-- and 64-bit integers, else a boolean (bool) or a number (by its letter).
+local function return_type(ct, sig)
+    local pointer = sig:sub(1, 1) == "p"
+    local probe = ffi.cast(ct, function() if not pointer then return 0 end end)
+    local args = {}
+    for i = 2, #sig do args[i - 1] = sig:sub(i, i) ~= "p" and 0 or nil end
+    local v = probe(unpack(args, 1, #sig - 1))
+    probe:free()
+    if type(v) == "cdata" then return ffi.typeof(v) end
+    return ffi.typeof(type(v) == "boolean" and "bool" or SCALAR_TYPES[sig:sub(1, 1)])
 end
 
 local M = {}
@@ -106,7 +139,10 @@ function M.boot(out, gate, ctype, cdef, code, setup, args)
     local setup_args = setup == "1" and transfer.pack(select(2, transfer.decode_transient(args)))
     out = ffi.cast("void **", vm.pointer_from_arg(out))
     gate_of_state = ffi.cast("lja_gate *", vm.pointer_from_arg(gate))
-    if cdef ~= "" then ffi.cdef(cdef) end
+    if cdef ~= "" then
+        local ok, err = pcall(ffi.cdef, cdef)
+        if not ok then error("bad cdef: " .. err, 0) end
+    end
     local ct = ffi.typeof(ctype)
     local fn = assert(load(code, "=(callback)"))
     if setup_args then
@@ -115,11 +151,28 @@ function M.boot(out, gate, ctype, cdef, code, setup, args)
             error("the setup function returned " .. type(fn) .. ", not a function", 0)
         end
     end
-    local sig = signature(ct)
+    local sig = signature(ct, ctype)
+    -- LuaJIT converts the result to the C return type after the wrapper has
+    -- returned, outside any protection: an error there is fatal.  So the
+    -- wrapper converts it first, under pcall, into a box of that type, and
+    -- returns the box's value, which the second conversion always takes.
+    local convert = function() end   -- void: the results are dropped
+    if sig:sub(1, 1) ~= "v" then
+        local box = ffi.new(ffi.typeof("$[1]", return_type(ct, sig)))
+        convert = function(v)
+            box[0] = v
+            return box[0]
+        end
+    end
     local zero = (sig:sub(1, 1) ~= "v" and sig:sub(1, 1) ~= "p") and 0 or nil
-    local function finish(ok, ...)
-        if ok then return ... end
-        report(...)
+    local info = debug.getinfo(fn, "S")
+    local where = info.linedefined > 0 and info.short_src .. ":" .. info.linedefined or info.short_src
+    local function fail(msg, returned)
+        if returned then
+            msg = ("lj-async: the callback (%s) returned a value that its C return type "
+                .. "cannot take: %s"):format(where, (msg:gsub("^.-:%d+: ", "", 1)))
+        end
+        report(msg)
         return zero
     end
     -- A wrapper of the signature's arity: fixed parameters compile better
@@ -127,10 +180,16 @@ function M.boot(out, gate, ctype, cdef, code, setup, args)
     local params = {}
     for i = 1, #sig - 1 do params[i] = "a" .. i end
     params = table.concat(params, ", ")
-    local wrapper = assert(load(("local finish, xpcall, fn, traceback = ... "
-        .. "return function(%s) return finish(xpcall(fn, traceback%s)) end")
-        :format(params, params == "" and "" or ", " .. params), "=(callback wrapper)"))
-    local cb = ffi.cast(ct, wrapper(finish, xpcall, fn, transfer.traceback))
+    local wrapper = assert(load(([[
+local xpcall, pcall, fn, traceback, convert, fail = ...
+return function(%s)
+    local ok, r = xpcall(fn, traceback%s)
+    if not ok then return fail(r) end
+    ok, r = pcall(convert, r)
+    if ok then return r end
+    return fail(r, true)
+end]]):format(params, params == "" and "" or ", " .. params), "=(callback wrapper)"))
+    local cb = ffi.cast(ct, wrapper(xpcall, pcall, fn, transfer.traceback, convert, fail))
     M.anchor = cb
     out[0] = ffi.cast("void *", cb)
 end
@@ -232,15 +291,19 @@ end
 
 local Factory = {}
 Factory.__index = Factory
-Factory.__call = function(factory, fn, opts) return new_callback(factory, fn, opts, 3) end
+Factory.__call = function(factory, fn, opts)
+    local cb = new_callback(factory, fn, opts, 3)   -- not a tail call: level 3 is the caller
+    return cb
+end
 
+-- The ctype, running cdef here too if this state does not know it yet.
 local function resolve_ctype(ctype, cdef)
     local ok, ct = pcall(ffi.typeof, ctype)
-    if not ok and cdef ~= "" then
-        pcall(ffi.cdef, cdef)
-        ok, ct = pcall(ffi.typeof, ctype)
-    end
-    return ok and ct or nil, ct
+    if ok or cdef == "" then return ok and ct or nil, ct end
+    local cdef_ok, cdef_err = pcall(ffi.cdef, cdef)
+    ok, ct = pcall(ffi.typeof, ctype)
+    if ok then return ct end
+    return nil, cdef_ok and ct or "bad cdef: " .. cdef_err
 end
 
 return setmetatable(M, {
@@ -254,7 +317,7 @@ return setmetatable(M, {
         end
         local ct, err = resolve_ctype(ctype, cdef or "")
         if not ct then error("lj-async: bad callback type '" .. ctype .. "': " .. tostring(err), 2) end
-        local ok, sig = pcall(signature, ct)
+        local ok, sig = pcall(signature, ct, ctype)
         if not ok then error(sig, 2) end
         return setmetatable({ ctype = ctype, cdef = cdef or "", ct = ct, sig = sig }, Factory)
     end,

@@ -186,43 +186,51 @@ function TestForeign:test_glib_thread_pool()
     cb:free()
 end
 
-function TestForeign:test_libmicrohttpd_thread_per_connection()
-    local mhd = assert(H.load_lib("microhttpd", "libmicrohttpd.so.12"), "libmicrohttpd is not installed")
-    ffi.cdef [[
-    struct MHD_Daemon; struct MHD_Connection; struct MHD_Response;
-    struct MHD_Daemon *MHD_start_daemon(unsigned int flags, uint16_t port, void *apc, void *apc_cls,
-                                        void *dh, void *dh_cls, ...);
-    void MHD_stop_daemon(struct MHD_Daemon *daemon);
-    ]]
-    local handler_t = "int (*)(void *, struct MHD_Connection *, const char *, const char *, const char *, const char *, size_t *, void **)"
-    local cdef = [[
+-- An MHD_AccessHandlerCallback: answers "hello <url>" and counts the call,
+-- except that for /<bad> it returns `bad_result` instead of MHD's status.
+local function mhd_handler(bad, bad_result)
+    local T = CallbackFactory("int (*)(void *, struct MHD_Connection *, const char *, const char *, "
+        .. "const char *, const char *, size_t *, void **)", [[
     struct MHD_Connection; struct MHD_Response;
     struct MHD_Response *MHD_create_response_from_buffer(size_t size, void *buffer, int mode);
     int MHD_queue_response(struct MHD_Connection *connection, unsigned int status, struct MHD_Response *response);
     void MHD_destroy_response(struct MHD_Response *response);
     int64_t lja_atomic_add(int64_t *p, int64_t d);
-    ]]
-    local N = 100
+    ]])
     local counter = ffi.new("int64_t[1]")
-    local T = CallbackFactory(handler_t, cdef)
-    local cb = T(function(counter)
+    local cb = T(function(counter, bad, bad_result)
         local ffi = require "ffi"
         local mhd = ffi.load("microhttpd")
         local S = require("lj-async.shim").C
         counter = ffi.cast("int64_t *", counter)
         return function(cls, conn, url, method)
-            local body = "hello " .. ffi.string(url) .. "\n"
+            url = ffi.string(url)
+            if url == "/" .. tostring(bad) then return bad_result end
+            local body = "hello " .. url .. "\n"
             local resp = mhd.MHD_create_response_from_buffer(#body, ffi.cast("void *", body), 2)
             local rc = mhd.MHD_queue_response(conn, 200, resp)
             mhd.MHD_destroy_response(resp)
             S.lja_atomic_add(counter, 1)
             return rc
         end
-    end, { setup = true, args = { ffi.cast("void *", counter) }, states = 4 })
+    end, { setup = true, args = { ffi.cast("void *", counter), bad, bad_result }, states = 4 })
+    return cb, counter
+end
+
+-- Serves requests /0 .. /n-1 with the handler on libmicrohttpd's threads
+-- (one per connection); the set of the requests that were answered.
+local function mhd_serve(handler, n)
+    local mhd = assert(H.load_lib("microhttpd", "libmicrohttpd.so.12"), "libmicrohttpd is not installed")
+    pcall(ffi.cdef, [[
+    struct MHD_Daemon; struct MHD_Connection; struct MHD_Response;
+    struct MHD_Daemon *MHD_start_daemon(unsigned int flags, uint16_t port, void *apc, void *apc_cls,
+                                        void *dh, void *dh_cls, ...);
+    void MHD_stop_daemon(struct MHD_Daemon *daemon);
+    ]])
     local daemon, port
     for _ = 1, 20 do
         port = math.random(20000, 60000)
-        daemon = mhd.MHD_start_daemon(4 + 8, port, nil, nil, ffi.cast("void *", cb:funcptr()), nil,
+        daemon = mhd.MHD_start_daemon(4 + 8, port, nil, nil, ffi.cast("void *", handler:funcptr()), nil,
             ffi.new("int", 0))  -- THREAD_PER_CONNECTION | INTERNAL_POLLING_THREAD, OPTION_END
         if daemon ~= nil then break end
     end
@@ -230,16 +238,39 @@ function TestForeign:test_libmicrohttpd_thread_per_connection()
     -- this state keeps running JIT code while the connections are answered
     local text
     if H.can_fork then
-        text = curl_in_parallel(port, N)
+        text = curl_in_parallel(port, n)
     else
-        text = get_from_threads(port, N)
+        text = get_from_threads(port, n)
     end
     mhd.MHD_stop_daemon(daemon)
     local seen = {}
     for i in text:gmatch("hello /(%d+)\n") do seen[tonumber(i)] = true end
+    return seen
+end
+
+function TestForeign:test_libmicrohttpd_thread_per_connection()
+    local N = 100
+    local cb, counter = mhd_handler()
+    local seen = mhd_serve(cb, N)
     for i = 0, N - 1 do lu.assertTrue(seen[i], "no answer for request " .. i) end
     lu.assertEquals(tonumber(S.lja_atomic_load(counter)), N)
     cb:free()
+end
+
+function TestForeign:test_libmicrohttpd_bad_result()
+    -- The handler of /3 returns what its int cannot take, on libmicrohttpd's
+    -- thread: MHD gets 0 (MHD_NO: it drops that connection) and the others
+    -- are answered.
+    local N = 20
+    for _, case in ipairs({ { "200" }, { {} }, {} }) do   -- a string, a table, no value
+        local bad_result = case[1]
+        local cb, counter = mhd_handler(3, bad_result)
+        local seen = mhd_serve(cb, N)
+        for i = 0, N - 1 do lu.assertEquals(seen[i], i ~= 3 or nil, "request " .. i) end
+        lu.assertEquals(tonumber(S.lja_atomic_load(counter)), N - 1)
+        lu.assertStrContains(cb:last_error() or "nil", "cannot convert '" .. type(bad_result) .. "' to 'int'")
+        cb:free()
+    end
 end
 
 os.exit(lu.LuaUnit.run())
