@@ -102,6 +102,7 @@ typedef struct lja_lua_api {
     int (*error)(void *L);
     ptrdiff_t (*tointeger)(void *L, int idx);
     int registry_index;
+    int (*getinfo)(void *L, const char *what, void *ar);
 } lja_lua_api;
 
 LJA_API void lja_lua_bind(const lja_lua_api *api);

@@ -158,4 +158,58 @@ function TestState:test_interrupt()
     lu.assertEquals(st:call(false), "served")   -- and the state goes on
 end
 
+-- A call blocked in ch:recv() inside the state, interrupted again and again
+-- while messages arrive: each message is returned by exactly one call or
+-- stays queued, and the objects the messages carry are all freed.
+function TestState:test_interrupt_never_loses_a_received_message()
+    local N = 200
+    local sync = require "lj-async.sync"
+    local ch = channel.new()
+    local st = state.new(function(ch)
+        jit.off()   -- hooks reach interpreted code (see README)
+        return function() return ch:recv(0.05) end
+    end, ch)
+    local caller = Thread.new(function(st)
+        local H = require "tests.helpers"
+        local seqs = {}
+        local deadline = H.now() + 60
+        while H.now() < deadline do
+            local ok, seq, obj = pcall(st.call, st)
+            if not ok then
+                assert(seq:find("interrupted"), seq)
+            elseif seq ~= nil then
+                seqs[#seqs + 1] = seq
+            elseif obj == "closed" then
+                break
+            end
+        end
+        collectgarbage()
+        return seqs
+    end, st)
+    local sent, hits = {}, 0
+    for i = 1, N do
+        local s = sync.semaphore()
+        sent[i] = s:id()
+        ch:send(i, s)
+        -- interrupt the call blocked in recv, just as the message comes
+        for _ = 1, 3 do
+            if st:interrupt() then hits = hits + 1 end
+            Thread.sleep(0.0003)
+        end
+    end
+    ch:close()   -- the caller stops once it has drained the channel
+    local ok, seqs = caller:join(90)
+    lu.assertTrue(ok, seqs)
+    lu.assertTrue(hits > N, "too few interrupts reached a call: " .. hits)
+    local seen = {}
+    for _, seq in ipairs(seqs) do
+        lu.assertNil(seen[seq], "message " .. seq .. " received twice")
+        seen[seq] = true
+    end
+    lu.assertEquals(#seqs, N)   -- nothing lost between recv and decode
+    st:close()
+    collectgarbage()
+    for i = 1, N do lu.assertTrue(H.eventually_gone(sent[i]), "object of message " .. i .. " leaked") end
+end
+
 os.exit(lu.LuaUnit.run())
