@@ -150,7 +150,9 @@ function Pool.compile(src, name)
 end
 
 function Pool.get(id)
-    return object.get(wrap, C.LJA_KIND_POOL, "pool", id, 2)
+    local p, err = object.find(wrap, C.LJA_KIND_POOL, "pool", id)
+    if p == nil then error(err, 2) end
+    return p
 end
 
 local job_out = ffi.new("lja_job *[1]")
