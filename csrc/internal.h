@@ -26,7 +26,8 @@ int lja_cond_wait_timeout(pthread_cond_t *c, pthread_mutex_t *m, double timeout,
                           struct timespec *deadline, int *have_deadline);
 
 /* lua.c: make the code running in L raise "interrupted" at its next hook
- * check, and undo that (both with the bound Lua C API). */
+ * check outside lj-async's own functions, and undo that (both with the
+ * bound Lua C API). */
 void lja_lua_interrupt(void *L);
 void lja_lua_clear_hook(void *L);
 

@@ -112,6 +112,7 @@ typedef struct lja_lua_api {
     int (*error)(void *L);
     ptrdiff_t (*tointeger)(void *L, int idx);
     int registry_index;
+    int (*getinfo)(void *L, const char *what, void *ar);
 } lja_lua_api;
 
 LJA_API void lja_lua_bind(const lja_lua_api *api);
@@ -209,9 +210,10 @@ LJA_API void lja_msg_free(lja_msg *msg);
  * The shim keeps a state's lua_State and who is inside it.  enter returns
  * LJA_OK (the caller is now inside), LJA_EBUSY (timeout 0 and someone is
  * inside), LJA_ETIMEDOUT or LJA_ECLOSED.  close waits (up to timeout) for
- * the one inside, then hands back the lua_State for the caller to close
- * (NULL if already closed or the wait timed out).  interrupt makes the code
- * running inside raise "interrupted" at its next hook check.
+ * the one inside, frees the state's name and hands back the lua_State for
+ * the caller to close (NULL if already closed or the wait timed out).
+ * interrupt makes the code running inside raise "interrupted" at its next
+ * hook check outside lj-async's own functions.
  */
 typedef struct lja_state lja_state;
 

@@ -100,8 +100,38 @@ void lja_lua_close(void *L)
 /* Lua 5.1's LUA_MASKCOUNT: the hook runs every `count` VM instructions. */
 #define LUA_MASKCOUNT (1 << 3)
 
+/* The head of Lua 5.1's lua_Debug (LuaJIT keeps it), up to the field read
+ * here; the hook's own record is filled in place. */
+struct lua_debug_head {
+    int event;
+    const char *name, *namewhat, *what, *source;
+};
+
+/* Whether the function running in L at a hook is lj-async's own code: a
+ * chunk lj-async named ("=lj-async...") or a file in a directory named
+ * lj-async.  Interrupts are not raised there but at the next instruction
+ * of the user's code: a message that lj-async received is then decoded and
+ * in the user's hands, never lost in between (README: lj-async.state). */
+static int in_lj_async(void *L, void *ar)
+{
+    static const char dir[] = "lj-async/";
+    if (!api.getinfo(L, "S", ar))
+        return 0;
+    const char *src = ((struct lua_debug_head *)ar)->source;
+    if (!src)
+        return 0;
+    if (strncmp(src, "=lj-async", 9) == 0)
+        return 1;
+    const char *slash = strrchr(src, '/');
+    size_t n = sizeof dir - 1;
+    return src[0] == '@' && slash && (size_t)(slash + 1 - src) > n &&
+           strncmp(slash + 1 - n, dir, n) == 0 && (slash - n == src || slash[-(ptrdiff_t)n] == '/');
+}
+
 static void interrupt_hook(void *L, void *ar)
 {
+    if (in_lj_async(L, ar))
+        return;   /* stays set: the next instruction checks again */
     api.sethook(L, NULL, 0, 0);
     api.pushlstring(L, "interrupted", 11);
     api.error(L);

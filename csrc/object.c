@@ -43,6 +43,7 @@ int lja_object_init(lja_object *o, int kind, void (*destroy)(void *obj))
     o->kind = kind;
     o->destroy = destroy;
     o->name = NULL;
+    o->name_dropped = 0;
     atomic_init(&o->refs, 1);
     int rc = LJA_OK;
     pthread_mutex_lock(&registry_lock);
@@ -116,6 +117,12 @@ void lja_object_release(void *obj)
     o->destroy(o);
 }
 
+/* Called with registry_lock held. */
+static int has_name(const lja_object *o, const char *name)
+{
+    return o->name && !o->name_dropped && strcmp(o->name, name) == 0;
+}
+
 int lja_object_set_name(void *obj, const char *name)
 {
     lja_object *o = obj;
@@ -126,13 +133,14 @@ int lja_object_set_name(void *obj, const char *name)
     pthread_mutex_lock(&registry_lock);
     for (size_t i = 0; i < nbuckets && rc == LJA_OK; i++)
         for (lja_object *x = buckets[i]; x; x = x->next)
-            if (x->name && strcmp(x->name, name) == 0 && atomic_load(&x->refs) > 0) {
+            if (has_name(x, name) && atomic_load(&x->refs) > 0) {
                 rc = LJA_EBUSY;
                 break;
             }
     if (rc == LJA_OK) {
         free(o->name);
         o->name = copy;
+        o->name_dropped = 0;
         copy = NULL;
     }
     pthread_mutex_unlock(&registry_lock);
@@ -142,10 +150,18 @@ int lja_object_set_name(void *obj, const char *name)
 
 const char *lja_object_name(void *obj)
 {
+    lja_object *o = obj;
     pthread_mutex_lock(&registry_lock);
-    const char *name = ((lja_object *)obj)->name;
+    const char *name = o->name_dropped ? NULL : o->name;
     pthread_mutex_unlock(&registry_lock);
     return name;
+}
+
+void lja_object_drop_name(lja_object *o)
+{
+    pthread_mutex_lock(&registry_lock);
+    o->name_dropped = 1;
+    pthread_mutex_unlock(&registry_lock);
 }
 
 void *lja_object_find(const char *name, int kind)
@@ -154,7 +170,7 @@ void *lja_object_find(const char *name, int kind)
     pthread_mutex_lock(&registry_lock);
     for (size_t i = 0; i < nbuckets && !found; i++)
         for (lja_object *x = buckets[i]; x && !found; x = x->next)
-            if (x->name && strcmp(x->name, name) == 0)
+            if (has_name(x, name))
                 found = acquire(x, kind);
     pthread_mutex_unlock(&registry_lock);
     return found;

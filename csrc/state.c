@@ -96,6 +96,7 @@ void *lja_state_close(lja_state *st, double timeout)
     void *L = st->L;
     st->L = NULL;
     st->inside = 0;
+    lja_object_drop_name(&st->hdr);   /* free at once for a new state (README) */
     pthread_cond_broadcast(&st->left);
     pthread_mutex_unlock(&st->lock);
     return L;

@@ -240,7 +240,7 @@ void lja_semaphore_post(lja_semaphore *s, int64_t n)
     if (n <= 0)
         return;
     pthread_mutex_lock(&s->lock);
-    s->count += n;
+    s->count = n > INT64_MAX - s->count ? INT64_MAX : s->count + n;   /* saturates */
     if (n == 1)
         pthread_cond_signal(&s->posted);
     else

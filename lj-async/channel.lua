@@ -38,10 +38,12 @@ local wrap = object.define("channel", "lj-async.channel", C.LJA_KIND_CHANNEL, "s
 local objs_array, forget_exported = transfer.objs_array, transfer.forget_exported
 
 -- Encode and send; returns the shim's code.  The message's object
--- references go with it, sent or not.
+-- references go with it, sent or not.  Raises at `level` (counted from the
+-- public method) on a value that cannot cross.
 local function send(ch, timeout, level, n, v, ...)
     if n == 0 or v == nil then error("lj-async: a message's first value must not be nil", level + 1) end
-    local p, len = encode(n, v, ...)   -- raises on what cannot cross (no position)
+    local ok, p, len = pcall(encode, n, v, ...)
+    if not ok then error(p, level + 1) end
     local objs, nobjs = objs_array()
     if nobjs > 0 then forget_exported() end   -- the message holds them now
     return send_c(ch, p, len, objs, nobjs, timeout)
@@ -94,9 +96,13 @@ end
 
 Channel.id = object.id
 
+local MAX_CAPACITY = 2 ^ 53
+
 function M.new(capacity)
-    if capacity ~= nil and (type(capacity) ~= "number" or capacity < 1 or capacity % 1 ~= 0) then
-        error("lj-async: a channel's capacity is a positive integer, or nil for unbounded", 2)
+    if capacity ~= nil and not (type(capacity) == "number" and capacity >= 1 and capacity <= MAX_CAPACITY
+            and capacity % 1 == 0) then
+        error("lj-async: channel.new: the capacity must be an integer from 1 to 2^53 (nil: unbounded), got "
+            .. (type(capacity) == "number" and tostring(capacity) or type(capacity)), 2)
     end
     local ch = wrap(C.lja_channel_new(capacity or 0))
     if ch == nil then error("lj-async: cannot make a channel (out of memory)", 2) end
@@ -104,7 +110,9 @@ function M.new(capacity)
 end
 
 function M.get(id)
-    return object.get(wrap, C.LJA_KIND_CHANNEL, "channel", id, 2)
+    local ch, err = object.find(wrap, C.LJA_KIND_CHANNEL, "channel", id)
+    if ch == nil then error(err, 2) end
+    return ch
 end
 
 local index_out = ffi.new("int[1]")

@@ -69,13 +69,19 @@ function M.define(name, module, kind, struct_name, methods, mt)
     return wrap, ct
 end
 
--- A handle of the given kind for an id, or raises a clear error.
-function M.get(wrap, kind, name, id, level)
+local MAX_ID = 2 ^ 53   -- ids count from 1; beyond this a double is not exact
+
+-- A handle of the given kind for an id, or nil, err (the public get
+-- raises err at its caller's level).
+function M.find(wrap, kind, name, id)
     if type(id) ~= "number" then
-        error(("lj-async: %s id must be a number, got %s"):format(name, type(id)), level + 1)
+        return nil, ("lj-async: a %s id must be a number, got %s"):format(name, type(id))
+    end
+    if not (id >= 1 and id <= MAX_ID and id % 1 == 0) then
+        return nil, ("lj-async: a %s id must be an integer from 1 to 2^53, got %s"):format(name, tostring(id))
     end
     local h = wrap(C.lja_object_get(id, kind))
-    if h == nil then error(("lj-async: no %s with id %s"):format(name, tostring(id)), level + 1) end
+    if h == nil then return nil, ("lj-async: no %s with id %d"):format(name, id) end
     return h
 end
 

@@ -72,18 +72,20 @@ local function poll()
 end
 
 local cache, ncache = {}, 0   -- code -> its main function, per worker
+local reset = require "lj-async.reset"
+local keep_env = reset.keep_env   -- a job's setfenv(1, t) lasts one run
 
 local function job_function(code)
     local f = cache[code]
     if f then return f end
     if code:sub(1, #HEADER) == HEADER then
-        f = assert(load(code:sub(#HEADER + 1)))
+        f = keep_env(assert(load(code:sub(#HEADER + 1))))
     elseif code:sub(1, 3) == "\27LJ" then
-        local g = assert(load(code))
+        local g = keep_env(assert(load(code)))
         jit.off(g, true)   -- not compiled: the cancel hook reaches it
         f = function() return g() end
     else
-        f = assert(load(safepoint.instrument(code), "=(job)"))
+        f = keep_env(assert(load(safepoint.instrument(code), "=(job)")))
     end
     if ncache >= 256 then cache, ncache = {}, 0 end
     cache[code], ncache = f, ncache + 1
@@ -117,7 +119,7 @@ end
 
 local registry = debug.getregistry()
 registry["lj-async.pool.run"] = run
-registry["lj-async.pool.reset"] = require("lj-async.reset").snapshot()
+registry["lj-async.pool.reset"] = reset.snapshot()
 ]==], "lj-async.pool runtime")
 
 local Pool = {}
@@ -149,7 +151,9 @@ function Pool.compile(src, name)
 end
 
 function Pool.get(id)
-    return object.get(wrap, C.LJA_KIND_POOL, "pool", id, 2)
+    local p, err = object.find(wrap, C.LJA_KIND_POOL, "pool", id)
+    if p == nil then error(err, 2) end
+    return p
 end
 
 local job_out = ffi.new("lja_job *[1]")

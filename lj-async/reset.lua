@@ -4,18 +4,32 @@
 -- snapshot() records _G, every table it holds (the libraries), the package
 -- tables and the string metatable, and returns restore(); restore() puts
 -- each recorded table back in place (identity is kept, so the string
--- methods and package's loaders still see the tables they hold) and returns
+-- methods and package's loaders still see the tables they hold), and the
+-- environments and type-wide metatables a run replaced, and returns
 -- whether the state is fit to reuse: a run that loaded the FFI or a C module
 -- changed what no restore can undo (ffi.cdef, registry entries).  If the
 -- FFI was loaded before the snapshot, a run that declares C types
 -- (ffi.cdef, ffi.metatype) or loads a library with it makes the state
 -- unfit the same way.
 local type, next, rawget, rawset, pairs, ipairs, pcall = type, next, rawget, rawset, pairs, ipairs, pcall
-local getmetatable, setmetatable = getmetatable, setmetatable
+local getmetatable, setmetatable, getfenv, setfenv = getmetatable, setmetatable, getfenv, setfenv
 local debug_getmetatable, debug_setmetatable, sethook = debug.getmetatable, debug.setmetatable, debug.sethook
+-- getfenv of a C function gives the globals: the debug functions see its own.
+local debug_getfenv, debug_setfenv = debug.getfenv, debug.setfenv
 local io_set_input, io_set_output, collectgarbage = io.input, io.output, collectgarbage
 
 local M = {}
+
+-- Functions a runtime keeps from one run to the next (the pool's loaded
+-- jobs), with the environment each had when kept.
+local kept = setmetatable({}, { __mode = "k" })
+
+-- Keeps f's current environment: every restore after a run that changed
+-- it puts it back.  Returns f.
+function M.keep_env(f)
+    kept[f] = debug_getfenv(f)
+    return f
+end
 
 local function copy(t)
     local c = {}
@@ -67,6 +81,8 @@ function M.snapshot()
     watch(io, "output", mark_touched)
     watch(debug, "sethook", mark_touched)
     watch(debug, "setmetatable", mark_touched)
+    watch(G, "setfenv", mark_touched)
+    watch(debug, "setfenv", mark_touched)
     watch(jit, "off", mark_touched)
     watch(G, "collectgarbage", mark_touched)
 
@@ -77,10 +93,19 @@ function M.snapshot()
     for _, t in ipairs { loaded, package.preload, package.loaders, getmetatable(""), ffi or nil } do
         tables[t] = copy(t)
     end
-    local metatables = {}
-    for t in pairs(tables) do metatables[t] = getmetatable(t) or false end
-    -- Values whose type-wide metatable a run could set with debug.setmetatable.
-    local typed = { 0, false, print, coroutine.create(print) }
+    local metatables, envs = {}, {}
+    for t, saved in pairs(tables) do
+        metatables[t] = getmetatable(t) or false
+        for _, v in next, saved do
+            if type(v) == "function" then envs[v] = debug_getfenv(v) end
+        end
+    end
+    local thread_env = getfenv(0)
+    -- Values whose type-wide metatable a run could set with debug.setmetatable,
+    -- and that metatable now (the string methods; the FFI's, when loaded).
+    local typed = { "", 0, false, print, coroutine.create(print), ffi and ffi.new("char") }
+    local typed_mt = {}
+    for i = 1, #typed do typed_mt[i] = debug_getmetatable(typed[i]) or false end
 
     local io_input, io_output = io_set_input(), io_set_output()
     local jit_on = jit and jit.status()
@@ -103,12 +128,21 @@ function M.snapshot()
             sethook()
             -- Only where changed: setting a type's metatable flushes all traces.
             for i = 1, #typed do
-                if debug_getmetatable(typed[i]) ~= nil then debug_setmetatable(typed[i], nil) end
+                local mt = typed_mt[i] or nil
+                if debug_getmetatable(typed[i]) ~= mt then debug_setmetatable(typed[i], mt) end
             end
             if debug_getmetatable(nil) ~= nil then debug_setmetatable(nil, nil) end
             io_set_input(io_input)
             io_set_output(io_output)
             if jit_on and not jit.status() then jit.on() end
+            -- setfenv(0, t) changes the globals of all code loaded after it.
+            if getfenv(0) ~= thread_env then setfenv(0, thread_env) end
+            for f, env in next, envs do
+                if debug_getfenv(f) ~= env then debug_setfenv(f, env) end
+            end
+            for f, env in next, kept do
+                if debug_getfenv(f) ~= env then debug_setfenv(f, env) end
+            end
             collectgarbage("restart")
         end
         return reusable

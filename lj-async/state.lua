@@ -60,10 +60,9 @@ local function raise_or_return(ok, ...)
     error((...), 0)
 end
 
--- The call proper, inside the state (entered by the caller).
-local function call_inside(L, ...)
-    local ok, p, len = pcall(transfer.encode, select("#", ...), ...)
-    if not ok then error(p, 0) end
+-- Runs the handler on the message p, len inside the state (entered by the
+-- caller); returns the reply's values or raises the handler's error.
+local function call_inside(L, p, len)
     L_API.lua_getfield(L, LUA_REGISTRYINDEX, "lj-async.call")
     L_API.lua_pushlstring(L, p, len)
     if L_API.lua_pcall(L, 1, 1, 0) ~= 0 then
@@ -80,16 +79,23 @@ end
 
 local function leave_after(st, ok, ...)
     C.lja_state_leave(st)
-    if not ok then error((...), 0) end
+    if not ok then error((...), 0) end   -- the state's error, with its traceback
     return ...
 end
 
+-- Tail-called by State:call and State:call_wait, so level 2 is their
+-- caller.  The arguments are encoded before entering: what cannot cross
+-- raises without waiting for the state.
 local function call(st, timeout, ...)
+    local ok, p, len = pcall(transfer.encode, select("#", ...), ...)
+    if not ok then error(p, 2) end
     local rc = C.lja_state_enter(st, timeout)
-    if rc == LJA_EBUSY or rc == C.LJA_ETIMEDOUT then error("lj-async: state is busy", 3) end
-    if rc == LJA_ECLOSED then error("lj-async: state is closed", 3) end
+    if rc ~= LJA_OK then
+        transfer.drop_exported()   -- not sent: the message's references go
+        error(rc == LJA_ECLOSED and "lj-async: state is closed" or "lj-async: state is busy", 2)
+    end
     local L = ffi.cast("lua_State *", C.lja_state_lua(st))
-    return leave_after(st, pcall(call_inside, L, ...))
+    return leave_after(st, pcall(call_inside, L, p, len))
 end
 
 function State:call(...)
@@ -122,24 +128,32 @@ function State:interrupt()
     return rc == LJA_OK
 end
 
--- state.new([name,] setup, ...)
+-- state.new([name,] setup, ...).  A string first argument is the name when
+-- a setup (function or string) or nil follows it, or when it is no Lua
+-- source itself; a nil first argument followed by more is "no name".
 function M.new(...)
-    local setup = (...)
-    local name, first
     local nargs = select("#", ...)
-    if type(setup) == "string" and nargs >= 2 then
-        local second = select(2, ...)
-        if type(second) == "function" or type(second) == "string" or second == nil then
-            name, setup, first = setup, second, 3
+    local first, second = ...
+    local name, at = nil, 1   -- at: the setup's argument number
+    if nargs >= 2 and first == nil then
+        at = 2
+    elseif nargs >= 2 and type(first) == "string" then
+        local ts = type(second)
+        if ts == "function" or ts == "string" or second == nil or not pcall(transfer.code_of, first, 1) then
+            name, at = first, 2
         end
     end
-    if name ~= nil and type(name) ~= "string" then error("lj-async: a state's name must be a string", 2) end
-    first = first or 2
-    if setup == nil and first == 3 then error("lj-async: state.new needs a setup function", 2) end
-    local code = transfer.code_of(setup, 2)
-    local ok, args = pcall(transfer.encode_string, math.max(nargs - first + 1, 0), select(first, ...))
+    local ok, code = pcall(transfer.code_of, (select(at, ...)), 1)
+    if not ok then
+        error(("lj-async: state.new: bad setup (argument %d%s): %s"):format(at,
+            name and ", after the name '" .. name .. "'" or "", (code:gsub("^lj%-async: ", ""))), 2)
+    end
+    local args
+    ok, args = pcall(transfer.encode_string, nargs - at, select(at + 1, ...))
     if not ok then error(args, 2) end
-    local L = vm.new(BOOT, code, args)
+    local L
+    ok, L = pcall(vm.new, BOOT, code, args)
+    if not ok then error(L, 2) end
     local st = wrap(C.lja_state_new(L))
     if st == nil then
         vm.close(L)
@@ -152,13 +166,20 @@ function M.new(...)
     return st
 end
 
+-- The state of an id or a name; a closed state's name is free (README).
 function M.get(id_or_name)
+    local st, err
     if type(id_or_name) == "string" then
-        local st = wrap(C.lja_object_find(id_or_name, C.LJA_KIND_STATE))
-        if st == nil then error("lj-async: no state named '" .. id_or_name .. "'", 2) end
-        return st
+        st = wrap(C.lja_object_find(id_or_name, C.LJA_KIND_STATE))
+        if st == nil then err = "lj-async: no state named '" .. id_or_name .. "'" end
+    else
+        st, err = object.find(wrap, C.LJA_KIND_STATE, "state", id_or_name)
     end
-    return object.get(wrap, C.LJA_KIND_STATE, "state", id_or_name, 2)
+    if st ~= nil and C.lja_state_lua(st) == nil then
+        st, err = nil, "lj-async: state " .. st:id() .. " is closed"
+    end
+    if st == nil then error(err, 2) end
+    return st
 end
 
 return M

@@ -32,9 +32,22 @@ int lja_atomic_cas(int64_t *p, int64_t expected, int64_t desired);
 local C = shim.C
 local LJA_OK = C.LJA_OK
 local timeout_arg = shim.timeout_arg
+local type, tostring, error, istype = type, tostring, error, ffi.istype
 
 local M = {}
 M._VERSION = shim.VERSION
+
+local MAX_COUNT = 2 ^ 53   -- semaphore counts: exact in a double
+
+-- A count argument from `min` to 2^53, else raises at the caller of the
+-- function that checks it.
+local function count_arg(n, min, what)
+    if not (type(n) == "number" and n >= min and n <= MAX_COUNT and n % 1 == 0) then
+        error(("lj-async: %s must be an integer from %d to 2^53, got %s"):format(what, min,
+            type(n) == "number" and tostring(n) or type(n)), 3)
+    end
+    return n
+end
 
 local function made(p, what)
     if p == nil then error("lj-async: cannot make a " .. what .. " (out of memory)", 3) end
@@ -97,20 +110,16 @@ function Semaphore:wait(timeout)
     return C.lja_semaphore_wait(self, timeout_arg(timeout, 2)) == LJA_OK
 end
 
+-- Adds n (default 1) to the count, which stops at 2^63 - 1.
 function Semaphore:post(n)
-    if n ~= nil and (type(n) ~= "number" or n < 1 or n % 1 ~= 0) then
-        error("lj-async: post takes a positive integer count", 2)
-    end
-    C.lja_semaphore_post(self, n or 1)
+    C.lja_semaphore_post(self, n == nil and 1 or count_arg(n, 1, "semaphore:post: the count"))
 end
 
 Semaphore.id = object.id
 
 function M.semaphore(n)
-    if n ~= nil and (type(n) ~= "number" or n < 0 or n % 1 ~= 0) then
-        error("lj-async: a semaphore starts at a non-negative integer count", 2)
-    end
-    return wrap_semaphore(made(C.lja_semaphore_new(n or 0), "semaphore"))
+    n = n == nil and 0 or count_arg(n, 0, "sync.semaphore: the initial count")
+    return wrap_semaphore(made(C.lja_semaphore_new(n), "semaphore"))
 end
 
 -- atomic ----------------------------------------------------------------------
@@ -121,28 +130,45 @@ end
 local Atomic = {}
 local wrap_atomic = object.define("atomic", "lj-async.sync", C.LJA_KIND_ATOMIC, "struct lja_atomic", Atomic)
 local cell = C.lja_atomic_cell
+local int64_ct, uint64_ct = ffi.typeof("int64_t"), ffi.typeof("uint64_t")
+local TWO63, INT64_MAX = 2 ^ 63, 0x7fffffffffffffffULL
+
+-- An int64 argument: an integral number or an int64/uint64 cdata within
+-- int64's range; else raises at the caller of the function that checks it
+-- (a double or a large uint64 would be truncated or wrapped silently).
+local function int64_arg(v, what)
+    if type(v) == "number" then
+        if v >= -TWO63 and v < TWO63 and v % 1 == 0 then return v end
+        error(("lj-async: %s must be an integer from -2^63 to 2^63-1, got %s"):format(what, tostring(v)), 3)
+    end
+    if istype(int64_ct, v) or (istype(uint64_ct, v) and v <= INT64_MAX) then return v end
+    error(("lj-async: %s must be an integer, got %s"):format(what,
+        istype(uint64_ct, v) and tostring(v) or type(v)), 3)
+end
 
 function Atomic:get()
     return C.lja_atomic_load(cell(self))
 end
 
 function Atomic:set(v)
-    C.lja_atomic_store(cell(self), v)
+    C.lja_atomic_store(cell(self), int64_arg(v, "atomic:set: the value"))
 end
 
 -- Adds d and returns the new value.
 function Atomic:add(d)
-    return C.lja_atomic_add(cell(self), d)
+    return C.lja_atomic_add(cell(self), int64_arg(d, "atomic:add: the increment"))
 end
 
 function Atomic:cas(old, new)
-    return C.lja_atomic_cas(cell(self), old, new) ~= 0
+    return C.lja_atomic_cas(cell(self), int64_arg(old, "atomic:cas: the expected value"),
+        int64_arg(new, "atomic:cas: the new value")) ~= 0
 end
 
 Atomic.id = object.id
 
 function M.atomic(v)
-    return wrap_atomic(made(C.lja_atomic_new(v or 0), "atomic"))
+    v = v == nil and 0 or int64_arg(v, "sync.atomic: the initial value")
+    return wrap_atomic(made(C.lja_atomic_new(v), "atomic"))
 end
 
 return M

@@ -26,6 +26,7 @@ void lua_close(lua_State *L);
 int lua_sethook(lua_State *L, void (*hook)(lua_State *L, void *ar), int mask, int count);
 int lua_error(lua_State *L);
 ptrdiff_t lua_tointeger(lua_State *L, int idx);
+int lua_getinfo(lua_State *L, const char *what, void *ar);
 
 typedef struct lja_lua_api {
     void *(*newstate)(void);
@@ -42,6 +43,7 @@ typedef struct lja_lua_api {
     int (*error)(void *L);
     ptrdiff_t (*tointeger)(void *L, int idx);
     int registry_index;
+    int (*getinfo)(void *L, const char *what, void *ar);
 } lja_lua_api;
 void lja_lua_bind(const lja_lua_api *api);
 void *lja_lua_new(const char *chunk, size_t len, int nargs, const char *const *args,
@@ -64,7 +66,7 @@ S.lja_lua_bind(ffi.new("lja_lua_api", {
     C.luaL_newstate, C.luaL_openlibs, C.luaL_loadbuffer, C.lua_pushlstring, C.lua_pcall,
     C.lua_tolstring, C.lua_getfield, C.lua_settop, C.lua_toboolean, C.lua_close,
     ffi.cast("int (*)(void *, void (*)(void *, void *), int, int)", C.lua_sethook), C.lua_error,
-    C.lua_tointeger, LUA_REGISTRYINDEX,
+    C.lua_tointeger, LUA_REGISTRYINDEX, C.lua_getinfo,
 }))
 
 local M = {}

@@ -103,6 +103,16 @@ function H.assert_memory_settles(lu, round, warmup, rounds, limit_mib, what)
     lu.assertTrue(grown < limit_mib, ("RSS grew %.1f MiB over %s"):format(grown, what))
 end
 
+-- Runs f, a function written on one line that makes one call, and returns
+-- the error it raised and the position that error must begin with, f's
+-- line ("tests/test_x.lua:12:"): lj-async's errors blame their caller.
+function H.raised_at(f)
+    local ok, err = pcall(f)
+    assert(not ok, "no error was raised")
+    local info = debug.getinfo(f, "S")
+    return tostring(err), info.short_src .. ":" .. info.linedefined .. ":"
+end
+
 -- Run a shell command; returns its output and whether it exited 0.
 function H.sh(cmd)
     local f = io.popen("(" .. cmd .. ") 2>&1; echo \"__status=$?\"")

@@ -19,9 +19,47 @@ function TestChannel:test_messages_of_several_values()
     lu.assertEquals({ ch:recv() }, { false })
     lu.assertEquals({ ch:recv(0) }, { nil, "timeout" })
     lu.assertEquals({ ch:try_recv() }, { nil, "timeout" })
-    lu.assertErrorMsgContains("first value must not be nil", ch.send, ch, nil, 1)
-    lu.assertErrorMsgContains("first value must not be nil", ch.send, ch)
-    lu.assertErrorMsgContains("capacity", channel.new, 0)
+end
+
+-- Every bad argument raises an error that says what is wrong and blames
+-- the caller's line.
+function TestChannel:test_errors_blame_the_caller()
+    local ch, closed = channel.new(), channel.new()
+    closed:close()
+    local up = 1
+    local cases = {
+        { function() channel.get(99999) end, "no channel with id 99999" },
+        { function() channel.get("x") end, "a channel id must be a number, got string" },
+        { function() channel.new(0) end, "channel.new: the capacity must be an integer from 1 to 2^53 (nil: unbounded), got 0" },
+        { function() channel.new(2 ^ 63) end, "channel.new: the capacity must be an integer from 1 to 2^53 (nil: unbounded), got 9.22" },
+        { function() channel.new(1.5) end, "channel.new: the capacity must be an integer from 1 to 2^53 (nil: unbounded), got 1.5" },
+        { function() channel.new("8") end, "channel.new: the capacity must be an integer from 1 to 2^53 (nil: unbounded), got string" },
+        { function() ch:send(nil, 1) end, "a message's first value must not be nil" },
+        { function() ch:send() end, "a message's first value must not be nil" },
+        { function() ch:send(1, { f = function() return up end }) end, "cannot send a function with upvalue 'up' (argument 2.f)" },
+        { function() ch:send_timeout(1, function() return up end) end, "cannot send a function with upvalue 'up' (argument 1)" },
+        { function() ch:send_timeout("1", 1) end, "the timeout must be a number of seconds or nil" },
+        { function() ch:recv("1") end, "the timeout must be a number of seconds or nil" },
+        { function() closed:send(1) end, "send on a closed channel" },
+        { function() channel.select({}) end, "select takes a non-empty list of channels" },
+        { function() channel.select({ ch, {} }) end, "select: item 2 is not a channel" },
+    }
+    for _, case in ipairs(cases) do
+        local err, here = H.raised_at(case[1])
+        lu.assertStrContains(err, here .. " lj-async: " .. case[2])
+    end
+    lu.assertEquals(ch:len(), 0)   -- nothing was sent
+end
+
+-- An id is an exact integer: anything else raises, never a neighbour's channel.
+function TestChannel:test_ids_must_be_integers()
+    local ch = channel.new()
+    local id = ch:id()
+    lu.assertTrue(channel.get(id) == ch)
+    for _, bad in ipairs { id + 0.5, id - 0.5, 0 / 0, 1 / 0, -1 / 0, -id, 0, 2 ^ 53 + 2, 2 ^ 63 } do
+        local err, here = H.raised_at(function() channel.get(bad) end)
+        lu.assertStrContains(err, here .. " lj-async: a channel id must be an integer from 1 to 2^53, got ")
+    end
 end
 
 function TestChannel:test_values_that_cannot_cross_are_not_sent()
@@ -97,7 +135,6 @@ function TestChannel:test_ids_and_get()
     same:send("hi")
     lu.assertEquals(ch:recv(), "hi")
     lu.assertErrorMsgContains("no channel with id", channel.get, 1e9)
-    lu.assertErrorMsgContains("must be a number", channel.get, "x")
     local t = Thread.new(function(id)
         local channel = require "lj-async.channel"
         channel.get(id):send("from thread")

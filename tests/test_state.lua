@@ -128,12 +128,63 @@ function TestState:test_names_and_lookup()
     lu.assertEquals(src:call(5), 15)
 end
 
+-- Every bad argument raises an error that says what is wrong with which
+-- argument and blames the caller's line.
+function TestState:test_errors_blame_the_caller()
+    local st = state.new("lja-test-errors", function() return function(...) return ... end end)
+    local closed = list_state("x")
+    closed:close()
+    local up = 1
+    local cases = {
+        { function() state.new("n", 42) end, "state.new: bad setup (argument 2, after the name 'n'): expected a function, Lua source or bytecode, got number" },
+        { function() state.new("return +") end, "state.new: bad setup (argument 1): (source):1: unexpected symbol" },
+        { function() state.new(42) end, "state.new: bad setup (argument 1): expected a function, Lua source or bytecode, got number" },
+        { function() state.new() end, "state.new: bad setup (argument 1): expected a function, Lua source or bytecode, got nil" },
+        { function() state.new("n", nil) end, "state.new: bad setup (argument 2, after the name 'n'): expected a function" },
+        { function() state.new(function() return up end) end, "state.new: bad setup (argument 1): the function has upvalue 'up'" },
+        { function() state.new(function() return 1 end) end, "cannot set up a new state: the setup function returned number, not a function" },
+        { function() state.new(function() return print end, function() return up end) end, "cannot send a function with upvalue 'up' (argument 1)" },
+        { function() state.new("lja-test-errors", function() return print end) end, "a state named 'lja-test-errors' exists already" },
+        { function() state.get(99999) end, "no state with id 99999" },
+        { function() state.get(1.5) end, "a state id must be an integer from 1 to 2^53, got 1.5" },
+        { function() state.get("lja-test-nobody") end, "no state named 'lja-test-nobody'" },
+        { function() state.get(closed:id()) end, "state " .. closed:id() .. " is closed" },
+        { function() st:call(function() return up end) end, "cannot send a function with upvalue 'up' (argument 1)" },
+        { function() st:call_wait("1") end, "the timeout must be a number of seconds or nil" },
+        { function() closed:call() end, "state is closed" },
+        { function() closed:call_wait(1) end, "state is closed" },
+        { function() closed:interrupt() end, "state is closed" },
+    }
+    for _, case in ipairs(cases) do
+        local err, here = H.raised_at(case[1])
+        lu.assertStrContains(err, here .. " lj-async: " .. case[2])
+    end
+    -- a source setup with arguments and no name: nil as the name
+    lu.assertEquals(state.new(nil, "local k = ... return function(x) return x * k end", 3):call(5), 15)
+    lu.assertEquals(state.new(nil, "local s = ... return function() return s end", "str"):call(), "str")
+end
+
 function TestState:test_close()
     local st = list_state("a")
     st:close()
     st:close()
     lu.assertErrorMsgContains("state is closed", st.call, st, "get")
     lu.assertErrorMsgContains("state is closed", st.interrupt, st)
+end
+
+-- close frees the name at once, while other handles of the state live on.
+function TestState:test_close_frees_the_name()
+    local st = state.new("lja-test-closed", function() return function() return "old" end end)
+    local other = state.get("lja-test-closed")
+    local id = st:id()
+    other:close()
+    lu.assertErrorMsgContains("no state named 'lja-test-closed'", state.get, "lja-test-closed")
+    lu.assertErrorMsgContains("state " .. id .. " is closed", state.get, id)
+    lu.assertNil(st:name())
+    local again = state.new("lja-test-closed", function() return function() return "new" end end)
+    lu.assertEquals(state.get("lja-test-closed"):call(), "new")
+    lu.assertEquals(again:name(), "lja-test-closed")
+    lu.assertErrorMsgContains("state is closed", st.call, st)
 end
 
 function TestState:test_interrupt()
@@ -156,6 +207,60 @@ function TestState:test_interrupt()
     lu.assertFalse(called_ok)
     lu.assertStrContains(err, "interrupted")
     lu.assertEquals(st:call(false), "served")   -- and the state goes on
+end
+
+-- A call blocked in ch:recv() inside the state, interrupted again and again
+-- while messages arrive: each message is returned by exactly one call or
+-- stays queued, and the objects the messages carry are all freed.
+function TestState:test_interrupt_never_loses_a_received_message()
+    local N = 200
+    local sync = require "lj-async.sync"
+    local ch = channel.new()
+    local st = state.new(function(ch)
+        jit.off()   -- hooks reach interpreted code (see README)
+        return function() return ch:recv(0.05) end
+    end, ch)
+    local caller = Thread.new(function(st)
+        local H = require "tests.helpers"
+        local seqs = {}
+        local deadline = H.now() + 60
+        while H.now() < deadline do
+            local ok, seq, obj = pcall(st.call, st)
+            if not ok then
+                assert(seq:find("interrupted"), seq)
+            elseif seq ~= nil then
+                seqs[#seqs + 1] = seq
+            elseif obj == "closed" then
+                break
+            end
+        end
+        collectgarbage()
+        return seqs
+    end, st)
+    local sent, hits = {}, 0
+    for i = 1, N do
+        local s = sync.semaphore()
+        sent[i] = s:id()
+        ch:send(i, s)
+        -- interrupt the call blocked in recv, just as the message comes
+        for _ = 1, 3 do
+            if st:interrupt() then hits = hits + 1 end
+            Thread.sleep(0.0003)
+        end
+    end
+    ch:close()   -- the caller stops once it has drained the channel
+    local ok, seqs = caller:join(90)
+    lu.assertTrue(ok, seqs)
+    lu.assertTrue(hits > N, "too few interrupts reached a call: " .. hits)
+    local seen = {}
+    for _, seq in ipairs(seqs) do
+        lu.assertNil(seen[seq], "message " .. seq .. " received twice")
+        seen[seq] = true
+    end
+    lu.assertEquals(#seqs, N)   -- nothing lost between recv and decode
+    st:close()
+    collectgarbage()
+    for i = 1, N do lu.assertTrue(H.eventually_gone(sent[i]), "object of message " .. i .. " leaked") end
 end
 
 os.exit(lu.LuaUnit.run())
