@@ -131,7 +131,9 @@ local Atomic = {}
 local wrap_atomic = object.define("atomic", "lj-async.sync", C.LJA_KIND_ATOMIC, "struct lja_atomic", Atomic)
 local cell = C.lja_atomic_cell
 local int64_ct, uint64_ct = ffi.typeof("int64_t"), ffi.typeof("uint64_t")
-local TWO63, INT64_MAX = 2 ^ 63, 0x7fffffffffffffffULL
+-- (no ULL literal here: PUC Lua must parse this file far enough to be told it needs LuaJIT)
+local TWO63 = 2 ^ 63
+local INT64_MAX = ffi.new(uint64_ct, TWO63) - 1
 
 -- An int64 argument: an integral number or an int64/uint64 cdata within
 -- int64's range; else raises at the caller of the function that checks it
