@@ -29,6 +29,7 @@ void *lja_object_find(const char *name, int kind);
 ]]
 
 local C = shim.C
+local istype = ffi.istype
 local release = C.lja_object_release
 
 local M = {}
@@ -40,14 +41,34 @@ end
 -- Declares a kind of object: `struct_name` gets `methods` as its metatype,
 -- and crosses states as a live handle.  Returns wrap(ptr) -> handle, which
 -- adopts a new reference (NULL -> nil).
+-- The methods a handle's metatype offers: each checks that self is a handle
+-- of this kind before C sees it, since `obj.method()` would hand the shim a
+-- NULL pointer.  Made on first use, so methods added after define are
+-- checked too; istype is a type guard the JIT compiles away.
+local function checked(name, ct, methods)
+    return setmetatable({}, { __index = function(cache, k)
+        local f = methods[k]
+        if type(f) ~= "function" and type(f) ~= "cdata" then return f end
+        local function method(self, ...)
+            if not istype(ct, self) then
+                error(("lj-async: %s:%s needs a %s as self, got %s (call it with a colon: obj:%s(...))")
+                    :format(name, tostring(k), name, type(self), tostring(k)), 2)
+            end
+            return f(self, ...)
+        end
+        rawset(cache, k, method)
+        return method
+    end })
+end
+
 function M.define(name, module, kind, struct_name, methods, mt)
     mt = mt or {}
-    mt.__index = methods
+    local ct = ffi.typeof(struct_name .. " *")
+    mt.__index = checked(name, ct, methods)
     mt.__tostring = mt.__tostring or function(self)
         return ("lj-async.%s: %d"):format(name, M.id(self))
     end
     ffi.metatype(struct_name, mt)
-    local ct = ffi.typeof(struct_name .. " *")
     local function wrap(p)
         if p == nil then return nil end
         return ffi.gc(ffi.cast(ct, p), release)

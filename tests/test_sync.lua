@@ -194,6 +194,40 @@ function TestSync:test_bad_arguments_blame_the_caller()
     lu.assertTrue(sync.semaphore(2 ^ 53):wait(0))
 end
 
+-- Every handle's methods, called with a dot (no self) or on another kind's
+-- handle, raise naming the method at the caller's line; the shim never sees
+-- a NULL or foreign pointer (a dot call used to crash the process).
+function TestSync:test_methods_check_self()
+    local channel, state, Pool = require "lj-async.channel", require "lj-async.state", require "lj-async.pool"
+    local pool = Pool.new(1)
+    local st = state.new(function() return function() end end)
+    local handles = {
+        mutex = { sync.mutex(), { "lock", "trylock", "unlock", "id" } },
+        cond = { sync.cond(), { "wait", "signal", "broadcast", "id" } },
+        semaphore = { sync.semaphore(1), { "wait", "post", "id" } },
+        atomic = { sync.atomic(1), { "get", "set", "add", "cas", "id" } },
+        channel = { channel.new(), { "send", "send_timeout", "recv", "try_recv", "close", "len", "id" } },
+        state = { st, { "call", "call_wait", "id", "name", "close", "interrupt" } },
+        pool = { pool, { "submit", "submit_async", "active_workers", "shutdown", "id" } },
+    }
+    local other = sync.atomic(0)
+    for kind, h in pairs(handles) do
+        local obj, methods = h[1], h[2]
+        for _, name in ipairs(methods) do
+            lu.assertEquals(type(obj[name]), "function", kind .. ":" .. name)
+            for _, bad in ipairs { false, 42, kind == "atomic" and sync.mutex() or other } do
+                local self = bad or nil
+                local err, here = H.raised_at(function() obj[name](self) end)
+                lu.assertStrContains(err, here .. " lj-async: " .. kind .. ":" .. name .. " needs a "
+                    .. kind .. " as self, got " .. type(self))
+            end
+        end
+    end
+    lu.assertEquals(handles.atomic[1]:get(), 1LL)   -- still works with a colon
+    lu.assertTrue(pool:shutdown())
+    st:close()
+end
+
 -- Posts stop at the largest count instead of wrapping to a negative one.
 function TestSync:test_semaphore_count_saturates()
     local s = sync.semaphore(2 ^ 53)
