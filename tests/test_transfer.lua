@@ -25,6 +25,13 @@ local function through_thread(...)
     return unpack(r, 2, table.maxn(r))
 end
 
+-- A value through a channel, in this state.
+local function through_channel(...)
+    local ch = channel.new()
+    ch:send(...)
+    return ch:recv(5)
+end
+
 TestTransfer = {}
 
 function TestTransfer:test_plain_values_copy()
@@ -60,6 +67,18 @@ function TestTransfer:test_functions_cross_as_bytecode()
     lu.assertEquals(t.g(), "g")
     local r = { through_thread(function(x) return x + 1 end) }
     lu.assertEquals(r[1](1), 2)
+end
+
+function TestTransfer:test_a_value_sent_twice_is_one_value_there()
+    local f = function() return "f" end
+    local p = ffi.cast("void *", 42)
+    local msg = { f, p, [f] = "function", [p] = "pointer", again = { f, p } }
+    for _, r in ipairs({ select(2, roundtrip(msg)), through_channel(msg), through_thread(msg) }) do
+        lu.assertEquals(r[r[1]], "function")
+        lu.assertEquals(r[r[2]], "pointer")
+        lu.assertTrue(rawequal(r.again[1], r[1]) and rawequal(r.again[2], r[2]))
+        lu.assertEquals(r[1](), "f")
+    end
 end
 
 function TestTransfer:test_pointers_cross_as_addresses()
@@ -104,13 +123,6 @@ function TestTransfer:test_tracebacks_stop_at_lj_async()
     lu.assertFalse(ok)
     lu.assertStrContains(err, "stack traceback")
     lu.assertNotStrContains(err, "xpcall")
-end
-
--- A value through a channel, in this state.
-local function through_channel(...)
-    local ch = channel.new()
-    ch:send(...)
-    return ch:recv(5)
 end
 
 function TestTransfer:test_data_never_poses_as_a_special_value()
