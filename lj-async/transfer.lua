@@ -458,6 +458,7 @@ function M.decode(p, len)
     -- message fails, and is decoded again once the FFI is in.
     local r = pack(pcall(decode, p, len))
     if r[1] then return unpack(r, 2, r.n) end
+    if ffi then error(r[2], 0) end   -- the slow path loaded it: another failure
     FFI()
     return decode(p, len)
 end

@@ -78,7 +78,8 @@ ffi.cdef "typedef struct lja_test_ud { int value; struct { int x; } inner; } lja
 function TestThread:test_seed_form_with_struct_array_and_reference()
     -- The seed's own test passes a struct; arrays and references cross the
     -- same way: as their address, a void * there.
-    local ud = ffi.new("lja_test_ud", 123)
+    local struct_t = ffi.typeof("lja_test_ud")
+    local ud = struct_t(123)
     local function bump(ud)
         local ffi = require "ffi"
         local p = ffi.cast("int *", ud)
