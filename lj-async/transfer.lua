@@ -107,8 +107,9 @@ local exported, exported_kinds = {}, {}
 -- The cdata that the last encode sent by address (take_anchors).
 local anchors = {}
 -- The slow path's message: what each slot is, the stand-in of each value
--- already met, the parts of deep tables, and the tables being copied.
+-- already met, and the parts of deep tables.
 local specials, memo, nodes
+-- The tables being copied (a table met again among them is a cycle).
 local seen = {}
 
 -- A special value's stand-in (an int64 or complex cdata: itself), or nil
@@ -116,14 +117,14 @@ local seen = {}
 local function stand_in(v)
     local s = memo[v]
     if s then return s end
-    local tv, what = type(v)
+    local tv, slot = type(v)
     if tv == "function" then
         if getinfo(v, "S").what == "C" then return nil, "a C function" end
         local up = getupvalue(v, 1)
         if up then return nil, "a function with upvalue '" .. up .. "'" end
         local ok, bc = pcall(string_dump, v)
         if not ok then return nil, "a function that string.dump refuses (" .. tostring(bc) .. ")" end
-        what = { "function", bc }
+        slot = { "function", bc }
     elseif tv == "cdata" then
         local typeof, cast = FFI().typeof, ffi.cast
         local id = tonumber(typeof(v))
@@ -132,18 +133,18 @@ local function stand_in(v)
             local oid, ref = kind.export(v)
             exported[#exported + 1] = ref
             exported_kinds[#exported] = kind
-            what = { "object", kind.module, kind.name, oid }
+            slot = { "object", kind.module, kind.name, oid }
         else
             local class = classify(id, v)
             if class == "copy" then return v end
             if not class then return nil, "a cdata of type " .. tostring(typeof(v)):match("^ctype<(.*)>$") end
             anchors[#anchors + 1] = v
-            what = { "pointer", cast("uintptr_t", cast("void *", v)) }
+            slot = { "pointer", cast("uintptr_t", cast("void *", v)) }
         end
     else
         return nil, tv == "thread" and "a coroutine" or "a " .. tv
     end
-    specials[#specials + 1] = what
+    specials[#specials + 1] = slot
     s = setmetatable({ #specials }, SPECIAL)
     memo[v] = s
     return s
@@ -164,8 +165,8 @@ end
 
 -- A copy of table `root` with stand-ins for special values; raises on what
 -- cannot cross.  `base` names root (see path_of).  Frame d of the stack is
--- src[d] (a table being copied), its copy, its level in the node, and the
--- key being copied: keys[d].
+-- frames[f+1..f+3], f = 3(d-1): a table being copied, its copy and its
+-- level within its node; keys[d] is the key being copied.
 local function copy_table(root, base)
     if seen[root] then cannot("a table with a cycle", path_of(base, nil, 0)) end
     seen[root] = true
