@@ -1,5 +1,5 @@
 -- lj-async.thread: OS threads, each running a function in its own lua_State
--- (SPEC section 2).
+-- (README: `lj-async.thread`).
 --
 -- The shim starts the thread in a spare state, or one made from a recipe
 -- set once per process (csrc/lua.c).  After a thread, its state is reset

@@ -1,4 +1,4 @@
--- SPEC section 2: lj-async.thread.
+-- README: `lj-async.thread`.
 local lu = require "luaunit"
 local ffi = require "ffi"
 local Thread = require "lj-async.thread"

@@ -1,4 +1,4 @@
--- SPEC section 1: values that cross states.
+-- README: Values that cross states.
 local lu = require "luaunit"
 local ffi = require "ffi"
 local transfer = require "lj-async.transfer"
