@@ -25,7 +25,7 @@ void lja_msg_free(lja_msg *msg);
 
 local C = shim.C
 local select, error, type = select, error, type
-local encode, decode = transfer.encode, transfer.decode
+local encode_at, decode = transfer.encode_at, transfer.decode
 local timeout_arg = shim.timeout_arg
 local LJA_OK, LJA_ETIMEDOUT, LJA_ECLOSED = C.LJA_OK, C.LJA_ETIMEDOUT, C.LJA_ECLOSED
 local send_c, recv_c, msg_data, msg_free = C.lja_channel_send, C.lja_channel_recv, C.lja_msg_data, C.lja_msg_free
@@ -42,8 +42,7 @@ local objs_array, forget_exported = transfer.objs_array, transfer.forget_exporte
 -- public method) on a value that cannot cross.
 local function send(ch, timeout, level, n, v, ...)
     if n == 0 or v == nil then error("lj-async: a message's first value must not be nil", level + 1) end
-    local ok, p, len = pcall(encode, n, v, ...)
-    if not ok then error(p, level + 1) end
+    local p, len = encode_at(level + 1, 0, n, v, ...)   -- raises on what cannot cross
     local objs, nobjs = objs_array()
     if nobjs > 0 then forget_exported() end   -- the message holds them now
     return send_c(ch, p, len, objs, nobjs, timeout)

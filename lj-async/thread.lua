@@ -1,5 +1,5 @@
 -- lj-async.thread: OS threads, each running a function in its own lua_State
--- (SPEC section 2).
+-- (README: `lj-async.thread`).
 --
 -- The shim starts the thread in a spare state, or one made from a recipe
 -- set once per process (csrc/lua.c).  After a thread, its state is reset
@@ -67,17 +67,52 @@ do
 end
 
 local handle_out = ffi.new("lja_thread *[1]")
+local thread_ptr = ffi.typeof("lja_thread *")
+local release, join_c = C.lja_thread_release, C.lja_thread_join
+
+-- Cdata sent by address to a thread (its anchors) live until the thread
+-- has ended.  A Thread holds them; one destroyed or collected while its
+-- thread runs leaves them here, with a handle, until a later Thread.new or
+-- join finds that thread ended.
+local detached = {}
+
+local function sweep()
+    for i = #detached, 1, -1 do
+        local d = detached[i]
+        if join_c(d[1], 0) == LJA_OK then
+            release(d[1])
+            table.remove(detached, i)
+        end
+    end
+end
+
+-- Releases the handle h; anchors stay while its thread runs.  Also a
+-- finalizer: a collection may call it at any allocation, so the entry is
+-- made before it is stored.
+local function detach(h, anchors)
+    if join_c(h, 0) == LJA_OK then
+        release(h)
+    else
+        local entry = { ffi.cast(thread_ptr, h), anchors }
+        detached[#detached + 1] = entry
+    end
+end
 
 function Thread.new(func, ...)
     local code = transfer.code_of(func, 2)
-    local ok, p, len = pcall(transfer.encode_after, 3, select("#", ...) + 3, package.path, package.cpath, code, ...)
-    if not ok then error(p, 2) end
+    local p, len = transfer.encode_at(2, 3, select("#", ...) + 3, package.path, package.cpath, code, ...)
+    local anchors = transfer.take_anchors()
     local rc = C.lja_lua_spawn(handle_out, p, len)
     if rc ~= LJA_OK then
         transfer.drop_exported()
         error("lj-async: cannot create a thread: " .. shim.strerror(rc), 2)
     end
-    return setmetatable({ handle = ffi.gc(handle_out[0], C.lja_thread_release) }, Thread)
+    if detached[1] then sweep() end
+    local h = handle_out[0]
+    if anchors then
+        return setmetatable({ handle = ffi.gc(h, function(h) detach(h, anchors) end), anchors = anchors }, Thread)
+    end
+    return setmetatable({ handle = ffi.gc(h, release) }, Thread)
 end
 
 local function results(ok, ...)
@@ -93,8 +128,13 @@ function Thread:join(timeout)
     if r then return results(unpack(r, 1, r.n)) end
     local h = self.handle
     if h == nil then error("lj-async: join on a destroyed thread", 2) end
-    if C.lja_thread_join(h, timeout) == LJA_ETIMEDOUT then
+    if detached[1] then sweep() end
+    if join_c(h, timeout) == LJA_ETIMEDOUT then
         return false, "timeout"
+    end
+    if self.anchors then   -- the thread has ended: its anchors may go
+        self.anchors = nil
+        ffi.gc(h, release)
     end
     local p = C.lja_thread_result(h, lenbuf)
     if p == nil then
@@ -110,7 +150,14 @@ function Thread:destroy()
     local h = self.handle
     if h ~= nil then
         self.handle = nil
-        C.lja_thread_release(ffi.gc(h, nil))
+        ffi.gc(h, nil)
+        local anchors = self.anchors
+        if anchors then
+            self.anchors = nil
+            detach(h, anchors)
+        else
+            release(h)
+        end
     end
 end
 

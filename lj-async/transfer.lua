@@ -1,15 +1,27 @@
--- lj-async.transfer: moving values between lua_States (SPEC section 1).
+-- lj-async.transfer: moving values between lua_States (README: "Values that
+-- cross states").
 --
 -- LuaJIT's string.buffer does the encoding.  A message is a header number
 -- followed by its values; the header is n, or -(n+1) when some value needed
--- the slow path (functions, pointers, lj-async objects), which the receiver
--- then rebuilds.  The slow path also names what cannot cross and where.
+-- the slow path (functions, cdata sent by address, lj-async objects, tables
+-- nested deeper than string.buffer goes), which the receiver then rebuilds.
+-- The slow path also names what cannot cross and where.
+--
+-- Special values travel out of band.  In the copy that is sent, each stands
+-- as a SPECIAL table, which string.buffer's `metatable` option carries as
+-- an index, not as data; a side list in the message says what each slot
+-- is.  So no data can pose as a special value (no table of the user's has
+-- that metatable, and the side list is this module's own), and a value sent
+-- twice in one message (a channel as a key and as a value) is one value
+-- there.  Plain messages pay nothing: string.buffer looks up a metatable
+-- only for tables that have one.
 --
 -- Thread states load this module on every run, so it needs only
 -- string.buffer until a value takes the slow path; then it loads the FFI.
 local buffer = require "string.buffer"
 
 local type, select, pcall, error, next, tostring, tonumber = type, select, pcall, error, next, tostring, tonumber
+local setmetatable, getmetatable = setmetatable, getmetatable
 local string_dump, getupvalue, getinfo = string.dump, debug.getupvalue, debug.getinfo
 local band, rshift = bit.band, bit.rshift
 
@@ -21,12 +33,12 @@ end
 
 local M = {}
 
-local MARK = "\0lj-async"   -- key of a marker table standing for a special value
-local CT_NUM, CT_PTR = 0, 2
-local CTF_FP, CTF_REF = 0x04000000, 0x00800000
-
-local enc = buffer.new()
-local dec = buffer.new()
+-- Stand-ins: SPECIAL { slot } for a special value, NODE { i } for a part
+-- of a deep table sent apart (see CUT).
+local SPECIAL, NODE = {}, {}
+local options = { metatable = { SPECIAL, NODE } }
+local enc = buffer.new(options)
+local dec = buffer.new(options)
 
 -- lj-async objects that cross as live handles: ctype id -> kind.
 -- kind = { name = ..., module = ..., export = fn(obj) -> id, ref,
@@ -42,17 +54,24 @@ function M.register(ct, kind)
     kinds_by_name[kind.name] = kind
 end
 
--- What a cdata is, by ctype id: "int64" (crosses as is), "pointer", or nil.
-local cdata_class = setmetatable({}, { __mode = "k" })
-local function classify(id)
+-- How a cdata of a ctype crosses: "copy" (what string.buffer encodes:
+-- int64_t, uint64_t, complex; asking it keeps both paths to one rule),
+-- "address" (pointers, arrays, structs and references, as LuaJIT converts
+-- them for a void * parameter), or false.
+local CT_STRUCT, CT_PTR, CT_ARRAY, CT_TYPEDEF, CT_ATTRIB = 1, 2, 3, 7, 8
+local cdata_class = {}
+local function classify(id, v)
     local c = cdata_class[id]
     if c == nil then
-        local ti = ffi.typeinfo(id)
-        local t = rshift(ti.info, 28)
-        if t == CT_PTR and band(ti.info, CTF_REF) == 0 then
-            c = "pointer"
-        elseif t == CT_NUM and ti.size == 8 and band(ti.info, CTF_FP) == 0 then
-            c = "int64"
+        local raw, t = id
+        repeat   -- through attributes and typedefs to the type itself
+            local info = ffi.typeinfo(raw).info
+            t, raw = rshift(info, 28), band(info, 0xffff)
+        until t ~= CT_ATTRIB and t ~= CT_TYPEDEF
+        if pcall(buffer.encode, v) then
+            c = "copy"
+        elseif (t == CT_PTR or t == CT_ARRAY or t == CT_STRUCT) and pcall(ffi.cast, "void *", v) then
+            c = "address"
         else
             c = false
         end
@@ -66,40 +85,46 @@ local function where(path, k)
     return path .. "[" .. tostring(k) .. "]"
 end
 
+-- The path of the value under keys[1..d] of `base`: an argument number, or
+-- { base, keys, d } for a table used as a key there.  Built for errors only.
+local function path_of(base, keys, d)
+    local path
+    if type(base) == "number" then
+        path = "argument " .. base
+    else
+        path = where(path_of(base[1], base[2], base[3]), "<key>")
+    end
+    for i = 1, d do path = where(path, keys[i]) end
+    return path
+end
+
 local function cannot(what, path)
     error("lj-async: cannot send " .. what .. " (" .. path .. ")", 0)
 end
 
 -- The references taken by the last encode, and their kinds.
 local exported, exported_kinds = {}, {}
+-- The cdata that the last encode sent by address (take_anchors).
+local anchors = {}
+-- The slow path's message: what each slot is, the stand-in of each value
+-- already met, and the parts of deep tables.
+local specials, memo, nodes
+-- The tables being copied (a table met again among them is a cycle).
+local seen = {}
 
--- Slow path: a copy of v with specials replaced by markers; raises on what
--- cannot cross.
-local function convert(v, path, seen)
-    local tv = type(v)
-    if tv == "nil" or tv == "boolean" or tv == "number" or tv == "string" then
-        return v
-    elseif tv == "table" then
-        if seen[v] then cannot("a table with a cycle", path) end
-        seen[v] = true
-        local out = {}
-        for k, x in next, v do
-            if type(k) == "table" or type(k) == "cdata" then
-                k = convert(k, where(path, "<key>"), seen)
-            elseif type(k) ~= "string" and type(k) ~= "number" and type(k) ~= "boolean" then
-                cannot("a table key of type " .. type(k), where(path, "<key>"))
-            end
-            out[k] = convert(x, where(path, k), seen)
-        end
-        seen[v] = nil
-        return out
-    elseif tv == "function" then
-        if getinfo(v, "S").what == "C" then cannot("a C function", path) end
+-- A special value's stand-in (an int64 or complex cdata: itself), or nil
+-- and what the value is when it cannot cross.
+local function stand_in(v)
+    local s = memo[v]
+    if s then return s end
+    local tv, slot = type(v)
+    if tv == "function" then
+        if getinfo(v, "S").what == "C" then return nil, "a C function" end
         local up = getupvalue(v, 1)
-        if up then cannot("a function with upvalue '" .. up .. "'", path) end
+        if up then return nil, "a function with upvalue '" .. up .. "'" end
         local ok, bc = pcall(string_dump, v)
-        if not ok then cannot("a function that string.dump refuses (" .. tostring(bc) .. ")", path) end
-        return { [MARK] = "function", bc }
+        if not ok then return nil, "a function that string.dump refuses (" .. tostring(bc) .. ")" end
+        slot = { "function", bc }
     elseif tv == "cdata" then
         local typeof, cast = FFI().typeof, ffi.cast
         local id = tonumber(typeof(v))
@@ -108,14 +133,92 @@ local function convert(v, path, seen)
             local oid, ref = kind.export(v)
             exported[#exported + 1] = ref
             exported_kinds[#exported] = kind
-            return { [MARK] = "object", kind.module, kind.name, oid }
+            slot = { "object", kind.module, kind.name, oid }
+        else
+            local class = classify(id, v)
+            if class == "copy" then return v end
+            if not class then return nil, "a cdata of type " .. tostring(typeof(v)):match("^ctype<(.*)>$") end
+            anchors[#anchors + 1] = v
+            slot = { "pointer", cast("uintptr_t", cast("void *", v)) }
         end
-        local class = classify(id)
-        if class == "int64" then return v end
-        if class == "pointer" then return { [MARK] = "pointer", cast("uint64_t", cast("uintptr_t", v)) } end
-        cannot("a cdata of type " .. tostring(typeof(v)):match("^ctype<(.*)>$"), path)
+    else
+        return nil, tv == "thread" and "a coroutine" or "a " .. tv
     end
-    cannot(tv == "thread" and "a coroutine" or "a " .. tv, path)
+    specials[#specials + 1] = slot
+    s = setmetatable({ #specials }, SPECIAL)
+    memo[v] = s
+    return s
+end
+
+-- string.buffer refuses tables nested past 100 levels, a recursion bound.
+-- The slow path copies tables with a stack of its own, and every CUT levels
+-- sends the rest apart, as a node of the message: any depth crosses.
+local CUT = 64
+local SIMPLE_KEY = { number = true, string = true, boolean = true }
+local SIMPLE = { number = true, string = true, boolean = true, ["nil"] = true }
+
+local function add_node(t)
+    nodes = nodes or {}
+    nodes[#nodes + 1] = t
+    return setmetatable({ #nodes }, NODE)
+end
+
+-- A copy of table `root` with stand-ins for special values; raises on what
+-- cannot cross.  `base` names root (see path_of).  Frame d of the stack is
+-- frames[f+1..f+3], f = 3(d-1): a table being copied, its copy and its
+-- level within its node; keys[d] is the key being copied.
+local function copy_table(root, base)
+    if seen[root] then cannot("a table with a cycle", path_of(base, nil, 0)) end
+    seen[root] = true
+    local copy = {}
+    local frames, keys = { root, copy, 1 }, {}
+    local d, f = 1, 0   -- f: frame d's offset in frames
+    while d > 0 do
+        local src, dst = frames[f + 1], frames[f + 2]
+        local k, x = next(src, keys[d])
+        if k == nil then
+            seen[src] = nil
+            frames[f + 1], frames[f + 2] = nil, nil
+            d, f = d - 1, f - 3
+        else
+            keys[d] = k
+            local tk = type(k)
+            if tk == "table" then
+                k = add_node(copy_table(k, { base, keys, d - 1 }))
+            elseif not SIMPLE_KEY[tk] then
+                local s, what = stand_in(k)
+                if s == nil then cannot(what .. " as a table key", path_of(base, keys, d - 1)) end
+                k = s
+            end
+            local tx = type(x)
+            if tx == "table" then
+                if seen[x] then cannot("a table with a cycle", path_of(base, keys, d)) end
+                seen[x] = true
+                local t, level = {}, frames[f + 3] + 1
+                if level > CUT then
+                    dst[k], level = add_node(t), 1
+                else
+                    dst[k] = t
+                end
+                d, f = d + 1, f + 3
+                frames[f + 1], frames[f + 2], frames[f + 3], keys[d] = x, t, level, nil
+            elseif SIMPLE[tx] then
+                dst[k] = x
+            else
+                local s, what = stand_in(x)
+                if s == nil then cannot(what, path_of(base, keys, d)) end
+                dst[k] = s
+            end
+        end
+    end
+    return copy
+end
+
+local function convert(v, arg)
+    if type(v) == "table" then return copy_table(v, arg) end
+    local s, what = stand_in(v)
+    if s == nil then cannot(what, path_of(arg, nil, 0)) end
+    return s
 end
 
 local function encode_plain(n, ...)
@@ -130,29 +233,35 @@ local function release_all(refs, kinds)
     end
 end
 
-local function encode_special(hidden, n, ...)
-    local seen = {}
-    local ok, err = pcall(function(...)
-        enc:encode(-n - 1)
-        for i = 1, n do
-            enc:encode(convert((select(i, ...)), "argument " .. (i - hidden), seen))
-        end
-    end, ...)
+local function encode_slow(hidden, n, ...)
+    enc:encode(-n - 1)
+    for i = 1, n do
+        local v = select(i, ...)
+        if not SIMPLE[type(v)] then v = convert(v, i - hidden) end
+        enc:encode(v)
+    end
+    enc:encode(specials):encode(nodes or false)
+end
+
+local function encode_special(hidden, level, n, ...)
+    specials, memo = {}, {}
+    local ok, err = pcall(encode_slow, hidden, n, ...)
+    specials, memo, nodes = nil, nil, nil
     if not ok then
         release_all(exported, exported_kinds)
+        anchors, seen = {}, {}
         enc:reset()
-        error(err, 0)
+        error(err, level)
     end
 end
 
 -- Encode n values into one message.  Returns a pointer and length valid
 -- until the next encode in this state; raises an error that names what
--- cannot cross, and then nothing was sent.
--- Values string.buffer encodes as they are, without a chance of failing.
-local SIMPLE = { number = true, string = true, boolean = true, ["nil"] = true }
-
-local function encode(hidden, n, ...)
+-- cannot cross (at `level`, or with no position for 0), and then nothing
+-- was sent.
+local function encode(hidden, level, n, ...)
     if #exported > 0 then M.forget_exported() end
+    if anchors[1] ~= nil then anchors = {} end
     enc:reset()
     if n == 1 then   -- the common one-value message: no vararg loop
         local v = ...
@@ -163,26 +272,42 @@ local function encode(hidden, n, ...)
         enc:encode(1)
         if pcall(enc.encode, enc, v) then return end
         enc:reset()
-        encode_special(hidden, n, ...)
+        encode_special(hidden, level, n, ...)
     elseif n == 2 and SIMPLE[type((...))] and SIMPLE[type((select(2, ...)))] then
         local a, b = ...   -- a command and its argument (ltask), a key and a value
         enc:encode(2):encode(a):encode(b)
     elseif not pcall(encode_plain, n, ...) then
         enc:reset()
-        encode_special(hidden, n, ...)
+        encode_special(hidden, level, n, ...)
     end
 end
 
 function M.encode(n, ...)
-    encode(0, n, ...)
+    encode(0, 0, n, ...)
     return enc:ref()
 end
 
 -- As encode, for a message whose first `hidden` values are lj-async's own:
 -- errors number the values after them from 1.
 function M.encode_after(hidden, n, ...)
-    encode(hidden, n, ...)
+    encode(hidden, 0, n, ...)
     return enc:ref()
+end
+
+-- As encode_after, raising at `level` as error() counts it in the caller
+-- (for senders that let the error through to the user's line).
+function M.encode_at(level, hidden, n, ...)
+    encode(hidden, level + 3, n, ...)   -- encode_special, encode, here, the caller
+    return enc:ref()
+end
+
+-- The cdata that the last encode sent by address, which must outlive the
+-- message's use (Thread.new keeps them until the thread ends); nil for none.
+function M.take_anchors()
+    if anchors[1] == nil then return nil end
+    local list = anchors
+    anchors = {}
+    return list
 end
 
 -- The object references the last encode took for its message: the shim's
@@ -231,42 +356,83 @@ end
 
 -- Encode into a Lua string (same errors as encode).
 function M.encode_string(n, ...)
-    encode(0, n, ...)
+    encode(0, 0, n, ...)
     return enc:tostring()
 end
 
 -- References of the objects that the last decode imported.
 local imported, imported_kinds = {}, {}
+-- While a slow-path message is rebuilt: its special values and its nodes.
+local made, parts
 
-local function rebuild(v)
-    if type(v) ~= "table" then return v end
-    local tag = v[MARK]
-    if tag == "function" then
-        return (assert(load(v[1])))
-    elseif tag == "pointer" then
-        return FFI().cast("void *", ffi.cast("uintptr_t", v[1]))
-    elseif tag == "object" then
-        local kind = kinds_by_name[v[2]]
-        if not kind then
-            require(v[1])   -- the module that defines the kind registers it
-            kind = kinds_by_name[v[2]]
-        end
-        local obj, ref = kind.import(v[3])
-        imported[#imported + 1] = ref
-        imported_kinds[#imported] = kind
-        return obj
+local function make(s)
+    local tag = s[1]
+    if tag == "function" then return (assert(load(s[2]))) end
+    if tag == "pointer" then return ffi.cast("void *", s[2]) end
+    local kind = kinds_by_name[s[3]]
+    if not kind then
+        require(s[2])   -- the module that defines the kind registers it
+        kind = kinds_by_name[s[3]]
     end
-    for k, x in next, v do
-        if type(x) == "table" then v[k] = rebuild(x) end
-    end
-    return v
+    local obj, ref = kind.import(s[4])
+    imported[#imported + 1] = ref
+    imported_kinds[#imported] = kind
+    return obj
 end
 
-local function decode_n(special, n)
+-- Every table in a slow-path message that has a metatable is a stand-in.
+local function restore(x, mt)
+    if mt == SPECIAL then return made[x[1]] end
+    return parts[x[1]]
+end
+
+-- Puts values for the stand-ins of t in place, keys too; nodes are
+-- rebuilt on their own, so this goes no deeper than CUT levels.
+local function rebuild(t)
+    local moved
+    for k, x in next, t do
+        if type(x) == "table" then
+            local mt = getmetatable(x)
+            if mt then t[k] = restore(x, mt) else rebuild(x) end
+        end
+        if type(k) == "table" then   -- a key may change only after the walk
+            moved = moved or {}
+            moved[#moved + 1] = k
+        end
+    end
+    if moved then
+        for i = 1, #moved do
+            local k = moved[i]
+            local x = t[k]
+            t[k] = nil
+            t[restore(k, getmetatable(k))] = x
+        end
+    end
+end
+
+local function decode_special(n)
+    local vals = {}
+    for i = 1, n do vals[i] = dec:decode() end
+    local specials = dec:decode()
+    made, parts = {}, dec:decode()
+    for i = 1, #specials do made[i] = make(specials[i]) end
+    if parts then
+        for i = 1, #parts do rebuild(parts[i]) end
+    end
+    for i = 1, n do
+        local v = vals[i]
+        if type(v) == "table" then
+            local mt = getmetatable(v)
+            if mt then vals[i] = restore(v, mt) else rebuild(v) end
+        end
+    end
+    made, parts = nil, nil
+    return n, unpack(vals, 1, n)
+end
+
+local function decode_n(n)
     if n == 0 then return end
-    local v = dec:decode()
-    if special then v = rebuild(v) end
-    return v, decode_n(special, n - 1)
+    return dec:decode(), decode_n(n - 1)
 end
 
 local function decode(p, len)
@@ -275,10 +441,9 @@ local function decode(p, len)
     local n = dec:decode()
     if n < 0 then
         FFI()  -- pointers need the FFI
-        n = -n - 1
-        return n, decode_n(true, n)
+        return decode_special(-n - 1)
     end
-    return n, decode_n(false, n)
+    return n, decode_n(n)
 end
 
 local function pack(...)
@@ -294,6 +459,7 @@ function M.decode(p, len)
     -- message fails, and is decoded again once the FFI is in.
     local r = pack(pcall(decode, p, len))
     if r[1] then return unpack(r, 2, r.n) end
+    if ffi then error(r[2], 0) end   -- the slow path loaded it: another failure
     FFI()
     return decode(p, len)
 end

@@ -1,4 +1,4 @@
--- SPEC section 2: lj-async.thread.
+-- README: `lj-async.thread`.
 local lu = require "luaunit"
 local ffi = require "ffi"
 local Thread = require "lj-async.thread"
@@ -71,6 +71,66 @@ function TestThread:test_seed_form_with_pointer()
     lu.assertStrContains(typ, "void *")
     lu.assertEquals(cell[0], 42)
     t:destroy()
+end
+
+ffi.cdef "typedef struct lja_test_ud { int value; struct { int x; } inner; } lja_test_ud;"
+
+function TestThread:test_seed_form_with_struct_array_and_reference()
+    -- The seed's own test passes a struct; arrays and references cross the
+    -- same way: as their address, a void * there.
+    local struct_t = ffi.typeof("lja_test_ud")
+    local ud = struct_t(123)
+    local function bump(ud)
+        local ffi = require "ffi"
+        local p = ffi.cast("int *", ud)
+        p[0] = p[0] + 1
+        return tostring(ffi.typeof(ud))
+    end
+    local ok, typ = Thread(bump, ud):join(5)
+    lu.assertTrue(ok, typ)
+    lu.assertStrContains(typ, "void *")
+    lu.assertEquals(ud.value, 124)
+    local cell = ffi.new("int[1]", 41)
+    lu.assertEquals({ Thread.new(bump, cell):join(5) }, { true, "ctype<void *>" })
+    lu.assertEquals(cell[0], 42)
+    -- a struct field that is a struct is a reference cdata
+    local ref = ud.inner
+    lu.assertStrContains(tostring(ffi.typeof(ref)), "&")
+    ref.x = 7
+    lu.assertTrue((Thread.new(bump, ref):join(5)))
+    lu.assertEquals(ud.inner.x, 8)
+end
+
+function TestThread:test_cdata_arguments_live_until_the_thread_ends()
+    -- Nothing but the thread refers to these cells: joined, destroyed while
+    -- running and collected while running, each stays alive until its
+    -- thread has ended, and is freed after.
+    local channel = require "lj-async.channel"
+    local freed = 0
+    local function cell()
+        return ffi.gc(ffi.new("int[1]"), function() freed = freed + 1 end)
+    end
+    local gate = channel.new()
+    local function write_later(p, gate)
+        gate:recv()
+        require("ffi").cast("int *", p)[0] = 7
+        return true
+    end
+    local joined = Thread.new(write_later, cell(), gate)
+    Thread.new(write_later, cell(), gate):destroy()
+    Thread.new(write_later, { key = cell() }, gate)   -- inside a table too; collected while running
+    for _ = 1, 3 do collectgarbage() end
+    lu.assertEquals(freed, 0)
+    for _ = 1, 3 do gate:send(true) end
+    lu.assertTrue((joined:join(5)))
+    joined = nil
+    local deadline = H.now() + 5
+    while freed < 3 and H.now() < deadline do
+        Thread.new(function() end):join(5)   -- a later Thread call finds the detached ones ended
+        collectgarbage()
+        Thread.sleep(0.01)
+    end
+    lu.assertEquals(freed, 3)
 end
 
 function TestThread:test_destroy_idempotent_and_gc()

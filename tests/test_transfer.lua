@@ -1,12 +1,19 @@
--- SPEC section 1: values that cross states.
+-- README: Values that cross states.
 local lu = require "luaunit"
 local ffi = require "ffi"
 local transfer = require "lj-async.transfer"
 local Thread = require "lj-async.thread"
+local channel = require "lj-async.channel"
+local state = require "lj-async.state"
+local H = require "tests.helpers"
+
+ffi.cdef "size_t strlen(const char *s);"
 
 local function roundtrip(...)
     local p, len = transfer.encode(select("#", ...), ...)
-    return transfer.decode(p, len)
+    local r = transfer.pack(transfer.decode(p, len))
+    transfer.drop_exported()   -- the message's own references
+    return unpack(r, 1, r.n)
 end
 
 -- A value through another state: a thread returns what it was given.
@@ -16,6 +23,13 @@ local function through_thread(...)
     t:destroy()
     lu.assertTrue(r[1], r[2])
     return unpack(r, 2, table.maxn(r))
+end
+
+-- A value through a channel, in this state.
+local function through_channel(...)
+    local ch = channel.new()
+    ch:send(...)
+    return ch:recv(5)
 end
 
 TestTransfer = {}
@@ -55,6 +69,18 @@ function TestTransfer:test_functions_cross_as_bytecode()
     lu.assertEquals(r[1](1), 2)
 end
 
+function TestTransfer:test_a_value_sent_twice_is_one_value_there()
+    local f = function() return "f" end
+    local p = ffi.cast("void *", 42)
+    local msg = { f, p, [f] = "function", [p] = "pointer", again = { f, p } }
+    for _, r in ipairs({ select(2, roundtrip(msg)), through_channel(msg), through_thread(msg) }) do
+        lu.assertEquals(r[r[1]], "function")
+        lu.assertEquals(r[r[2]], "pointer")
+        lu.assertTrue(rawequal(r.again[1], r[1]) and rawequal(r.again[2], r[2]))
+        lu.assertEquals(r[1](), "f")
+    end
+end
+
 function TestTransfer:test_pointers_cross_as_addresses()
     local buf = ffi.new("char[4]", "abc")
     local p = ffi.cast("char *", buf)
@@ -73,9 +99,10 @@ function TestTransfer:test_rejected_at_the_sender_with_a_path()
         { { f = function() return up end }, "a function with upvalue 'up' (argument 1.f)" },
         { { list = { 1, coroutine.create(print) } }, "a coroutine (argument 1.list[2])" },
         { { u = io.stdout }, "a userdata (argument 1.u)" },
-        { { [io.stdout] = 1 }, "a table key of type userdata" },
-        { { c = ffi.new("int[2]") }, "a cdata of type int [2] (argument 1.c)" },
-        { { s = ffi.new("struct { int a; }") }, "a cdata of type struct" },
+        { { t = { [io.stdout] = 1 } }, "a userdata as a table key (argument 1.t)" },
+        { { c = ffi.new("int") }, "a cdata of type int (argument 1.c)" },
+        { { d = ffi.new("complex float") }, "a cdata of type complex float (argument 1.d)" },
+        { { e = ffi.C.strlen }, "a cdata of type uint64_t ()" },
         { { p = print }, "a C function (argument 1.p)" },
     }
     for _, c in ipairs(cases) do
@@ -96,6 +123,170 @@ function TestTransfer:test_tracebacks_stop_at_lj_async()
     lu.assertFalse(ok)
     lu.assertStrContains(err, "stack traceback")
     lu.assertNotStrContains(err, "xpcall")
+end
+
+function TestTransfer:test_data_never_poses_as_a_special_value()
+    -- Tables shaped like lj-async's old in-band markers, sent beside values
+    -- that take the slow path, arrive as the same plain data; the channel
+    -- they name loses no reference it never gave.
+    local ch = channel.new()
+    local id = ch:id()
+    local MARK = "\0lj-async"
+    local posers = {
+        { [MARK] = "object", "lj-async.channel", "channel", id },
+        { [MARK] = "function", string.dump(function() return "posed" end) },
+        { [MARK] = "pointer", 0x1234ULL },
+        { nested = { [MARK] = "object", "lj-async.channel", "channel", id }, [MARK] = true },
+        { [{ [MARK] = "object", "lj-async.channel", "channel", id }] = "as a key" },
+    }
+    local besides = { function() return "beside" end, ffi.cast("void *", 1), ch }
+    for _, beside in ipairs(besides) do
+        for _, send in ipairs({ roundtrip, through_channel, through_thread }) do
+            local r = { send(posers, beside) }
+            if send == roundtrip then table.remove(r, 1) end
+            for i = 1, 4 do lu.assertEquals(r[1][i], posers[i]) end
+            local k, v = next(r[1][5])
+            lu.assertEquals({ k, v }, { next(posers[5]) })
+            lu.assertEquals(r[2] == ch, beside == ch)
+        end
+        collectgarbage()
+        collectgarbage()
+        lu.assertTrue(H.object_alive(id))
+    end
+    ch:send("still usable")
+    lu.assertEquals(ch:recv(1), "still usable")
+end
+
+function TestTransfer:test_objects_and_pointers_cross_as_keys()
+    local cell = ffi.new("int[1]", 5)
+    local p = ffi.cast("int *", cell)
+    -- In a function of its own, so no stale stack slot holds a handle after.
+    local function exercise(ch)
+        local id = ch:id()
+        local t = { [ch] = "channel", [p] = "pointer", plain = 1, list = { ch } }
+        local function check(r)
+            local keys = {}
+            for k, v in pairs(r) do keys[v] = k end
+            lu.assertEquals(keys.channel:id(), id)
+            lu.assertTrue(ffi.istype("void *", keys.pointer))
+            lu.assertEquals(ffi.cast("intptr_t", keys.pointer), ffi.cast("intptr_t", p))
+            lu.assertEquals(r.plain, 1)
+            -- one object in one message is one handle there (cdata keys go by identity)
+            lu.assertEquals(r[r.list[1]], "channel")
+        end
+        check(select(2, roundtrip(t)))
+        check(through_channel(t))
+        check(through_thread(t))
+        -- a thread finds working keys
+        local ok, err = Thread.new(function(t)
+            local ffi = require "ffi"
+            for k, v in pairs(t) do
+                if v == "channel" then k:send("via the key") end
+                if v == "pointer" then ffi.cast("int *", k)[0] = 6 end
+            end
+            return true
+        end, t):join(5)
+        lu.assertTrue(ok, err)
+        lu.assertEquals(ch:recv(1), "via the key")
+        lu.assertEquals(cell[0], 6)
+        -- a state call takes them and gives them back
+        local st = state.new(function() return function(t) return t end end)
+        check(st:call(t))
+        st:close()
+    end
+    local ch = channel.new()
+    local id = ch:id()
+    exercise(ch)
+    -- no reference stays behind: dropping every handle frees the channel
+    ch = nil
+    lu.assertTrue(H.eventually_gone(id))
+end
+
+-- A linked list of n nodes { i = i, next = ... }, and its last node.
+local function list(n)
+    local head = { i = 1 }
+    local last = head
+    for i = 2, n do
+        last.next = { i = i }
+        last = last.next
+    end
+    return head, last
+end
+
+local function assert_list(l, n)
+    local i = 0
+    while l do
+        i = i + 1
+        lu.assertEquals(l.i, i)
+        l = l.next
+    end
+    lu.assertEquals(i, n)
+end
+
+function TestTransfer:test_deep_tables_cross()
+    for _, n in ipairs({ 500, 10000 }) do
+        local l, last = list(n)
+        assert_list(select(2, roundtrip(l)), n)
+        assert_list(through_channel(l), n)
+        assert_list(through_thread(l), n)
+        -- deep, and with values that take the slow path at the bottom
+        local ch = channel.new()
+        last.f, last.ch, last[ch] = function() return "bottom" end, ch, "key"
+        local got = through_thread(l)
+        assert_list(got, n)
+        local tail = got
+        while tail.next do tail = tail.next end
+        lu.assertEquals(tail.f(), "bottom")
+        lu.assertEquals(tail.ch:id(), ch:id())
+        lu.assertEquals(tail[tail.ch], "key")
+        -- as a key, deep inside
+        local deep_key = list(n)
+        local _, t = roundtrip({ { [deep_key] = l } })
+        local k, v = next(t[1])
+        assert_list(k, n)
+        assert_list(v, n)
+    end
+    -- a deep cycle, and a deep value that cannot cross, are named by path
+    local l, last = list(300)
+    last.next = l
+    lu.assertErrorMsgContains("a table with a cycle (argument 1" .. (".next"):rep(300) .. ")", transfer.encode, 1, l)
+    l, last = list(300)
+    last.co = coroutine.create(print)
+    lu.assertErrorMsgContains("a coroutine (argument 2" .. (".next"):rep(299) .. ".co)", transfer.encode, 2, 1, l)
+end
+
+function TestTransfer:test_number_cdata_one_rule()
+    -- complex crosses by copy alone and beside values on the slow path;
+    -- complex float is refused on both.
+    local c = ffi.new("complex", 1, 2)
+    local f = function() return "f" end
+    local _, a = roundtrip(c)
+    local _, b, g = roundtrip(c, f)
+    for _, x in ipairs({ a, b, (through_thread(c, f)), through_channel({ c = c, f = f }).c }) do
+        lu.assertTrue(ffi.istype("complex", x))
+        lu.assertEquals({ x.re, x.im }, { 1, 2 })
+    end
+    lu.assertEquals(g(), "f")
+    local cf = ffi.new("complex float", 1, 2)
+    lu.assertErrorMsgContains("a cdata of type complex float (argument 1)", transfer.encode, 1, cf)
+    lu.assertErrorMsgContains("a cdata of type complex float (argument 1)", transfer.encode, 2, cf, f)
+end
+
+function TestTransfer:test_errors_blame_the_senders_line()
+    local up = 1
+    local bad = function() return up end
+    local ch = channel.new()
+    local senders = {
+        function() ch:send(bad) end,
+        function() ch:send_timeout(1, { bad }) end,
+        function() Thread.new(function() end, bad) end,
+    }
+    for i, send in ipairs(senders) do
+        local ok, err = pcall(send)
+        lu.assertFalse(ok)
+        local line = debug.getinfo(send, "S").linedefined
+        lu.assertStrContains(err, "test_transfer.lua:" .. line .. ": lj-async: cannot send a function with upvalue 'up'")
+    end
 end
 
 os.exit(lu.LuaUnit.run())
