@@ -97,16 +97,27 @@ local function execute(code, ctx)
 end
 
 local len = ffi.new("size_t[1]")
+local outcome   -- what run leaves for finish: xpcall's results
 
+-- Runs the current job.  Once it is cancelled, every instruction raises
+-- until this has returned to the shim.
 local function run()
     local p = C.lja_pool_input(len)
     local ok, n, code, ctx = pcall(transfer.decode, p, len[0])
-    local msg
     if ok then
-        msg = transfer.encode_outcome("job", xpcall(execute, transfer.traceback, code, ctx))
+        outcome = transfer.pack(xpcall(execute, transfer.traceback, code, ctx))
     else
-        msg = transfer.encode_string(2, false, "lj-async: the job's context cannot be read: " .. tostring(n))
+        outcome = transfer.pack(false, "lj-async: the job's context cannot be read: " .. tostring(n))
     end
+end
+
+-- Sends back what run left (nothing if a cancel stopped it before: the
+-- job then reports its cancel).
+local function finish()
+    local results = outcome
+    if not results then return end
+    outcome = nil
+    local msg = transfer.encode_outcome("job", unpack(results, 1, results.n))
     local objs, nobjs = transfer.objs_array()
     if C.lja_pool_set_result(msg, #msg, objs, nobjs) == C.LJA_OK then
         transfer.forget_exported()   -- the job holds them now
@@ -117,6 +128,7 @@ end
 
 local registry = debug.getregistry()
 registry["lj-async.pool.run"] = run
+registry["lj-async.pool.finish"] = finish
 registry["lj-async.pool.reset"] = require("lj-async.reset").snapshot()
 ]==], "lj-async.pool runtime")
 

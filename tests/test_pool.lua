@@ -100,6 +100,8 @@ local SPINS = {
     ["goto"] = "local x = 0 ::top:: x = x + 1 goto top",
     ["tail recursion"] = "local function f(n) return f(n + 1) end return f(1)",
     ["pcall in a loop"] = "while true do pcall(function() while true do end end) end",
+    ["varargs, then a loop"] = "local x = ... while true do end",
+    ["a loop after a label"] = "::a:: while true do end",
 }
 
 -- A timeout stops a job spinning in compiled code; the worker is free
@@ -124,7 +126,7 @@ end
 function TestPool:test_timeout_stops_plain_bytecode_and_source()
     local pool = Pool.new(1)
     local spin = string.dump(function() local x = 0 while true do x = x + 1 end end)
-    for _, code in ipairs { spin, "while true do end" } do
+    for _, code in ipairs { spin, "while true do end", "local x = ... while true do end" } do
         local s, res, err = timed(pool.submit, pool, code, {}, { timeout = 0.2 })
         lu.assertEquals({ res, err }, { nil, "timeout" })
         lu.assertTrue(s < 0.4)
@@ -172,6 +174,73 @@ function TestPool:test_job_stuck_in_c_is_replaced()
     s, res = timed(pool.submit, pool, Pool.compile("return 'served'"), {})
     lu.assertEquals(res, "served")
     lu.assertTrue(s < 1.0, ("the next job waited %.3f s for a stuck worker"):format(s))
+    lu.assertEquals(pool:active_workers(), 1)
+    lu.assertTrue(pool:shutdown(5))
+end
+
+-- CPU seconds this process spends over `seconds` of sleep: a thread left
+-- spinning shows.
+local function cpu_while_idle(seconds)
+    local t0 = os.clock()
+    Thread.sleep(seconds)
+    return os.clock() - t0
+end
+
+-- A job cannot swallow its cancel: one that catches it (pcall, xpcall with
+-- a handler, a coroutine) and loops on is hit again at once, so it stops,
+-- its worker serves the next job, and no thread is left spinning.
+function TestPool:test_cancel_cannot_be_swallowed()
+    local pool = Pool.new(1)
+    local caught = {
+        pcall = "while true do pcall(function() for i = 1, 1e9 do end end) end",
+        xpcall = "while true do xpcall(function() for i = 1, 1e9 do end end, function(e) return e end) end",
+        xpcall_traceback = "while true do xpcall(function() while true do end end, "
+            .. "function(e) return debug.traceback(e) end) end",
+        coroutine = "while true do coroutine.resume(coroutine.create(function() while true do end end)) end",
+    }
+    local quick = Pool.compile("return 'next'")
+    for name, src in pairs(caught) do
+        local f = assert(load(src))
+        for form, code in pairs { bytecode = string.dump(f), source = src, compiled = Pool.compile(src) } do
+            local what = name .. " as " .. form
+            local s, res, err = timed(pool.submit, pool, code, {}, { timeout = 0.1 })
+            lu.assertEquals({ res, err }, { nil, "timeout" }, what)
+            lu.assertTrue(s < 0.3, ("%s: the timeout of 0.1 s took %.3f s"):format(what, s))
+            -- the worker itself is free again (a replacement would take 0.25 s)
+            s, res = timed(pool.submit, pool, quick, {})
+            lu.assertEquals(res, "next", what)
+            lu.assertTrue(s < 0.2, ("%s: the next job waited %.3f s"):format(what, s))
+            local job = pool:submit_async(code, {})
+            Thread.sleep(0.02)
+            lu.assertTrue(job:cancel(), what)
+            lu.assertEquals({ job:wait(1) }, { nil, "cancelled" }, what)
+        end
+    end
+    lu.assertEquals(pool:active_workers(), 1)
+    lu.assertTrue(pool:shutdown(1))
+    local cpu = cpu_while_idle(0.3)
+    lu.assertTrue(cpu < 0.1, ("%.2f s of CPU over 0.3 s idle: a job still spins"):format(cpu))
+end
+
+-- A job blocked in C that is cancelled (no timeout) gets its worker
+-- replaced like one that timed out: a pool of one serves again in 0.25 s.
+function TestPool:test_cancelled_job_stuck_in_c_is_replaced()
+    local channel = require "lj-async.channel"
+    local pool = Pool.new(1)
+    local started = channel.new()
+    local job = pool:submit_async(Pool.compile([[
+        local ffi = require "ffi"
+        pcall(ffi.cdef, "int usleep(unsigned int usec);")
+        ctx.started:send(true)
+        ffi.C.usleep(1500000)
+        return "woke"
+    ]]), { started = started })
+    lu.assertTrue(started:recv(5))
+    lu.assertTrue(job:cancel())
+    local s, res = timed(pool.submit, pool, Pool.compile("return 'served'"), {})
+    lu.assertEquals(res, "served")
+    lu.assertTrue(s < 1.0, ("the next job waited %.3f s for a cancelled worker"):format(s))
+    lu.assertEquals({ job:wait(5) }, { nil, "cancelled" })
     lu.assertEquals(pool:active_workers(), 1)
     lu.assertTrue(pool:shutdown(5))
 end
