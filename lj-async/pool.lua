@@ -61,15 +61,8 @@ local C = require("lj-async.shim").C
 ffi.cdef [[
 const char *lja_pool_input(size_t *len);
 int lja_pool_set_result(const char *data, size_t len, void *const *objs, int nobjs);
-int lja_pool_poll(void);
 ]]
-local poll_c, rawset, load, xpcall, pcall = C.lja_pool_poll, rawset, load, xpcall, pcall
-
--- Called by instrumented code in every loop and function: a real C call,
--- which the JIT can neither hoist nor drop.
-local function poll()
-    if poll_c() ~= 0 then error("lj-async: job cancelled", 0) end
-end
+local poll, rawset, load, xpcall, pcall, unpack = safepoint.poll, rawset, load, xpcall, pcall, unpack
 
 local cache, ncache = {}, 0   -- code -> its main function, per worker
 

@@ -21,6 +21,12 @@ end
 
 local M = {}
 
+-- Functions of instrumented pool code reach the poll through an upvalue
+-- that crosses: the receiver binds its own (lj-async.safepoint).
+local function safepoint()
+    return require "lj-async.safepoint"
+end
+
 local MARK = "\0lj-async"   -- key of a marker table standing for a special value
 local CT_NUM, CT_PTR = 0, 2
 local CTF_FP, CTF_REF = 0x04000000, 0x00800000
@@ -95,7 +101,7 @@ local function convert(v, path, seen)
         return out
     elseif tv == "function" then
         if getinfo(v, "S").what == "C" then cannot("a C function", path) end
-        local up = getupvalue(v, 1)
+        local up = getupvalue(v, 1) and safepoint().foreign_upvalue(v)
         if up then cannot("a function with upvalue '" .. up .. "'", path) end
         local ok, bc = pcall(string_dump, v)
         if not ok then cannot("a function that string.dump refuses (" .. tostring(bc) .. ")", path) end
@@ -242,7 +248,9 @@ local function rebuild(v)
     if type(v) ~= "table" then return v end
     local tag = v[MARK]
     if tag == "function" then
-        return (assert(load(v[1])))
+        local f = assert(load(v[1]))
+        if getupvalue(f, 1) then safepoint().bind(f) end
+        return f
     elseif tag == "pointer" then
         return FFI().cast("void *", ffi.cast("uintptr_t", v[1]))
     elseif tag == "object" then

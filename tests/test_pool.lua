@@ -222,6 +222,32 @@ function TestPool:test_cancel_cannot_be_swallowed()
     lu.assertTrue(cpu < 0.1, ("%.2f s of CPU over 0.3 s idle: a job still spins"):format(cpu))
 end
 
+-- A job's results may include a function defined in it (it polls for
+-- cancel through a hidden upvalue, which crosses as the receiver's poll).
+function TestPool:test_jobs_return_functions()
+    local pool = Pool.new(1)
+    local src = "return function(a) return a * 2 end, function(n) local s = 0 for i = 1, n do s = s + i end return s end"
+    local quick = Pool.compile("return 'next'")
+    for form, code in pairs { source = src, compiled = Pool.compile(src), bytecode = string.dump(assert(load(src))) } do
+        local double, sum = pool:submit(code, {})
+        lu.assertIsFunction(double, form)
+        lu.assertEquals(double(21), 42, form)
+        lu.assertEquals(sum(100), 5050, form)
+        lu.assertEquals(pool:submit(Pool.compile("return ctx.f(4)"), { f = double }), 8, form)
+        if form ~= "bytecode" then   -- instrumented, it still polls in a job: a timeout stops it
+            local s, res, err = timed(pool.submit, pool, Pool.compile("return ctx.sum(1e300)"), { sum = sum },
+                { timeout = 0.1 })
+            lu.assertEquals({ res, err }, { nil, "timeout" }, form)
+            lu.assertEquals(pool:submit(quick, {}), "next", form)
+        end
+    end
+    -- a real upvalue still cannot cross, and is named
+    local res, err = pool:submit(Pool.compile("local __lja_poll = 1 return function() return __lja_poll end"), {})
+    lu.assertNil(res)
+    lu.assertStrContains(err, "upvalue '__lja_poll'")
+    lu.assertTrue(pool:shutdown(1))
+end
+
 -- A job blocked in C that is cancelled (no timeout) gets its worker
 -- replaced like one that timed out: a pool of one serves again in 0.25 s.
 function TestPool:test_cancelled_job_stuck_in_c_is_replaced()
