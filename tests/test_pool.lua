@@ -248,6 +248,35 @@ function TestPool:test_jobs_return_functions()
     lu.assertTrue(pool:shutdown(1))
 end
 
+-- LuaJIT does not verify bytecode: Pool.compile's output carries a
+-- checksum that submit checks, so a changed byte anywhere is refused (or,
+-- in the header's first byte, read as source that does not compile).
+function TestPool:test_damaged_compiled_code_is_refused()
+    local pool = Pool.new(1)
+    local code = Pool.compile("local t = {} for i = 1, 10 do t[i] = i * i end return t[10], 'ok'", "squares")
+    lu.assertEquals({ pool:submit(code, {}) }, { 100, "ok" })
+    for i = 1, #code do
+        for _, flip in ipairs { 0x01, 0x80 } do
+            local bad = code:sub(1, i - 1) .. string.char(bit.bxor(code:byte(i), flip)) .. code:sub(i + 1)
+            local ok, res, err = pcall(function()
+                local res, err = pool:submit(bad, {})
+                return res, err
+            end)
+            if ok then
+                lu.assertNil(res, "byte " .. i)
+                lu.assertStrContains(err, "(job)", "byte " .. i)   -- a syntax error
+            else
+                lu.assertStrContains(res, "test_pool.lua:", "byte " .. i)   -- blames the caller
+                lu.assertStrContains(res, "not intact Pool.compile output", "byte " .. i)
+            end
+        end
+    end
+    lu.assertErrorMsgContains("not intact Pool.compile output", pool.submit, pool, code:sub(1, -2), {})
+    lu.assertErrorMsgContains("not intact Pool.compile output", pool.submit, pool, code .. "\0", {})
+    lu.assertEquals({ pool:submit(code, {}) }, { 100, "ok" })
+    lu.assertTrue(pool:shutdown(1))
+end
+
 -- A job blocked in C that is cancelled (no timeout) gets its worker
 -- replaced like one that timed out: a pool of one serves again in 0.25 s.
 function TestPool:test_cancelled_job_stuck_in_c_is_replaced()
