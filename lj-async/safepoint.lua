@@ -156,7 +156,6 @@ local function token(src, i)
     if two == "==" or two == "~=" or two == "<=" or two == ">=" then return two, i, i + 1 end
     return sub(src, i, i), i, i
 end
-M.token = token
 
 -- Returns the instrumented source.  `src` must be valid Lua (check it with
 -- load first): on invalid input the result is invalid too, not unsafe.
