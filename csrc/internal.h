@@ -42,7 +42,7 @@ int lja_lua_call_registry(void *L, const char *name, int as_integer, ptrdiff_t *
                           char *err, size_t errcap);
 
 /* lua.c: makes the code running in L raise "lj-async: job cancelled" at
- * every 1,000th VM instruction until lja_lua_clear_hook. */
+ * every VM instruction until lja_lua_clear_hook. */
 void lja_lua_cancel(void *L);
 
 /* The i-th poll of a spin-wait: a CPU pause for the first LJA_SPIN_PAUSES

@@ -330,10 +330,11 @@ LJA_API void lja_sched_free(lja_sched *s);
 /* ---- Worker pools (SPEC section 8) -----------------------------------------
  * n worker threads, each with its own lua_State made from a recipe (chunk
  * and string arguments, as lja_lua_new takes them) that leaves in the
- * registry "lj-async.pool.run" (runs the current job: it reads the job's
- * input with lja_pool_input and stores its result with lja_pool_set_result)
- * and "lj-async.pool.reset" (returns true when the state may run the next
- * job; else the worker makes a new one).
+ * registry "lj-async.pool.run" (runs the current job, whose input it reads
+ * with lja_pool_input), "lj-async.pool.finish" (called once run returned
+ * and the cancel hook is off: stores the job's result with
+ * lja_pool_set_result) and "lj-async.pool.reset" (returns true when the
+ * state may run the next job; else the worker makes a new one).
  *
  * submit copies the input and takes over the references in objs (unless it
  * fails); timeout (seconds, < 0: none) cancels the job when it passes.  A

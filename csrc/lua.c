@@ -142,7 +142,8 @@ void lja_lua_interrupt(void *L)
     api.sethook(L, interrupt_hook, LUA_MASKCOUNT, 1);
 }
 
-/* Stays set: a job that catches the error meets it again. */
+/* Stays set, at every instruction: a job that catches the error meets it
+ * again at its next instruction, so no pcall loop can swallow it. */
 static void cancel_hook(void *L, void *ar)
 {
     api.pushlstring(L, "lj-async: job cancelled", 23);
@@ -151,7 +152,7 @@ static void cancel_hook(void *L, void *ar)
 
 void lja_lua_cancel(void *L)
 {
-    api.sethook(L, cancel_hook, LUA_MASKCOUNT, 1000);
+    api.sethook(L, cancel_hook, LUA_MASKCOUNT, 1);
 }
 
 int lja_lua_call_registry(void *L, const char *name, int as_integer, ptrdiff_t *result,

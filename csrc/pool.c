@@ -10,11 +10,17 @@
  *
  * Stopping a running job: its cancel flag, which compiled job code polls
  * (lja_pool_poll), and a count hook set on the worker's state, which stops
- * interpreted code.  A watchdog thread cancels jobs past their deadline and
- * replaces a worker whose cancelled job has not stopped after GRACE seconds
- * (stuck in C): the pool keeps its size, and the stuck worker ends when its
- * job returns.  Worker threads are detached; the pool's memory goes when its
- * last handle and its last thread are gone. */
+ * interpreted code.  Both stay on until the job's code has returned to the
+ * worker (the flag until the job is done, the hook until "run" returns), so
+ * a job that catches the error and goes on meets it again at once.  The
+ * job's results are sent back by "lj-async.pool.finish", after the hook is
+ * gone, so that sending them is never cut halfway.  A watchdog thread
+ * cancels jobs past their deadline and replaces a worker whose cancelled
+ * job (timed out, cancelled, or shut down) has not stopped after GRACE
+ * seconds (stuck in C): the pool keeps its size, and the stuck worker ends
+ * when its job returns.  Worker threads are detached; the pool's memory
+ * goes when nothing anchors it any more: its handles, its threads and its
+ * jobs each anchor it. */
 #include <string.h>
 
 #include "object.h"
@@ -33,7 +39,8 @@ struct lja_job {
     atomic_int cancel;          /* 0 or an LJA_JOB_* reason */
     _Atomic double cancel_time;
     double deadline;            /* 0: none; set before the job is queued */
-    struct pool_worker *worker; /* while running (under lock) */
+    struct pool_worker *worker; /* while its code runs (under lock) */
+    lja_pool *pool;             /* anchored by the job once it is queued */
     lja_job *next;
     char *input;
     size_t input_len;
@@ -60,12 +67,11 @@ struct lja_pool {
     atomic_int queued;          /* jobs in the queue, read to spin */
     int nidle;
     int size;                   /* workers that count (not retired) */
-    int threads;                /* worker threads alive, retired or not */
     int running;                /* jobs being run */
     int shut;                   /* submit refused */
     int stopping;               /* workers leave once the queue is empty */
-    int orphaned;               /* no handle left: the last thread frees the pool */
     int watchdog_running;
+    atomic_int anchors;         /* the handles (as one), threads, and jobs */
     struct pool_worker **workers;
     int64_t nworkers, cworkers;
     char *chunk;
@@ -76,6 +82,15 @@ struct lja_pool {
 };
 
 static _Thread_local lja_job *current_job;
+
+static void pool_free(lja_pool *p);
+
+/* Drops one anchor of the pool; the last one frees it. */
+static void pool_unanchor(lja_pool *p)
+{
+    if (atomic_fetch_sub(&p->anchors, 1) == 1)
+        pool_free(p);
+}
 
 /* ---- jobs ---------------------------------------------------------------- */
 
@@ -94,7 +109,10 @@ void lja_job_release(lja_job *j)
     free(j->result);
     pthread_cond_destroy(&j->done_cond);
     pthread_mutex_destroy(&j->lock);
+    lja_pool *p = j->pool;
     free(j);
+    if (p)
+        pool_unanchor(p);
 }
 
 static lja_job *job_new(const char *data, size_t len, void *const *objs, int nobjs, double timeout)
@@ -150,11 +168,14 @@ int lja_job_cancelled(lja_job *j)
     return atomic_load(&j->cancel);
 }
 
-int lja_job_cancel(lja_job *j, int reason)
+static void watch(lja_pool *p);
+
+/* Cancels j unless it is done (LJA_EINVAL); *started (if not NULL) is set
+ * when j was running and this cancel is its first, so that its worker may
+ * need replacing. */
+static int job_cancel(lja_job *j, int reason, int *started)
 {
-    if (reason < LJA_JOB_CANCELLED || reason > LJA_JOB_SHUTDOWN)
-        return LJA_EINVAL;
-    int rc = LJA_OK;
+    int rc = LJA_OK, running = 0;
     pthread_mutex_lock(&j->lock);
     int state = atomic_load(&j->state);
     if (state == JOB_DONE) {
@@ -166,10 +187,30 @@ int lja_job_cancel(lja_job *j, int reason)
             atomic_store(&j->state, JOB_DONE);
             pthread_cond_broadcast(&j->done_cond);
         } else {
-            lja_lua_cancel(j->worker->L);
+            if (j->worker)
+                lja_lua_cancel(j->worker->L);
+            running = 1;
         }
     }
     pthread_mutex_unlock(&j->lock);
+    if (started)
+        *started = running;
+    return rc;
+}
+
+int lja_job_cancel(lja_job *j, int reason)
+{
+    if (reason < LJA_JOB_CANCELLED || reason > LJA_JOB_SHUTDOWN)
+        return LJA_EINVAL;
+    int started;
+    int rc = job_cancel(j, reason, &started);
+    if (started) {   /* the watchdog replaces its worker if it does not stop (stuck in C) */
+        lja_pool *p = j->pool;   /* alive: the job anchors it */
+        pthread_mutex_lock(&p->lock);
+        if (!p->stopping)
+            watch(p);
+        pthread_mutex_unlock(&p->lock);
+    }
     return rc;
 }
 
@@ -213,7 +254,6 @@ int lja_pool_poll(void)
 
 /* ---- workers --------------------------------------------------------------- */
 
-static void pool_free(lja_pool *p);
 static int start_worker(lja_pool *p);
 
 static void *make_state(lja_pool *p)
@@ -233,11 +273,14 @@ static void run_job(struct pool_worker *w, lja_job *j)
     if (skip)
         return;
     current_job = j;
-    lja_lua_call_registry(w->L, "lj-async.pool.run", 0, NULL, NULL, 0);   /* else no result: failed */
+    lja_lua_call_registry(w->L, "lj-async.pool.run", 0, NULL, NULL, 0);
+    pthread_mutex_lock(&j->lock);   /* no cancel reaches the state from here on */
+    j->worker = NULL;
+    lja_lua_clear_hook(w->L);
+    pthread_mutex_unlock(&j->lock);
+    lja_lua_call_registry(w->L, "lj-async.pool.finish", 0, NULL, NULL, 0);   /* else no result: failed */
     current_job = NULL;
     pthread_mutex_lock(&j->lock);
-    lja_lua_clear_hook(w->L);
-    j->worker = NULL;
     atomic_store(&j->state, JOB_DONE);
     pthread_cond_broadcast(&j->done_cond);
     pthread_mutex_unlock(&j->lock);
@@ -300,13 +343,10 @@ static void *worker_main(void *arg)
     w->L = NULL;
     if (!w->retire)
         p->size--;
-    int last = --p->threads == 0;
-    int orphaned = p->orphaned;
     pthread_cond_broadcast(&p->changed);
     pthread_mutex_unlock(&p->lock);
     lja_lua_close(L);
-    if (last && orphaned)
-        pool_free(p);
+    pool_unanchor(p);
     return NULL;
 }
 
@@ -325,15 +365,16 @@ static int start_worker(lja_pool *p)
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    atomic_fetch_add(&p->anchors, 1);
     int rc = pthread_create(&t, &attr, worker_main, w);
     pthread_attr_destroy(&attr);
     if (rc != 0) {
+        atomic_fetch_sub(&p->anchors, 1);   /* not the last: the caller holds one */
         free(w);
         return LJA_ESYS;
     }
     p->workers[p->nworkers++] = w;
     p->size++;
-    p->threads++;
     return LJA_OK;
 }
 
@@ -349,7 +390,7 @@ static double watch_once(lja_pool *p, double now)
     for (lja_job *j = p->head; j; j = j->next) {
         if (j->deadline > 0 && !atomic_load(&j->cancel)) {
             if (now >= j->deadline)
-                lja_job_cancel(j, LJA_JOB_TIMEOUT);
+                job_cancel(j, LJA_JOB_TIMEOUT, NULL);
             else
                 SOONER(j->deadline);
         }
@@ -362,7 +403,7 @@ static double watch_once(lja_pool *p, double now)
             continue;
         if (!atomic_load(&j->cancel)) {
             if (j->deadline > 0 && now >= j->deadline)
-                lja_job_cancel(j, LJA_JOB_TIMEOUT);
+                job_cancel(j, LJA_JOB_TIMEOUT, NULL);
             else if (j->deadline > 0)
                 SOONER(j->deadline);
         }
@@ -396,12 +437,8 @@ static void *watchdog_main(void *arg)
         }
     }
     p->watchdog_running = 0;
-    int last = --p->threads == 0;
-    int orphaned = p->orphaned;
-    pthread_cond_broadcast(&p->changed);
     pthread_mutex_unlock(&p->lock);
-    if (last && orphaned)
-        pool_free(p);
+    pool_unanchor(p);
     return NULL;
 }
 
@@ -416,10 +453,11 @@ static void watch(lja_pool *p)
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    if (pthread_create(&t, &attr, watchdog_main, p) == 0) {
+    atomic_fetch_add(&p->anchors, 1);
+    if (pthread_create(&t, &attr, watchdog_main, p) == 0)
         p->watchdog_running = 1;
-        p->threads++;
-    }
+    else
+        atomic_fetch_sub(&p->anchors, 1);   /* not the last: the caller holds one */
     pthread_attr_destroy(&attr);
 }
 
@@ -447,14 +485,14 @@ static void shut(lja_pool *p)
 {
     p->shut = 1;
     for (lja_job *j = p->head; j; j = j->next)
-        lja_job_cancel(j, LJA_JOB_SHUTDOWN);
+        job_cancel(j, LJA_JOB_SHUTDOWN, NULL);
 }
 
 static void cancel_running(lja_pool *p, int reason)
 {
     for (int i = 0; i < p->nworkers; i++)
         if (p->workers[i]->current)
-            lja_job_cancel(p->workers[i]->current, reason);
+            job_cancel(p->workers[i]->current, reason, NULL);
 }
 
 static void pool_destroy(void *obj)
@@ -464,13 +502,10 @@ static void pool_destroy(void *obj)
     shut(p);
     cancel_running(p, LJA_JOB_SHUTDOWN);
     p->stopping = 1;
-    p->orphaned = 1;
     pthread_cond_broadcast(&p->work);
     pthread_cond_signal(&p->watch);
-    int none = p->threads == 0;
     pthread_mutex_unlock(&p->lock);
-    if (none)
-        pool_free(p);
+    pool_unanchor(p);
 }
 
 lja_pool *lja_pool_new(int workers, const char *chunk, size_t len, int nargs,
@@ -485,6 +520,7 @@ lja_pool *lja_pool_new(int workers, const char *chunk, size_t len, int nargs,
     pthread_cond_init(&p->work, NULL);
     lja_cond_init(&p->changed);
     lja_cond_init(&p->watch);
+    atomic_init(&p->anchors, 1);   /* the handles' */
     p->chunk = malloc(len ? len : 1);
     p->args = calloc((size_t)nargs + 1, sizeof *p->args);
     p->lens = calloc((size_t)nargs + 1, sizeof *p->lens);
@@ -537,6 +573,8 @@ int lja_pool_submit(lja_pool *p, const char *data, size_t len, void *const *objs
         lja_job_release(j);
         return LJA_ECLOSED;
     }
+    j->pool = p;
+    atomic_fetch_add(&p->anchors, 1);
     if (p->tail)
         p->tail->next = j;
     else

@@ -11,6 +11,10 @@
 -- so that compiled loops call the shim's poll; plain bytecode runs with the
 -- JIT off for its functions, where a count hook stops it.
 --
+-- LuaJIT does not verify bytecode, and bad bytecode can crash the process:
+-- Pool.compile's output carries a checksum that submit checks; plain
+-- bytecode runs as given (README).
+--
 -- Errors: bad arguments and values that cannot cross raise; a job's error,
 -- timeout or cancel, and a shut pool, return nil, err.
 local shim = require "lj-async.shim"
@@ -39,10 +43,14 @@ void lja_job_release(lja_job *j);
 
 local C = shim.C
 local type, select, error, tostring = type, select, error, tostring
+local byte, char, sub = string.byte, string.char, string.sub
+local band, bxor, lshift, rshift, tobit = bit.band, bit.bxor, bit.lshift, bit.rshift, bit.tobit
 local LJA_OK, LJA_ETIMEDOUT, LJA_ECLOSED = C.LJA_OK, C.LJA_ETIMEDOUT, C.LJA_ECLOSED
 
--- Pool.compile's output: this header, then LuaJIT bytecode.
-local HEADER = "\27lja-pool\1"
+-- Pool.compile's output: this header, the checksum of the rest (4 bytes),
+-- then LuaJIT bytecode.
+local HEADER = "\27lja-pool\2"
+local SKIP = #HEADER + 4   -- bytes before the bytecode
 
 local REASONS = {
     [C.LJA_JOB_CANCELLED] = "cancelled",
@@ -53,7 +61,8 @@ local REASONS = {
 -- What every worker's state runs once (lj-async.vm's prelude gives it the
 -- lj-async modules).
 local RUNTIME = vm.compile([==[
-local HEADER = ...
+local HEADER, SKIP = ...
+SKIP = tonumber(SKIP)
 local ffi = require "ffi"
 local transfer = require "lj-async.transfer"
 local safepoint = require "lj-async.safepoint"
@@ -61,25 +70,20 @@ local C = require("lj-async.shim").C
 ffi.cdef [[
 const char *lja_pool_input(size_t *len);
 int lja_pool_set_result(const char *data, size_t len, void *const *objs, int nobjs);
-int lja_pool_poll(void);
 ]]
-local poll_c, rawset, load, xpcall, pcall = C.lja_pool_poll, rawset, load, xpcall, pcall
-
--- Called by instrumented code in every loop and function: a real C call,
--- which the JIT can neither hoist nor drop.
-local function poll()
-    if poll_c() ~= 0 then error("lj-async: job cancelled", 0) end
-end
+local poll, rawset, load, xpcall, pcall, unpack = safepoint.poll, rawset, load, xpcall, pcall, unpack
 
 local cache, ncache = {}, 0   -- code -> its main function, per worker
 local reset = require "lj-async.reset"
 local keep_env = reset.keep_env   -- a job's setfenv(1, t) lasts one run
 
+-- The main function of Pool.compile's output (submit checked it), plain
+-- bytecode, or source.
 local function job_function(code)
     local f = cache[code]
     if f then return f end
     if code:sub(1, #HEADER) == HEADER then
-        f = keep_env(assert(load(code:sub(#HEADER + 1))))
+        f = keep_env(assert(load(code:sub(SKIP + 1))))
     elseif code:sub(1, 3) == "\27LJ" then
         local g = keep_env(assert(load(code)))
         jit.off(g, true)   -- not compiled: the cancel hook reaches it
@@ -99,16 +103,27 @@ local function execute(code, ctx)
 end
 
 local len = ffi.new("size_t[1]")
+local outcome   -- what run leaves for finish: xpcall's results
 
+-- Runs the current job.  Once it is cancelled, every instruction raises
+-- until this has returned to the shim.
 local function run()
     local p = C.lja_pool_input(len)
     local ok, n, code, ctx = pcall(transfer.decode, p, len[0])
-    local msg
     if ok then
-        msg = transfer.encode_outcome("job", xpcall(execute, transfer.traceback, code, ctx))
+        outcome = transfer.pack(xpcall(execute, transfer.traceback, code, ctx))
     else
-        msg = transfer.encode_string(2, false, "lj-async: the job's context cannot be read: " .. tostring(n))
+        outcome = transfer.pack(false, "lj-async: the job's context cannot be read: " .. tostring(n))
     end
+end
+
+-- Sends back what run left (nothing if a cancel stopped it before: the
+-- job then reports its cancel).
+local function finish()
+    local results = outcome
+    if not results then return end
+    outcome = nil
+    local msg = transfer.encode_outcome("job", unpack(results, 1, results.n))
     local objs, nobjs = transfer.objs_array()
     if C.lja_pool_set_result(msg, #msg, objs, nobjs) == C.LJA_OK then
         transfer.forget_exported()   -- the job holds them now
@@ -119,6 +134,7 @@ end
 
 local registry = debug.getregistry()
 registry["lj-async.pool.run"] = run
+registry["lj-async.pool.finish"] = finish
 registry["lj-async.pool.reset"] = reset.snapshot()
 ]==], "lj-async.pool runtime")
 
@@ -131,11 +147,23 @@ function Pool.new(n)
     if type(n) ~= "number" or n < 1 or n > 4096 or n % 1 ~= 0 then
         error("lj-async: a pool's size is an integer from 1 to 4096", 2)
     end
-    local chunk, args = vm.args(RUNTIME, HEADER)
+    local chunk, args = vm.args(RUNTIME, HEADER, tostring(SKIP))
     local nargs, ptrs, lens = vm.c_strings(args)
     local p = wrap(C.lja_pool_new(n, chunk, #chunk, nargs, ptrs, lens))
     if p == nil then error("lj-async: cannot make a pool of " .. n .. " workers", 2) end
     return p
+end
+
+-- FNV-1a (32 bits) of s from byte `from` on, as 4 bytes: any one changed
+-- byte changes it.
+local u8p = ffi.typeof("const uint8_t *")
+local function checksum(s, from)
+    local p, h = ffi.cast(u8p, s), -2128831035   -- 0x811c9dc5
+    for i = from - 1, #s - 1 do
+        h = bxor(h, p[i])
+        h = tobit(lshift(h, 24) + h * 403)   -- h * 16777619, modulo 2^32
+    end
+    return char(band(h, 255), band(rshift(h, 8), 255), band(rshift(h, 16), 255), rshift(h, 24))
 end
 
 -- Source in, stoppable bytecode out; nil, err on a syntax error.
@@ -147,7 +175,8 @@ function Pool.compile(src, name)
     if not f then return nil, err end
     local g, ierr = load(safepoint.instrument(src), name)
     if not g then return nil, "lj-async: cannot instrument the script: " .. ierr end
-    return HEADER .. string.dump(g)
+    local bc = string.dump(g)
+    return HEADER .. checksum(bc, 1) .. bc
 end
 
 function Pool.get(id)
@@ -159,10 +188,25 @@ end
 local job_out = ffi.new("lja_job *[1]")
 local len_out = ffi.new("size_t[1]")
 
+local intact, nintact = {}, 0   -- Pool.compile output whose checksum was right
+
+-- Raises unless code is source, LuaJIT bytecode, or Pool.compile output
+-- with its checksum right.
+local function check_code(code, level)
+    if intact[code] or byte(code, 1) ~= 27 or sub(code, 1, 3) == "\27LJ" then return end
+    if sub(code, 1, #HEADER) ~= HEADER or sub(code, #HEADER + 1, SKIP) ~= checksum(code, SKIP + 1) then
+        error("lj-async: submit's code is not intact Pool.compile output (changed or cut?), "
+            .. "nor LuaJIT bytecode", level + 1)
+    end
+    if nintact >= 256 then intact, nintact = {}, 0 end
+    intact[code], nintact = true, nintact + 1
+end
+
 -- Queues a job; returns its handle, or nil, "pool is shut down".
 local function submit(pool, code, ctx, opts, level)
     level = level + 1
     if type(code) ~= "string" then error("lj-async: submit takes the code as a string", level) end
+    check_code(code, level)
     local timeout = -1
     if opts ~= nil then
         if type(opts) ~= "table" then error("lj-async: submit's options are a table", level) end

@@ -8,109 +8,210 @@
 -- entry of every function (recursion).  Nothing is added on a new line, so
 -- line numbers in errors stay those of the source.  The cost is one C call
 -- per loop iteration and per function call (a few ns in a trace).
+--
+-- Functions of an instrumented chunk reach the poll through an upvalue
+-- named NAME.  Such a function may still cross states (a job's result):
+-- foreign_upvalue() does not count the poll, and bind() gives a function
+-- loaded on the other side that state's poll.
+local ffi = require "ffi"
+local C = require("lj-async.shim").C
+
+ffi.cdef [[
+int lja_pool_poll(void);
+]]
+
+local byte, find, match, sub = string.byte, string.find, string.match, string.sub
+local getupvalue, setupvalue, error, concat = debug.getupvalue, debug.setupvalue, error, table.concat
+local poll_c = C.lja_pool_poll
+
 local M = {}
 
-local POLL = " __lja_poll() "
-local PREFIX = "local __lja_poll = ...; "
+local NAME = "__lja_poll"
+local POLL = " " .. NAME .. "() "
+local PREFIX = "local " .. NAME .. " = ...; "
 
-local OPENS = { ["function"] = true, ["if"] = true, ["do"] = true, ["repeat"] = true }
-local CLOSES = { ["end"] = true, ["until"] = true }
+-- Raises once the job running on this thread is cancelled; does nothing on
+-- a thread that runs no job.  A real C call, which the JIT can neither
+-- hoist nor drop.
+local function poll()
+    if poll_c() ~= 0 then error("lj-async: job cancelled", 0) end
+end
+M.poll = poll
+
+-- The name of f's first upvalue that is not this state's poll, or nil.
+function M.foreign_upvalue(f)
+    for i = 1, 255 do
+        local name, v = getupvalue(f, i)
+        if name == nil then return nil end
+        if name ~= NAME or v ~= poll then return name end
+    end
+end
+
+-- Gives a function loaded from an instrumented function's bytecode this
+-- state's poll.
+function M.bind(f)
+    for i = 1, 255 do
+        local name = getupvalue(f, i)
+        if name == nil then break end
+        if name == NAME then setupvalue(f, i, poll) end
+    end
+    return f
+end
+
+-- The lexer reads tokens as LuaJIT's does (lj_lex.c): identifier bytes are
+-- ASCII letters, digits, '_' and every byte >= 0x80; a number runs on over
+-- identifier bytes and '.', and over a sign after 'e' ('p' in hex).
+local IDENT, SPACE = {}, {}
+for b = 0, 255 do
+    IDENT[b] = b >= 128 or b == 95 or (b >= 48 and b <= 57) or (b >= 65 and b <= 90) or (b >= 97 and b <= 122)
+end
+for _, b in ipairs { 9, 10, 11, 12, 13, 32 } do SPACE[b] = true end
+local KEYWORDS = {}
+for w in ([[and break do else elseif end false for function if in local nil not or
+            repeat return then true until while]]):gmatch("%a+") do KEYWORDS[w] = true end
+-- `goto` is a name in LuaJIT (without its Lua 5.2 option) unless a
+-- statement starts with it and a name follows: these tokens end a
+-- statement or open a block, so a `goto` after one starts a statement.
+local ENDS_STATEMENT = {
+    name = true, number = true, string = true, [")"] = true, ["]"] = true, ["}"] = true,
+    [";"] = true, ["..."] = true, ["end"] = true, ["true"] = true, ["false"] = true, ["nil"] = true,
+    ["break"] = true, ["do"] = true, ["then"] = true, ["else"] = true, ["repeat"] = true,
+}
 
 -- The end of a long bracket ([[, [==[) opening at i, or nil.
 local function long_bracket_end(src, i)
-    local eq = src:match("^%[(=*)%[", i)
+    local eq = match(src, "^%[(=*)%[", i)
     if not eq then return nil end
-    local _, e = src:find("]" .. eq .. "]", i + #eq + 2, true)
+    local _, e = find(src, "]" .. eq .. "]", i + #eq + 2, true)
     return e or #src
+end
+
+local function line_end(src, i)
+    return (find(src, "[\r\n]", i) or #src + 1) - 1
+end
+
+-- The next token at or after i: its kind ("name", "number", "string", a
+-- keyword or an operator, nil at the end), first and last index.
+local function token(src, i)
+    while true do
+        local c = byte(src, i)
+        if c == nil then return nil, i, i end
+        if SPACE[c] then
+            i = i + 1
+        elseif c == 45 and byte(src, i + 1) == 45 then   -- "--": a comment
+            i = (long_bracket_end(src, i + 2) or line_end(src, i)) + 1
+        else
+            break
+        end
+    end
+    local c = byte(src, i)
+    if IDENT[c] and not (c >= 48 and c <= 57) then
+        local j = i
+        while IDENT[byte(src, j + 1)] do j = j + 1 end
+        local word = sub(src, i, j)
+        return KEYWORDS[word] and word or "name", i, j
+    elseif (c >= 48 and c <= 57) or (c == 46 and (byte(src, i + 1) or 0) >= 48 and (byte(src, i + 1) or 0) <= 57) then
+        local j = c == 46 and i + 1 or i
+        local last, xp = byte(src, j), 101   -- 'e'
+        if last == 48 and bit.bor(byte(src, j + 1) or 0, 32) == 120 then xp = 112 end   -- "0x": 'p'
+        while true do
+            local d = byte(src, j + 1)
+            if d and (IDENT[d] or d == 46 or ((d == 43 or d == 45) and bit.bor(last, 32) == xp)) then
+                last, j = d, j + 1
+            else
+                return "number", i, j
+            end
+        end
+    elseif c == 34 or c == 39 then   -- a quoted string
+        local j = i + 1
+        while true do
+            local d = byte(src, j)
+            if d == nil or d == c or d == 10 or d == 13 then return "string", i, j end
+            if d == 92 then   -- an escape: "\z" skips white space, "\" a line end (\r\n, \n\r)
+                d = byte(src, j + 1)
+                if d == 122 then
+                    j = j + 2
+                    while SPACE[byte(src, j)] do j = j + 1 end
+                elseif (d == 10 and byte(src, j + 2) == 13) or (d == 13 and byte(src, j + 2) == 10) then
+                    j = j + 3
+                else
+                    j = j + 2
+                end
+            else
+                j = j + 1
+            end
+        end
+    elseif c == 91 then   -- '['
+        local e = long_bracket_end(src, i)
+        if e then return "string", i, e end
+        return "[", i, i
+    elseif c == 46 then   -- '.', "..", "..."
+        if byte(src, i + 1) ~= 46 then return ".", i, i end
+        if byte(src, i + 2) == 46 then return "...", i, i + 2 end
+        return "..", i, i + 1
+    elseif c == 58 and byte(src, i + 1) == 58 then
+        return "::", i, i + 1
+    end
+    local two = sub(src, i, i + 1)
+    if two == "==" or two == "~=" or two == "<=" or two == ">=" then return two, i, i + 1 end
+    return sub(src, i, i), i, i
 end
 
 -- Returns the instrumented source.  `src` must be valid Lua (check it with
 -- load first): on invalid input the result is invalid too, not unsafe.
 function M.instrument(src)
-    local out, n = {}, 0
-    local function emit(s) n = n + 1; out[n] = s end
-    local i, len = 1, #src
+    local out, n, last = { PREFIX }, 1, 1
+    local function emit_poll(after)
+        out[n + 1], out[n + 2], n, last = sub(src, last, after), POLL, n + 2, after + 1
+    end
+    local i = 1
+    -- LuaJIT skips a UTF-8 byte order mark, then a first line starting
+    -- with '#'; behind the prefix, that line becomes a comment.
+    if sub(src, 1, 3) == "\239\187\191" then i, last = 4, 4 end
+    if byte(src, i) == 35 then
+        out[2], n = "--", 2
+        i = line_end(src, i) + 1
+    end
     local depth = 0
     local pending = {}         -- block depths of while/for headers awaiting their do
     local in_params = false    -- after `function`, before its `)`
-    local last = 1
-    local prev = ""            -- the last character of the last token
-    local function flush(upto) emit(src:sub(last, upto)); last = upto + 1 end
-    if src:sub(1, 1) == "#" then i = (src:find("\n", 1, true) or len) end   -- shebang line
-    while i <= len do
-        local c = src:sub(i, i)
-        if c == "-" and src:sub(i + 1, i + 1) == "-" then
-            i = (long_bracket_end(src, i + 2) or src:find("\n", i, true) or len) + 1
-        elseif c == "\"" or c == "'" then
-            local j = i + 1
-            while j <= len do
-                local d = src:sub(j, j)
-                if d == "\\" then j = j + 2
-                elseif d == c then break
-                else j = j + 1 end
+    local in_label = false     -- between the `::` of a label
+    local prev = ";"           -- the kind of the last token
+    while true do
+        local kind, s, e = token(src, i)
+        if kind == nil then break end
+        if kind == "while" or kind == "for" then
+            pending[#pending + 1] = depth
+        elseif kind == "do" then
+            if pending[#pending] == depth then
+                pending[#pending] = nil
+                emit_poll(e)
             end
-            i = j + 1
-            prev = c
-        elseif c == "[" and long_bracket_end(src, i) then
-            i = long_bracket_end(src, i) + 1
-            prev = "]"
-        elseif c:match("[%a_]") then
-            local word = src:match("^[%w_]+", i)
-            local wend = i + #word - 1
-            local is_field = prev == "." or prev == ":"
-            if not is_field then
-                if word == "while" or word == "for" then
-                    pending[#pending + 1] = depth
-                elseif word == "do" then
-                    if pending[#pending] == depth then
-                        pending[#pending] = nil
-                        flush(wend)
-                        emit(POLL)
-                    end
-                    depth = depth + 1
-                elseif word == "repeat" then
-                    depth = depth + 1
-                    flush(wend)
-                    emit(POLL)
-                elseif word == "goto" then
-                    flush(i - 1)
-                    emit(POLL)
-                elseif word == "function" then
-                    depth = depth + 1
-                    in_params = true
-                elseif OPENS[word] then
-                    depth = depth + 1
-                elseif CLOSES[word] then
-                    depth = depth - 1
-                end
-            end
-            i = wend + 1
-            prev = "a"
-        elseif c:match("%d") or (c == "." and src:sub(i + 1, i + 1):match("%d")) then
-            i = i + #src:match("^[%w_%.]+", i)   -- numbers, hex, exponents (and their signs below)
-            while src:sub(i - 1, i - 1):match("[eEpP]") and src:sub(i, i):match("[%+%-]") do
-                i = i + 1 + #(src:match("^[%w_%.]*", i + 1))
-            end
-            prev = "0"
-        elseif c == ")" and in_params then
+            depth = depth + 1
+        elseif kind == "repeat" then
+            depth = depth + 1
+            emit_poll(e)
+        elseif kind == "function" then
+            depth = depth + 1
+            in_params = true
+        elseif kind == "if" then
+            depth = depth + 1
+        elseif kind == "end" or kind == "until" then
+            depth = depth - 1
+        elseif kind == ")" and in_params then
             in_params = false
-            flush(i)
-            emit(POLL)
-            i = i + 1
-            prev = ")"
-        else
-            -- `..` ends a token like any operator: a word after it is no field
-            if c == "." and src:sub(i + 1, i + 1) == "." then
-                prev = "~"
-                i = i + 2
-            else
-                if not c:match("%s") then prev = c end
-                i = i + 1
-            end
+            emit_poll(e)
+        elseif kind == "name" and ENDS_STATEMENT[prev] and sub(src, s, e) == "goto"
+            and token(src, e + 1) == "name" then
+            emit_poll(s - 1)
+        elseif kind == "::" then
+            in_label = not in_label
+            if not in_label then kind = ";" end   -- a label ends like a statement
         end
+        prev, i = kind, e + 1
     end
-    flush(len)
-    return PREFIX .. table.concat(out)
+    out[n + 1] = sub(src, last)
+    return concat(out)
 end
 
 return M

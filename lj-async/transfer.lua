@@ -33,6 +33,12 @@ end
 
 local M = {}
 
+-- Functions of instrumented pool code reach the poll through an upvalue
+-- that crosses: the receiver binds its own (lj-async.safepoint).
+local function safepoint()
+    return require "lj-async.safepoint"
+end
+
 -- Stand-ins: SPECIAL { slot } for a special value, NODE { i } for a part
 -- of a deep table sent apart (see CUT).
 local SPECIAL, NODE = {}, {}
@@ -120,7 +126,7 @@ local function stand_in(v)
     local tv, slot = type(v)
     if tv == "function" then
         if getinfo(v, "S").what == "C" then return nil, "a C function" end
-        local up = getupvalue(v, 1)
+        local up = getupvalue(v, 1) and safepoint().foreign_upvalue(v)
         if up then return nil, "a function with upvalue '" .. up .. "'" end
         local ok, bc = pcall(string_dump, v)
         if not ok then return nil, "a function that string.dump refuses (" .. tostring(bc) .. ")" end
@@ -367,7 +373,11 @@ local made, parts
 
 local function make(s)
     local tag = s[1]
-    if tag == "function" then return (assert(load(s[2]))) end
+    if tag == "function" then
+        local f = assert(load(s[2]))
+        if getupvalue(f, 1) then safepoint().bind(f) end
+        return f
+    end
     if tag == "pointer" then return ffi.cast("void *", s[2]) end
     local kind = kinds_by_name[s[3]]
     if not kind then

@@ -100,6 +100,8 @@ local SPINS = {
     ["goto"] = "local x = 0 ::top:: x = x + 1 goto top",
     ["tail recursion"] = "local function f(n) return f(n + 1) end return f(1)",
     ["pcall in a loop"] = "while true do pcall(function() while true do end end) end",
+    ["varargs, then a loop"] = "local x = ... while true do end",
+    ["a loop after a label"] = "::a:: while true do end",
 }
 
 -- A timeout stops a job spinning in compiled code; the worker is free
@@ -124,7 +126,7 @@ end
 function TestPool:test_timeout_stops_plain_bytecode_and_source()
     local pool = Pool.new(1)
     local spin = string.dump(function() local x = 0 while true do x = x + 1 end end)
-    for _, code in ipairs { spin, "while true do end" } do
+    for _, code in ipairs { spin, "while true do end", "local x = ... while true do end" } do
         local s, res, err = timed(pool.submit, pool, code, {}, { timeout = 0.2 })
         lu.assertEquals({ res, err }, { nil, "timeout" })
         lu.assertTrue(s < 0.4)
@@ -172,6 +174,128 @@ function TestPool:test_job_stuck_in_c_is_replaced()
     s, res = timed(pool.submit, pool, Pool.compile("return 'served'"), {})
     lu.assertEquals(res, "served")
     lu.assertTrue(s < 1.0, ("the next job waited %.3f s for a stuck worker"):format(s))
+    lu.assertEquals(pool:active_workers(), 1)
+    lu.assertTrue(pool:shutdown(5))
+end
+
+-- CPU seconds this process spends over `seconds` of sleep: a thread left
+-- spinning shows.
+local function cpu_while_idle(seconds)
+    local t0 = os.clock()
+    Thread.sleep(seconds)
+    return os.clock() - t0
+end
+
+-- A job cannot swallow its cancel: one that catches it (pcall, xpcall with
+-- a handler, a coroutine) and loops on is hit again at once, so it stops,
+-- its worker serves the next job, and no thread is left spinning.
+function TestPool:test_cancel_cannot_be_swallowed()
+    local pool = Pool.new(1)
+    local caught = {
+        pcall = "while true do pcall(function() for i = 1, 1e9 do end end) end",
+        xpcall = "while true do xpcall(function() for i = 1, 1e9 do end end, function(e) return e end) end",
+        xpcall_traceback = "while true do xpcall(function() while true do end end, "
+            .. "function(e) return debug.traceback(e) end) end",
+        coroutine = "while true do coroutine.resume(coroutine.create(function() while true do end end)) end",
+    }
+    local quick = Pool.compile("return 'next'")
+    for name, src in pairs(caught) do
+        local f = assert(load(src))
+        for form, code in pairs { bytecode = string.dump(f), source = src, compiled = Pool.compile(src) } do
+            local what = name .. " as " .. form
+            local s, res, err = timed(pool.submit, pool, code, {}, { timeout = 0.1 })
+            lu.assertEquals({ res, err }, { nil, "timeout" }, what)
+            lu.assertTrue(s < 0.3, ("%s: the timeout of 0.1 s took %.3f s"):format(what, s))
+            -- the worker itself is free again (a replacement would take 0.25 s)
+            s, res = timed(pool.submit, pool, quick, {})
+            lu.assertEquals(res, "next", what)
+            lu.assertTrue(s < 0.2, ("%s: the next job waited %.3f s"):format(what, s))
+            local job = pool:submit_async(code, {})
+            Thread.sleep(0.02)
+            lu.assertTrue(job:cancel(), what)
+            lu.assertEquals({ job:wait(1) }, { nil, "cancelled" }, what)
+        end
+    end
+    lu.assertEquals(pool:active_workers(), 1)
+    lu.assertTrue(pool:shutdown(1))
+    local cpu = cpu_while_idle(0.3)
+    lu.assertTrue(cpu < 0.1, ("%.2f s of CPU over 0.3 s idle: a job still spins"):format(cpu))
+end
+
+-- A job's results may include a function defined in it (it polls for
+-- cancel through a hidden upvalue, which crosses as the receiver's poll).
+function TestPool:test_jobs_return_functions()
+    local pool = Pool.new(1)
+    local src = "return function(a) return a * 2 end, function(n) local s = 0 for i = 1, n do s = s + i end return s end"
+    local quick = Pool.compile("return 'next'")
+    for form, code in pairs { source = src, compiled = Pool.compile(src), bytecode = string.dump(assert(load(src))) } do
+        local double, sum = pool:submit(code, {})
+        lu.assertIsFunction(double, form)
+        lu.assertEquals(double(21), 42, form)
+        lu.assertEquals(sum(100), 5050, form)
+        lu.assertEquals(pool:submit(Pool.compile("return ctx.f(4)"), { f = double }), 8, form)
+        if form ~= "bytecode" then   -- instrumented, it still polls in a job: a timeout stops it
+            local s, res, err = timed(pool.submit, pool, Pool.compile("return ctx.sum(1e300)"), { sum = sum },
+                { timeout = 0.1 })
+            lu.assertEquals({ res, err }, { nil, "timeout" }, form)
+            lu.assertEquals(pool:submit(quick, {}), "next", form)
+        end
+    end
+    -- a real upvalue still cannot cross, and is named
+    local res, err = pool:submit(Pool.compile("local __lja_poll = 1 return function() return __lja_poll end"), {})
+    lu.assertNil(res)
+    lu.assertStrContains(err, "upvalue '__lja_poll'")
+    lu.assertTrue(pool:shutdown(1))
+end
+
+-- LuaJIT does not verify bytecode: Pool.compile's output carries a
+-- checksum that submit checks, so a changed byte anywhere is refused (or,
+-- in the header's first byte, read as source that does not compile).
+function TestPool:test_damaged_compiled_code_is_refused()
+    local pool = Pool.new(1)
+    local code = Pool.compile("local t = {} for i = 1, 10 do t[i] = i * i end return t[10], 'ok'", "squares")
+    lu.assertEquals({ pool:submit(code, {}) }, { 100, "ok" })
+    for i = 1, #code do
+        for _, flip in ipairs { 0x01, 0x80 } do
+            local bad = code:sub(1, i - 1) .. string.char(bit.bxor(code:byte(i), flip)) .. code:sub(i + 1)
+            local ok, res, err = pcall(function()
+                local res, err = pool:submit(bad, {})
+                return res, err
+            end)
+            if ok then
+                lu.assertNil(res, "byte " .. i)
+                lu.assertStrContains(err, "(job)", "byte " .. i)   -- a syntax error
+            else
+                lu.assertStrContains(res, "test_pool.lua:", "byte " .. i)   -- blames the caller
+                lu.assertStrContains(res, "not intact Pool.compile output", "byte " .. i)
+            end
+        end
+    end
+    lu.assertErrorMsgContains("not intact Pool.compile output", pool.submit, pool, code:sub(1, -2), {})
+    lu.assertErrorMsgContains("not intact Pool.compile output", pool.submit, pool, code .. "\0", {})
+    lu.assertEquals({ pool:submit(code, {}) }, { 100, "ok" })
+    lu.assertTrue(pool:shutdown(1))
+end
+
+-- A job blocked in C that is cancelled (no timeout) gets its worker
+-- replaced like one that timed out: a pool of one serves again in 0.25 s.
+function TestPool:test_cancelled_job_stuck_in_c_is_replaced()
+    local channel = require "lj-async.channel"
+    local pool = Pool.new(1)
+    local started = channel.new()
+    local job = pool:submit_async(Pool.compile([[
+        local ffi = require "ffi"
+        pcall(ffi.cdef, "int usleep(unsigned int usec);")
+        ctx.started:send(true)
+        ffi.C.usleep(1500000)
+        return "woke"
+    ]]), { started = started })
+    lu.assertTrue(started:recv(5))
+    lu.assertTrue(job:cancel())
+    local s, res = timed(pool.submit, pool, Pool.compile("return 'served'"), {})
+    lu.assertEquals(res, "served")
+    lu.assertTrue(s < 1.0, ("the next job waited %.3f s for a cancelled worker"):format(s))
+    lu.assertEquals({ job:wait(5) }, { nil, "cancelled" })
     lu.assertEquals(pool:active_workers(), 1)
     lu.assertTrue(pool:shutdown(5))
 end
