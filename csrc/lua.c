@@ -109,8 +109,8 @@ struct lua_debug_head {
 
 /* Whether the function running in L at a hook is lj-async's own code: a
  * chunk lj-async named ("=lj-async...") or a file in a directory named
- * lj-async.  Interrupts are not raised there but at the next instruction
- * of the user's code: a message that lj-async received is then decoded and
+ * lj-async.  Interrupts and cancels are not raised there but at the next
+ * instruction of the user's code: a message that lj-async received is then decoded and
  * in the user's hands, never lost in between (README: lj-async.state). */
 static int in_lj_async(void *L, void *ar)
 {
@@ -143,9 +143,13 @@ void lja_lua_interrupt(void *L)
 }
 
 /* Stays set, at every instruction: a job that catches the error meets it
- * again at its next instruction, so no pcall loop can swallow it. */
+ * again at its next instruction, so no pcall loop can swallow it.  Like an
+ * interrupt, it waits while lj-async's own code runs (a received message
+ * is not lost). */
 static void cancel_hook(void *L, void *ar)
 {
+    if (in_lj_async(L, ar))
+        return;
     api.pushlstring(L, "lj-async: job cancelled", 23);
     api.error(L);
 }

@@ -232,18 +232,23 @@ local function submit(pool, code, ctx, opts, level)
     return ffi.gc(job_out[0], C.lja_job_release), timeout
 end
 
-local function results(n, ok, ...)
+local function results(reason, n, ok, ...)
     if ok then return ... end
+    if reason ~= 0 then return nil, REASONS[reason] end
     return nil, ...
 end
 
--- A finished job's return values, or nil, err.
+-- A finished job's return values, or nil, err.  A job that ran to its end
+-- gives its results even when a cancel came too late to stop it: they may
+-- hold what it took from a channel.
 local function outcome(job)
     local reason = C.lja_job_cancelled(job)
-    if reason ~= 0 then return nil, REASONS[reason] end
     local p = C.lja_job_result(job, len_out)
-    if p == nil then return nil, "lj-async: the job failed in its worker" end
-    return results(transfer.decode(p, len_out[0]))
+    if p == nil then
+        if reason ~= 0 then return nil, REASONS[reason] end
+        return nil, "lj-async: the job failed in its worker"
+    end
+    return results(reason, transfer.decode(p, len_out[0]))
 end
 
 function methods:submit(code, ctx, opts)

@@ -160,6 +160,53 @@ end
 
 -- A job blocked in C cannot be stopped: its worker is replaced, so the pool
 -- keeps its size and serves, and the stuck thread ends when C returns.
+-- A cancel that lands just as a job's ch:recv returns waits until lj-async's
+-- own code is done: the message reaches the job's code (here, its result),
+-- or stays queued for the next job, never lost in between (README).
+function TestPool:test_cancel_never_loses_a_received_message()
+    local N = 150
+    local channel, sync = require "lj-async.channel", require "lj-async.sync"
+    local ch = channel.new()
+    local pool = Pool.new(1)
+    local code = Pool.compile("return ctx.ch:recv(0.05)", "recv")
+    local got, sent, hits = {}, {}, 0
+    local function take(job)
+        local r = { job:wait(30) }
+        if r[1] ~= nil then
+            got[#got + 1] = r[1]
+        else
+            lu.assertTrue(r[2] == "cancelled" or r[2] == "timeout", tostring(r[2]))
+        end
+    end
+    for i = 1, N do
+        local s = sync.semaphore()
+        sent[i] = s:id()
+        local job = pool:submit_async(code, { ch = ch })
+        Thread.sleep(0.0002 * (i % 5))
+        ch:send(i, s)
+        Thread.sleep(0.0001 * (i % 3))
+        if job:cancel() then hits = hits + 1 end
+        take(job)
+    end
+    -- what is still queued (a job cancelled before it received) is drained
+    local deadline = H.now() + 30
+    while #got < N and H.now() < deadline do
+        local r = { pool:submit(code, { ch = ch }) }
+        if r[1] == nil then break end
+        got[#got + 1] = r[1]
+    end
+    local seen = {}
+    for _, seq in ipairs(got) do
+        lu.assertNil(seen[seq], "message " .. tostring(seq) .. " received twice")
+        seen[seq] = true
+    end
+    lu.assertEquals(#got, N)   -- nothing lost between recv and decode
+    lu.assertTrue(hits > 0, "no cancel reached a job")
+    lu.assertTrue(pool:shutdown(5))
+    collectgarbage()
+    for i = 1, N do lu.assertTrue(H.eventually_gone(sent[i]), "object of message " .. i .. " leaked") end
+end
+
 function TestPool:test_job_stuck_in_c_is_replaced()
     local pool = Pool.new(1)
     local block = Pool.compile([[
