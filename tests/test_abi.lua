@@ -77,6 +77,35 @@ function TestAbi:test_lua_declarations_match_the_header()
     lu.assertTrue(checked > 30, "only " .. checked .. " declarations found")
 end
 
+-- The LJA_ constants of a C text's enums: name -> value as written.
+local function enum_constants(text)
+    local out = {}
+    text = text:gsub("/%*.-%*/", ""):gsub("//[^\n]*", "")
+    for body in text:gmatch("enum%s*[%w_]*%s*(%b{})") do
+        for name, value in body:gmatch("(LJA_[%w_]+)%s*=%s*([^,}]+)") do
+            out[name] = (value:gsub("%s+", ""))
+        end
+    end
+    return out
+end
+
+-- Enum values drift as easily as functions: every LJA_ constant a Lua file
+-- declares must be the header's, with the header's value.
+function TestAbi:test_lua_constants_match_the_header()
+    local header = enum_constants(read("csrc/ljasync.h"))
+    local checked = 0
+    for _, file in ipairs(files()) do
+        for _, body in ipairs(lua_cdefs(file)) do
+            for name, value in pairs(enum_constants(body)) do
+                checked = checked + 1
+                lu.assertNotNil(header[name], file .. ": " .. name .. " is not in csrc/ljasync.h")
+                lu.assertEquals(value, header[name], file .. ": " .. name)
+            end
+        end
+    end
+    lu.assertTrue(checked > 20, "only " .. checked .. " constants found")
+end
+
 function TestAbi:test_error_codes_agree()
     local S = require("lj-async.shim").C
     local text = read("csrc/ljasync.h")
