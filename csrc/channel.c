@@ -223,7 +223,11 @@ int lja_channel_recv(lja_channel *ch, lja_msg **out, double timeout)
 {
     *out = NULL;
     if (timeout != 0) {
-        for (int i = 0; i < SPIN_ROUNDS && atomic_load(&ch->count) == 0 && !atomic_load(&ch->closed); i++)
+        /* A cancel or pause of the calling thread ends the spin: on busy
+         * cores each of its yields may last a time slice. */
+        for (int i = 0; i < SPIN_ROUNDS && atomic_load(&ch->count) == 0 && !atomic_load(&ch->closed) &&
+                        !lja_thread_poll();
+             i++)
             lja_spin_pause(i);
     }
     struct timespec deadline;
