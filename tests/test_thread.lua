@@ -622,12 +622,15 @@ function TestThread:test_list()
     local threads, mine = {}, {}
     local idch = channel.new()
     for i = 1, 70 do   -- more than one batch of the list
-        threads[i] = Thread.new(function(gate, idch)
-            idch:send(require("lj-async.thread").id())
+        threads[i] = Thread.new(function(gate, idch, i)
+            idch:send(i, require("lj-async.thread").id())
             return gate:recv()
-        end, gate, idch)
+        end, gate, idch, i)
     end
-    for i = 1, 70 do mine[i] = idch:recv(5) end
+    for _ = 1, 70 do
+        local i, id = idch:recv(5)
+        mine[i] = id
+    end
     local listed = ids()
     for i = 1, 70 do
         lu.assertNotNil(listed[mine[i]], "thread " .. i .. " not listed")
