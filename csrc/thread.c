@@ -81,8 +81,12 @@ void lja_thread_finish(lja_thread *t)
     pthread_mutex_unlock(&t->lock);
 }
 
-static _Thread_local lja_thread *current;
-static _Thread_local uint64_t current_id;
+/* Initial-exec: in the thread's static TLS, read without __tls_get_addr
+ * (lja_thread_poll runs in every loop of source code), and not a block
+ * that glibc mallocs per thread and frees from another thread. */
+#define LJA_TLS _Thread_local __attribute__((tls_model("initial-exec")))
+static LJA_TLS lja_thread *current;
+static LJA_TLS uint64_t current_id;
 static atomic_uint_fast64_t next_id = 1;
 
 lja_thread *lja_thread_self(void)
