@@ -62,7 +62,8 @@ Thread.__index = Thread
 local CPU_COUNT = C.lja_cpu_count()
 
 -- What a thread's state runs: registry["lj-async.run"] takes the thread's
--- input (path, cpath, code, arguments) and returns its result message.
+-- input (path, cpath, whether step is on, code, arguments) and returns its
+-- result message.
 -- It also returns true when a cancel stopped the thread's function: a
 -- function that ran to its end gives its results even when a cancel came
 -- too late (they may hold what it took from a channel).
@@ -145,6 +146,7 @@ local KNOWN_OPTIONS = { name = true, cpus = true, stack = true, step = true }
 local MIN_STACK, MAX_STACK = 2 ^ 18, 2 ^ 30   -- LuaJIT's C calls nest up to 200 deep
 local MAX_CPU = 1023                          -- glibc's CPU_SETSIZE - 1
 local cpus_buf = ffi.new("int[?]", MAX_CPU + 1)
+local anchored   -- the options of a spawn, alive until the shim has copied them
 
 local function option_error(what, got, level)
     error("lj-async: Thread.spawn: " .. what .. ", got " .. (type(got) == "number" and tostring(got) or type(got)),
@@ -171,7 +173,7 @@ local function thread_opts(opts, level)
         if type(name) ~= "string" or name:find("\0", 1, true) then
             option_error("opts.name must be a string without zero bytes", name, level)
         end
-        o.name = name   -- opts holds it while the shim copies it
+        o.name = name   -- start anchors opts while the shim copies it
     end
     if cpus ~= nil then
         if type(cpus) ~= "table" or #cpus == 0 or #cpus > MAX_CPU + 1 then
@@ -206,11 +208,13 @@ end
 local function start(options, level, func, ...)
     level = level + 1
     local opts, step = nil, false
+    anchored = options
     if options ~= nil then opts, step = thread_opts(options, level) end
     local code = transfer.code_of(func, level)
     local p, len = transfer.encode_at(level, 4, select("#", ...) + 4, package.path, package.cpath, step, code, ...)
     local anchors = transfer.take_anchors()
     local rc = C.lja_lua_spawn(handle_out, p, len, opts)
+    anchored = nil
     if rc ~= LJA_OK then
         transfer.drop_exported()
         if rc == C.LJA_EINVAL and opts and opts.ncpus > 0 then
