@@ -132,10 +132,12 @@ LJA_API int lja_thread_list(lja_thread **out, int cap);
  * in a new one made from the recipe (a chunk and its arguments, set once per
  * process with lja_lua_set_recipe).  The recipe leaves two functions in the
  * registry: "lj-async.run" takes the thread's input string and returns its
- * result string; "lj-async.reset", called after joiners were woken, puts the
+ * result string, and true when a cancel stopped the thread (its state is then
+ * LJA_THREAD_CANCELLED; the cancel and step hooks are set on the state only
+ * during this call); "lj-async.reset", called after joiners were woken, puts the
  * state back as it was and returns true when the state may serve another
  * thread (it then goes on the spare stack, up to spare_limit states),
- * false when it must be closed.
+ * false when it must be closed.  opts (or NULL) are lja_thread_start's.
  */
 typedef struct lja_lua_api {
     void *(*newstate)(void);
