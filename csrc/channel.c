@@ -178,7 +178,7 @@ int lja_channel_send(lja_channel *ch, const char *data, size_t len, void *const 
     while (!atomic_load(&ch->closed) && ch->capacity && atomic_load(&ch->count) >= ch->capacity &&
            rc == LJA_OK) {
         ch->send_waiters++;
-        rc = lja_cond_wait_timeout(&ch->not_full, &ch->lock, timeout, &deadline, &have);
+        rc = lja_wait_timeout(&ch->not_full, &ch->lock, timeout, &deadline, &have);
         ch->send_waiters--;
     }
     if (atomic_load(&ch->closed)) {
@@ -223,7 +223,11 @@ int lja_channel_recv(lja_channel *ch, lja_msg **out, double timeout)
 {
     *out = NULL;
     if (timeout != 0) {
-        for (int i = 0; i < SPIN_ROUNDS && atomic_load(&ch->count) == 0 && !atomic_load(&ch->closed); i++)
+        /* A cancel or pause of the calling thread ends the spin: on busy
+         * cores each of its yields may last a time slice. */
+        for (int i = 0; i < SPIN_ROUNDS && atomic_load(&ch->count) == 0 && !atomic_load(&ch->closed) &&
+                        !lja_thread_poll();
+             i++)
             lja_spin_pause(i);
     }
     struct timespec deadline;
@@ -231,7 +235,7 @@ int lja_channel_recv(lja_channel *ch, lja_msg **out, double timeout)
     pthread_mutex_lock(&ch->lock);
     while (!ch->head && !atomic_load(&ch->closed) && rc == LJA_OK) {
         ch->recv_waiters++;
-        rc = lja_cond_wait_timeout(&ch->not_empty, &ch->lock, timeout, &deadline, &have);
+        rc = lja_wait_timeout(&ch->not_empty, &ch->lock, timeout, &deadline, &have);
         ch->recv_waiters--;
     }
     lja_msg *msg = pop(ch);
@@ -321,7 +325,7 @@ int lja_channel_select(lja_channel *const *chs, int n, int *index, lja_msg **msg
     while (!(got = take_ready(chs, n, index, msg)) && rc == LJA_OK) {
         pthread_mutex_lock(&sel.lock);
         while (!sel.signaled && rc == LJA_OK)
-            rc = lja_cond_wait_timeout(&sel.ready, &sel.lock, timeout, &deadline, &have);
+            rc = lja_wait_timeout(&sel.ready, &sel.lock, timeout, &deadline, &have);
         sel.signaled = 0;
         pthread_mutex_unlock(&sel.lock);
     }

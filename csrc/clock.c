@@ -28,6 +28,8 @@ void lja_sleep(double seconds)
 {
     if (!(seconds > 0))  /* also rejects NaN */
         return;
+    if (lja_thread_sleep(seconds))   /* an lj-async thread: a cancel wakes it */
+        return;
     struct timespec ts = to_timespec(seconds);
     while (nanosleep(&ts, &ts) == -1 && errno == EINTR) {
     }
@@ -69,14 +71,28 @@ int lja_cond_wait_until(pthread_cond_t *c, pthread_mutex_t *m, const struct time
     return pthread_cond_timedwait(c, m, deadline) == ETIMEDOUT ? LJA_ETIMEDOUT : LJA_OK;
 }
 
+/* The deadline of a wait loop's timeout, fixed on its first wait. */
+static const struct timespec *loop_deadline(double timeout, struct timespec *deadline, int *have_deadline)
+{
+    if (timeout > 0 && !*have_deadline) {
+        *deadline = lja_deadline(timeout);
+        *have_deadline = 1;
+    }
+    return timeout > 0 ? deadline : NULL;
+}
+
 int lja_cond_wait_timeout(pthread_cond_t *c, pthread_mutex_t *m, double timeout,
                           struct timespec *deadline, int *have_deadline)
 {
     if (timeout == 0)
         return LJA_ETIMEDOUT;
-    if (timeout > 0 && !*have_deadline) {
-        *deadline = lja_deadline(timeout);
-        *have_deadline = 1;
-    }
-    return lja_cond_wait_until(c, m, timeout > 0 ? deadline : NULL);
+    return lja_cond_wait_until(c, m, loop_deadline(timeout, deadline, have_deadline));
+}
+
+int lja_wait_timeout(pthread_cond_t *c, pthread_mutex_t *m, double timeout,
+                     struct timespec *deadline, int *have_deadline)
+{
+    if (timeout == 0)
+        return LJA_ETIMEDOUT;
+    return lja_wait_until(c, m, loop_deadline(timeout, deadline, have_deadline));
 }

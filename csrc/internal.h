@@ -45,6 +45,30 @@ int lja_lua_call_registry(void *L, const char *name, int as_integer, ptrdiff_t *
  * every VM instruction until lja_lua_clear_hook. */
 void lja_lua_cancel(void *L);
 
+/* lua.c: the same for a thread ("lj-async: thread cancelled"), and the
+ * count hook of a thread's step option, every `step` VM instructions: it
+ * pauses there, or raises once the thread is cancelled. */
+void lja_lua_cancel_thread(void *L);
+void lja_lua_step(void *L, int step);
+
+/* thread.c: the cancellation points of the calling lja_thread thread.
+ * lja_wait_until and lja_wait_timeout wait as lja_cond_wait_until and
+ * lja_cond_wait_timeout do, and also return at once (LJA_ETIMEDOUT) once
+ * the thread is cancelled, and pause while it is paused (then LJA_OK: the
+ * caller checks again); the caller holds m, and m lives while it waits.
+ * lja_thread_sleep sleeps until the deadline or a cancel; it returns 0
+ * (without sleeping) outside lja_thread threads. */
+int lja_wait_until(pthread_cond_t *c, pthread_mutex_t *m, const struct timespec *deadline);
+int lja_wait_timeout(pthread_cond_t *c, pthread_mutex_t *m, double timeout,
+                     struct timespec *deadline, int *have_deadline);
+int lja_thread_sleep(double seconds);
+
+/* thread.c: L runs t's Lua (NULL: no more): a cancel then sets the cancel
+ * hook on L (lja_lua_cancel_thread); the step hook is set or cleared.  And
+ * the runner's word that a cancel stopped t (lja_thread_state). */
+void lja_thread_attach(lja_thread *t, void *L);
+void lja_thread_set_cancelled(lja_thread *t);
+
 /* The i-th poll of a spin-wait: a CPU pause for the first LJA_SPIN_PAUSES
  * polls, then a yield of the CPU.  Waiting this way a little before a
  * condition variable makes a wake-up that comes within microseconds cost no

@@ -46,7 +46,7 @@ LJA_API const char *lja_strerror(int err);
  * LJA_ABI_VERSION, and the ABI in lj-async/shim.lua, whenever a declaration
  * in this file changes or is added.
  */
-#define LJA_ABI_VERSION 1
+#define LJA_ABI_VERSION 2
 LJA_API int lja_abi_version(void);     /* LJA_ABI_VERSION when the shim was built */
 LJA_API const char *lja_version(void); /* the release, e.g. "0.1.0" (CMake's project version) */
 
@@ -79,6 +79,46 @@ LJA_API void lja_thread_yield(void);
 LJA_API uint64_t lja_thread_id(void);  /* small, unique per OS thread, from 1 */
 LJA_API int lja_cpu_count(void);
 
+/* Options of lja_thread_start (0/NULL: the default): the thread's name,
+ * its stack size in bytes, the CPUs it may run on, and for threads that run
+ * Lua, the period in VM instructions of a count hook that meets cancel and
+ * pause requests (README: lj-async.thread).  LJA_EINVAL when the system
+ * refuses the stack size or the CPUs. */
+typedef struct lja_thread_opts {
+    const char *name;
+    size_t stack;
+    const int *cpus;
+    int ncpus;
+    int step;
+} lja_thread_opts;
+LJA_API int lja_thread_start(lja_thread **out, lja_thread_fn run, void *arg,
+                             lja_thread_fn cleanup, void *cleanup_arg,
+                             const char *input, size_t input_len, const lja_thread_opts *opts);
+
+/* Control from other threads.  A request (cancel, pause) is met at the
+ * thread's next cancellation point: lja_thread_checkpoint, and the waits of
+ * the shim's objects, which it wakes (they then return a timeout, keeping
+ * what they had taken).  Once cancelled, every point is met again: the
+ * waits return at once and lja_thread_checkpoint returns 1.  A cancel
+ * returns LJA_EINVAL on a finished thread; pause waits until the thread is
+ * paused (LJA_OK), finished (LJA_EINVAL) or the timeout passed; resume
+ * withdraws a pause.  lja_thread_poll gives the calling thread's requests
+ * (0 outside lja_thread threads); lja_thread_checkpoint pauses there while
+ * a pause is asked and returns 1 once the thread is cancelled. */
+enum { LJA_THREAD_CANCEL = 1, LJA_THREAD_PAUSE = 2 };
+enum { LJA_THREAD_RUNNING, LJA_THREAD_PAUSED, LJA_THREAD_FINISHED, LJA_THREAD_CANCELLED };
+LJA_API int lja_thread_cancel(lja_thread *t);
+LJA_API int lja_thread_pause(lja_thread *t, double timeout);
+LJA_API void lja_thread_resume(lja_thread *t);
+LJA_API int lja_thread_state(lja_thread *t);          /* LJA_THREAD_RUNNING... */
+LJA_API uint64_t lja_thread_handle_id(lja_thread *t); /* lja_thread_id() inside t */
+LJA_API const char *lja_thread_name(lja_thread *t);   /* or NULL */
+LJA_API int lja_thread_poll(void);
+LJA_API int lja_thread_checkpoint(void);
+/* Stores up to cap of the live threads in out, each with a reference to
+ * release; returns how many live. */
+LJA_API int lja_thread_list(lja_thread **out, int cap);
+
 /* ---- Lua states ---------------------------------------------------------
  * The shim does not link LuaJIT: the host hands it, once per process, the
  * Lua C API functions it calls (lja_lua_bind copies them; the first bind
@@ -92,10 +132,12 @@ LJA_API int lja_cpu_count(void);
  * in a new one made from the recipe (a chunk and its arguments, set once per
  * process with lja_lua_set_recipe).  The recipe leaves two functions in the
  * registry: "lj-async.run" takes the thread's input string and returns its
- * result string; "lj-async.reset", called after joiners were woken, puts the
+ * result string, and true when a cancel stopped the thread (its state is then
+ * LJA_THREAD_CANCELLED; the cancel and step hooks are set on the state only
+ * during this call); "lj-async.reset", called after joiners were woken, puts the
  * state back as it was and returns true when the state may serve another
  * thread (it then goes on the spare stack, up to spare_limit states),
- * false when it must be closed.
+ * false when it must be closed.  opts (or NULL) are lja_thread_start's.
  */
 typedef struct lja_lua_api {
     void *(*newstate)(void);
@@ -122,7 +164,8 @@ LJA_API void lja_lua_close(void *L);
 LJA_API void lja_free(void *p);
 LJA_API int lja_lua_set_recipe(const char *chunk, size_t len, int nargs,
                                const char *const *args, const size_t *lens, int spare_limit);
-LJA_API int lja_lua_spawn(lja_thread **out, const char *input, size_t len);
+LJA_API int lja_lua_spawn(lja_thread **out, const char *input, size_t len,
+                          const lja_thread_opts *opts);
 
 /* ---- 64-bit atomics on caller-owned memory (sequentially consistent) --- */
 LJA_API int64_t lja_atomic_load(const int64_t *p);

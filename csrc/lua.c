@@ -145,18 +145,45 @@ void lja_lua_interrupt(void *L)
 /* Stays set, at every instruction: a job that catches the error meets it
  * again at its next instruction, so no pcall loop can swallow it.  Like an
  * interrupt, it waits while lj-async's own code runs (a received message
- * is not lost). */
-static void cancel_hook(void *L, void *ar)
+ * is not lost).  The same for a thread (README: lj-async.thread). */
+static void raise_cancel(void *L, void *ar, const char *msg, size_t len)
 {
     if (in_lj_async(L, ar))
         return;
-    api.pushlstring(L, "lj-async: job cancelled", 23);
+    api.pushlstring(L, msg, len);
     api.error(L);
+}
+
+static void cancel_hook(void *L, void *ar)
+{
+    raise_cancel(L, ar, "lj-async: job cancelled", 23);
 }
 
 void lja_lua_cancel(void *L)
 {
     api.sethook(L, cancel_hook, LUA_MASKCOUNT, 1);
+}
+
+static void thread_cancel_hook(void *L, void *ar)
+{
+    raise_cancel(L, ar, "lj-async: thread cancelled", 26);
+}
+
+void lja_lua_cancel_thread(void *L)
+{
+    api.sethook(L, thread_cancel_hook, LUA_MASKCOUNT, 1);
+}
+
+/* A thread's step option: a cancellation point every `step` instructions. */
+static void step_hook(void *L, void *ar)
+{
+    if (lja_thread_poll() && lja_thread_checkpoint())
+        thread_cancel_hook(L, ar);
+}
+
+void lja_lua_step(void *L, int step)
+{
+    api.sethook(L, step_hook, LUA_MASKCOUNT, step);
 }
 
 int lja_lua_call_registry(void *L, const char *name, int as_integer, ptrdiff_t *result,
@@ -239,6 +266,9 @@ static void *take_spare(void)
     return L;
 }
 
+/* registry["lj-async.run"](input) returns the result message, and true
+ * when a cancel stopped the thread's function.  The cancel and step hooks
+ * are on L only during that call. */
 static void run_thread(void *L)
 {
     lja_thread *t = lja_thread_self();
@@ -246,10 +276,15 @@ static void run_thread(void *L)
     const char *input = lja_thread_input(t, &len);
     api.getfield(L, api.registry_index, "lj-async.run");
     api.pushlstring(L, input, len);
-    if (api.pcall(L, 1, 1, 0) == 0) {
-        const char *result = api.tolstring(L, -1, &rlen);
+    lja_thread_attach(t, L);
+    int ok = api.pcall(L, 1, 2, 0) == 0;
+    lja_thread_attach(t, NULL);
+    if (ok) {
+        const char *result = api.tolstring(L, -2, &rlen);
         if (result)
             lja_thread_set_result(t, result, rlen);
+        if (api.toboolean(L, -1))
+            lja_thread_set_cancelled(t);
     }
     /* Otherwise no result is stored: the joiner reports the failure. */
     api.settop(L, 0);
@@ -271,7 +306,7 @@ static void finish_thread(void *L)
         api.close(L);
 }
 
-int lja_lua_spawn(lja_thread **out, const char *input, size_t len)
+int lja_lua_spawn(lja_thread **out, const char *input, size_t len, const lja_thread_opts *opts)
 {
     if (!out)
         return LJA_EINVAL;
@@ -285,7 +320,7 @@ int lja_lua_spawn(lja_thread **out, const char *input, size_t len)
         if (!(L = new_thread_state()))
             return LJA_ENOMEM;
     }
-    int rc = lja_thread_create(out, run_thread, L, finish_thread, L, input, len);
+    int rc = lja_thread_start(out, run_thread, L, finish_thread, L, input, len, opts);
     if (rc != LJA_OK)
         api.close(L);
     return rc;

@@ -66,7 +66,7 @@ int lja_state_enter(lja_state *st, double timeout)
             break;
         }
         st->waiters++;
-        rc = lja_cond_wait_until(&st->left, &st->lock, timeout > 0 ? &deadline : NULL);
+        rc = lja_wait_until(&st->left, &st->lock, timeout > 0 ? &deadline : NULL);
         st->waiters--;
     }
     if (!st->L)

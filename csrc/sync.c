@@ -42,14 +42,17 @@ lja_mutex *lja_mutex_new(void)
     return m;
 }
 
-int lja_mutex_lock(lja_mutex *m, double timeout)
+/* A cancellable lock is a cancellation point of lj-async threads (it
+ * returns LJA_ETIMEDOUT once the thread is cancelled). */
+static int mutex_lock(lja_mutex *m, double timeout, int cancellable)
 {
     struct timespec deadline;
     int have = 0, rc = LJA_OK;
     pthread_mutex_lock(&m->lock);
     m->waiters++;
     while (m->locked && rc == LJA_OK)
-        rc = lja_cond_wait_timeout(&m->unlocked, &m->lock, timeout, &deadline, &have);
+        rc = cancellable ? lja_wait_timeout(&m->unlocked, &m->lock, timeout, &deadline, &have)
+                         : lja_cond_wait_timeout(&m->unlocked, &m->lock, timeout, &deadline, &have);
     m->waiters--;
     if (!m->locked) {
         m->locked = 1;
@@ -59,6 +62,11 @@ int lja_mutex_lock(lja_mutex *m, double timeout)
     }
     pthread_mutex_unlock(&m->lock);
     return rc;
+}
+
+int lja_mutex_lock(lja_mutex *m, double timeout)
+{
+    return mutex_lock(m, timeout, 1);
 }
 
 int lja_mutex_unlock(lja_mutex *m)
@@ -132,7 +140,7 @@ int lja_cond_wait(lja_cond *c, lja_mutex *m, double timeout)
         c->head = &self;
     c->tail = &self;
     while (!self.signaled && rc == LJA_OK)
-        rc = lja_cond_wait_timeout(&c->cv, &c->lock, timeout, &deadline, &have);
+        rc = lja_wait_timeout(&c->cv, &c->lock, timeout, &deadline, &have);
     if (self.signaled) {
         rc = LJA_OK;      /* a signal given before the timeout counts */
     } else {              /* timed out: leave the queue */
@@ -146,7 +154,7 @@ int lja_cond_wait(lja_cond *c, lja_mutex *m, double timeout)
             c->tail = prev;
     }
     pthread_mutex_unlock(&c->lock);
-    lja_mutex_lock(m, -1);
+    mutex_lock(m, -1, 0);   /* m is locked again on return, even in a cancelled thread */
     return rc;
 }
 
@@ -226,7 +234,7 @@ int lja_semaphore_wait(lja_semaphore *s, double timeout)
     int have = 0, rc = LJA_OK;
     pthread_mutex_lock(&s->lock);
     while (s->count == 0 && rc == LJA_OK)
-        rc = lja_cond_wait_timeout(&s->posted, &s->lock, timeout, &deadline, &have);
+        rc = lja_wait_timeout(&s->posted, &s->lock, timeout, &deadline, &have);
     if (s->count > 0) {
         s->count--;
         rc = LJA_OK;

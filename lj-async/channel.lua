@@ -3,6 +3,8 @@
 -- sender's state (outside any lock) and queued in the shim
 -- (csrc/channel.c).  Expected failures return nil, err ("timeout",
 -- "closed"); bad arguments and values that cannot cross raise errors.
+-- In a cancelled lj-async thread a wait returns at once and, unless it got
+-- its message, raises the cancel (check_cancel).
 local shim = require "lj-async.shim"
 local ffi = require "ffi"
 local object = require "lj-async.object"
@@ -26,7 +28,7 @@ void lja_msg_free(lja_msg *msg);
 local C = shim.C
 local select, error, type = select, error, type
 local encode_at, decode = transfer.encode_at, transfer.decode
-local timeout_arg = shim.timeout_arg
+local timeout_arg, check_cancel = shim.timeout_arg, shim.check_cancel
 local LJA_OK, LJA_ETIMEDOUT, LJA_ECLOSED = C.LJA_OK, C.LJA_ETIMEDOUT, C.LJA_ECLOSED
 local send_c, recv_c, msg_data, msg_free = C.lja_channel_send, C.lja_channel_recv, C.lja_msg_data, C.lja_msg_free
 
@@ -50,6 +52,7 @@ end
 
 function Channel:send(...)
     local rc = send(self, -1, 2, select("#", ...), ...)
+    if rc == LJA_ETIMEDOUT then check_cancel() end
     if rc == LJA_ECLOSED then error("lj-async: send on a closed channel", 2) end
     if rc ~= LJA_OK then error("lj-async: send failed: " .. shim.strerror(rc), 2) end
 end
@@ -57,7 +60,10 @@ end
 function Channel:send_timeout(timeout, ...)
     local rc = send(self, timeout_arg(timeout, 2), 2, select("#", ...), ...)
     if rc == LJA_OK then return true end
-    if rc == LJA_ETIMEDOUT then return nil, "timeout" end
+    if rc == LJA_ETIMEDOUT then
+        check_cancel()
+        return nil, "timeout"
+    end
     if rc == LJA_ECLOSED then return nil, "closed" end
     error("lj-async: send failed: " .. shim.strerror(rc), 2)
 end
@@ -79,7 +85,10 @@ end
 function Channel:recv(timeout)
     local rc = recv_c(self, msg_out, timeout_arg(timeout, 2))
     if rc == LJA_OK then return open(msg_out[0]) end
-    if rc == LJA_ETIMEDOUT then return nil, "timeout" end
+    if rc == LJA_ETIMEDOUT then
+        check_cancel()
+        return nil, "timeout"
+    end
     return nil, "closed"
 end
 
@@ -130,7 +139,10 @@ function M.select(chs, timeout)
         arr[i - 1] = chs[i]
     end
     local rc = C.lja_channel_select(arr, n, index_out, msg_out, timeout_arg(timeout, 2))
-    if rc == LJA_ETIMEDOUT then return nil, "timeout" end
+    if rc == LJA_ETIMEDOUT then
+        check_cancel()
+        return nil, "timeout"
+    end
     if rc ~= LJA_OK then error("lj-async: select failed: " .. shim.strerror(rc), 2) end
     local ch = chs[index_out[0] + 1]
     if msg_out[0] == nil then return ch, nil, "closed" end

@@ -14,36 +14,53 @@
 -- foreign_upvalue() does not count the poll, and bind() gives a function
 -- loaded on the other side that state's poll.
 local ffi = require "ffi"
-local C = require("lj-async.shim").C
+local shim = require "lj-async.shim"
+local C = shim.C
 
 ffi.cdef [[
 int lja_pool_poll(void);
+int lja_thread_checkpoint(void);
 ]]
 
 local byte, find, match, sub = string.byte, string.find, string.match, string.sub
 local getupvalue, setupvalue, error, concat = debug.getupvalue, debug.setupvalue, error, table.concat
-local poll_c = C.lja_pool_poll
+local pool_poll_c, thread_poll_c, checkpoint_c = C.lja_pool_poll, C.lja_thread_poll, C.lja_thread_checkpoint
+local CANCELLED = shim.CANCELLED
 
 local M = {}
 
 local NAME = "__lja_poll"
 local POLL = " " .. NAME .. "() "
 local PREFIX = "local " .. NAME .. " = ...; "
+-- A thread's chunk keeps its arguments: it takes this state's poll itself.
+local PREFIX_THREAD = "local " .. NAME .. " = require('lj-async.safepoint').poll; "
 
--- Raises once the job running on this thread is cancelled; does nothing on
--- a thread that runs no job.  A real C call, which the JIT can neither
--- hoist nor drop.
-local function poll()
-    if poll_c() ~= 0 then error("lj-async: job cancelled", 0) end
+-- The poll of a pool worker's state: raises once the job running on this
+-- thread is cancelled; does nothing on a thread that runs no job.  A real C
+-- call, which the JIT can neither hoist nor drop.
+local function job_poll()
+    if pool_poll_c() ~= 0 then error("lj-async: job cancelled", 0) end
 end
-M.poll = poll
+
+-- The poll of a thread's state: pauses there while the thread is paused,
+-- raises once it is cancelled (README: lj-async.thread).
+local function thread_poll()
+    if thread_poll_c() ~= 0 and checkpoint_c() ~= 0 then error(CANCELLED, 0) end
+end
+
+M.poll = job_poll
+
+-- Called once by the runtime of thread states (lj-async.thread).
+function M.for_threads()
+    M.poll = thread_poll
+end
 
 -- The name of f's first upvalue that is not this state's poll, or nil.
 function M.foreign_upvalue(f)
     for i = 1, 255 do
         local name, v = getupvalue(f, i)
         if name == nil then return nil end
-        if name ~= NAME or v ~= poll then return name end
+        if name ~= NAME or v ~= M.poll then return name end
     end
 end
 
@@ -53,7 +70,7 @@ function M.bind(f)
     for i = 1, 255 do
         local name = getupvalue(f, i)
         if name == nil then break end
-        if name == NAME then setupvalue(f, i, poll) end
+        if name == NAME then setupvalue(f, i, M.poll) end
     end
     return f
 end
@@ -157,10 +174,12 @@ local function token(src, i)
     return sub(src, i, i), i, i
 end
 
--- Returns the instrumented source.  `src` must be valid Lua (check it with
--- load first): on invalid input the result is invalid too, not unsafe.
-function M.instrument(src)
-    local out, n, last = { PREFIX }, 1, 1
+-- Returns the instrumented source, a chunk called with the poll as its
+-- first argument, or, for a thread, one that takes this state's poll and
+-- keeps its arguments.  `src` must be valid Lua (check it with load first):
+-- on invalid input the result is invalid too, not unsafe.
+function M.instrument(src, for_thread)
+    local out, n, last = { for_thread and PREFIX_THREAD or PREFIX }, 1, 1
     local function emit_poll(after)
         out[n + 1], out[n + 2], n, last = sub(src, last, after), POLL, n + 2, after + 1
     end

@@ -18,7 +18,7 @@ local C_NAME = "ljasync"
 
 local M = {
     VERSION = "0.1.0",  -- the release: CMakeLists.txt and the rockspecs say the same
-    ABI = 1,            -- LJA_ABI_VERSION of csrc/ljasync.h that these modules are written for
+    ABI = 2,            -- LJA_ABI_VERSION of csrc/ljasync.h that these modules are written for
 }
 
 ffi.cdef [[
@@ -36,6 +36,7 @@ enum {
 const char *lja_strerror(int err);
 int lja_abi_version(void);
 const char *lja_version(void);
+int lja_thread_poll(void);
 ]]
 
 local function exists(path)
@@ -108,6 +109,18 @@ M.C, M.path = lib, path
 local strerror = lib.lja_strerror
 function M.strerror(rc)
     return ffi.string(strerror(rc))
+end
+
+-- What a cancelled lj-async thread raises at its cancellation points
+-- (README: lj-async.thread).
+M.CANCELLED = "lj-async: thread cancelled"
+
+-- Raises once the lj-async thread running this is cancelled.  A wait that
+-- returns without what it waited for calls it: the shim's waits return at
+-- once in a cancelled thread.
+local poll_c = lib.lja_thread_poll
+function M.check_cancel()
+    if poll_c() % 2 == 1 then error(M.CANCELLED, 0) end
 end
 
 -- A timeout argument as the shim takes it: nil waits forever (-1), a

@@ -92,6 +92,7 @@ local function call(st, timeout, ...)
     local rc = C.lja_state_enter(st, timeout)
     if rc ~= LJA_OK then
         transfer.drop_exported()   -- not sent: the message's references go
+        shim.check_cancel()        -- a cancelled lj-async thread does not wait
         error(rc == LJA_ECLOSED and "lj-async: state is closed" or "lj-async: state is busy", 2)
     end
     local L = ffi.cast("lua_State *", C.lja_state_lua(st))

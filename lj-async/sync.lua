@@ -1,7 +1,9 @@
 -- lj-async.sync: mutex, condition, semaphore and int64 atomic, shared by
 -- any thread or state (SPEC section 4).  Timeouts in seconds (nil: forever,
 -- 0: do not block) on the monotonic clock; waits return true, or false when
--- the timeout passed.  Bad arguments raise errors.
+-- the timeout passed.  Bad arguments raise errors.  In a cancelled lj-async
+-- thread a wait returns at once and, unless it got what it waited for,
+-- raises the cancel (check_cancel).
 local shim = require "lj-async.shim"
 local ffi = require "ffi"
 local object = require "lj-async.object"
@@ -31,7 +33,7 @@ int lja_atomic_cas(int64_t *p, int64_t expected, int64_t desired);
 
 local C = shim.C
 local LJA_OK = C.LJA_OK
-local timeout_arg = shim.timeout_arg
+local timeout_arg, check_cancel = shim.timeout_arg, shim.check_cancel
 local type, tostring, error, istype = type, tostring, error, ffi.istype
 
 local M = {}
@@ -60,7 +62,9 @@ local Mutex = {}
 local wrap_mutex = object.define("mutex", "lj-async.sync", C.LJA_KIND_MUTEX, "struct lja_mutex", Mutex)
 
 function Mutex:lock(timeout)
-    return C.lja_mutex_lock(self, timeout_arg(timeout, 2)) == LJA_OK
+    if C.lja_mutex_lock(self, timeout_arg(timeout, 2)) == LJA_OK then return true end
+    check_cancel()
+    return false
 end
 
 function Mutex:trylock()
@@ -89,7 +93,9 @@ function Cond:wait(m, timeout)
     if not ffi.istype(mutex_ct, m) then error("lj-async: cond:wait needs a lj-async mutex", 2) end
     local rc = C.lja_cond_wait(self, m, timeout_arg(timeout, 2))
     if rc == C.LJA_EINVAL then error("lj-async: cond:wait with a mutex that is not locked", 2) end
-    return rc == LJA_OK
+    if rc == LJA_OK then return true end
+    check_cancel()   -- m is locked again: a cleanup may unlock it
+    return false
 end
 
 Cond.signal = C.lja_cond_signal
@@ -107,7 +113,9 @@ local wrap_semaphore = object.define("semaphore", "lj-async.sync", C.LJA_KIND_SE
     "struct lja_semaphore", Semaphore)
 
 function Semaphore:wait(timeout)
-    return C.lja_semaphore_wait(self, timeout_arg(timeout, 2)) == LJA_OK
+    if C.lja_semaphore_wait(self, timeout_arg(timeout, 2)) == LJA_OK then return true end
+    check_cancel()
+    return false
 end
 
 -- Adds n (default 1) to the count, which stops at 2^63 - 1.
