@@ -11,8 +11,8 @@
 --
 -- Functions of an instrumented chunk reach the poll through an upvalue
 -- named NAME.  Such a function may still cross states (a job's result):
--- foreign_upvalue() does not count the poll, and bind() gives a function
--- loaded on the other side that state's poll.
+-- the poll is a field of this module, so it crosses by name and is the
+-- receiver's own (lj-async.transfer).
 local ffi = require "ffi"
 local C = require("lj-async.shim").C
 
@@ -21,7 +21,7 @@ int lja_pool_poll(void);
 ]]
 
 local byte, find, match, sub = string.byte, string.find, string.match, string.sub
-local getupvalue, setupvalue, error, concat = debug.getupvalue, debug.setupvalue, error, table.concat
+local error, concat = error, table.concat
 local poll_c = C.lja_pool_poll
 
 local M = {}
@@ -37,26 +37,6 @@ local function poll()
     if poll_c() ~= 0 then error("lj-async: job cancelled", 0) end
 end
 M.poll = poll
-
--- The name of f's first upvalue that is not this state's poll, or nil.
-function M.foreign_upvalue(f)
-    for i = 1, 255 do
-        local name, v = getupvalue(f, i)
-        if name == nil then return nil end
-        if name ~= NAME or v ~= poll then return name end
-    end
-end
-
--- Gives a function loaded from an instrumented function's bytecode this
--- state's poll.
-function M.bind(f)
-    for i = 1, 255 do
-        local name = getupvalue(f, i)
-        if name == nil then break end
-        if name == NAME then setupvalue(f, i, poll) end
-    end
-    return f
-end
 
 -- The lexer reads tokens as LuaJIT's does (lj_lex.c): identifier bytes are
 -- ASCII letters, digits, '_' and every byte >= 0x80; a number runs on over

@@ -39,12 +39,12 @@ local CPU_COUNT = C.lja_cpu_count()
 -- input (path, cpath, code, arguments) and returns its result message.
 local RUNTIME = vm.compile([[
 local transfer = require "lj-async.transfer"
-local tostring, load, pcall, xpcall = tostring, load, pcall, xpcall
+local tostring, pcall, xpcall = tostring, pcall, xpcall
 local registry = debug.getregistry()
 
 local function execute(n, path, cpath, code, ...)
     package.path, package.cpath = path, cpath
-    return assert(load(code, "=(thread)"))(...)
+    return transfer.load_code(code, "=(thread)")(...)
 end
 
 local function run(input)

@@ -94,9 +94,9 @@ function TestTransfer:test_pointers_cross_as_addresses()
 end
 
 function TestTransfer:test_rejected_at_the_sender_with_a_path()
-    local up = 1
+    local up = coroutine.create(print)   -- an upvalue that cannot cross
     local cases = {
-        { { f = function() return up end }, "a function with upvalue 'up' (argument 1.f)" },
+        { { f = function() return up end }, "a coroutine (argument 1.f, upvalue 'up')" },
         { { list = { 1, coroutine.create(print) } }, "a coroutine (argument 1.list[2])" },
         { { u = io.stdout }, "a userdata (argument 1.u)" },
         { { t = { [io.stdout] = 1 } }, "a userdata as a table key (argument 1.t)" },
@@ -273,7 +273,7 @@ function TestTransfer:test_number_cdata_one_rule()
 end
 
 function TestTransfer:test_errors_blame_the_senders_line()
-    local up = 1
+    local up = coroutine.create(print)
     local bad = function() return up end
     local ch = channel.new()
     local senders = {
@@ -285,7 +285,7 @@ function TestTransfer:test_errors_blame_the_senders_line()
         local ok, err = pcall(send)
         lu.assertFalse(ok)
         local line = debug.getinfo(send, "S").linedefined
-        lu.assertStrContains(err, "test_transfer.lua:" .. line .. ": lj-async: cannot send a function with upvalue 'up'")
+        lu.assertStrContains(err, "test_transfer.lua:" .. line .. ": lj-async: cannot send a coroutine (")
     end
 end
 

@@ -66,7 +66,7 @@ function T.api()
     until_true(function() return not pcall(ltask.call, q, "echo") end)
     r.after_quit = errmsg(ltask.call, q, "echo", 1)
 
-    local up = 1
+    local up = coroutine.create(print)   -- an upvalue that cannot cross
     r.upvalue = errmsg(ltask.call, e, "echo", function() return up end)
     r.bad_result = errmsg(ltask.call, e, "function_result")
     r.missing = errmsg(ltask.spawn, "no_such_service")
