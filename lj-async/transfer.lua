@@ -251,6 +251,7 @@ local function capture(f, slot, n, base, keys, d, key)
         local name, x = getupvalue(f, i)
         if name == nil then break end
         local id = upvalueid(f, i)
+        upvalues = upvalues or {}
         local other = upvalues[id]
         if other then
             joins = joins or {}
@@ -285,15 +286,16 @@ function stand_in(v, base, keys, d, key)
     local s = memo[v]
     if s then return s end
     local tv, slot = type(v)
-    if up_depth > 0 and (tv == "userdata" or tv == "function"
-            and (getupvalue(v, 1) or getinfo(v, "S").what == "C")) then
+    if up_depth > 0 and (tv == "function" or tv == "userdata") then
         local named = names_table()[v]
         if named then return add_special(v, { "name", named[1], named[2] }) end
     end
     if tv == "function" then
-        if getinfo(v, "S").what == "C" then return nil, "a C function" end
         local ok, bc = pcall(string_dump, v)
-        if not ok then return nil, "a function that string.dump refuses (" .. tostring(bc) .. ")" end
+        if not ok then
+            if getinfo(v, "S").what == "C" then return nil, "a C function" end
+            return nil, "a function that string.dump refuses (" .. tostring(bc) .. ")"
+        end
         slot = { "function", bc }
         if getupvalue(v, 1) then   -- in place first: it may be among its upvalues
             s = add_special(v, slot)
@@ -419,7 +421,7 @@ end
 local function encode_special(hidden, level, n, ...)
     local ok, err
     repeat
-        specials, memo, upvalues, names_checked = {}, {}, {}, false
+        specials, memo, names_checked = {}, {}, false
         ok, err = pcall(encode_slow, hidden, n, ...)
         specials, memo, nodes, upvalues, up_depth = nil, nil, nil, nil, 0
         if not ok then
@@ -446,9 +448,11 @@ local function encode(hidden, level, n, ...)
             enc:encode(1):encode(v)
             return
         end
-        enc:encode(1)
-        if pcall(enc.encode, enc, v) then return end
-        enc:reset()
+        if type(v) ~= "function" then   -- string.buffer refuses functions
+            enc:encode(1)
+            if pcall(enc.encode, enc, v) then return end
+            enc:reset()
+        end
         encode_special(hidden, level, n, ...)
     elseif n == 2 and SIMPLE[type((...))] and SIMPLE[type((select(2, ...)))] then
         local a, b = ...   -- a command and its argument (ltask), a key and a value
