@@ -227,6 +227,7 @@ local function node_of(t, base)
     local s = memo[t]
     if s then return s end
     if seen[t] then
+        if promote and promote[t] then cannot("a table with a cycle", path_of(base, nil, 0)) end
         promote = promote or {}
         promote[t] = true
         error(RESTART, 0)
@@ -352,14 +353,18 @@ function copy_table(root, base, copy)
             keys[d] = k
             local tk = type(k)
             if tk == "table" then
-                k = add_node(copy_table(k, { base, keys, d - 1, key = true }))
+                local at = { base, keys, d - 1, key = true }
+                k = promote and promote[k] and node_of(k, at) or add_node(copy_table(k, at))
             elseif not SIMPLE_KEY[tk] then
                 local s, what = stand_in(k, base, keys, d - 1, true)
                 if s == nil then cannot(what .. " as a table key", path_of(base, keys, d - 1)) end
                 k = s
             end
             local tx = type(x)
-            if tx == "table" then
+            local named = up_depth > 0 and tx == "table" and names_table()[x]
+            if named then   -- a module inside a captured table: by name
+                dst[k] = memo[x] or add_special(x, { "name", named[1], named[2] })
+            elseif tx == "table" then
                 if seen[x] then cannot("a table with a cycle", path_of(base, keys, d)) end
                 if promote and promote[x] then
                     dst[k] = node_of(x, { base, keys, d })

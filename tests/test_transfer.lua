@@ -342,6 +342,16 @@ function TestTransfer:test_libraries_and_modules_cross_by_name()
     end, f):join(5)
     lu.assertTrue(ok, a)
     lu.assertEquals({ a, b, c, d, e, own }, { "4", math.pi, true, 4, "true", true })
+    -- inside a captured table too; other globals are copied
+    local libs = { m = math, fmt = string.format, print = print, data = { 1 } }
+    rawset(_G, "lja_test_global", { 2 })
+    local global = lja_test_global
+    ok, a = Thread.new(function()
+        return libs.m == math and libs.fmt == string.format and libs.print == print and libs.data[1] == 1
+            and global[1] == 2 and rawget(_G, "lja_test_global") == nil
+    end):join(5)
+    rawset(_G, "lja_test_global", nil)
+    lu.assertEquals({ ok, a }, { true, true })
 end
 
 function TestTransfer:test_shared_upvalues_stay_shared()
@@ -381,9 +391,11 @@ function TestTransfer:test_recursive_functions_cross()
         lu.assertEquals(r[n - 2](10), 3628800)
         lu.assertEquals({ r[n - 1](10), r[n - 1](7) }, { true, false })
         lu.assertEquals(r[n](21), 42)
-        -- the table itself, holding functions that capture it
+        -- the table itself, holding functions that capture it, also as a key
         local m = select(-1, send(M))
         lu.assertEquals(m.twice(4), 8)
+        local k = next(select(-1, send({ [M] = true })))
+        lu.assertEquals(k.twice(5), 10)
     end
     -- a table cycle is still refused, also behind an upvalue
     local cyc = {}
