@@ -421,6 +421,29 @@ function TestTransfer:test_refused_upvalues_are_named_with_their_path()
     lu.assertEquals({ roundtrip("next") }, { 1, "next" })
 end
 
+-- An lj-async object that a function captures is a live handle there, and
+-- no reference stays behind once every handle is gone.
+function TestTransfer:test_captured_objects_are_live_and_released()
+    local function exercise(ch)
+        local send = function(v) ch:send(v) return true end
+        lu.assertEquals({ Thread.new(function() return send("thread") end):join(5) }, { true, true })
+        local cb = require("lj-async.callback")("void(*)(void)")(function() send("callback") end, { states = 2 })
+        cb:funcptr()()
+        cb:free()
+        local st = state.new(function() return send end)
+        st:call("state")
+        st:close()
+        local got = {}
+        for i = 1, 3 do got[i] = ch:recv(1) end
+        lu.assertEquals(got, { "thread", "callback", "state" })
+    end
+    local ch = channel.new()
+    local id = ch:id()
+    exercise(ch)
+    ch = nil
+    lu.assertTrue(H.eventually_gone(id))
+end
+
 -- Everywhere a function crosses: a thread's function, a callback (the
 -- seed's own example that could not work), a channel message, a state's
 -- setup and calls, a pool job's result.
@@ -469,6 +492,7 @@ function TestTransfer:test_functions_with_upvalues_cross_everywhere()
     local f = pool:submit(Pool.compile("local n = ctx.n local s = string.format return function(x) return s('%d', n + x) end"),
         { n = 40 })
     lu.assertEquals(f(2), "42")
+    lu.assertEquals(pool:submit(Pool.compile("return ctx.f(2)"), { f = function(x) return base + x end }), 42)
     -- and on to a thread: the job's poll is the thread's own
     local t2 = Thread.new(f, 3)
     lu.assertEquals({ t2:join(5) }, { true, "43" })
