@@ -260,14 +260,15 @@ local function capture(f, slot, n, base, keys, d, key)
         else
             upvalues[id] = n * 256 + i
             if not SIMPLE[type(x)] then
-                local at = { base, keys, d, up = name }
                 local s, what = memo[x], nil
                 if s then
                     x = s
                 elseif type(x) == "table" then
                     local named = names_table()[x]
-                    x = named and add_special(x, { "name", named[1], named[2] }) or node_of(x, at)
+                    x = named and add_special(x, { "name", named[1], named[2] })
+                        or node_of(x, { base, keys, d, up = name })
                 else
+                    local at = { base, keys, d, up = name }
                     s, what = stand_in(x, at, nil, 0)
                     if s == nil then cannot(what, path_of(at, nil, 0)) end
                     x = s
@@ -724,6 +725,7 @@ function M.code_of(func, level)
     error("lj-async: expected a function, Lua source or bytecode, got " .. tf, level)
 end
 
+-- The function of code_of's output, in the receiver.
 function M.load_code(code, chunkname)
     if type(code) == "function" then return code end
     return assert(load(code, chunkname))
