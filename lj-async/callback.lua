@@ -133,10 +133,10 @@ local M = {}
 M._VERSION = shim.VERSION
 
 -- Runs in a fresh state: builds the typed callback and stores its address.
-function M.boot(out, gate, ctype, cdef, code, setup, args)
+function M.boot(out, gate, ctype, cdef, setup, msg)
     -- Decoded first: the message's object references are released only by
     -- decoding it, whatever fails later.
-    local setup_args = setup == "1" and transfer.pack(select(2, transfer.decode_transient(args)))
+    local m = transfer.pack(select(2, transfer.decode_transient(msg)))
     out = ffi.cast("void **", vm.pointer_from_arg(out))
     gate_of_state = ffi.cast("lja_gate *", vm.pointer_from_arg(gate))
     if cdef ~= "" then
@@ -144,9 +144,9 @@ function M.boot(out, gate, ctype, cdef, code, setup, args)
         if not ok then error("bad cdef: " .. err, 0) end
     end
     local ct = ffi.typeof(ctype)
-    local fn = assert(load(code, "=(callback)"))
-    if setup_args then
-        fn = fn(unpack(setup_args, 1, setup_args.n))
+    local fn = transfer.load_code(m[1], "=(callback)")
+    if setup == "1" then
+        fn = fn(unpack(m, 2, m.n))
         if type(fn) ~= "function" then
             error("the setup function returned " .. type(fn) .. ", not a function", 0)
         end
@@ -234,14 +234,15 @@ local function new_callback(factory, fn, opts, level)
     local code = transfer.code_of(fn, level)
     local list = opts.args or {}
     if type(list) ~= "table" then error("lj-async: args must be a list", level) end
-    -- Each state gets its own message: its objects' references are its own.
+    -- Each state gets its own message, the code and the setup's arguments:
+    -- its objects' references are its own.
+    local nargs = opts.setup and (list.n or #list) or 0
     local function setup_args()
-        if not opts.setup then return "" end
-        local ok, s = pcall(transfer.encode_string, list.n or #list, unpack(list, 1, list.n or #list))
+        local ok, s = pcall(transfer.encode_string_after, 1, nargs + 1, code, unpack(list, 1, nargs))
         if not ok then error(s, level + 1) end
         return s
     end
-    setup_args()   -- raise on bad arguments before any state is made
+    setup_args()   -- raise on what cannot cross before any state is made
     transfer.drop_exported()
     local rc = C.lja_gate_new(gate_out, factory.sig, n)
     if rc ~= LJA_OK then error("lj-async: cannot make a callback gate: " .. shim.strerror(rc), level) end
@@ -250,7 +251,7 @@ local function new_callback(factory, fn, opts, level)
     for i = 1, n do
         local args = setup_args()
         local ok, L = pcall(vm.new, BOOT, vm.pointer_arg(target_out), vm.pointer_arg(gate),
-            factory.ctype, factory.cdef, code, opts.setup and "1" or "0", args)
+            factory.ctype, factory.cdef, opts.setup and "1" or "0", args)
 
         if not ok then
             close_all(states)

@@ -11,8 +11,8 @@
 --
 -- Functions of an instrumented chunk reach the poll through an upvalue
 -- named NAME.  Such a function may still cross states (a job's result):
--- foreign_upvalue() does not count the poll, and bind() gives a function
--- loaded on the other side that state's poll.
+-- the poll is a field of this module, so it crosses by name and is the
+-- receiver's own (lj-async.transfer).
 local ffi = require "ffi"
 local shim = require "lj-async.shim"
 local C = shim.C
@@ -23,7 +23,7 @@ int lja_thread_checkpoint(void);
 ]]
 
 local byte, find, match, sub = string.byte, string.find, string.match, string.sub
-local getupvalue, setupvalue, error, concat = debug.getupvalue, debug.setupvalue, error, table.concat
+local error, concat = error, table.concat
 local pool_poll_c, thread_poll_c, checkpoint_c = C.lja_pool_poll, C.lja_thread_poll, C.lja_thread_checkpoint
 local CANCELLED = shim.CANCELLED
 
@@ -53,26 +53,6 @@ M.poll = job_poll
 -- Called once by the runtime of thread states (lj-async.thread).
 function M.for_threads()
     M.poll = thread_poll
-end
-
--- The name of f's first upvalue that is not this state's poll, or nil.
-function M.foreign_upvalue(f)
-    for i = 1, 255 do
-        local name, v = getupvalue(f, i)
-        if name == nil then return nil end
-        if name ~= NAME or v ~= M.poll then return name end
-    end
-end
-
--- Gives a function loaded from an instrumented function's bytecode this
--- state's poll.
-function M.bind(f)
-    for i = 1, 255 do
-        local name = getupvalue(f, i)
-        if name == nil then break end
-        if name == NAME then setupvalue(f, i, M.poll) end
-    end
-    return f
 end
 
 -- The lexer reads tokens as LuaJIT's does (lj_lex.c): identifier bytes are

@@ -29,10 +29,10 @@ M._VERSION = shim.VERSION
 
 -- Runs in the new state: setup(...) gives the handler; registry
 -- "lj-async.call" takes a call's message and returns its result message.
-function M.boot(setup_code, args)
+function M.boot(args)
     local setup_args = transfer.pack(select(2, transfer.decode_transient(args)))
-    local setup = assert(load(setup_code, "=(state setup)"))
-    local handler = setup(unpack(setup_args, 1, setup_args.n))
+    local setup = transfer.load_code(setup_args[1], "=(state setup)")
+    local handler = setup(unpack(setup_args, 2, setup_args.n))
     if type(handler) ~= "function" then
         error("the setup function returned " .. type(handler) .. ", not a function", 0)
     end
@@ -150,10 +150,10 @@ function M.new(...)
             name and ", after the name '" .. name .. "'" or "", (code:gsub("^lj%-async: ", ""))), 2)
     end
     local args
-    ok, args = pcall(transfer.encode_string, nargs - at, select(at + 1, ...))
+    ok, args = pcall(transfer.encode_string_after, 1, nargs - at + 1, code, select(at + 1, ...))
     if not ok then error(args, 2) end
     local L
-    ok, L = pcall(vm.new, BOOT, code, args)
+    ok, L = pcall(vm.new, BOOT, args)
     if not ok then error(L, 2) end
     local st = wrap(C.lja_state_new(L))
     if st == nil then

@@ -71,7 +71,7 @@ local RUNTIME = vm.compile([[
 local transfer = require "lj-async.transfer"
 local safepoint = require "lj-async.safepoint"
 local shim = require "lj-async.shim"
-local tostring, load, pcall, xpcall = tostring, load, pcall, xpcall
+local tostring, pcall, xpcall = tostring, pcall, xpcall
 local registry = debug.getregistry()
 local poll_c = shim.C.lja_thread_poll
 safepoint.for_threads()
@@ -82,8 +82,8 @@ local function execute(n, path, cpath, step, code, ...)
         jit.off()
         jit.flush()
     end
-    if code:sub(1, 3) ~= "\27LJ" then code = safepoint.instrument(code, true) end
-    return assert(load(code, "=(thread)"))(...)
+    if type(code) == "string" and code:sub(1, 3) ~= "\27LJ" then code = safepoint.instrument(code, true) end
+    return transfer.load_code(code, "=(thread)")(...)
 end
 
 local function outcome(ok, ...)

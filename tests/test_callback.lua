@@ -269,7 +269,7 @@ end
 function TestCallback:test_errors_blame_the_caller()
     local T = CallbackFactory("int (*)(int)")
     local f = function(n) return n end
-    local up = 1
+    local up = coroutine.create(print)   -- an upvalue that cannot cross
     assert_blames_caller("must be a string", CallbackFactory, 42)
     assert_blames_caller("cdef must be a string", CallbackFactory, "int (*)(int)", 42)
     assert_blames_caller("bad callback type", CallbackFactory, "lja_no_such_t (*)(int)")
@@ -279,7 +279,7 @@ function TestCallback:test_errors_blame_the_caller()
     assert_blames_caller("cannot return a reference", CallbackFactory, "int &(*)(int)")
     assert_blames_caller("bad cdef", CallbackFactory, "lja_test_bad_t (*)(int)", "typedef garbage lja_test_bad_t;")
     assert_blames_caller("expected a function", T, 42)
-    assert_blames_caller("upvalue 'up'", T, function() return up end)
+    assert_blames_caller("cannot send a coroutine (upvalue 'up')", T, function() return up end)
     assert_blames_caller("'=' expected", T, "x y")
     assert_blames_caller("options must be a table", T, f, 42)
     assert_blames_caller("states must be", T, f, { states = 0 })

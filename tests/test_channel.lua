@@ -26,7 +26,7 @@ end
 function TestChannel:test_errors_blame_the_caller()
     local ch, closed = channel.new(), channel.new()
     closed:close()
-    local up = 1
+    local up = coroutine.create(print)   -- an upvalue that cannot cross
     local cases = {
         { function() channel.get(99999) end, "no channel with id 99999" },
         { function() channel.get("x") end, "a channel id must be a number, got string" },
@@ -36,8 +36,8 @@ function TestChannel:test_errors_blame_the_caller()
         { function() channel.new("8") end, "channel.new: the capacity must be an integer from 1 to 2^53 (nil: unbounded), got string" },
         { function() ch:send(nil, 1) end, "a message's first value must not be nil" },
         { function() ch:send() end, "a message's first value must not be nil" },
-        { function() ch:send(1, { f = function() return up end }) end, "cannot send a function with upvalue 'up' (argument 2.f)" },
-        { function() ch:send_timeout(1, function() return up end) end, "cannot send a function with upvalue 'up' (argument 1)" },
+        { function() ch:send(1, { f = function() return up end }) end, "cannot send a coroutine (argument 2.f, upvalue 'up')" },
+        { function() ch:send_timeout(1, function() return up end) end, "cannot send a coroutine (argument 1, upvalue 'up')" },
         { function() ch:send_timeout("1", 1) end, "the timeout must be a number of seconds or nil" },
         { function() ch:recv("1") end, "the timeout must be a number of seconds or nil" },
         { function() closed:send(1) end, "send on a closed channel" },
@@ -64,8 +64,8 @@ end
 
 function TestChannel:test_values_that_cannot_cross_are_not_sent()
     local ch = channel.new()
-    local up = 1
-    lu.assertErrorMsgContains("upvalue 'up' (argument 2.f)", ch.send, ch, 1, { f = function() return up end })
+    local up = coroutine.create(print)   -- an upvalue that cannot cross
+    lu.assertErrorMsgContains("(argument 2.f, upvalue 'up')", ch.send, ch, 1, { f = function() return up end })
     lu.assertEquals(ch:len(), 0)
     ch:send(function(x) return x * 2 end)
     lu.assertEquals(ch:recv()(21), 42)

@@ -83,8 +83,8 @@ function TestState:test_values_cross_both_ways()
     local st = state.new(function() return function(...) return select("#", ...), ... end end)
     local n, a, b, c = st:call({ x = 1 }, nil, "s")
     lu.assertEquals({ n, a, b, c }, { 3, { x = 1 }, nil, "s" })
-    local up = 1
-    lu.assertErrorMsgContains("upvalue 'up'", st.call, st, function() return up end)
+    local up = coroutine.create(print)   -- an upvalue that cannot cross
+    lu.assertErrorMsgContains("cannot send a coroutine (argument 1, upvalue 'up')", st.call, st, function() return up end)
     lu.assertEquals(st:call(5), 1)   -- still usable
 end
 
@@ -99,7 +99,8 @@ function TestState:test_errors_carry_the_state_traceback()
     lu.assertStrContains(err, "stack traceback")
     lu.assertStrContains(err, "deep")
     lu.assertErrorMsgContains("returned number", state.new, function() return 1 end)
-    lu.assertErrorMsgContains("upvalue", state.new, function() return lu end)
+    local co = coroutine.create(print)
+    lu.assertErrorMsgContains("cannot send a coroutine (upvalue 'co')", state.new, function() return co end)
 end
 
 function TestState:test_busy_and_call_wait()
@@ -134,22 +135,22 @@ function TestState:test_errors_blame_the_caller()
     local st = state.new("lja-test-errors", function() return function(...) return ... end end)
     local closed = list_state("x")
     closed:close()
-    local up = 1
+    local up = coroutine.create(print)   -- an upvalue that cannot cross
     local cases = {
         { function() state.new("n", 42) end, "state.new: bad setup (argument 2, after the name 'n'): expected a function, Lua source or bytecode, got number" },
         { function() state.new("return +") end, "state.new: bad setup (argument 1): (source):1: unexpected symbol" },
         { function() state.new(42) end, "state.new: bad setup (argument 1): expected a function, Lua source or bytecode, got number" },
         { function() state.new() end, "state.new: bad setup (argument 1): expected a function, Lua source or bytecode, got nil" },
         { function() state.new("n", nil) end, "state.new: bad setup (argument 2, after the name 'n'): expected a function" },
-        { function() state.new(function() return up end) end, "state.new: bad setup (argument 1): the function has upvalue 'up'" },
+        { function() state.new(function() return up end) end, "cannot send a coroutine (upvalue 'up')" },
         { function() state.new(function() return 1 end) end, "cannot set up a new state: the setup function returned number, not a function" },
-        { function() state.new(function() return print end, function() return up end) end, "cannot send a function with upvalue 'up' (argument 1)" },
+        { function() state.new(function() return print end, function() return up end) end, "cannot send a coroutine (argument 1, upvalue 'up')" },
         { function() state.new("lja-test-errors", function() return print end) end, "a state named 'lja-test-errors' exists already" },
         { function() state.get(99999) end, "no state with id 99999" },
         { function() state.get(1.5) end, "a state id must be an integer from 1 to 2^53, got 1.5" },
         { function() state.get("lja-test-nobody") end, "no state named 'lja-test-nobody'" },
         { function() state.get(closed:id()) end, "state " .. closed:id() .. " is closed" },
-        { function() st:call(function() return up end) end, "cannot send a function with upvalue 'up' (argument 1)" },
+        { function() st:call(function() return up end) end, "cannot send a coroutine (argument 1, upvalue 'up')" },
         { function() st:call_wait("1") end, "the timeout must be a number of seconds or nil" },
         { function() closed:call() end, "state is closed" },
         { function() closed:call_wait(1) end, "state is closed" },

@@ -50,12 +50,13 @@ function TestThread:test_join_timeouts()
 end
 
 function TestThread:test_rejects_upvalues_and_bad_code()
-    local captured = 1
-    lu.assertErrorMsgContains("upvalue 'captured'", Thread.new, function() return captured end)
+    local captured = coroutine.create(print)   -- an upvalue that cannot cross
+    lu.assertErrorMsgContains("cannot send a coroutine (upvalue 'captured')", Thread.new, function() return captured end)
     lu.assertErrorMsgContains("C function", Thread.new, print)
     lu.assertErrorMsgContains("expected a function", Thread.new, 42)
     lu.assertErrorMsgContains("'end' expected", Thread.new, "if true then")
-    lu.assertErrorMsgContains("upvalue 'captured'", Thread.new, function() end, { f = function() return captured end })
+    lu.assertErrorMsgContains("cannot send a coroutine (argument 1.f, upvalue 'captured')", Thread.new, function() end,
+        { f = function() return captured end })
 end
 
 function TestThread:test_seed_form_with_pointer()

@@ -26,7 +26,10 @@ function S.quit() ltask.quit() end
 function S.call(addr, cmd, ...) return ltask.call(addr, cmd, ...) end
 function S.send_fail(msg) error("send handler failed: " .. msg) end
 function S.unique(name, ...) return ltask.uniqueservice(name, ...) end
-function S.function_result() local up = 1 return function() return up end end
+local applied
+function S.apply(f, ...) applied = f(...) end
+function S.applied() return applied end
+function S.function_result() local up = coroutine.create(print) return function() return up end end
 -- As a relay (slow_start.lua): sends, and calls whose outcome `kept` tells.
 local kept = {}
 function S.post(addr, cmd, ...) ltask.send(addr, cmd, ...) end
