@@ -1182,6 +1182,130 @@ function M.stop()
     stopping = true
 end
 
+
+-- ---- Many threads, one port ----------------------------------------------
+-- asio.serve starts threads whose states each run a loop with their own
+-- SO_REUSEPORT listener: the kernel spreads connections over them.
+
+-- A serving thread's function (no upvalues: it crosses as bytecode).
+local function serve_main(...)
+    return require("lj-async.asio")._serve_thread(...)
+end
+
+function M._serve_thread(host, port, code, setup, args, ctl, ready, backlog)
+    local handler, err = load(code, "=(handler)")
+    if handler and setup then
+        local ok, h = pcall(handler, unpack(args, 1, table.maxn(args)))
+        handler, err = type(h) == "function" and h, ok and "the setup returned a " .. type(h) or tostring(h)
+    end
+    if not handler then
+        ready:send(false, "asio.serve: " .. tostring(err))
+        return false
+    end
+    local active = {}   -- connections being served
+    local function serve_one(con)
+        active[con] = true
+        local ok, herr = xpcall(handler, traceback, con)
+        active[con] = nil
+        con:close()
+        if not ok then log_error("asio.serve handler failed", herr) end
+    end
+    local srv
+    srv, err = M.server(host, port, function(con) M.spawn(serve_one, con) end,
+        { reuseport = true, backlog = backlog })
+    if not srv then
+        ready:send(false, err)
+        return false
+    end
+    ready:send(srv:port())
+    M.spawn(function()
+        local grace = M.recv(ctl)
+        srv:close()
+        local deadline = now() + (grace or 0)
+        while next(active) and now() < deadline do M.sleep(0.01) end
+        for con in pairs(active) do con:close() end
+        -- handlers that still wait after their connection closed are left
+        deadline = now() + 1
+        while live > 1 and now() < deadline do M.sleep(0.01) end
+        M.stop()
+    end)
+    M.run()
+    return true
+end
+
+local Group = {}
+Group.__index = Group
+
+local function start_wait(ready)
+    local p, err = ready:recv(60)
+    if p == nil then return nil, "asio.serve: a thread did not start (" .. tostring(err) .. ")" end
+    if not p then return nil, err end
+    return p
+end
+
+function M.serve(opts)
+    if type(opts) ~= "table" then error("lj-async.asio: serve takes a table of options", 2) end
+    Thread = Thread or require "lj-async.thread"
+    local transfer = require "lj-async.transfer"
+    local host = opts.host or "0.0.0.0"
+    host_arg(host, 2)
+    local port = port_arg(opts.port or 0, 2)
+    local threads = opts.threads or Thread.cpu_count()
+    if type(threads) ~= "number" or threads < 1 or threads % 1 ~= 0 then
+        error("lj-async.asio: serve's threads must be a positive integer", 2)
+    end
+    if opts.handler == nil then error("lj-async.asio: serve needs a handler", 2) end
+    local code = transfer.code_of(opts.handler, 2)
+    local args = opts.args or {}
+    if type(args) ~= "table" then error("lj-async.asio: serve's args must be a table (a list)", 2) end
+    local backlog = opts.backlog or 1024
+    if type(backlog) ~= "number" or backlog < 1 then error("lj-async.asio: backlog must be a positive number", 2) end
+    local ctl, ready = channel.new(), channel.new()
+    local group = setmetatable({ list = {}, ctl = ctl }, Group)
+    local function start(p)
+        local ok, t = pcall(Thread.new, serve_main, host, p, code, not not opts.setup, args, ctl, ready, backlog)
+        if not ok then
+            group:stop()
+            error(t, 3)
+        end
+        group.list[#group.list + 1] = t
+    end
+    start(port)
+    local p, err = start_wait(ready)
+    if not p then
+        group:stop()
+        return nil, err
+    end
+    group.port_ = p
+    for _ = 2, threads do start(p) end
+    for _ = 2, threads do
+        local q, qerr = start_wait(ready)
+        if not q then
+            group:stop()
+            return nil, qerr
+        end
+    end
+    return group
+end
+
+function Group:port()
+    return self.port_
+end
+
+function Group:stop(grace)
+    if grace ~= nil and (type(grace) ~= "number" or grace ~= grace) then
+        error("lj-async.asio: stop's grace is a number of seconds", 2)
+    end
+    if self.stopped then return true end
+    self.stopped = true
+    for _ = 1, #self.list do self.ctl:send(grace or 0) end
+    for _, t in ipairs(self.list) do
+        t:join()
+        t:destroy()
+    end
+    return true
+end
+
 function M.fd()
     return epfd
 end
