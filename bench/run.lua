@@ -2,7 +2,7 @@
 -- measured in the same run, and their ratio.  Medians of LJA_BENCH_RUNS
 -- (default 5) runs.  From the repository root, after the build:
 --   luajit bench/run.lua
-local benches = { "bench.thread_spawn", "bench.callback_call", "bench.channel_msgs", "bench.ltask_services", "bench.pool_jobs" }
+local benches = { "bench.thread_spawn", "bench.callback_call", "bench.channel_msgs", "bench.ltask_services", "bench.pool_jobs", "bench.asio" }
 
 local rows = {}
 for _, name in ipairs(benches) do
