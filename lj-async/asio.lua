@@ -1095,10 +1095,10 @@ local function poll(timeout)
     else
         local t = first_timer()
         if t then
-            local d = t - now()
+            local d = max(t - now(), 0)
             if timeout < 0 or d < timeout then timeout = d end
         end
-        ms = timeout < 0 and -1 or ceil(max(timeout, 0) * 1000)
+        ms = timeout < 0 and -1 or ceil(timeout * 1000)
     end
     local n = epoll_wait(epfd, events, MAX_EVENTS, ms)
     for i = 0, n - 1 do
