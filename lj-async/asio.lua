@@ -127,7 +127,10 @@ epoll_add(efd, bor(EPOLLIN, EPOLLET)) -- each channel signal is an edge; never r
 local chwatch = {}
 ffi.cdef "void lja_object_retain(void *obj); void lja_object_release(void *obj);"
 
+local servers = {}   -- fd -> open server (the loop holds them)
+
 M._loop = ffi.gc(ffi.new("int[1]"), function()
+    for fd in pairs(servers) do C.asio_close(fd) end
     for _, w in pairs(chwatch) do
         S.lja_channel_watch_fd(w.ptr, efd, 0)
         S.lja_object_release(w.ptr)
@@ -355,7 +358,7 @@ end
 -- ---- Connections ---------------------------------------------------------
 local rwait, wwait = {}, {}                        -- fd -> waiting light thread
 local conns = setmetatable({}, { __mode = "v" })   -- fd -> connection
-local servers, nservers = {}, 0                    -- fd -> open server
+local nservers = 0
 
 local Conn = {}
 Conn.__index = Conn
@@ -521,8 +524,9 @@ end
 
 function Conn:read_line(maxn, timeout)
     local line, err, partial = self:read_until("\n", maxn, timeout)
-    if line and line:byte(-1) == 13 then line = line:sub(1, -2) end
-    return line, err, partial
+    if not line then return nil, err, partial end
+    if line:byte(-1) == 13 then line = line:sub(1, -2) end
+    return line
 end
 
 -- Waits for the socket to take more: nil or why not.
