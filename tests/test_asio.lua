@@ -974,6 +974,35 @@ function TestAsioServe:test_4_threads_400_clients_spread_over_all()
     lu.assertEquals(threads, 4)
 end
 
+function TestAsioServe:test_handler_as_source_and_errors_logged()
+    local group = assert(asio.serve {
+        host = "127.0.0.1", threads = 1,
+        handler = [[
+            local con = ...
+            local line = con:read_line()
+            if line == "fail" then error("handler failed on purpose") end
+            con:write("source:" .. line .. "\n")
+        ]],
+    })
+    go(function()
+        local c = assert(asio.connect("127.0.0.1", group:port()))
+        c:write("x\n")
+        lu.assertEquals(c:read_line(), "source:x")
+        c:close()
+        -- an error: logged, the connection closed, the server goes on
+        c = assert(asio.connect("127.0.0.1", group:port()))
+        c:write("fail\n")
+        lu.assertEquals({ c:read(1, 5) }, { nil, "closed", "" })
+        c:close()
+        c = assert(asio.connect("127.0.0.1", group:port()))
+        c:write("y\n")
+        lu.assertEquals(c:read_line(), "source:y")
+        c:close()
+    end)
+    lu.assertTrue(group:stop())
+    lu.assertErrorMsgContains("stop's grace", group.stop, group, "soon")
+end
+
 function TestAsioServe:test_setup_args_grace_and_bad_options()
     local group = assert(asio.serve {
         host = "127.0.0.1", threads = 2, setup = true, args = { "pre:", 3 },
