@@ -596,7 +596,8 @@ function TestAsioConn:test_slow_reader_fast_writer_memory_bounded()
         asio.sleep(0.3)
         local stalled = written
         asio.sleep(0.3)
-        lu.assertEquals(written, stalled)
+        -- (an unblocked writer would pass gigabytes in this time)
+        lu.assertTrue(written - stalled < 8 * 2 ^ 20, written - stalled)
         lu.assertTrue(stalled < 64 * 2 ^ 20, stalled)
         -- a slow reader: the writer moves at its pace, memory stays flat
         local rss0 = H.rss_mib()
