@@ -24,7 +24,6 @@ local N = B.native
 local ECHO, HTTP = 0, 1
 local CONNS = 64
 local SECONDS = tonumber(os.getenv("LJA_BENCH_ASIO_SECONDS")) or 1
-local RUNS = math.min(B.RUNS, 3)
 
 local RESPONSE = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 22\r\n\r\nHello, World! lj-async"
 assert(#RESPONSE == 87 and N.ljabench_http_response_size() == 87)
@@ -103,13 +102,25 @@ local function serve_run(threads)
     return cpu / done
 end
 
-local function median_pair(f, mode)
-    local a, b = {}, {}
-    for i = 1, RUNS do a[i], b[i] = f(mode) end
-    table.sort(a)
-    table.sort(b)
-    local m = math.floor((RUNS + 1) / 2)
-    return a[m], b[m]
+-- Runs f(x) and g(y) in turns, so both meet the same machine; the
+-- medians of each of their results.
+local function interleaved(f, x, g, y)
+    local cols = {}
+    for i = 1, B.RUNS do
+        local r = { f(x) }
+        for j, v in ipairs { g(y) } do r[#r + 1] = v end
+        for j, v in ipairs(r) do
+            cols[j] = cols[j] or {}
+            cols[j][i] = v
+        end
+    end
+    local m = math.floor((B.RUNS + 1) / 2)
+    local out = {}
+    for j, col in ipairs(cols) do
+        table.sort(col)
+        out[j] = col[m]
+    end
+    return unpack(out)
 end
 
 -- Light threads that finish at once, spawned in a loop: spawns/s.
@@ -157,12 +168,9 @@ local function recv_pingpong(n)
 end
 
 return function()
-    local http_rate, http_cpu = median_pair(asio_run, HTTP)
-    local c_http_rate, c_http_cpu = median_pair(c_run, HTTP)
-    local echo_rate, echo_cpu = median_pair(asio_run, ECHO)
-    local c_echo_rate, c_echo_cpu = median_pair(c_run, ECHO)
-    local serve1 = B.median(function() return serve_run(1) end)
-    local serve2 = B.median(function() return serve_run(2) end)
+    local http_rate, http_cpu, c_http_rate, c_http_cpu = interleaved(asio_run, HTTP, c_run, HTTP)
+    local echo_rate, echo_cpu, c_echo_rate, c_echo_cpu = interleaved(asio_run, ECHO, c_run, ECHO)
+    local serve2, serve1 = interleaved(serve_run, 2, serve_run, 1)
     local lt = B.median(spawns(1000000))
     local co = B.median(coroutines(1000000))
     local pp = B.median(recv_pingpong(50000))
