@@ -151,49 +151,63 @@ local stopping = false
 local ready, nready, spare_ready = {}, 0, {}   -- pairs lt, value
 local idle, nidle = {}, 0                       -- parked coroutines
 
--- Timers: a binary heap of { t =, lt = } or { t =, fn =, arg = }; a
--- cancelled entry has neither and is dropped when it comes up.
+-- Timers: a binary heap of { t =, lt = } or { t =, fn =, arg = }; each
+-- entry knows its index (i), so a wait that ends early takes its timer out
+-- at once (a server with long timeouts would otherwise pile them up).
 local heap, nheap = {}, 0
 
-local function heap_push(e)
-    nheap = nheap + 1
-    local i, t = nheap, e.t
+local function sift_up(i, e)
+    local t = e.t
     while i > 1 do
         local p = floor(i / 2)
         local pe = heap[p]
         if pe.t <= t then break end
-        heap[i] = pe
+        heap[i], pe.i = pe, i
         i = p
     end
-    heap[i] = e
+    heap[i], e.i = e, i
+end
+
+local function sift_down(i, e)
+    local t = e.t
+    while true do
+        local c = i * 2
+        if c > nheap then break end
+        local ce = heap[c]
+        if c < nheap and heap[c + 1].t < ce.t then
+            c = c + 1
+            ce = heap[c]
+        end
+        if ce.t >= t then break end
+        heap[i], ce.i = ce, i
+        i = c
+    end
+    heap[i], e.i = e, i
+end
+
+local function heap_push(e)
+    nheap = nheap + 1
+    sift_up(nheap, e)
     return e
 end
 
-local function heap_pop()
-    local top, last = heap[1], heap[nheap]
+local function heap_remove(e)
+    local i, last = e.i, heap[nheap]
+    if not i then return end
     heap[nheap] = nil
     nheap = nheap - 1
-    if nheap > 0 then
-        local i, t = 1, last.t
-        while true do
-            local c = i * 2
-            if c > nheap then break end
-            if c < nheap and heap[c + 1].t < heap[c].t then c = c + 1 end
-            if heap[c].t >= t then break end
-            heap[i] = heap[c]
-            i = c
+    e.i = nil
+    if last ~= e then
+        if i > 1 and heap[floor(i / 2)].t > last.t then
+            sift_up(i, last)
+        else
+            sift_down(i, last)
         end
-        heap[i] = last
     end
-    return top
 end
 
 local function first_timer()
-    while nheap > 0 do
-        local e = heap[1]
-        if e.lt or e.fn then return e.t end
-        heap_pop()
-    end
+    if nheap > 0 then return heap[1].t end
     return nil
 end
 
@@ -216,7 +230,7 @@ local function unregister(lt)
     end
     local tm = lt.tm
     if tm then
-        tm.lt = nil
+        heap_remove(tm)
         lt.tm = nil
     end
 end
@@ -946,7 +960,10 @@ function Server:close()
     local fd = self.fd
     if fd then
         self.fd = nil
-        if self.pause then self.pause.fn = nil end
+        if self.pause then
+            heap_remove(self.pause)
+            self.pause = nil
+        end
         servers[fd] = nil
         nservers = nservers - 1
         C.asio_close(fd)
@@ -1070,10 +1087,11 @@ end
 local function run_timers()
     local t = now()
     while nheap > 0 and heap[1].t <= t do
-        local e = heap_pop()
+        local e = heap[1]
+        heap_remove(e)
         local lt = e.lt
         if lt then
-            e.lt, lt.tm = nil, nil
+            lt.tm = nil
             local tab = lt.wtab
             if tab then
                 tab[lt.wkey] = nil

@@ -314,6 +314,35 @@ function TestAsioLoop:test_sleep_never_wakes_early_and_sleep0_yields()
     end)
 end
 
+function TestAsioLoop:test_timers_with_cancellations_fire_in_time()
+    math.randomseed(11)
+    local late, early, woke = 0, 0, 0
+    go(function()
+        local lts = {}
+        for i = 1, 3000 do
+            local d = math.random() * 0.1
+            lts[i] = asio.spawn(function()
+                local due = asio.now() + d
+                asio.sleep(d)
+                local t = asio.now()
+                if t < due then early = early + 1 end
+                if t > due + 0.5 then late = late + 1 end
+                woke = woke + 1
+            end)
+        end
+        -- joins with timeouts: some end by the join (their timer leaves the
+        -- heap's middle), some by the timeout
+        local timed_out = 0
+        for i = 1, 3000, 3 do
+            local ok = lts[i]:join(math.random() * 0.1)
+            if ok == false then timed_out = timed_out + 1 end
+        end
+        for i = 1, 3000 do lts[i]:join() end
+        lu.assertTrue(timed_out > 0)
+    end, 30)
+    lu.assertEquals({ woke, early, late }, { 3000, 0, 0 })
+end
+
 function TestAsioLoop:test_100k_light_threads()
     local n, N = 0, 100000
     local t0 = H.now()
@@ -497,6 +526,38 @@ function TestAsioConn:test_timeouts_consume_nothing()
         c:close()
         peer:close()
     end)
+    srv:close()
+end
+
+function TestAsioConn:test_per_call_timeouts_leave_no_timers_behind()
+    -- a server with long timeouts on every read: finished waits give their
+    -- timers back at once, not when the timeout would have passed
+    local srv = echo_server()
+    go(function()
+        local c = assert(asio.connect("127.0.0.1", srv:port()))
+        c:settimeouts(600, 600)
+        -- an idle connection's read, due first, stays at the heap's top
+        local idle = assert(asio.connect("127.0.0.1", srv:port()))
+        local idle_read = asio.spawn(function() return idle:read(1, 300) end)
+        local function round()
+            for _ = 1, 20000 do
+                c:write("ping")
+                assert(c:read(4) == "ping")
+            end
+        end
+        round()
+        collectgarbage()
+        collectgarbage()
+        local kb = collectgarbage("count")
+        for _ = 1, 4 do round() end
+        collectgarbage()
+        collectgarbage()
+        local grown = collectgarbage("count") - kb
+        lu.assertTrue(grown < 1024, ("Lua heap grew %.0f KiB over 80,000 reads"):format(grown))
+        c:close()
+        idle:close()
+        lu.assertEquals({ idle_read:join() }, { true, nil, "closed" })
+    end, 120)
     srv:close()
 end
 
