@@ -418,6 +418,7 @@ local function close_fd(c)
     conns[fd] = nil
     c.cell[0] = -1
     C.asio_close(fd)
+    c.buf:free()   -- what was buffered goes too: reads now give "closed"
 end
 
 -- Reads more into the buffer: nil, or why not ("timeout", "eof", "closed",
