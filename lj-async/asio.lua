@@ -16,6 +16,7 @@ local bit = require "bit"
 local buffer = require "string.buffer"
 local shim = require "lj-async.shim"
 local channel = require "lj-async.channel"
+require "lj-async.object"   -- declares lja_object_retain and lja_object_release
 
 ffi.cdef [[
 int lja_channel_watch_fd(lja_channel *ch, int fd, int on);
@@ -107,6 +108,7 @@ local function sys_error(e)
 end
 
 -- ---- The loop's descriptors, released when the state closes ------------
+-- (EPOLL_, TFD_ and EFD_CLOEXEC and NONBLOCK have the SOCK_ values)
 local epfd = C.asio_epoll_create1(SOCK_CLOEXEC)
 if epfd < 0 then error("lj-async.asio: epoll_create1: " .. sys_error(ffi_errno())) end
 local tfd = C.asio_timerfd_create(CLOCK_MONOTONIC, bor(SOCK_NONBLOCK, SOCK_CLOEXEC))
@@ -125,7 +127,6 @@ epoll_add(efd, bor(EPOLLIN, EPOLLET)) -- each channel signal is an edge; never r
 -- Each holds a reference to its channel, so the teardown may unwatch it
 -- whatever order the state's finalizers run in.
 local chwatch = {}
-ffi.cdef "void lja_object_retain(void *obj); void lja_object_release(void *obj);"
 
 local servers = {}   -- fd -> open server (the loop holds them)
 
@@ -377,7 +378,6 @@ local nservers = 0
 local Conn = {}
 Conn.__index = Conn
 
-local one = ffi.new("int[1]", 1)
 local int_out = ffi.new("int[1]")
 local len_out = ffi.new("uint32_t[1]")
 local ss = ffi.new("asio_sockaddr_storage")
@@ -397,8 +397,8 @@ local function gc_close(cell)
     end
 end
 
-local function new_conn(fd, registered)
-    if not registered then epoll_add(fd, bor(EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLLET)) end
+local function new_conn(fd)
+    epoll_add(fd, bor(EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLLET))
     setopt(fd, IPPROTO_TCP, TCP_NODELAY, 1)
     local c = setmetatable({
         fd = fd, buf = buffer.new(), rready = true, wready = true,
@@ -550,7 +550,7 @@ local function wait_writable(c, deadline)
     if wwait[c.fd] then return "busy" end
     local r = wait(wwait, c.fd, deadline)
     if r == TIMEOUT then return TIMEOUT end
-    if c.closed then return CLOSED end
+    if c.closed or c.wshut then return CLOSED end   -- closed, or shut for writing
     return nil
 end
 

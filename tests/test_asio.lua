@@ -26,9 +26,10 @@ local function go(fn, bound, ...)
     local lt = asio.spawn(function(...)
         local r = { n = select("#", ...), ... }
         asio.sleep(0)   -- so that the stop below comes inside run()
-        local res = { fn(unpack(r, 1, r.n)) }
-        asio.stop()
-        return unpack(res, 1, table.maxn(res))
+        local res = { pcall(fn, unpack(r, 1, r.n)) }
+        asio.stop()   -- also when fn failed, so the failure shows at once
+        if not res[1] then error(res[2], 0) end
+        return unpack(res, 2, table.maxn(res))
     end, ...)
     local ok, err = asio.run(bound or 20)
     lu.assertTrue(ok, "the light thread did not end in time: " .. tostring(err))
@@ -699,6 +700,20 @@ function TestAsioConn:test_busy_and_close_wakes_waiters()
         local r = { writer:join(1) }
         lu.assertEquals({ r[1], r[2], r[3] }, { true, nil, "closed" })
         lu.assertTrue(r[4] > 0)
+        -- shutdown("write") wakes a waiting writer with "closed"; reads go on
+        local c3 = assert(asio.connect("127.0.0.1", srv:port()))
+        asio.sleep(0.02)
+        local p3 = peer
+        c3:setoption("sndbuf", 4096)
+        local w3 = asio.spawn(function() return c3:write(("s"):rep(4 * 2 ^ 20)) end)
+        asio.sleep(0.02)
+        lu.assertTrue(c3:shutdown("write"))
+        local r3 = { w3:join(1) }
+        lu.assertEquals({ r3[1], r3[2], r3[3] }, { true, nil, "closed" })
+        p3:write("still here")
+        lu.assertEquals(c3:read_until("here", nil, 5), "still ")
+        c3:close()
+        p3:close()
         -- what was buffered goes with the close
         local c2 = assert(asio.connect("127.0.0.1", srv:port()))
         asio.sleep(0.02)
