@@ -989,15 +989,17 @@ local function unwatch_if_idle(key, w)
     end
 end
 
+-- The deadline passed: a message that came with it is still taken.
+local function last_look(v, ...)
+    if v ~= nil then return v, ... end
+    if (...) == CLOSED then return nil, CLOSED end
+    return nil, TIMEOUT
+end
+
 local function wait_channel(ch, deadline, key, w)
     local r = wait(w.q, current, deadline)
     unwatch_if_idle(key, w)
-    if r == TIMEOUT then
-        -- the deadline passed; one more look, so a message that came with it is not left
-        local v, err = ch:recv(0)
-        if v == nil then return nil, err == CLOSED and CLOSED or TIMEOUT end
-        return recv_after(ch, deadline, v, err)
-    end
+    if r == TIMEOUT then return last_look(ch:recv(0)) end
     return recv_after(ch, deadline, ch:recv(0))
 end
 
