@@ -1091,6 +1091,17 @@ function TestAsioServe:test_4_threads_400_clients_spread_over_all()
     lu.assertEquals(threads, 4)
 end
 
+function TestAsioServe:test_the_readme_example_runs()
+    local lines = {}
+    local print0 = print
+    print = function(...) lines[#lines + 1] = table.concat({ ... }, " ") end
+    local ok, err = pcall(dofile, "examples/asio_echo.lua")
+    print = print0
+    lu.assertTrue(ok, err)
+    lu.assertStrMatches(lines[1], "serving on port %d+")
+    lu.assertEquals({ lines[2], lines[3], lines[4] }, { "echo: one", "echo: two", "echo: three" })
+end
+
 function TestAsioServe:test_handler_as_source_and_errors_logged()
     local group = assert(asio.serve {
         host = "127.0.0.1", threads = 1,
