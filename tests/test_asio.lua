@@ -922,6 +922,21 @@ function TestAsioServer:test_close_stops_accepting_served_connections_go_on()
     end)
 end
 
+function TestAsioServer:test_servers_are_held_by_the_loop()
+    -- unlike the seed's servers, an open server is never collected
+    local weak = setmetatable({ echo_server() }, { __mode = "v" })
+    local port = weak[1]:port()
+    for _ = 1, 3 do collectgarbage() end
+    lu.assertNotNil(weak[1])
+    go(function()
+        local c = assert(asio.connect("127.0.0.1", port))
+        c:write("still")
+        lu.assertEquals(c:read(5), "still")
+        c:close()
+    end)
+    weak[1]:close()
+end
+
 function TestAsioServer:test_servers_keep_run_going()
     local srv = echo_server()
     asio.spawn(function() asio.sleep(0.1); srv:close() end)
