@@ -192,3 +192,273 @@ EXPORT double ljabench_pingpong(long n)
     pthread_join(t, NULL);
     return v == n ? s : -1;
 }
+
+/* ---- TCP on loopback: a C epoll server and a C load client (asio rows) ----
+ * Modes: 0 echo (the client sends 64 bytes and waits for them back), 1 HTTP
+ * keep-alive (the client sends a GET and waits for one response; the server
+ * answers each "\r\n\r\n" with a fixed 87-byte 200). */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define HTTP_RESPONSE "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 22\r\n\r\nHello, World! lj-async"
+#define HTTP_REQUEST "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+#define ECHO_SIZE 64
+#define MAX_CONNS 4096
+
+static double cpu_of(int who)
+{
+    struct rusage ru;
+    getrusage(who, &ru);
+    return (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec * 1e-6 + (double)ru.ru_stime.tv_sec +
+           ru.ru_stime.tv_usec * 1e-6;
+}
+
+/* CPU seconds of the calling thread, and of the whole process. */
+EXPORT double ljabench_thread_cpu(void)
+{
+    return cpu_of(RUSAGE_THREAD);
+}
+
+EXPORT double ljabench_process_cpu(void)
+{
+    return cpu_of(RUSAGE_SELF);
+}
+
+EXPORT int ljabench_http_response_size(void)
+{
+    return (int)sizeof HTTP_RESPONSE - 1;
+}
+
+/* Counts "\r\n\r\n" across reads; *state is how much of it the last read ended with. */
+static long count_ends(const char *p, long n, int *state)
+{
+    static const char pat[] = "\r\n\r\n";
+    long count = 0;
+    int s = *state;
+    for (long i = 0; i < n; i++) {
+        if (p[i] == pat[s]) {
+            if (++s == 4) {
+                count++;
+                s = 0;
+            }
+        } else {
+            s = p[i] == '\r' ? 1 : 0;
+        }
+    }
+    *state = s;
+    return count;
+}
+
+struct bench_server {
+    pthread_t thread;
+    int mode, lfd, ep, stopfd;
+    long requests;
+    double cpu;
+};
+
+static void *server_main(void *p)
+{
+    struct bench_server *s = p;
+    double cpu0 = cpu_of(RUSAGE_THREAD);
+    static __thread int state[MAX_CONNS];
+    struct epoll_event evs[256];
+    char buf[16384];
+    int running = 1;
+    while (running) {
+        int n = epoll_wait(s->ep, evs, 256, -1);
+        for (int i = 0; i < n; i++) {
+            int fd = evs[i].data.fd;
+            if (fd == s->stopfd) {
+                running = 0;
+            } else if (fd == s->lfd) {
+                int c;
+                while ((c = accept4(s->lfd, NULL, NULL, SOCK_NONBLOCK)) >= 0) {
+                    int one = 1;
+                    setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+                    struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP | EPOLLET, .data.fd = c};
+                    if (c >= MAX_CONNS) {
+                        close(c);
+                        continue;
+                    }
+                    state[c] = 0;
+                    epoll_ctl(s->ep, EPOLL_CTL_ADD, c, &ev);
+                }
+            } else {
+                for (;;) {
+                    ssize_t r = recv(fd, buf, sizeof buf, 0);
+                    if (r > 0) {
+                        if (s->mode == 0) {
+                            send(fd, buf, (size_t)r, MSG_NOSIGNAL);  /* 64-byte pieces: fits */
+                            s->requests += r / ECHO_SIZE;
+                        } else {
+                            long k = count_ends(buf, r, &state[fd]);
+                            for (long j = 0; j < k; j++)
+                                send(fd, HTTP_RESPONSE, sizeof HTTP_RESPONSE - 1, MSG_NOSIGNAL);
+                            s->requests += k;
+                        }
+                        if ((size_t)r < sizeof buf && !(evs[i].events & (EPOLLRDHUP | EPOLLHUP)))
+                            break;   /* drained: the next data is an edge */
+                    } else {
+                        if (r == 0 || errno != EAGAIN)
+                            close(fd);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    s->cpu = cpu_of(RUSAGE_THREAD) - cpu0;
+    return NULL;
+}
+
+static int listener(int port, int *bound)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (bind(fd, (struct sockaddr *)&a, sizeof a) != 0 || listen(fd, 1024) != 0) {
+        close(fd);
+        return -1;
+    }
+    socklen_t len = sizeof a;
+    getsockname(fd, (struct sockaddr *)&a, &len);
+    *bound = ntohs(a.sin_port);
+    return fd;
+}
+
+/* Starts the C server on 127.0.0.1 (a free port, in *port). */
+EXPORT void *ljabench_server_start(int mode, int *port)
+{
+    struct bench_server *s = calloc(1, sizeof *s);
+    s->mode = mode;
+    s->lfd = listener(0, port);
+    s->ep = epoll_create1(0);
+    s->stopfd = eventfd(0, 0);
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLET, .data.fd = s->lfd};
+    epoll_ctl(s->ep, EPOLL_CTL_ADD, s->lfd, &ev);
+    ev.data.fd = s->stopfd;
+    epoll_ctl(s->ep, EPOLL_CTL_ADD, s->stopfd, &ev);
+    pthread_create(&s->thread, NULL, server_main, s);
+    return s;
+}
+
+/* Stops the server: its thread's CPU seconds, and the requests served. */
+EXPORT double ljabench_server_stop(void *p, long *requests)
+{
+    struct bench_server *s = p;
+    eventfd_write(s->stopfd, 1);
+    pthread_join(s->thread, NULL);
+    double cpu = s->cpu;
+    *requests = s->requests;
+    close(s->lfd);
+    close(s->ep);
+    close(s->stopfd);
+    free(s);
+    return cpu;
+}
+
+struct bench_load {
+    pthread_t thread;
+    int port, mode, conns;
+    double seconds;
+    long done;
+    double cpu, elapsed;
+};
+
+static void *load_main(void *p)
+{
+    struct bench_load *l = p;
+    double cpu0 = cpu_of(RUSAGE_THREAD);
+    int ep = epoll_create1(0);
+    int *fds = calloc((size_t)l->conns, sizeof *fds);
+    long *got = calloc((size_t)l->conns, sizeof *got);
+    int *state = calloc((size_t)l->conns, sizeof *state);
+    char echo[ECHO_SIZE];
+    memset(echo, 'x', sizeof echo);
+    const char *req = l->mode == 0 ? echo : HTTP_REQUEST;
+    size_t req_len = l->mode == 0 ? ECHO_SIZE : sizeof HTTP_REQUEST - 1;
+    for (int i = 0; i < l->conns; i++) {
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)l->port)};
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
+            l->done = -1;
+            return NULL;
+        }
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)i};
+        epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
+        fds[i] = fd;
+    }
+    double t0 = now(), end = t0 + l->seconds;
+    for (int i = 0; i < l->conns; i++)
+        send(fds[i], req, req_len, MSG_NOSIGNAL);
+    struct epoll_event evs[256];
+    char buf[16384];
+    long done = 0;
+    while (now() < end) {
+        int n = epoll_wait(ep, evs, 256, 100);
+        for (int k = 0; k < n; k++) {
+            int i = (int)evs[k].data.u32;
+            ssize_t r = recv(fds[i], buf, sizeof buf, MSG_DONTWAIT);
+            if (r <= 0)
+                continue;
+            long complete;
+            if (l->mode == 0) {
+                got[i] += r;
+                complete = got[i] / ECHO_SIZE;
+                got[i] %= ECHO_SIZE;
+            } else {
+                complete = count_ends(buf, r, &state[i]);
+            }
+            for (long j = 0; j < complete; j++) {
+                done++;
+                send(fds[i], req, req_len, MSG_NOSIGNAL);
+            }
+        }
+    }
+    l->elapsed = now() - t0;
+    for (int i = 0; i < l->conns; i++)
+        close(fds[i]);
+    close(ep);
+    free(fds);
+    free(got);
+    free(state);
+    l->done = done;
+    l->cpu = cpu_of(RUSAGE_THREAD) - cpu0;
+    return NULL;
+}
+
+/* Starts the load client on its own thread: `conns` connections to
+ * 127.0.0.1:port, each with one request outstanding, for `seconds`. */
+EXPORT void *ljabench_load_start(int port, int mode, int conns, double seconds)
+{
+    struct bench_load *l = calloc(1, sizeof *l);
+    *l = (struct bench_load){.port = port, .mode = mode, .conns = conns, .seconds = seconds};
+    pthread_create(&l->thread, NULL, load_main, l);
+    return l;
+}
+
+/* Waits for the client: the round trips completed (-1: it could not
+ * connect), its thread's CPU seconds and the seconds it ran. */
+EXPORT long ljabench_load_wait(void *p, double *cpu, double *elapsed)
+{
+    struct bench_load *l = p;
+    pthread_join(l->thread, NULL);
+    long done = l->done;
+    *cpu = l->cpu;
+    *elapsed = l->elapsed;
+    free(l);
+    return done;
+}

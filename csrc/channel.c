@@ -8,6 +8,7 @@
  * ping-pong between two threads fast. */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 
 #include "object.h"
 
@@ -45,6 +46,13 @@ struct selector_link {
     struct selector_link *next;
 };
 
+/* An eventfd signaled at every send and at close (lja_channel_watch_fd):
+ * how an event loop (lj-async.asio) waits on a channel without a thread. */
+struct fd_watch {
+    int fd;
+    struct fd_watch *next;
+};
+
 struct lja_channel {
     lja_object hdr;
     pthread_mutex_t lock;
@@ -55,6 +63,7 @@ struct lja_channel {
     atomic_int closed;
     int recv_waiters, send_waiters;
     struct selector_link *selectors;
+    struct fd_watch *watches;
     lja_spare_stack spare;       /* recycled small blocks */
 };
 
@@ -104,6 +113,10 @@ static void channel_destroy(void *obj)
         free(m);
     }
     lja_spare_free_all(&ch->spare);
+    for (struct fd_watch *w = ch->watches, *next; w; w = next) {
+        next = w->next;
+        free(w);
+    }
     pthread_cond_destroy(&ch->not_empty);
     pthread_cond_destroy(&ch->not_full);
     pthread_mutex_destroy(&ch->lock);
@@ -148,6 +161,41 @@ static void notify_selectors(lja_channel *ch)
         pthread_cond_signal(&l->sel->ready);
         pthread_mutex_unlock(&l->sel->lock);
     }
+}
+
+/* Signal the watching eventfds; called with ch->lock held. */
+static void notify_watches(lja_channel *ch)
+{
+    for (struct fd_watch *w = ch->watches; w; w = w->next)
+        eventfd_write(w->fd, 1);
+}
+
+int lja_channel_watch_fd(lja_channel *ch, int fd, int on)
+{
+    if (fd < 0)
+        return LJA_EINVAL;
+    struct fd_watch *w = NULL;
+    if (on && !(w = malloc(sizeof *w)))
+        return LJA_ENOMEM;
+    int rc = LJA_OK;
+    pthread_mutex_lock(&ch->lock);
+    struct fd_watch **p = &ch->watches;
+    while (*p && (*p)->fd != fd)
+        p = &(*p)->next;
+    if (on && !*p) {
+        w->fd = fd;
+        w->next = NULL;
+        *p = w;
+        w = NULL;
+    } else if (!on && *p) {
+        w = *p;
+        *p = w->next;
+    } else {
+        rc = on ? LJA_EBUSY : LJA_ENOTFOUND;
+    }
+    pthread_mutex_unlock(&ch->lock);
+    free(w);
+    return rc;
 }
 
 int lja_channel_send(lja_channel *ch, const char *data, size_t len, void *const *objs, int nobjs,
@@ -195,6 +243,8 @@ int lja_channel_send(lja_channel *ch, const char *data, size_t len, void *const 
             pthread_cond_signal(&ch->not_empty);
         if (ch->selectors)
             notify_selectors(ch);
+        if (ch->watches)
+            notify_watches(ch);
     } else {
         rc = LJA_ETIMEDOUT;
     }
@@ -254,6 +304,7 @@ void lja_channel_close(lja_channel *ch)
     pthread_cond_broadcast(&ch->not_empty);
     pthread_cond_broadcast(&ch->not_full);
     notify_selectors(ch);
+    notify_watches(ch);
     pthread_mutex_unlock(&ch->lock);
 }
 

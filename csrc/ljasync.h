@@ -248,6 +248,11 @@ LJA_API void lja_channel_close(lja_channel *ch);
 LJA_API int64_t lja_channel_len(lja_channel *ch);
 LJA_API const char *lja_msg_data(lja_msg *msg, size_t *len);
 LJA_API void lja_msg_free(lja_msg *msg);
+/* An eventfd that the channel signals (adds 1) at every message sent and at
+ * its close, while on (on = 1 adds it, 0 removes it; LJA_EBUSY if already
+ * there, LJA_ENOTFOUND if not): an event loop's way to wait on a channel.
+ * The caller removes it before closing the fd. */
+LJA_API int lja_channel_watch_fd(lja_channel *ch, int fd, int on);
 
 /* ---- Callable states (SPEC section 6) ----------------------------------------
  * The shim keeps a state's lua_State and who is inside it.  enter returns
