@@ -8,10 +8,16 @@
 -- loaded; wait returns once root and every service have quit (when root
 -- quits, the others are killed).
 local shim = require "lj-async.shim"
+local ffi = require "ffi"
+local buffer = require "string.buffer"
 local transfer = require "lj-async.transfer"
+local channel = require "lj-async.channel"
+local vm = require "lj-async.vm"
 local core = require "ltask.core"
+local Thread = require "lj-async.thread"
 
 local C = core.C
+local SPARE_STATES = 64   -- reset states of quit services kept for new ones
 
 local M = {}
 M._VERSION = shim.VERSION
@@ -26,7 +32,7 @@ local function configure(opts)
         end
         config[k] = v
     end
-    config.worker = config.worker or require("lj-async.thread").cpu_count()
+    config.worker = config.worker or Thread.cpu_count()
     for _, k in ipairs { "worker", "inbox", "batch", "max_services" } do
         if not core.is_count(config[k], core.MAX[k]) then
             error(("ltask: option '%s' must be a positive integer up to %d"):format(k, core.MAX[k]), 3)
@@ -44,43 +50,81 @@ local function configure(opts)
     return config, args
 end
 
+local LOOP = {
+    worker = function(...) return require("ltask.worker").worker(...) end,
+    system = function(...) return require("ltask.system").run(...) end,
+}
+
+-- Stops the system thread and the workers (after every service has quit,
+-- or before any ran), then frees the scheduler.
+local function stop(ctx)
+    local shared = ctx.shared
+    if ctx.system then
+        core.system(core.SYS_STOP, 0, 0, nil, shared)
+        ctx.system:join()
+    end
+    C.lja_sched_shutdown(shared.sched)
+    for i = 1, #ctx.workers do ctx.workers[i]:join() end
+    C.lja_states_free(shared.states)
+    C.lja_sched_free(shared.sched)
+end
+
 function M.start(opts)
     local config, args = configure(opts)
-    local sched = C.lja_sched_new(config.worker, config.max_services)
-    if sched == nil then error("ltask: cannot make the scheduler (out of memory)", 2) end
-    if config.logfile and C.lja_sched_set_log(sched, config.logfile) ~= C.LJA_OK then
-        C.lja_sched_free(sched)
-        error("ltask: cannot open the log file '" .. config.logfile .. "'", 2)
+    local shared = ffi.new("ltask_shared")
+    local system = channel.new()
+    shared.sched = C.lja_sched_new(config.max_services, 2 * config.worker, config.worker)
+    shared.states = C.lja_states_new(SPARE_STATES)
+    shared.system = system
+    if shared.sched == nil or shared.states == nil then
+        C.lja_states_free(shared.states)
+        C.lja_sched_free(shared.sched)
+        error("ltask: cannot make the scheduler (out of memory)", 2)
     end
-    local ok, root, file, code = pcall(core.new_service, sched, config, config.root, false, config.inbox, 1)
+    if config.logfile then
+        local f = io.open(config.logfile, "a")
+        if not f then
+            C.lja_states_free(shared.states)
+            C.lja_sched_free(shared.sched)
+            error("ltask: cannot open the log file '" .. config.logfile .. "'", 2)
+        end
+        f:close()
+    end
+    local ctx = { shared = shared, system_channel = system, workers = {}, config = config }
+    local ok, root, file, code = pcall(core.new_service, shared, config, config.root, false, config.inbox, 1)
     if not ok then
-        C.lja_sched_free(sched)
+        stop(ctx)
         error(root, 2)
     end
+    shared.root = root
+    ctx.root = root
     local n = args.n or #args
     local p, len = transfer.encode_after(3, n + 3, config.root, file, code, unpack(args, 1, n))
-    local rc = C.lja_sched_send(sched, 0, root, C.LJA_SMSG_INIT, 0, p, len, transfer.objs_array())
-    if rc == C.LJA_OK then
-        transfer.forget_exported()   -- the message holds them now
-        rc = C.lja_sched_start(sched)
-    end
+    local objs, nobjs = transfer.objs_array()
+    transfer.forget_exported()   -- the message takes them, sent or not
+    local rc = C.lja_sched_send(shared.sched, 0, root, C.LJA_SMSG_INIT, 0, p, len, objs, nobjs)
+    if rc == C.LJA_SCHED_WOKE then rc = C.lja_sched_push(shared.sched, root) end
     if rc ~= C.LJA_OK then
-        transfer.drop_exported()
-        C.lja_sched_free(sched)
+        stop(ctx)
         error("ltask: cannot start: " .. shim.strerror(rc), 2)
     end
-    return { sched = sched, root = root, config = config }
+    local shared_arg, config_str = vm.pointer_arg(shared), buffer.encode(config)
+    ctx.system = Thread.new(LOOP.system, shared_arg, config_str)
+    for i = 1, config.worker do
+        ctx.workers[i] = Thread.new(LOOP.worker, shared_arg, config_str, i - 1)
+    end
+    return ctx
 end
 
 -- Waits until every service has quit, then stops the workers.  With a
 -- timeout (seconds), returns false, "timeout" if services still run (wait
 -- again later); else true.
 function M.wait(ctx, timeout)
-    if type(ctx) ~= "table" or ctx.sched == nil then error("ltask: wait takes what start returned", 2) end
-    local rc = C.lja_sched_wait(ctx.sched, shim.timeout_arg(timeout, 2))
+    if type(ctx) ~= "table" or ctx.shared == nil then error("ltask: wait takes what start returned", 2) end
+    local rc = C.lja_sched_wait(ctx.shared.sched, shim.timeout_arg(timeout, 2))
     if rc == C.LJA_ETIMEDOUT then return false, "timeout" end
-    C.lja_sched_free(ctx.sched)
-    ctx.sched = nil
+    stop(ctx)
+    ctx.shared = nil
     return true
 end
 
