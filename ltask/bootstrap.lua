@@ -64,7 +64,11 @@ local function stop(ctx)
         ctx.system:join()
     end
     C.lja_sched_shutdown(shared.sched)
-    for i = 1, #ctx.workers do ctx.workers[i]:join() end
+    ctx.traces = {}   -- each worker loop's trace counts (ltask/worker.lua)
+    for i = 1, #ctx.workers do
+        local _, traces = ctx.workers[i]:join()
+        ctx.traces[i] = traces
+    end
     C.lja_states_free(shared.states)
     C.lja_sched_free(shared.sched)
 end

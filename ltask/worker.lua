@@ -8,10 +8,11 @@
 -- Policy: a worker runs its next slot first (what the service it ran last
 -- woke), then the run queue, then another worker's next slot; if all are
 -- empty it spins briefly (csrc/sched.c), then parks.  A worker parks with a
--- deadline of STUCK seconds while another worker's next slot is taken: if
--- that slot is still taken when it looks again and its worker has started
--- no dispatch meanwhile, the slot waits behind a long dispatch and the idle
--- worker takes it.  A service that still has messages after its batch goes
+-- deadline of STUCK seconds while another worker's next slot is taken (or
+-- once after a service filled an empty slot nudged it): if that slot is
+-- still taken when it looks again and its worker has started no dispatch
+-- meanwhile, the slot waits behind a long dispatch and the idle worker
+-- takes it.  A service that still has messages after its batch goes
 -- to the end of the run queue, so a busy service shares the workers.
 local ffi = require "ffi"
 require "lj-async.vm"   -- declares lua_State and the C API it binds
@@ -120,6 +121,7 @@ local function take_next(s, me, n, seen)
     local addr = cell_c(s, me, 0)
     if addr ~= 0 then return addr end
     local parked = false   -- after a park, only a slot stuck behind a long dispatch is taken
+    local nudged = false   -- woken from a park with no deadline: watch for one STUCK at least
     while true do
         addr = next_c(s, 0)
         if addr ~= 0 then return addr end
@@ -137,15 +139,39 @@ local function take_next(s, me, n, seen)
             end
         end
         if parked or spin_c(s) == 0 then
-            addr = next_c(s, watching and STUCK or -1)
+            local timed = watching or nudged
+            addr = next_c(s, timed and STUCK or -1)
             if addr ~= 0 then return addr end
-            parked = true
+            parked, nudged = true, not timed
         end
     end
 end
 
--- A worker thread's loop (started by ltask.bootstrap).
-function M.worker(shared_arg, config_str, me)
+-- Counts, in stats, the traces the JIT completes from the start of
+-- `loop` that link to themselves, and those it aborts there.  A worker
+-- loop that falls off trace is many times slower; its thread returns these
+-- counts (tests/test_ltask.lua checks them).
+local function count_traces(stats, loop)
+    if not (jit and jit.attach and jit.status()) then return end
+    local util, started = require "jit.util", {}
+    local function event(what, tr, func)
+        if what == "start" then
+            started[tr] = func == loop
+        elseif what == "stop" and started[tr] then
+            if util.traceinfo(tr).linktype == "loop" then stats.loops = stats.loops + 1 end
+        elseif what == "abort" and started[tr] then
+            stats.aborts = stats.aborts + 1
+        end
+    end
+    jit.attach(event, "trace")
+    return event
+end
+
+-- A worker thread's loop (started by ltask.bootstrap); returns its trace
+-- counts.
+local function worker(shared_arg, config_str, me)
+    local stats = { loops = 0, aborts = 0 }
+    local event = count_traces(stats, worker)
     core.attach(shared_arg, config_str)
     local s = core.sched
     local n = core.config.worker
@@ -158,7 +184,10 @@ function M.worker(shared_arg, config_str, me)
         cell_c(s, n + me, ticks)
         run(s, addr, me)
     end
+    if event then jit.attach(event) end
+    return stats
 end
+M.worker = worker
 
 -- An exclusive service's thread (started by the system thread): runs it
 -- until it quits, waiting on its inbox between dispatches.
