@@ -14,7 +14,21 @@ local transfer = require "lj-async.transfer"
 local channel = require "lj-async.channel"
 local vm = require "lj-async.vm"
 local core = require "ltask.core"
+
+-- Threads (the workers, the system thread) and services get ltask's modules
+-- preloaded, even where package.path does not find them.
+for _, name in ipairs { "core", "worker", "system" } do vm.ship("ltask." .. name, core.DIR and core.DIR .. name .. ".lua") end
+vm.ship("ltask", core.DIR and core.DIR .. "init.lua")
 local Thread = require "lj-async.thread"
+
+ffi.cdef [[
+lja_sched *lja_sched_new(int64_t max_services, int ncells, int nwatched);
+int lja_sched_wait(lja_sched *s, double timeout);
+void lja_sched_shutdown(lja_sched *s);
+void lja_sched_free(lja_sched *s);
+lja_states *lja_states_new(int limit);
+void lja_states_free(lja_states *st);
+]]
 
 local C = core.C
 local SPARE_STATES = 64   -- reset states of quit services kept for new ones
@@ -50,6 +64,51 @@ local function configure(opts)
     return config, args
 end
 
+-- A service's state: the standard libraries, then this prelude, which
+-- preloads lj-async's and ltask's modules from bytecode that the host
+-- keeps (one copy per process, not per state: a state loads a module's
+-- bytecode from the host's memory when it requires it), and boots the
+-- service runtime.
+local PRELUDE = string.dump(assert(load([==[
+local path, cpath, libpath, shared, config, mods = ...
+package.path, package.cpath = path, cpath
+package.loaded["lj-async.libpath"] = libpath
+local ffi = require "ffi"
+local load, cast, ffi_string = load, ffi.cast, ffi.string
+mods = require("string.buffer").decode(mods)
+for i = 1, #mods, 3 do
+    local name, p, len = mods[i], mods[i + 1], mods[i + 2]
+    package.preload[name] = function(...)
+        return assert(load(ffi_string(cast("const char *", p), len), "=" .. name))(...)
+    end
+end
+require("ltask.core").attach(tonumber(shared), config)
+require("ltask")._boot()
+]==], "=ltask service prelude")))
+
+-- Fills in shared how services' states are made; returns what must live
+-- as long as the scheduler.
+local function address(p)
+    return tonumber(ffi.cast("uintptr_t", p))
+end
+
+local function service_recipe(shared, shared_addr, config_str)
+    local _, vmargs = vm.args("")   -- what lj-async.vm ships: path, cpath, libpath, n, name, bytecode...
+    local mods = {}
+    for i = 5, 4 + 2 * tonumber(vmargs[4]), 2 do
+        local bc = vmargs[i + 1]
+        mods[#mods + 1] = vmargs[i]
+        mods[#mods + 1] = address(ffi.cast("const char *", bc))
+        mods[#mods + 1] = #bc
+    end
+    local args = { vmargs[1], vmargs[2], vmargs[3], ("%.0f"):format(shared_addr), config_str,
+        buffer.encode(mods) }
+    local n, ptrs, lens = vm.c_strings(args)
+    shared.chunk, shared.chunk_len = PRELUDE, #PRELUDE
+    shared.nargs, shared.args, shared.lens = n, ptrs, lens
+    return { vmargs, args, ptrs, lens }
+end
+
 local LOOP = {
     worker = function(...) return require("ltask.worker").worker(...) end,
     system = function(...) return require("ltask.system").run(...) end,
@@ -75,7 +134,8 @@ end
 
 function M.start(opts)
     local config, args = configure(opts)
-    local shared = ffi.new("ltask_shared")
+    local box = ffi.new("ltask_shared[1]")
+    local shared = box[0]   -- a reference into box, which ctx keeps
     local system = channel.new()
     shared.sched = C.lja_sched_new(config.max_services, 2 * config.worker, config.worker)
     shared.states = C.lja_states_new(SPARE_STATES)
@@ -94,7 +154,9 @@ function M.start(opts)
         end
         f:close()
     end
-    local ctx = { shared = shared, system_channel = system, workers = {}, config = config }
+    local shared_addr, config_str = address(box), buffer.encode(config)
+    local ctx = { shared = shared, box = box, system_channel = system, workers = {}, config = config,
+        recipe = service_recipe(shared, shared_addr, config_str) }
     local ok, root, file, code = pcall(core.new_service, shared, config, config.root, false, config.inbox, 1)
     if not ok then
         stop(ctx)
@@ -112,10 +174,9 @@ function M.start(opts)
         stop(ctx)
         error("ltask: cannot start: " .. shim.strerror(rc), 2)
     end
-    local shared_arg, config_str = vm.pointer_arg(shared), buffer.encode(config)
-    ctx.system = Thread.new(LOOP.system, shared_arg, config_str)
+    ctx.system = Thread.new(LOOP.system, shared_addr, config_str)
     for i = 1, config.worker do
-        ctx.workers[i] = Thread.new(LOOP.worker, shared_arg, config_str, i - 1)
+        ctx.workers[i] = Thread.new(LOOP.worker, shared_addr, config_str, i - 1)
     end
     return ctx
 end

@@ -7,20 +7,19 @@
 --
 -- A service state is made by whoever spawns it (a service, or the host for
 -- root), on the spawner's thread: the state of a quit service, reset
--- (lj-async.reset), or a fresh lua_State with the standard libraries,
--- lj-async and ltask preloaded as bytecode.  The service's file is compiled
--- once per spawner; the state runs it when its first message
--- (LJA_SMSG_INIT) brings it.
+-- (lj-async.reset), or a fresh lua_State made as ltask.bootstrap says.  The
+-- service's file is compiled once per spawner; the state runs it when its
+-- first message (LJA_SMSG_INIT) brings it.
+local shim = require "lj-async.shim"
 local ffi = require "ffi"
 local buffer = require "string.buffer"
-local shim = require "lj-async.shim"
-local vm = require "lj-async.vm"
 
+-- What every state needs; the workers, the system thread and the host
+-- declare the rest.
 ffi.cdef [[
 typedef struct lja_sched lja_sched;
 typedef struct lja_states lja_states;
 typedef struct lja_channel lja_channel;
-typedef struct lja_msg lja_msg;
 enum {
     LJA_SMSG_REQUEST = 1,
     LJA_SMSG_POST = 2,
@@ -44,31 +43,21 @@ typedef struct lja_smsg {
     int32_t nobjs;
     void *objs[];
 } lja_smsg;
-lja_sched *lja_sched_new(int64_t max_services, int ncells, int nwatched);
 int lja_sched_add(lja_sched *s, void *L, int exclusive, int64_t capacity, double *addr);
-void *lja_sched_state(lja_sched *s, double addr);
 int lja_sched_send(lja_sched *s, double from, double to, int type, int32_t session,
                    const char *data, size_t len, void *const *objs, int nobjs);
 lja_smsg *lja_sched_pop(lja_sched *s, double self, int max, int *room);
 int lja_sched_take_waiters(lja_sched *s, double self, double *out, int max);
 void lja_sched_started(lja_sched *s, double self);
 void lja_sched_msg_free(lja_smsg *m);
-int lja_sched_rest(lja_sched *s, double addr, int again, int wait);
-lja_smsg *lja_sched_close(lja_sched *s, double addr, void **L);
-int64_t lja_sched_remove(lja_sched *s, double addr);
-double lja_sched_next_service(lja_sched *s, double after);
 int lja_sched_push(lja_sched *s, double addr);
-double lja_sched_next(lja_sched *s, double timeout);
 void lja_sched_nudge(lja_sched *s);
-int lja_sched_spin(lja_sched *s);
 double lja_sched_cell(lja_sched *s, int i, double v);
-int lja_sched_wait(lja_sched *s, double timeout);
-void lja_sched_shutdown(lja_sched *s);
-void lja_sched_free(lja_sched *s);
-lja_states *lja_states_new(int limit);
-void lja_states_push(lja_states *st, void *L);
 void *lja_states_pop(lja_states *st);
-void lja_states_free(lja_states *st);
+void *lja_lua_new(const char *chunk, size_t len, int nargs, const char *const *args,
+                  const size_t *lens, char **err);
+void lja_lua_close(void *L);
+void lja_free(void *p);
 int lja_channel_send(lja_channel *ch, const char *data, size_t len,
                      void *const *objs, int nobjs, double timeout);
 void lja_object_retain(void *obj);
@@ -77,6 +66,12 @@ double lja_now(void);
 typedef struct ltask_shared {
     void *sched, *states, *system;   /* lja_sched, lja_states (of quit services), lja_channel */
     double root;
+    /* how a service's state is made: lja_lua_new's arguments (ltask.bootstrap) */
+    const char *chunk;
+    size_t chunk_len;
+    int nargs;
+    const char **args;
+    size_t *lens;
 } ltask_shared;
 ]]
 
@@ -105,13 +100,8 @@ M.SYS_TIMER, M.SYS_LOG, M.SYS_QUERY, M.SYS_UNIQUE, M.SYS_BIND, M.SYS_DROP, M.SYS
 -- count of its dispatches cell nworkers + i.
 M.NO_SLOT = -1   -- a service that no worker runs (exclusive): wakes go to the run queue
 
--- Services get this module and the service API (ltask/init.lua, which
--- package.path may not find as "ltask") preloaded; threads the loops.
-local here = debug.getinfo(1, "S").source:match("^@(.-)core%.lua$")
-vm.ship("ltask.core", here and here .. "core.lua")
-vm.ship("ltask", here and here .. "init.lua")
-vm.ship("ltask.worker", here and here .. "worker.lua")
-vm.ship("ltask.system", here and here .. "system.lua")
+-- Where ltask's files are (ltask.bootstrap ships them to new states).
+M.DIR = debug.getinfo(1, "S").source:match("^@(.-)core%.lua$")
 
 -- Configuration: start{} fills these (false: none given); services get a copy.
 M.DEFAULTS = {
@@ -133,11 +123,12 @@ function M.is_count(v, max)
     return type(v) == "number" and v >= 1 and v <= max and v % 1 == 0
 end
 
--- In every state but the host's: what start{} shared, the configuration.
+-- In every state but the host's: what start{} shared (its address, a
+-- number: user-space addresses fit in a double), the configuration.
 M.shared, M.sched, M.config = nil, nil, nil
 
-function M.attach(shared_arg, config_str)
-    M.shared = ffi.cast("ltask_shared *", vm.pointer_from_arg(shared_arg))
+function M.attach(shared_addr, config_str)
+    M.shared = ffi.cast("ltask_shared *", shared_addr)
     M.sched = ffi.cast("lja_sched *", M.shared.sched)
     M.config = buffer.decode(config_str)
 end
@@ -216,13 +207,7 @@ local function service_code(name, path, level)
     return bc, file
 end
 
-local BOOT = vm.compile([[
-local shared_arg, config = ...
-require("ltask.core").attach(shared_arg, config)
-require("ltask")._boot()
-]], "ltask service boot")
-
-local addr_out = ffi.new("double[1]")
+local addr_out, err_out = ffi.new("double[1]"), ffi.new("char *[1]")
 
 -- Adds a service to the scheduler, in the state of a quit service or a new
 -- one; returns its address, then its file's path and bytecode, which its
@@ -234,10 +219,17 @@ function M.new_service(shared, config, name, exclusive, inbox, level)
     if type(name) ~= "string" then error("ltask: a service name must be a string", level) end
     local code, file = service_code(name, config.service_path, level)
     local L = C.lja_states_pop(shared.states)
-    if L == nil then L = vm.new(BOOT, vm.pointer_arg(shared), buffer.encode(config)) end
+    if L == nil then
+        L = C.lja_lua_new(shared.chunk, shared.chunk_len, shared.nargs, shared.args, shared.lens, err_out)
+        if L == nil then
+            local msg = err_out[0] ~= nil and ffi.string(err_out[0]) or "out of memory"
+            C.lja_free(err_out[0])
+            error("ltask: cannot make a state for service '" .. name .. "': " .. msg, level)
+        end
+    end
     local rc = C.lja_sched_add(shared.sched, L, exclusive and 1 or 0, inbox or config.inbox, addr_out)
     if rc ~= C.LJA_OK then
-        vm.close(L)
+        C.lja_lua_close(L)
         local why = rc == C.LJA_EAGAIN and "too many services (max_services = " .. config.max_services .. ")"
             or shim.strerror(rc)
         error("ltask: cannot add service '" .. name .. "': " .. why, level)

@@ -11,11 +11,12 @@ local ffi = require "ffi"
 local buffer = require "string.buffer"
 local core = require "ltask.core"
 
-pcall(ffi.cdef, [[
+ffi.cdef [[
+typedef struct lja_msg lja_msg;
 int lja_channel_recv(lja_channel *ch, lja_msg **msg, double timeout);
 const char *lja_msg_data(lja_msg *msg, size_t *len);
 void lja_msg_free(lja_msg *msg);
-]])
+]]
 
 local C = core.C
 local floor, format, date = math.floor, string.format, os.date

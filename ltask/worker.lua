@@ -18,12 +18,20 @@ local ffi = require "ffi"
 require "lj-async.vm"   -- declares lua_State and the C API it binds
 local core = require "ltask.core"
 
-pcall(ffi.cdef, [[
+ffi.cdef [[
 void lua_pushvalue(lua_State *L, int idx);
 void lua_pushnumber(lua_State *L, double n);
 double lua_tonumber(lua_State *L, int idx);
 int lua_gettop(lua_State *L);
-]])
+void *lja_sched_state(lja_sched *s, double addr);
+int lja_sched_rest(lja_sched *s, double addr, int again, int wait);
+lja_smsg *lja_sched_close(lja_sched *s, double addr, void **L);
+int64_t lja_sched_remove(lja_sched *s, double addr);
+double lja_sched_next_service(lja_sched *s, double after);
+double lja_sched_next(lja_sched *s, double timeout);
+int lja_sched_spin(lja_sched *s);
+void lja_states_push(lja_states *st, void *L);
+]]
 
 local C, LC = core.C, ffi.C
 local tonumber, ffi_string = tonumber, ffi.string
