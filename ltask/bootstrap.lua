@@ -71,6 +71,7 @@ end
 -- service runtime.
 local PRELUDE = string.dump(assert(load([==[
 local path, cpath, libpath, shared, config, mods = ...
+jit.off()   -- booting runs once: compiling it would cost time and machine code
 package.path, package.cpath = path, cpath
 package.loaded["lj-async.libpath"] = libpath
 local ffi = require "ffi"
@@ -84,6 +85,7 @@ for i = 1, #mods, 3 do
 end
 require("ltask.core").attach(tonumber(shared), config)
 require("ltask")._boot()
+jit.on()   -- for the service's own code (and again at each recycle: ltask/init.lua)
 ]==], "=ltask service prelude")))
 
 -- Fills in shared how services' states are made; returns what must live

@@ -604,7 +604,9 @@ function ltask._boot()
     local restore = require("lj-async.reset").snapshot()
     registry["ltask.recycle"] = function()   -- back to a state that never ran a service
         R = new_runtime()
-        return restore()
+        local reusable = restore()
+        jit.on()   -- the snapshot was taken with the JIT off (ltask.bootstrap)
+        return reusable
     end
 end
 
