@@ -57,6 +57,7 @@ local function new_runtime()
         inflight = {},       -- coroutine -> caller of the request it serves
         inflight_session = {},
         pending = 0,         -- suspended coroutines and unfired timeouts
+        claims = 0,          -- names this service spawns for uniqueservice
         loop_co = nil,       -- the coroutine running the message loop, or nil
         batch_m = nil,       -- the next message of the batch
     }
@@ -327,6 +328,7 @@ local function finish()
     for co, from in pairs(r.inflight) do
         if from >= 1 then signal(sched, r.self, from, DEAD, r.inflight_session[co], r.slot) end
     end
+    if r.claims > 0 then system(core.SYS_DROP, r.self, 0, nil) end   -- those names fail
     return DISPATCH_QUIT
 end
 
@@ -589,7 +591,9 @@ function ltask.uniqueservice(name, ...)
     check_name(name, 2)
     local addr = ask_name(core.SYS_UNIQUE, name, 2)
     if addr >= 1 then return addr end
+    R.claims = R.claims + 1
     local ok, spawned = pcall(spawn_service, { name = name, args = pack(...) }, 1)
+    R.claims = R.claims - 1
     system(core.SYS_BIND, ok and spawned or 0, 0, name)
     if not ok then error(spawned, 2) end
     return spawned

@@ -16,6 +16,7 @@ typedef struct lja_msg lja_msg;
 int lja_channel_recv(lja_channel *ch, lja_msg **msg, double timeout);
 const char *lja_msg_data(lja_msg *msg, size_t *len);
 void lja_msg_free(lja_msg *msg);
+void *lja_sched_state(lja_sched *s, double addr);
 ]]
 
 local C = core.C
@@ -69,8 +70,11 @@ end
 -- failed = its last spawn failed, waiters = { addr, session, ... } }
 local names = {}
 
-local function name_of(text)
+-- A name's record, new if it had none or its service quit (a quit
+-- service's names go: looked up here rather than told at every quit).
+local function name_of(text, s)
     local nm = names[text]
+    if nm and nm.addr and C.lja_sched_state(s, nm.addr) == nil then nm = nil end
     if not nm then
         nm = { waiters = {} }
         names[text] = nm
@@ -128,16 +132,16 @@ function M.run(shared_arg, config_str)
             elseif op == core.SYS_LOG then
                 log_line(out, addr, session, x)
             elseif op == core.SYS_QUERY then
-                local nm = names[x]
-                if nm and nm.addr then
+                local nm = name_of(x, s)
+                if nm.addr then
                     signal(s, nm.addr, addr, NAME, session, NO_SLOT)
-                elseif nm and nm.failed and not nm.claimer then
+                elseif nm.failed and not nm.claimer then
                     signal(s, 0, addr, NAME, session, NO_SLOT)
                 else
-                    wait_name(name_of(x), addr, session)
+                    wait_name(nm, addr, session)
                 end
             elseif op == core.SYS_UNIQUE then
-                local nm = name_of(x)
+                local nm = name_of(x, s)
                 if nm.addr then
                     signal(s, nm.addr, addr, NAME, session, NO_SLOT)
                 elseif nm.claimer then
@@ -147,14 +151,10 @@ function M.run(shared_arg, config_str)
                     signal(s, -1, addr, NAME, session, NO_SLOT)
                 end
             elseif op == core.SYS_BIND then
-                settle(name_of(x), addr, s)
-            elseif op == core.SYS_DROP then   -- a quit service's names go; a name it spawned fails
-                for text, nm in pairs(names) do
-                    if nm.addr == addr then
-                        names[text] = nil
-                    elseif nm.claimer == addr then
-                        settle(nm, 0, s)
-                    end
+                settle(name_of(x, s), addr, s)
+            elseif op == core.SYS_DROP then   -- the names a quit service was spawning fail
+                for _, nm in pairs(names) do
+                    if nm.claimer == addr then settle(nm, 0, s) end
                 end
             elseif op == core.SYS_EXCLUSIVE then
                 threads[#threads + 1] = Thread.new(function(...)

@@ -52,7 +52,7 @@ local STUCK = 0.001   -- seconds a next slot may wait behind a running dispatch
 local M = {}
 
 -- Runs a service's dispatch in its state L; returns what it returned, or
--- DISPATCH_QUIT (logged) if it raised.  The state keeps its dispatch
+-- DISPATCH_QUIT (logged) and true if it raised.  The state keeps its dispatch
 -- function at stack index 1, fetched once per state: a registry lookup of
 -- an interned key cannot raise.
 local function dispatch(L, addr, slot)
@@ -60,15 +60,15 @@ local function dispatch(L, addr, slot)
     pushvalue(L, 1)
     pushnumber(L, addr)
     pushnumber(L, slot)
-    local r
+    local r, raised = nil, false
     if pcall_c(L, 2, 1, 0) == 0 then
         r = tonumber_c(L, -1)
     else
         core.log(addr, "service failed in its dispatch: " .. ffi_string(tolstring(L, -1, nil)))
-        r = QUIT
+        r, raised = QUIT, true
     end
     settop(L, 1)
-    return r
+    return r, raised
 end
 
 local function kill_all(s)
@@ -83,7 +83,9 @@ local state_out = ffi.new("void *[1]")
 
 -- A service quit: answer what it will never answer, keep or close its
 -- state, free its slot; when root quits, every other service is killed.
-local function finish(s, addr)
+-- A service that quit on its own has failed the names it was spawning
+-- (ltask/init.lua); one whose dispatch raised could not: it is done here.
+local function finish(s, addr, raised)
     local m = C.lja_sched_close(s, addr, state_out)
     local L = state_out[0]
     while m ~= nil do
@@ -105,7 +107,7 @@ local function finish(s, addr)
             C.lja_lua_close(L)
         end
     end
-    core.system(core.SYS_DROP, addr, 0, nil)
+    if raised then core.system(core.SYS_DROP, addr, 0, nil) end
     C.lja_sched_remove(s, addr)
     if addr == core.shared.root then kill_all(s) end
 end
@@ -114,9 +116,9 @@ end
 local function run(s, addr, slot)
     local L = state_c(s, addr)
     if L == nil then return end
-    local r = dispatch(L, addr, slot)
+    local r, raised = dispatch(L, addr, slot)
     if r == QUIT then
-        finish(s, addr)
+        finish(s, addr, raised)
     elseif rest_c(s, addr, r == AGAIN and 1 or 0, 0) == WOKE then
         push_c(s, addr)
     end
@@ -204,12 +206,13 @@ function M.exclusive(shared_arg, config_str, addr)
     local s = core.sched
     local L = state_c(s, addr)
     if L == nil then return end
+    local r, raised
     while true do
-        local r = dispatch(L, addr, core.NO_SLOT)
+        r, raised = dispatch(L, addr, core.NO_SLOT)
         if r == QUIT then break end
         rest_c(s, addr, r == AGAIN and 1 or 0, 1)
     end
-    finish(s, addr)
+    finish(s, addr, raised)
 end
 
 return M
