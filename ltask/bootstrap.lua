@@ -1,4 +1,4 @@
--- ltask.bootstrap: starts the scheduler from the host state (SPEC section 7).
+-- ltask.bootstrap: starts the scheduler from the host state (README "ltask").
 --
 --   local boot = require "ltask.bootstrap"
 --   local ctx = boot.start { worker = 2, service_path = "service/?.lua", root = "root", args = {} }

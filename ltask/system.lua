@@ -157,9 +157,15 @@ function M.run(shared_arg, config_str)
                     if nm.claimer == addr then settle(nm, 0, s) end
                 end
             elseif op == core.SYS_EXCLUSIVE then
-                threads[#threads + 1] = Thread.new(function(...)
+                local ok, thread = pcall(Thread.new, function(...)
                     return require("ltask.worker").exclusive(...)
                 end, shared_arg, config_str, addr)
+                if ok then
+                    threads[#threads + 1] = thread
+                else   -- its spawner is told it died before it started
+                    log_line(out, addr, core.wallclock(), "ltask: no thread for an exclusive service: " .. thread)
+                    require("ltask.worker").finish(s, addr, true)
+                end
             elseif op == core.SYS_STOP then
                 break
             end

@@ -23,6 +23,7 @@ void lua_pushvalue(lua_State *L, int idx);
 void lua_pushnumber(lua_State *L, double n);
 double lua_tonumber(lua_State *L, int idx);
 int lua_gettop(lua_State *L);
+int lua_type(lua_State *L, int idx);
 void *lja_sched_state(lja_sched *s, double addr);
 int lja_sched_rest(lja_sched *s, double addr, int again, int wait);
 lja_smsg *lja_sched_close(lja_sched *s, double addr, void **L);
@@ -34,27 +35,29 @@ void lja_states_push(lja_states *st, void *L);
 ]]
 
 local C, LC = core.C, ffi.C
-local tonumber, ffi_string = tonumber, ffi.string
+local ffi_string = ffi.string
 local pushvalue, pushnumber, pcall_c, tonumber_c = LC.lua_pushvalue, LC.lua_pushnumber, LC.lua_pcall, LC.lua_tonumber
-local settop, gettop, getfield, tolstring, toboolean = LC.lua_settop, LC.lua_gettop, LC.lua_getfield,
-    LC.lua_tolstring, LC.lua_toboolean
+local settop, gettop, getfield, tolstring, toboolean, type_c = LC.lua_settop, LC.lua_gettop, LC.lua_getfield,
+    LC.lua_tolstring, LC.lua_toboolean, LC.lua_type
 local state_c, rest_c, next_c, spin_c, cell_c = C.lja_sched_state, C.lja_sched_rest, C.lja_sched_next,
     C.lja_sched_spin, C.lja_sched_cell
 local push_c, free_c = C.lja_sched_push, C.lja_sched_msg_free
-local WAIT, AGAIN, QUIT = core.DISPATCH_WAIT, core.DISPATCH_AGAIN, core.DISPATCH_QUIT
+local AGAIN, QUIT = core.DISPATCH_AGAIN, core.DISPATCH_QUIT
 local WOKE, REQUEST, INIT, DEAD, KILL = C.LJA_SCHED_WOKE, C.LJA_SMSG_REQUEST, C.LJA_SMSG_INIT, C.LJA_SMSG_DEAD,
     C.LJA_SMSG_KILL
 local signal = core.signal
 
-local LUA_REGISTRYINDEX = -10000
+local LUA_REGISTRYINDEX = -10000   -- lua.h of Lua 5.1, which LuaJIT keeps
+local LUA_TSTRING = 4
 local STUCK = 0.001   -- seconds a next slot may wait behind a running dispatch
 
 local M = {}
 
 -- Runs a service's dispatch in its state L; returns what it returned, or
--- DISPATCH_QUIT (logged) and true if it raised.  The state keeps its dispatch
--- function at stack index 1, fetched once per state: a registry lookup of
--- an interned key cannot raise.
+-- DISPATCH_QUIT (logged) and true if it raised.  The state keeps its
+-- dispatch function at stack index 1, fetched once per state.  The calls
+-- outside lua_pcall cannot raise: a registry lookup of an interned key, a
+-- few pushes (the C API leaves room for 20), a string read as it is.
 local function dispatch(L, addr, slot)
     if gettop(L) == 0 then getfield(L, LUA_REGISTRYINDEX, "ltask.dispatch") end
     pushvalue(L, 1)
@@ -64,7 +67,8 @@ local function dispatch(L, addr, slot)
     if pcall_c(L, 2, 1, 0) == 0 then
         r = tonumber_c(L, -1)
     else
-        core.log(addr, "service failed in its dispatch: " .. ffi_string(tolstring(L, -1, nil)))
+        local why = type_c(L, -1) == LUA_TSTRING and ffi_string(tolstring(L, -1, nil)) or "(not a string)"
+        core.log(addr, "service failed in its dispatch: " .. why)
         r, raised = QUIT, true
     end
     settop(L, 1)
@@ -111,6 +115,7 @@ local function finish(s, addr, raised)
     C.lja_sched_remove(s, addr)
     if addr == core.shared.root then kill_all(s) end
 end
+M.finish = finish
 
 -- Runs one turn of a service on worker slot `slot`.
 local function run(s, addr, slot)
