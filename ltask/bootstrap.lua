@@ -140,7 +140,7 @@ function M.start(opts)
     local box = ffi.new("ltask_shared[1]")
     local shared = box[0]   -- a reference into box, which ctx keeps
     local system = channel.new()
-    shared.sched = C.lja_sched_new(config.max_services, 2 * config.worker, config.worker)
+    shared.sched = C.lja_sched_new(config.max_services, core.cells(config.worker), config.worker)
     shared.states = C.lja_states_new(SPARE_STATES)
     shared.system = system
     if shared.sched == nil or shared.states == nil then

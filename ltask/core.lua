@@ -96,9 +96,21 @@ M.DISPATCH_WAIT, M.DISPATCH_AGAIN, M.DISPATCH_QUIT = 0, 1, 2
 M.SYS_TIMER, M.SYS_LOG, M.SYS_QUERY, M.SYS_UNIQUE, M.SYS_BIND, M.SYS_DROP, M.SYS_EXCLUSIVE, M.SYS_STOP =
     1, 2, 3, 4, 5, 6, 7, 8
 
--- Workers' cells in the scheduler: worker i's next slot is cell i, the
--- count of its dispatches cell nworkers + i.
+-- The scheduler's cells: worker i's next slot is cell i, the count of its
+-- dispatches cell nworkers + i; cell 2 * nworkers is 1 once a service quit.
 M.NO_SLOT = -1   -- a service that no worker runs (exclusive): wakes go to the run queue
+
+function M.cells(nworkers)
+    return 2 * nworkers + 1
+end
+
+function M.quits_seen()
+    return cell_c(M.sched, 2 * M.config.worker, -1) ~= 0
+end
+
+function M.saw_quit(sched)
+    cell_c(sched, 2 * M.config.worker, 1)
+end
 
 -- Where ltask's files are (ltask.bootstrap ships them to new states).
 M.DIR = debug.getinfo(1, "S").source:match("^@(.-)core%.lua$")

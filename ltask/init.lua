@@ -599,14 +599,19 @@ function ltask.uniqueservice(name, ...)
     return spawned
 end
 
--- Called by the service's boot chunk (ltask.core) in a new state.
+-- Called by the service's boot chunk (ltask.bootstrap) in a new state.  The
+-- state can serve another service after this one quits only if it took a
+-- snapshot of its globals now (lj-async.reset), which costs time and memory
+-- (~50 us, ~20 KB): it does once services have been seen to quit (ltask/worker.lua),
+-- so services that stay are lighter.
 function ltask._boot()
     sched, config = core.sched, core.config
     _G.print = log
     local registry = debug.getregistry()
     registry["ltask.dispatch"] = dispatch
-    local restore = require("lj-async.reset").snapshot()
+    local restore = core.quits_seen() and require("lj-async.reset").snapshot()
     registry["ltask.recycle"] = function()   -- back to a state that never ran a service
+        if not restore then return false end
         R = new_runtime()
         local reusable = restore()
         jit.on()   -- the snapshot was taken with the JIT off (ltask.bootstrap)

@@ -101,6 +101,7 @@ local function finish(s, addr, raised)
         m = next_m
     end
     core.tell_room(s, addr, core.NO_SLOT)
+    core.saw_quit(s)   -- new states take a snapshot to be recycled (ltask/init.lua)
     if L ~= nil then
         settop(L, 1)
         getfield(L, LUA_REGISTRYINDEX, "ltask.recycle")
