@@ -42,6 +42,14 @@ function B.c_rate(fn, n)
     end
 end
 
+-- Resident memory of the process, in bytes (Linux).
+function B.rss()
+    local f = assert(io.open("/proc/self/statm"))
+    local pages = f:read("*n") and f:read("*n")
+    f:close()
+    return pages * 4096
+end
+
 -- Seconds taken by f().
 function B.time(f)
     local t0 = B.now()

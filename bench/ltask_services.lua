@@ -1,7 +1,9 @@
 -- ltask with 2 workers: call round trips between two services, one-way
--- sends (default inbox), and spawn+exit of services; each beside a
+-- sends (default inbox), spawn+exit of services, spawns of services that
+-- stay, and the resident memory of an idle service; each beside a
 -- baseline from the same run (a C condvar ping-pong, a C mutex+condvar
--- queue, making and closing a bare lua_State on this thread).
+-- queue, making and closing a bare lua_State on this thread, the memory
+-- of a bare lua_State with the standard libraries and the FFI loaded).
 local boot = require "ltask.bootstrap"
 local channel = require "lj-async.channel"
 local vm = require "lj-async.vm"
@@ -18,6 +20,27 @@ local function ltask_rate(what, n)
 end
 
 local BARE = vm.compile("return", "bare")
+local ffi = require "ffi"
+local C = ffi.C
+
+-- Resident bytes per bare state (standard libraries, the FFI loaded), n of
+-- them alive at once.
+local function bare_memory(n)
+    return function()
+        local states, load = {}, "require 'ffi'"
+        collectgarbage()
+        local before = B.rss()
+        for i = 1, n do
+            local L = C.luaL_newstate()
+            C.luaL_openlibs(L)
+            assert(C.luaL_loadbuffer(L, load, #load, "=bare") == 0 and C.lua_pcall(L, 0, 0, 0) == 0)
+            states[i] = L
+        end
+        local bytes = (B.rss() - before) / n
+        for i = 1, n do C.lua_close(states[i]) end
+        return bytes
+    end
+end
 
 local function bare_states(n)
     return function()
@@ -36,10 +59,13 @@ return function()
     local spawns = B.median(ltask_rate("spawns", 5000))
     local fresh = B.median(ltask_rate("fresh_spawns", 300))
     local bare = B.median(bare_states(2000))
+    local memory = B.median(ltask_rate("memory", 1000))
+    local bare_kb = B.median(bare_memory(1000))
     return {
         { "ltask: call round trips, 2 workers", calls, "calls/s", "C condvar ping-pong", c_pp, ">= 400k/s" },
         { "ltask: 1M sends, default inbox", sends, "msgs/s", "C mutex+condvar queue", c_queue, ">= 1.57M/s" },
         { "ltask: spawn+exit", spawns, "services/s", "bare lua_State new+close", bare, ">= 8.3k/s" },
-        { "ltask: spawn, all staying (fresh states)", fresh, "services/s", "bare lua_State new+close", bare, "" },
+        { "ltask: spawn, all staying (fresh states)", fresh, "services/s", "bare lua_State new+close", bare, ">= 0.5" },
+        { "ltask: memory per idle service", memory / 1024, "KB", "bare lua_State, libs + FFI", bare_kb / 1024, "<= 100 KB" },
     }
 end

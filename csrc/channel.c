@@ -11,6 +11,7 @@
 #include <sys/eventfd.h>
 
 #include "object.h"
+#include "queue.h"
 
 #define SPIN_ROUNDS 2000  /* polls of the count (~ tens of microseconds) */
 
@@ -57,7 +58,7 @@ struct lja_channel {
     lja_object hdr;
     pthread_mutex_t lock;
     pthread_cond_t not_empty, not_full;
-    lja_msg *head, *tail;
+    lja_fifo queue;              /* of lja_msg, linked through next */
     atomic_llong count;          /* written under lock; read without it to spin */
     int64_t capacity;            /* 0: unbounded */
     atomic_int closed;
@@ -107,7 +108,7 @@ const char *lja_msg_data(lja_msg *msg, size_t *len)
 static void channel_destroy(void *obj)
 {
     lja_channel *ch = obj;
-    for (lja_msg *m = ch->head, *next; m; m = next) {
+    for (lja_msg *m = ch->queue.head, *next; m; m = next) {
         next = m->next;
         release_objects(m);
         free(m);
@@ -214,8 +215,11 @@ int lja_channel_send(lja_channel *ch, const char *data, size_t len, void *const 
     }
     if (!msg) {
         msg = malloc(small ? SMALL_BLOCK : sizeof *msg + (size_t)nobjs * sizeof(void *) + len);
-        if (!msg)
+        if (!msg) {
+            for (int i = 0; i < nobjs; i++)   /* not sent: its references go (ljasync.h) */
+                lja_object_release(objs[i]);
             return LJA_ENOMEM;
+        }
         pthread_mutex_lock(&ch->lock);
     }
     msg->home = small ? ch : NULL;
@@ -233,11 +237,7 @@ int lja_channel_send(lja_channel *ch, const char *data, size_t len, void *const 
         rc = LJA_ECLOSED;
     } else if (!ch->capacity || atomic_load(&ch->count) < ch->capacity) {
         rc = LJA_OK;
-        if (ch->tail)
-            ch->tail->next = msg;
-        else
-            ch->head = msg;
-        ch->tail = msg;
+        lja_fifo_push(&ch->queue, msg);
         atomic_fetch_add(&ch->count, 1);
         if (ch->recv_waiters)
             pthread_cond_signal(&ch->not_empty);
@@ -257,12 +257,9 @@ int lja_channel_send(lja_channel *ch, const char *data, size_t len, void *const 
 /* Pops a message; called with ch->lock held. */
 static lja_msg *pop(lja_channel *ch)
 {
-    lja_msg *msg = ch->head;
+    lja_msg *msg = lja_fifo_shift(&ch->queue);
     if (!msg)
         return NULL;
-    ch->head = msg->next;
-    if (!ch->head)
-        ch->tail = NULL;
     atomic_fetch_sub(&ch->count, 1);
     if (ch->send_waiters)
         pthread_cond_signal(&ch->not_full);
@@ -283,7 +280,7 @@ int lja_channel_recv(lja_channel *ch, lja_msg **out, double timeout)
     struct timespec deadline;
     int have = 0, rc = LJA_OK;
     pthread_mutex_lock(&ch->lock);
-    while (!ch->head && !atomic_load(&ch->closed) && rc == LJA_OK) {
+    while (!ch->queue.head && !atomic_load(&ch->closed) && rc == LJA_OK) {
         ch->recv_waiters++;
         rc = lja_wait_timeout(&ch->not_empty, &ch->lock, timeout, &deadline, &have);
         ch->recv_waiters--;

@@ -2,7 +2,8 @@
  * ljasync.h: the C ABI of lj-async's shim, and its single source.
  *
  * Flat API, one prefix (lja_), opaque handles, integer error codes.  The shim
- * never links LuaJIT: it knows nothing of lua_State.  Lua code reaches it
+ * never links LuaJIT: it calls the Lua C API the host binds (lja_lua_bind)
+ * and passes lua_States as void *.  Lua code reaches it
  * through ffi.cdef; tests/test_abi.lua checks that every declaration there
  * matches this file.
  *
@@ -162,6 +163,15 @@ LJA_API void *lja_lua_new(const char *chunk, size_t len, int nargs, const char *
                           const size_t *lens, char **err);
 LJA_API void lja_lua_close(void *L);
 LJA_API void lja_free(void *p);
+/* A stack of spare states (up to `limit`, at most 64) for whoever makes
+ * states of one kind: push keeps L or, when full, closes it; pop gives one
+ * or NULL; free closes the states kept. */
+typedef struct lja_states lja_states;
+LJA_API lja_states *lja_states_new(int limit);
+LJA_API void lja_states_push(lja_states *st, void *L);
+LJA_API void *lja_states_pop(lja_states *st);
+LJA_API void lja_states_free(lja_states *st);
+
 LJA_API int lja_lua_set_recipe(const char *chunk, size_t len, int nargs,
                                const char *const *args, const size_t *lens, int spare_limit);
 LJA_API int lja_lua_spawn(lja_thread **out, const char *input, size_t len,
@@ -181,6 +191,12 @@ LJA_API int lja_atomic_cas(int64_t *p, int64_t expected, int64_t desired);
  * finds a live object by id (and kind, or 0 for any) and returns it with a
  * new reference, or NULL.  Functions below that take `void *obj` take any
  * object.
+ *
+ * Every function that takes objs (lja_channel_send, lja_sched_send,
+ * lja_pool_submit, lja_pool_set_result) takes over their references
+ * whatever it returns, but LJA_EINVAL for a bad objs or nobjs: a message
+ * that is not sent releases them.  A caller that will try again retains
+ * them again first.
  */
 enum {
     LJA_KIND_MUTEX = 1,
@@ -291,42 +307,43 @@ LJA_API void lja_gate_set_error(lja_gate *g, const char *msg, size_t len);
 LJA_API size_t lja_gate_error(lja_gate *g, char *buf, size_t cap);
 LJA_API void lja_gate_free(lja_gate *g);
 
-/* ---- ltask's scheduler (SPEC section 7) ------------------------------------
- * Services are lua_States that run on a pool of worker threads (or, when
- * exclusive, on a thread of their own); one service runs on one thread at a
- * time.  A service's state must leave in its registry a function
- * "ltask.dispatch" that handles what lja_sched_pop gives it and returns 0
- * (wait for messages), 1 (run me again) or 2 (I quit: the scheduler then
- * answers its queued requests with LJA_SMSG_DEAD and closes the state).
+/* ---- ltask's services (README "ltask") -----------------------------------
+ * What ltask's scheduler (ltask/worker.lua) keeps in C: the table of live
+ * services, each with its inbox, and a run queue.  Which service runs next,
+ * where and when, is decided in Lua.
  *
  * Addresses are integers below 2^53, passed as double so that LuaJIT keeps
- * them plain numbers; 0 is "nobody" (the host, the timer).  An address is
- * never reused while the scheduler lives.  The first service added is the
- * root: when it quits, every other service is killed.
+ * them plain numbers; 0 is "nobody".  An address is never reused while the
+ * scheduler lives.  add returns LJA_EAGAIN when max_services are alive.
  *
- * Inboxes are FIFO; requests and posts count against a service's capacity,
- * every other message type is always accepted.  send returns LJA_OK (the
- * message and the references in objs now belong to the scheduler),
- * LJA_EAGAIN (the inbox is full; `from` will get an LJA_SMSG_ROOM message
- * from `to` once it has drained to half) or LJA_ECLOSED (no such service);
- * on failure the caller keeps objs' references.  pop takes up to max
- * messages off the front of a service's inbox, linked through next.
+ * Inboxes are FIFO (a KILL goes first); requests and posts count against a
+ * service's capacity, every other message type is always accepted.  send
+ * returns LJA_OK, LJA_SCHED_WOKE (sent, and the receiver was idle: the caller
+ * must put it on a run queue; an exclusive receiver's own thread is woken
+ * instead), LJA_EAGAIN (the inbox is full: take_waiters gives `from` to
+ * the receiver once its inbox has drained to half) or LJA_ECLOSED (no such
+ * service).  pop takes up to max messages off the front of an inbox, linked
+ * through next; *room tells that take_waiters has addresses to give.
  *
- * A service's first message is LJA_SMSG_INIT.  Until the service calls
- * lja_sched_started (from its dispatch), the requests and posts sent to it
- * are held, still counted against its capacity; then they join its inbox.
- * add returns LJA_EAGAIN when max_services services are alive.
+ * A service's first message is LJA_SMSG_INIT.  Until lja_sched_started,
+ * the requests and posts sent to it are held, still counted against its
+ * capacity; then they join its inbox.
  *
- * Names: claim gives a name to the claimer to spawn (LJA_EBUSY: another
- * has it, or it is bound); bind binds it to the spawned address, or 0 when
- * the spawn failed, and tells the waiters (LJA_SMSG_NAME).  A claimer that
- * quits first fails the name.  query gives a bound name's address, or
- * LJA_ENOTFOUND if its last spawn failed, or LJA_EAGAIN: with a waiter,
- * the waiter is told once it is bound or fails.
+ * After a dispatch, rest marks the service idle, or returns LJA_SCHED_WOKE if it
+ * has messages (or `again`): it must be queued again.  With `wait` (an
+ * exclusive service's thread) it waits until a message comes.  close marks
+ * a service dead (sends to it fail) and hands back its queued messages and
+ * its lua_State; remove then frees its slot and returns how many services
+ * are still alive.
  *
- * When a service quits, registry["ltask.recycle"] is called in its state;
- * if it returns true the state is kept (up to 64) and handed out again by
- * lja_sched_take_state (NULL when none is kept), else it is closed.
+ * The run queue: push appends an address and wakes a parked worker; next
+ * takes the first one, parked up to `timeout` if there is none (0 when it
+ * timed out or a nudge woke it, -1 once shut down); nudge wakes one worker
+ * parked with no deadline, if any.  spin polls briefly (tens of
+ * microseconds) until the queue or one of the first `nwatched` cells is
+ * not empty, and says whether it is.  Cells are `ncells` doubles that the
+ * workers share as they like: cell sets cell i to v (v < 0: only reads)
+ * and returns its old value, atomically.
  */
 typedef struct lja_sched lja_sched;
 
@@ -336,12 +353,14 @@ enum {
     LJA_SMSG_RESPONSE = 3,
     LJA_SMSG_ERROR = 4,
     LJA_SMSG_DEAD = 5,      /* the request's receiver quit before answering */
-    LJA_SMSG_TIMER = 6,     /* a timer set with lja_sched_timer fired */
+    LJA_SMSG_TIMER = 6,     /* a timer fired */
     LJA_SMSG_ROOM = 7,      /* `from`'s inbox has room again */
     LJA_SMSG_KILL = 8,      /* the receiver must quit */
-    LJA_SMSG_NAME = 9,      /* a name waited for was bound to `from` (0: failed) */
+    LJA_SMSG_NAME = 9,      /* a name waited for was bound to `from` (0: failed; -1: claim it) */
     LJA_SMSG_INIT = 10      /* a new service's first message: answered as a REQUEST */
 };
+
+enum { LJA_SCHED_WOKE = 1 };      /* lja_sched_send, lja_sched_rest: queue the service */
 
 typedef struct lja_smsg {
     struct lja_smsg *next;
@@ -354,25 +373,26 @@ typedef struct lja_smsg {
     void *objs[];
 } lja_smsg;
 
-LJA_API lja_sched *lja_sched_new(int workers, int64_t max_services);
+LJA_API lja_sched *lja_sched_new(int64_t max_services, int ncells, int nwatched);
 LJA_API int lja_sched_add(lja_sched *s, void *L, int exclusive, int64_t capacity, double *addr);
-LJA_API void *lja_sched_take_state(lja_sched *s);
-LJA_API int lja_sched_start(lja_sched *s);
+LJA_API void *lja_sched_state(lja_sched *s, double addr);
 LJA_API int lja_sched_send(lja_sched *s, double from, double to, int type, int32_t session,
                            const char *data, size_t len, void *const *objs, int nobjs);
-LJA_API double lja_sched_self(void);   /* the service dispatching on this thread, or 0 */
-LJA_API lja_smsg *lja_sched_pop(lja_sched *s, double self, int max);
+LJA_API lja_smsg *lja_sched_pop(lja_sched *s, double self, int max, int *room);
+LJA_API int lja_sched_take_waiters(lja_sched *s, double self, double *out, int max);
 LJA_API void lja_sched_started(lja_sched *s, double self);
 LJA_API void lja_sched_msg_free(lja_smsg *m);
-LJA_API int lja_sched_timer(lja_sched *s, double addr, int32_t session, double seconds);
-LJA_API int lja_sched_kill(lja_sched *s, double addr);
-LJA_API int lja_sched_name_claim(lja_sched *s, const char *name, double claimer);
-LJA_API void lja_sched_name_bind(lja_sched *s, const char *name, double addr);
-LJA_API int lja_sched_name_query(lja_sched *s, const char *name, double waiter,
-                                 int32_t session, double *addr);
-LJA_API void lja_sched_log(lja_sched *s, double addr, const char *msg, size_t len);
-LJA_API int lja_sched_set_log(lja_sched *s, const char *path);  /* NULL: stderr */
-LJA_API int lja_sched_wait(lja_sched *s, double timeout);
+LJA_API int lja_sched_rest(lja_sched *s, double addr, int again, int wait);
+LJA_API lja_smsg *lja_sched_close(lja_sched *s, double addr, void **L);
+LJA_API int64_t lja_sched_remove(lja_sched *s, double addr);
+LJA_API double lja_sched_next_service(lja_sched *s, double after);  /* 0: no more */
+LJA_API int lja_sched_push(lja_sched *s, double addr);
+LJA_API double lja_sched_next(lja_sched *s, double timeout);
+LJA_API void lja_sched_nudge(lja_sched *s);
+LJA_API int lja_sched_spin(lja_sched *s);
+LJA_API double lja_sched_cell(lja_sched *s, int i, double v);
+LJA_API int lja_sched_wait(lja_sched *s, double timeout);   /* until no service is alive */
+LJA_API void lja_sched_shutdown(lja_sched *s);  /* next returns -1 from now on */
 LJA_API void lja_sched_free(lja_sched *s);
 
 /* ---- Worker pools (SPEC section 8) -----------------------------------------

@@ -12,6 +12,14 @@
 
 #define SPARE_MAX 64
 
+/* A stack of spare states, shared by threads; the one kind of state
+ * recycling in the shim (lj-async.thread's and ltask's). */
+struct lja_states {
+    pthread_mutex_t lock;
+    int count, limit;
+    void *L[SPARE_MAX];
+};
+
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static lja_lua_api api;           /* set once, before any state exists */
 
@@ -21,11 +29,9 @@ static struct {
     int nargs;
     char **args;
     size_t *lens;
-    int spare_limit;
 } recipe;                         /* guarded by lock */
 
-static void *spare[SPARE_MAX];    /* guarded by lock */
-static int spare_count;
+static lja_states spare = { PTHREAD_MUTEX_INITIALIZER, 0, 0, { NULL } };   /* of thread states */
 
 void lja_lua_bind(const lja_lua_api *a)
 {
@@ -95,6 +101,45 @@ void lja_lua_close(void *L)
 {
     if (L)
         api.close(L);
+}
+
+lja_states *lja_states_new(int limit)
+{
+    lja_states *st = calloc(1, sizeof *st);
+    if (st) {
+        pthread_mutex_init(&st->lock, NULL);
+        st->limit = limit < 0 ? 0 : limit > SPARE_MAX ? SPARE_MAX : limit;
+    }
+    return st;
+}
+
+void lja_states_push(lja_states *st, void *L)
+{
+    pthread_mutex_lock(&st->lock);
+    int kept = st->count < st->limit;
+    if (kept)
+        st->L[st->count++] = L;
+    pthread_mutex_unlock(&st->lock);
+    if (!kept)
+        lja_lua_close(L);
+}
+
+void *lja_states_pop(lja_states *st)
+{
+    pthread_mutex_lock(&st->lock);
+    void *L = st->count > 0 ? st->L[--st->count] : NULL;
+    pthread_mutex_unlock(&st->lock);
+    return L;
+}
+
+void lja_states_free(lja_states *st)
+{
+    if (!st)
+        return;
+    while (st->count > 0)
+        lja_lua_close(st->L[--st->count]);
+    pthread_mutex_destroy(&st->lock);
+    free(st);
 }
 
 /* Lua 5.1's LUA_MASKCOUNT: the hook runs every `count` VM instructions. */
@@ -242,7 +287,9 @@ int lja_lua_set_recipe(const char *chunk, size_t len, int nargs, const char *con
     } else {
         recipe.len = len;
         recipe.nargs = nargs;
-        recipe.spare_limit = spare_limit < 0 ? 0 : spare_limit > SPARE_MAX ? SPARE_MAX : spare_limit;
+        pthread_mutex_lock(&spare.lock);
+        spare.limit = spare_limit < 0 ? 0 : spare_limit > SPARE_MAX ? SPARE_MAX : spare_limit;
+        pthread_mutex_unlock(&spare.lock);
     }
     pthread_mutex_unlock(&lock);
     return rc;
@@ -254,16 +301,6 @@ static void *new_thread_state(void)
 {
     return lja_lua_new(recipe.chunk, recipe.len, recipe.nargs,
                        (const char *const *)recipe.args, recipe.lens, NULL);
-}
-
-static void *take_spare(void)
-{
-    void *L = NULL;
-    pthread_mutex_lock(&lock);
-    if (spare_count > 0)
-        L = spare[--spare_count];
-    pthread_mutex_unlock(&lock);
-    return L;
 }
 
 /* registry["lj-async.run"](input) returns the result message, and true
@@ -294,15 +331,9 @@ static void finish_thread(void *L)
 {
     ptrdiff_t reusable = 0;
     lja_lua_call_registry(L, "lj-async.reset", 0, &reusable, NULL, 0);
-    if (reusable) {
-        pthread_mutex_lock(&lock);
-        if (spare_count < recipe.spare_limit)
-            spare[spare_count++] = L;
-        else
-            reusable = 0;
-        pthread_mutex_unlock(&lock);
-    }
-    if (!reusable)
+    if (reusable)
+        lja_states_push(&spare, L);
+    else
         api.close(L);
 }
 
@@ -310,7 +341,7 @@ int lja_lua_spawn(lja_thread **out, const char *input, size_t len, const lja_thr
 {
     if (!out)
         return LJA_EINVAL;
-    void *L = take_spare();
+    void *L = lja_states_pop(&spare);
     if (!L) {
         pthread_mutex_lock(&lock);
         int ready = recipe.chunk != NULL;

@@ -1,4 +1,4 @@
--- ltask.bootstrap: starts the scheduler from the host state (SPEC section 7).
+-- ltask.bootstrap: starts the scheduler from the host state (README "ltask").
 --
 --   local boot = require "ltask.bootstrap"
 --   local ctx = boot.start { worker = 2, service_path = "service/?.lua", root = "root", args = {} }
@@ -8,10 +8,31 @@
 -- loaded; wait returns once root and every service have quit (when root
 -- quits, the others are killed).
 local shim = require "lj-async.shim"
+local ffi = require "ffi"
+local buffer = require "string.buffer"
 local transfer = require "lj-async.transfer"
+local channel = require "lj-async.channel"
+local vm = require "lj-async.vm"
 local core = require "ltask.core"
+require "lj-async.reset"   -- loaded here, so that service states get it preloaded (lj-async.vm ships what is loaded)
+
+-- Threads (the workers, the system thread) and services get ltask's modules
+-- preloaded, even where package.path does not find them.
+for _, name in ipairs { "core", "worker", "system" } do vm.ship("ltask." .. name, core.DIR and core.DIR .. name .. ".lua") end
+vm.ship("ltask", core.DIR and core.DIR .. "init.lua")
+local Thread = require "lj-async.thread"
+
+ffi.cdef [[
+lja_sched *lja_sched_new(int64_t max_services, int ncells, int nwatched);
+int lja_sched_wait(lja_sched *s, double timeout);
+void lja_sched_shutdown(lja_sched *s);
+void lja_sched_free(lja_sched *s);
+lja_states *lja_states_new(int limit);
+void lja_states_free(lja_states *st);
+]]
 
 local C = core.C
+local SPARE_STATES = 64   -- reset states of quit services kept for new ones
 
 local M = {}
 M._VERSION = shim.VERSION
@@ -26,7 +47,7 @@ local function configure(opts)
         end
         config[k] = v
     end
-    config.worker = config.worker or require("lj-async.thread").cpu_count()
+    config.worker = config.worker or Thread.cpu_count()
     for _, k in ipairs { "worker", "inbox", "batch", "max_services" } do
         if not core.is_count(config[k], core.MAX[k]) then
             error(("ltask: option '%s' must be a positive integer up to %d"):format(k, core.MAX[k]), 3)
@@ -44,43 +65,134 @@ local function configure(opts)
     return config, args
 end
 
+-- A service's state: the standard libraries, then this prelude, which
+-- preloads lj-async's and ltask's modules from bytecode that the host
+-- keeps (one copy per process, not per state: a state loads a module's
+-- bytecode from the host's memory when it requires it), and boots the
+-- service runtime.
+local PRELUDE = string.dump(assert(load([==[
+local path, cpath, libpath, shared, config, mods = ...
+jit.off()   -- booting runs once: compiling it would cost time and machine code
+package.path, package.cpath = path, cpath
+package.loaded["lj-async.libpath"] = libpath
+local ffi = require "ffi"
+local load, cast, ffi_string = load, ffi.cast, ffi.string
+mods = require("string.buffer").decode(mods)
+for i = 1, #mods, 3 do
+    local name, p, len = mods[i], mods[i + 1], mods[i + 2]
+    package.preload[name] = function(...)
+        return assert(load(ffi_string(cast("const char *", p), len), "=" .. name))(...)
+    end
+end
+require("ltask.core").attach(tonumber(shared), config)
+require("ltask")._boot()
+jit.on()   -- for the service's own code (and again at each recycle: ltask/init.lua)
+]==], "=ltask service prelude")))
+
+-- Fills in shared how services' states are made; returns what must live
+-- as long as the scheduler.
+local function address(p)
+    return tonumber(ffi.cast("uintptr_t", p))
+end
+
+local function service_recipe(shared, shared_addr, config_str)
+    local _, vmargs = vm.args("")   -- what lj-async.vm ships: path, cpath, libpath, n, name, bytecode...
+    local mods = {}
+    for i = 5, 4 + 2 * tonumber(vmargs[4]), 2 do
+        local bc = vmargs[i + 1]
+        mods[#mods + 1] = vmargs[i]
+        mods[#mods + 1] = address(ffi.cast("const char *", bc))
+        mods[#mods + 1] = #bc
+    end
+    local args = { vmargs[1], vmargs[2], vmargs[3], ("%.0f"):format(shared_addr), config_str,
+        buffer.encode(mods) }
+    local n, ptrs, lens = vm.c_strings(args)
+    shared.chunk, shared.chunk_len = PRELUDE, #PRELUDE
+    shared.nargs, shared.args, shared.lens = n, ptrs, lens
+    return { vmargs, args, ptrs, lens }
+end
+
+local LOOP = {
+    worker = function(...) return require("ltask.worker").worker(...) end,
+    system = function(...) return require("ltask.system").run(...) end,
+}
+
+-- Stops the system thread and the workers (after every service has quit,
+-- or before any ran), then frees the scheduler.
+local function stop(ctx)
+    local shared = ctx.shared
+    if ctx.system then
+        core.system(core.SYS_STOP, 0, 0, nil, shared)
+        ctx.system:join()
+    end
+    C.lja_sched_shutdown(shared.sched)
+    ctx.traces = {}   -- each worker loop's trace counts (ltask/worker.lua)
+    for i = 1, #ctx.workers do
+        local _, traces = ctx.workers[i]:join()
+        ctx.traces[i] = traces
+    end
+    C.lja_states_free(shared.states)
+    C.lja_sched_free(shared.sched)
+end
+
 function M.start(opts)
     local config, args = configure(opts)
-    local sched = C.lja_sched_new(config.worker, config.max_services)
-    if sched == nil then error("ltask: cannot make the scheduler (out of memory)", 2) end
-    if config.logfile and C.lja_sched_set_log(sched, config.logfile) ~= C.LJA_OK then
-        C.lja_sched_free(sched)
-        error("ltask: cannot open the log file '" .. config.logfile .. "'", 2)
+    local box = ffi.new("ltask_shared[1]")
+    local shared = box[0]   -- a reference into box, which ctx keeps
+    local system = channel.new()
+    shared.sched = C.lja_sched_new(config.max_services, core.cells(config.worker), config.worker)
+    shared.states = C.lja_states_new(SPARE_STATES)
+    shared.system = system
+    if shared.sched == nil or shared.states == nil then
+        C.lja_states_free(shared.states)
+        C.lja_sched_free(shared.sched)
+        error("ltask: cannot make the scheduler (out of memory)", 2)
     end
-    local ok, root, file, code = pcall(core.new_service, sched, config, config.root, false, config.inbox, 1)
+    if config.logfile then
+        local f = io.open(config.logfile, "a")
+        if not f then
+            C.lja_states_free(shared.states)
+            C.lja_sched_free(shared.sched)
+            error("ltask: cannot open the log file '" .. config.logfile .. "'", 2)
+        end
+        f:close()
+    end
+    local shared_addr, config_str = address(box), buffer.encode(config)
+    local ctx = { shared = shared, box = box, system_channel = system, workers = {}, config = config,
+        recipe = service_recipe(shared, shared_addr, config_str) }
+    local ok, root, file, code = pcall(core.new_service, shared, config, config.root, false, config.inbox, 1)
     if not ok then
-        C.lja_sched_free(sched)
+        stop(ctx)
         error(root, 2)
     end
+    shared.root = root
+    ctx.root = root
     local n = args.n or #args
     local p, len = transfer.encode_after(3, n + 3, config.root, file, code, unpack(args, 1, n))
-    local rc = C.lja_sched_send(sched, 0, root, C.LJA_SMSG_INIT, 0, p, len, transfer.objs_array())
-    if rc == C.LJA_OK then
-        transfer.forget_exported()   -- the message holds them now
-        rc = C.lja_sched_start(sched)
-    end
+    local objs, nobjs = transfer.objs_array()
+    transfer.forget_exported()   -- the message takes them, sent or not
+    local rc = C.lja_sched_send(shared.sched, 0, root, C.LJA_SMSG_INIT, 0, p, len, objs, nobjs)
+    if rc == C.LJA_SCHED_WOKE then rc = C.lja_sched_push(shared.sched, root) end
     if rc ~= C.LJA_OK then
-        transfer.drop_exported()
-        C.lja_sched_free(sched)
+        stop(ctx)
         error("ltask: cannot start: " .. shim.strerror(rc), 2)
     end
-    return { sched = sched, root = root, config = config }
+    ctx.system = Thread.new(LOOP.system, shared_addr, config_str)
+    for i = 1, config.worker do
+        ctx.workers[i] = Thread.new(LOOP.worker, shared_addr, config_str, i - 1)
+    end
+    return ctx
 end
 
 -- Waits until every service has quit, then stops the workers.  With a
 -- timeout (seconds), returns false, "timeout" if services still run (wait
 -- again later); else true.
 function M.wait(ctx, timeout)
-    if type(ctx) ~= "table" or ctx.sched == nil then error("ltask: wait takes what start returned", 2) end
-    local rc = C.lja_sched_wait(ctx.sched, shim.timeout_arg(timeout, 2))
+    if type(ctx) ~= "table" or ctx.shared == nil then error("ltask: wait takes what start returned", 2) end
+    local rc = C.lja_sched_wait(ctx.shared.sched, shim.timeout_arg(timeout, 2))
     if rc == C.LJA_ETIMEDOUT then return false, "timeout" end
-    C.lja_sched_free(ctx.sched)
-    ctx.sched = nil
+    stop(ctx)
+    ctx.shared = nil
     return true
 end
 

@@ -1,20 +1,25 @@
--- ltask.core: what the host's bootstrap and every service share: the
--- scheduler's C ABI (csrc/sched.c), the configuration, and making a
+-- ltask.core: what every ltask state shares (the host's bootstrap, the
+-- workers, the system thread, the services): the shim's ABI for services
+-- (csrc/sched.c), the constants, the configuration, where a woken service
+-- goes (the scheduling policy's one rule that services apply too), the
+-- system thread's requests (timers, names, the log), and making a
 -- service's state.
 --
 -- A service state is made by whoever spawns it (a service, or the host for
--- root), on the spawner's thread: a fresh lua_State with the standard
--- libraries, lj-async and ltask preloaded as bytecode; or the state of a
--- quit service, reset (lj-async.reset), which is much cheaper.  The
+-- root), on the spawner's thread: the state of a quit service, reset
+-- (lj-async.reset), or a fresh lua_State made as ltask.bootstrap says.  The
 -- service's file is compiled once per spawner; the state runs it when its
 -- first message (LJA_SMSG_INIT) brings it.
+local shim = require "lj-async.shim"
 local ffi = require "ffi"
 local buffer = require "string.buffer"
-local shim = require "lj-async.shim"
-local vm = require "lj-async.vm"
 
+-- What every state needs; the workers, the system thread and the host
+-- declare the rest.
 ffi.cdef [[
 typedef struct lja_sched lja_sched;
+typedef struct lja_states lja_states;
+typedef struct lja_channel lja_channel;
 enum {
     LJA_SMSG_REQUEST = 1,
     LJA_SMSG_POST = 2,
@@ -27,6 +32,7 @@ enum {
     LJA_SMSG_NAME = 9,
     LJA_SMSG_INIT = 10
 };
+enum { LJA_SCHED_WOKE = 1 };
 typedef struct lja_smsg {
     struct lja_smsg *next;
     double from;
@@ -37,32 +43,44 @@ typedef struct lja_smsg {
     int32_t nobjs;
     void *objs[];
 } lja_smsg;
-lja_sched *lja_sched_new(int workers, int64_t max_services);
 int lja_sched_add(lja_sched *s, void *L, int exclusive, int64_t capacity, double *addr);
-void *lja_sched_take_state(lja_sched *s);
-int lja_sched_start(lja_sched *s);
 int lja_sched_send(lja_sched *s, double from, double to, int type, int32_t session,
                    const char *data, size_t len, void *const *objs, int nobjs);
-double lja_sched_self(void);
-lja_smsg *lja_sched_pop(lja_sched *s, double self, int max);
+lja_smsg *lja_sched_pop(lja_sched *s, double self, int max, int *room);
+int lja_sched_take_waiters(lja_sched *s, double self, double *out, int max);
 void lja_sched_started(lja_sched *s, double self);
 void lja_sched_msg_free(lja_smsg *m);
-int lja_sched_timer(lja_sched *s, double addr, int32_t session, double seconds);
-int lja_sched_kill(lja_sched *s, double addr);
-int lja_sched_name_claim(lja_sched *s, const char *name, double claimer);
-void lja_sched_name_bind(lja_sched *s, const char *name, double addr);
-int lja_sched_name_query(lja_sched *s, const char *name, double waiter,
-                         int32_t session, double *addr);
-void lja_sched_log(lja_sched *s, double addr, const char *msg, size_t len);
-int lja_sched_set_log(lja_sched *s, const char *path);
-int lja_sched_wait(lja_sched *s, double timeout);
-void lja_sched_free(lja_sched *s);
+int lja_sched_push(lja_sched *s, double addr);
+void lja_sched_nudge(lja_sched *s);
+double lja_sched_cell(lja_sched *s, int i, double v);
+void *lja_states_pop(lja_states *st);
+void *lja_lua_new(const char *chunk, size_t len, int nargs, const char *const *args,
+                  const size_t *lens, char **err);
+void lja_lua_close(void *L);
+void lja_free(void *p);
+int lja_channel_send(lja_channel *ch, const char *data, size_t len,
+                     void *const *objs, int nobjs, double timeout);
+void lja_object_retain(void *obj);
+double lja_now(void);
+
+typedef struct ltask_shared {
+    void *sched, *states, *system;   /* lja_sched, lja_states (of quit services), lja_channel */
+    double root;
+    /* how a service's state is made: lja_lua_new's arguments (ltask.bootstrap) */
+    const char *chunk;
+    size_t chunk_len;
+    int nargs;
+    const char **args;
+    size_t *lens;
+} ltask_shared;
 ]]
 
 local C = shim.C
+local send_c, push_c, cell_c, nudge_c = C.lja_sched_send, C.lja_sched_push, C.lja_sched_cell, C.lja_sched_nudge
+local WOKE = C.LJA_SCHED_WOKE
 
--- libc's wall clock, for ltask.now (declared once per state; another
--- module may have declared clock_gettime already).
+-- libc's wall clock, for ltask.now and the log (declared once per state;
+-- another module may have declared clock_gettime already).
 pcall(ffi.cdef, [[
 typedef struct { long tv_sec; long tv_nsec; } ltask_timespec;
 int clock_gettime(int clock, ltask_timespec *ts);
@@ -71,11 +89,31 @@ local CLOCK_REALTIME = 0
 
 local M = { C = C }
 
--- Services get this module and the service API (ltask/init.lua, which
--- package.path may not find as "ltask") preloaded.
-local here = debug.getinfo(1, "S").source:match("^@(.-)core%.lua$")
-vm.ship("ltask.core", here and here .. "core.lua")
-vm.ship("ltask", here and here .. "init.lua")
+-- What a service's dispatch returns to its worker.
+M.DISPATCH_WAIT, M.DISPATCH_AGAIN, M.DISPATCH_QUIT = 0, 1, 2
+
+-- Requests to the system thread (ltask/system.lua).
+M.SYS_TIMER, M.SYS_LOG, M.SYS_QUERY, M.SYS_UNIQUE, M.SYS_BIND, M.SYS_DROP, M.SYS_EXCLUSIVE, M.SYS_STOP =
+    1, 2, 3, 4, 5, 6, 7, 8
+
+-- The scheduler's cells: worker i's next slot is cell i, the count of its
+-- dispatches cell nworkers + i; cell 2 * nworkers is 1 once a service quit.
+M.NO_SLOT = -1   -- a service that no worker runs (exclusive): wakes go to the run queue
+
+function M.cells(nworkers)
+    return 2 * nworkers + 1
+end
+
+function M.quits_seen()
+    return cell_c(M.sched, 2 * M.config.worker, -1) ~= 0
+end
+
+function M.saw_quit(sched)
+    cell_c(sched, 2 * M.config.worker, 1)
+end
+
+-- Where ltask's files are (ltask.bootstrap ships them to new states).
+M.DIR = debug.getinfo(1, "S").source:match("^@(.-)core%.lua$")
 
 -- Configuration: start{} fills these (false: none given); services get a copy.
 M.DEFAULTS = {
@@ -97,11 +135,13 @@ function M.is_count(v, max)
     return type(v) == "number" and v >= 1 and v <= max and v % 1 == 0
 end
 
--- In a service state: the scheduler, this service's configuration.
-M.sched, M.config = nil, nil
+-- In every state but the host's: what start{} shared (its address, a
+-- number: user-space addresses fit in a double), the configuration.
+M.shared, M.sched, M.config = nil, nil, nil
 
-function M.attach(sched_arg, config_str)
-    M.sched = ffi.cast("lja_sched *", vm.pointer_from_arg(sched_arg))
+function M.attach(shared_addr, config_str)
+    M.shared = ffi.cast("ltask_shared *", shared_addr)
+    M.sched = ffi.cast("lja_sched *", M.shared.sched)
     M.config = buffer.decode(config_str)
 end
 
@@ -111,6 +151,57 @@ local ts = ffi.new("ltask_timespec")
 function M.wallclock()
     ffi.C.clock_gettime(CLOCK_REALTIME, ts)
     return tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) * 1e-9
+end
+
+-- A service woken by a send (LJA_SCHED_WOKE) goes to the next slot of the
+-- worker that runs the sender (`slot`), so that a call and its reply run
+-- on one thread with no wake-up of another (a futex wake costs
+-- microseconds, a switch between states a fraction of one); what was in
+-- the slot, or a service woken elsewhere, goes to the run queue.  An idle
+-- worker parked for good is nudged to watch the slot: it takes it over if
+-- it waits behind a long dispatch (ltask/worker.lua).
+function M.schedule(sched, addr, slot)
+    if slot >= 0 then
+        local old = cell_c(sched, slot, addr)
+        if old == 0 then return nudge_c(sched) end
+        addr = old
+    end
+    push_c(sched, addr)
+end
+local schedule = M.schedule
+
+-- Sends a message that carries no values nor objects (replies the runtime
+-- makes, timers, names); false if `to` is gone.
+function M.signal(sched, from, to, kind, session, slot)
+    local rc = send_c(sched, from, to, kind, session, nil, 0, nil, 0)
+    if rc == WOKE then schedule(sched, to, slot) end
+    return rc >= 0
+end
+
+local waiters_buf = ffi.new("double[16]")
+
+-- Tells the services that wait for room in addr's inbox (all of them once
+-- it is closed) to send again.
+function M.tell_room(sched, addr, slot)
+    local n
+    repeat
+        n = C.lja_sched_take_waiters(sched, addr, waiters_buf, 16)
+        for i = 0, n - 1 do M.signal(sched, addr, waiters_buf[i], C.LJA_SMSG_ROOM, 0, slot) end
+    until n < 16
+end
+
+local sysbuf = buffer.new()
+
+-- A request to the system thread: op, address, session, then one more
+-- value (`shared`: the host's, else this state's).
+function M.system(op, addr, session, x, shared)
+    sysbuf:reset():encode(op):encode(addr):encode(session):encode(x)
+    local p, len = sysbuf:ref()
+    C.lja_channel_send((shared or M.shared).system, p, len, nil, 0, -1)
+end
+
+function M.log(addr, text)
+    M.system(M.SYS_LOG, addr, M.wallclock(), text)
 end
 
 local file_bytecode = {}   -- path -> bytecode, per spawner state
@@ -128,33 +219,36 @@ local function service_code(name, path, level)
     return bc, file
 end
 
-local BOOT = vm.compile([[
-local sched_arg, config = ...
-local core = require "ltask.core"
-core.attach(sched_arg, config)
-require("ltask")._boot()
-]], "ltask service boot")
-
-local addr_out = ffi.new("double[1]")
+local addr_out, err_out = ffi.new("double[1]"), ffi.new("char *[1]")
 
 -- Adds a service to the scheduler, in the state of a quit service or a new
 -- one; returns its address, then its file's path and bytecode, which its
 -- init message (the caller's to send) carries with the spawner's
--- arguments.  Raises at `level`.
-function M.new_service(sched, config, name, exclusive, inbox, level)
+-- arguments.  An exclusive service's thread is started by the system
+-- thread.  Raises at `level`.
+function M.new_service(shared, config, name, exclusive, inbox, level)
     level = (level or 1) + 1
     if type(name) ~= "string" then error("ltask: a service name must be a string", level) end
     local code, file = service_code(name, config.service_path, level)
-    local L = C.lja_sched_take_state(sched)
-    if L == nil then L = vm.new(BOOT, vm.pointer_arg(sched), buffer.encode(config)) end
-    local rc = C.lja_sched_add(sched, L, exclusive and 1 or 0, inbox or config.inbox, addr_out)
+    local L = C.lja_states_pop(shared.states)
+    if L == nil then
+        L = C.lja_lua_new(shared.chunk, shared.chunk_len, shared.nargs, shared.args, shared.lens, err_out)
+        if L == nil then
+            local msg = err_out[0] ~= nil and ffi.string(err_out[0]) or "out of memory"
+            C.lja_free(err_out[0])
+            error("ltask: cannot make a state for service '" .. name .. "': " .. msg, level)
+        end
+    end
+    local rc = C.lja_sched_add(shared.sched, L, exclusive and 1 or 0, inbox or config.inbox, addr_out)
     if rc ~= C.LJA_OK then
-        vm.close(L)
+        C.lja_lua_close(L)
         local why = rc == C.LJA_EAGAIN and "too many services (max_services = " .. config.max_services .. ")"
             or shim.strerror(rc)
         error("ltask: cannot add service '" .. name .. "': " .. why, level)
     end
-    return addr_out[0], file, code
+    local addr = addr_out[0]
+    if exclusive then M.system(M.SYS_EXCLUSIVE, addr, 0, nil) end
+    return addr, file, code
 end
 
 return M

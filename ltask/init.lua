@@ -1,12 +1,14 @@
--- ltask: the service API (SPEC section 7), and the runtime under it.
+-- ltask: the service API (README "ltask"), and the runtime under it in
+-- each service's state.
 --
--- A service is a lua_State; the scheduler (csrc/sched.c) runs it on a
--- worker by calling registry["ltask.dispatch"], which handles up to `batch`
--- messages: each request, send and fork runs in a coroutine of its own
--- (coroutines are pooled), and a coroutine that calls, sleeps or waits is
--- suspended until its reply, timer or wakeup arrives.  The functions here
--- that wait must run in those coroutines (handlers, the service's file,
--- forks, timeouts), not in coroutines of the user's own.
+-- A worker (ltask/worker.lua) runs a service by calling its dispatch,
+-- which handles up to `batch` messages: requests and sends are served one
+-- after another on a message-loop coroutine; a handler that waits keeps
+-- that coroutine and the loop goes on in another.  Forks and timeouts get
+-- coroutines of their own (all pooled).  A coroutine that calls, sleeps or
+-- waits is suspended until its reply, timer or wakeup arrives.  The
+-- functions here that wait must run in those coroutines (handlers, the
+-- service's file, forks, timeouts), not in coroutines of the user's own.
 --
 -- Errors: bad arguments raise; call raises the remote error; call_timeout
 -- returns nil, "timeout"; send returns false when the target is gone.
@@ -20,46 +22,61 @@ local type, select, error, tostring, pcall, xpcall = type, select, error, tostri
 local co_create, co_resume, co_yield, co_running = coroutine.create, coroutine.resume, coroutine.yield, coroutine.running
 local concat, format = table.concat, string.format
 local encode_after, decode = transfer.encode_after, transfer.decode
-local objs_array, forget_exported, drop_exported = transfer.objs_array, transfer.forget_exported,
-    transfer.drop_exported
-local send_c, pop_c, free_c, timer_c = C.lja_sched_send, C.lja_sched_pop, C.lja_sched_msg_free, C.lja_sched_timer
+local objs_array, forget_exported, take_exported = transfer.objs_array, transfer.forget_exported,
+    transfer.take_exported
+local send_c, pop_c, free_c = C.lja_sched_send, C.lja_sched_pop, C.lja_sched_msg_free
+local schedule, signal, system = core.schedule, core.signal, core.system
 
 local REQUEST, POST, RESPONSE, ERROR = C.LJA_SMSG_REQUEST, C.LJA_SMSG_POST, C.LJA_SMSG_RESPONSE, C.LJA_SMSG_ERROR
 local DEAD, TIMER, ROOM, KILL, NAME = C.LJA_SMSG_DEAD, C.LJA_SMSG_TIMER, C.LJA_SMSG_ROOM, C.LJA_SMSG_KILL, C.LJA_SMSG_NAME
 local INIT = C.LJA_SMSG_INIT
-local OK, EAGAIN, ECLOSED, ENOTFOUND = C.LJA_OK, C.LJA_EAGAIN, C.LJA_ECLOSED, C.LJA_ENOTFOUND
-local DISPATCH_WAIT, DISPATCH_AGAIN, DISPATCH_QUIT = 0, 1, 2
+local OK, WOKE, EAGAIN, ECLOSED = C.LJA_OK, C.LJA_SCHED_WOKE, C.LJA_EAGAIN, C.LJA_ECLOSED
+local DISPATCH_WAIT, DISPATCH_AGAIN, DISPATCH_QUIT = core.DISPATCH_WAIT, core.DISPATCH_AGAIN, core.DISPATCH_QUIT
 
 local ltask = {}
 ltask._VERSION = shim.VERSION
 
-local sched, self_addr, service_name, service_file, config
-local handlers          -- the table the service's file returned, or nil
-local started, quitting = false, false
-local session_seq = 0
-local waiting = {}      -- session -> coroutine waiting for a reply, timer or name
-local timeouts = {}     -- session -> function of ltask.timeout
-local room_wait = {}    -- address -> coroutines waiting (in order) for room in its inbox
-local tokens = {}       -- token -> coroutine in ltask.wait
-local ready, ready_args = {}, {}   -- coroutines to resume, and what with
-local inflight = {}     -- coroutine -> caller of the request it serves
-local inflight_session = {}
-local pending = 0       -- suspended coroutines and unfired timeouts
+local sched, config
+
+-- The runtime of the service this state runs, made anew for each service
+-- (a recycled state serves another).
+local R
+local function new_runtime()
+    return {
+        self = nil,          -- this service's address
+        slot = -1,           -- the next slot of the worker running it (ltask.core.schedule)
+        name = nil,
+        handlers = nil,      -- the table the service's file returned, or nil
+        started = false, quitting = false,
+        session = 0,
+        waiting = {},        -- session -> coroutine waiting for a reply, timer or name
+        timeouts = {},       -- session -> function of ltask.timeout
+        room_wait = {},      -- address -> coroutines waiting (in order) for room in its inbox
+        tokens = {},         -- token -> coroutine in ltask.wait
+        ready = {}, ready_args = {},   -- coroutines to resume, and what with
+        inflight = {},       -- coroutine -> caller of the request it serves
+        inflight_session = {},
+        pending = 0,         -- suspended coroutines and unfired timeouts
+        claims = 0,          -- names this service spawns for uniqueservice
+        loop_co = nil,       -- the coroutine running the message loop, or nil
+        batch_m = nil,       -- the next message of the batch
+    }
+end
+R = new_runtime()
 
 local function addr_text(addr)
     return format(":%08x", addr)
 end
 
 local function who()
-    return "service '" .. tostring(service_name) .. "' " .. addr_text(self_addr or 0)
+    return "service '" .. tostring(R.name) .. "' " .. addr_text(R.self or 0)
 end
 
 function ltask.log(...)
     local n = select("#", ...)
     local parts = {}
     for i = 1, n do parts[i] = tostring((select(i, ...))) end
-    local s = concat(parts, "\t")
-    C.lja_sched_log(sched, self_addr or 0, s, #s)
+    core.log(R.self or 0, concat(parts, "\t"))
 end
 local log = ltask.log
 
@@ -88,14 +105,14 @@ local function resume(co, ...)
 end
 
 local function resumed(...)
-    pending = pending - 1
+    R.pending = R.pending - 1
     return ...
 end
 
 -- Suspends the running coroutine until the runtime resumes it; returns
 -- what it is resumed with (a message type first).
 local function suspend()
-    pending = pending + 1
+    R.pending = R.pending + 1
     return resumed(co_yield())
 end
 
@@ -106,8 +123,9 @@ local function in_service(level)
 end
 
 local function next_session()
-    session_seq = session_seq < 0x7ffffffe and session_seq + 1 or 1
-    return session_seq
+    local n = R.session < 0x7ffffffe and R.session + 1 or 1
+    R.session = n
+    return n
 end
 
 local function check_addr(addr, level)
@@ -118,16 +136,34 @@ end
 
 -- ---- sending -------------------------------------------------------------
 
-local EMPTY = {}
-
 local function wait_room(to)
-    local list = room_wait[to]
+    local list = R.room_wait[to]
     if not list then
         list = {}
-        room_wait[to] = list
+        R.room_wait[to] = list
     end
     list[#list + 1] = co_running()
     suspend()
+end
+
+local function retain_all(list)
+    for i = 1, #list do C.lja_object_retain(list[i]) end
+end
+
+-- One try to send an encoded message; the send takes the references in
+-- `saved` whatever it returns, so it gets references of its own.
+local function try_send(to, kind, session, p, len, saved)
+    local objs, nobjs = nil, 0
+    if saved then
+        retain_all(saved)
+        objs, nobjs = objs_array(saved)
+    end
+    local rc = send_c(sched, R.self, to, kind, session, p, len, objs, nobjs)
+    if rc == WOKE then
+        schedule(sched, to, R.slot)
+        return OK
+    end
+    return rc
 end
 
 -- Sends a request or post, waiting while `to`'s inbox is full; true when
@@ -135,27 +171,20 @@ end
 local function deliver(to, kind, session, hidden, level, n, ...)
     local ok, p, len = pcall(encode_after, hidden, n, ...)
     if not ok then error(p, level + 1) end   -- names what cannot cross
+    local saved = take_exported()   -- references this sender holds until the message went
     local rc = EAGAIN
-    if not room_wait[to] then   -- else queue behind this service's earlier senders to `to`
-        local objs, nobjs = objs_array()
-        rc = send_c(sched, self_addr, to, kind, session, p, len, objs, nobjs)
-        if rc == OK then
-            if nobjs > 0 then forget_exported() end   -- the message holds them now
-            return true
-        end
+    if not R.room_wait[to] then   -- else queue behind this service's earlier senders to `to`
+        rc = try_send(to, kind, session, p, len, saved)
     end
     if rc == EAGAIN then   -- other coroutines encode while this one waits
-        local bytes, saved = ffi.string(p, len), transfer.take_exported()
+        local bytes = ffi.string(p, len)
         repeat
             wait_room(to)
-            local objs, nobjs = objs_array(saved or EMPTY)
-            rc = send_c(sched, self_addr, to, kind, session, bytes, #bytes, objs, nobjs)
+            rc = try_send(to, kind, session, bytes, #bytes, saved)
         until rc ~= EAGAIN
-        if rc == OK then return true end
-        transfer.release(saved)
-    else
-        drop_exported()
     end
+    transfer.release(saved)
+    if rc == OK then return true end
     if rc == ECLOSED then return false end
     error("ltask: cannot send to " .. addr_text(to) .. ": " .. shim.strerror(rc), level + 1)
 end
@@ -167,10 +196,10 @@ local function reply(to, kind, session, n, ...)
         kind = ERROR
         p, len = encode_after(0, 1, "ltask: the results of " .. who() .. " cannot cross: " .. tostring(p))
     end
-    if send_c(sched, self_addr, to, kind, session, p, len, objs_array()) == OK then
-        forget_exported()
-    else
-        drop_exported()   -- the caller is gone
+    local objs, nobjs = objs_array()
+    forget_exported()   -- the send takes them, sent or not (the caller may be gone)
+    if send_c(sched, R.self, to, kind, session, p, len, objs, nobjs) == WOKE then
+        schedule(sched, to, R.slot)
     end
 end
 
@@ -194,16 +223,18 @@ end
 
 local function serve(kind, from, session, cmd, ...)
     local co = co_running()
+    local r = R
     if kind == REQUEST then
-        inflight[co], inflight_session[co] = from, session
+        r.inflight[co], r.inflight_session[co] = from, session
     end
+    local handlers = r.handlers
     local f = handlers and handlers[cmd]
     if type(f) ~= "function" then
         answer(kind, from, session, cmd, false, "ltask: unknown command '" .. tostring(cmd) .. "' in " .. who())
     else
         answer(kind, from, session, cmd, xpcall(f, traceback, ...))
     end
-    inflight[co], inflight_session[co] = nil, nil
+    r.inflight[co], r.inflight_session[co] = nil, nil
 end
 
 -- The first message: run the service's file with the spawner's arguments.
@@ -212,8 +243,9 @@ end
 -- if the service quits while its file waits).
 local function init(from, session, name, file, code, ...)
     local co = co_running()
-    inflight[co], inflight_session[co] = from, session
-    service_name, service_file = name, file
+    local r = R
+    r.inflight[co], r.inflight_session[co] = from, session
+    r.name = name
     local main, err = load(code, "@" .. file)
     local ok, result
     if main then
@@ -221,16 +253,16 @@ local function init(from, session, name, file, code, ...)
     else
         ok, result = false, err
     end
-    inflight[co], inflight_session[co] = nil, nil
-    started = true
+    r.inflight[co], r.inflight_session[co] = nil, nil
+    r.started = true
     if ok then
-        handlers = type(result) == "table" and result or nil
-        C.lja_sched_started(sched, self_addr)
+        r.handlers = type(result) == "table" and result or nil
+        C.lja_sched_started(sched, r.self)
         if from >= 1 then reply(from, RESPONSE, session, 0) end
     else
         log("ltask: " .. who() .. " failed to start: " .. tostring(result))
         if from >= 1 then reply(from, ERROR, session, 1, tostring(result)) end
-        quitting = true
+        r.quitting = true
     end
 end
 
@@ -246,9 +278,9 @@ local function open(m)
 end
 
 local function wake(session, ...)
-    local co = waiting[session]
+    local co = R.waiting[session]
     if co then
-        waiting[session] = nil
+        R.waiting[session] = nil
         resume(co, ...)
     end
 end
@@ -265,36 +297,38 @@ local function handle(m)
     elseif kind == INIT then
         return init(from, session, open(m))
     elseif kind == RESPONSE or kind == ERROR then
-        if waiting[session] then return wake(session, kind, open(m)) end
+        if R.waiting[session] then return wake(session, kind, open(m)) end
     elseif kind == TIMER then
-        if waiting[session] then
+        if R.waiting[session] then
             wake(session, TIMER)
         else
-            local f = timeouts[session]
+            local f = R.timeouts[session]
             if f then
-                timeouts[session] = nil
-                pending = pending - 1
+                R.timeouts[session] = nil
+                R.pending = R.pending - 1
                 resume(new_task(), run_timeout, f)
             end
         end
     elseif kind == DEAD or kind == NAME then
         wake(session, kind, from)
     elseif kind == ROOM then
-        local list = room_wait[from]
-        room_wait[from] = nil
+        local list = R.room_wait[from]
+        R.room_wait[from] = nil
         if list then
             for i = 1, #list do resume(list[i], ROOM) end
         end
     elseif kind == KILL then
-        quitting = true
+        R.quitting = true
     end
     free_c(m)
 end
 
 local function finish()
-    for co, from in pairs(inflight) do
-        if from >= 1 then send_c(sched, self_addr, from, DEAD, inflight_session[co], nil, 0, nil, 0) end
+    local r = R
+    for co, from in pairs(r.inflight) do
+        if from >= 1 then signal(sched, r.self, from, DEAD, r.inflight_session[co], r.slot) end
     end
+    if r.claims > 0 then system(core.SYS_DROP, r.self, 0, nil) end   -- those names fail
     return DISPATCH_QUIT
 end
 
@@ -302,68 +336,72 @@ end
 -- coroutine switch each: a handler that returns lets the loop go on.  A
 -- handler that waits keeps that coroutine (and finishes on it later); the
 -- dispatcher starts another loop for the rest.
-local loop_co       -- the coroutine running the message loop, or nil
-local batch_m       -- the next message of the batch
 local LOOP_DONE = {}
 
 local function message_loop()
-    local me = co_running()
-    while loop_co == me and not quitting do
-        local m = batch_m
+    local me, r = co_running(), R
+    while r.loop_co == me and not r.quitting do
+        local m = r.batch_m
         if m == nil then
             co_yield(LOOP_DONE)   -- resumed with the next batch
         else
-            batch_m = m.next
+            r.batch_m = m.next
             handle(m)
         end
     end
 end
 
-local function dispatch()
-    if not self_addr then self_addr = C.lja_sched_self() end
-    batch_m = pop_c(sched, self_addr, config.batch)
-    while batch_m ~= nil and not quitting do
-        local ok, r
-        if loop_co == nil then
-            loop_co = new_task()
-            ok, r = co_resume(loop_co, message_loop)
+local room_out = ffi.new("int[1]")
+
+-- Called by the worker (ltask/worker.lua) with this service's address and
+-- the worker's next slot (-1: none); returns a DISPATCH_ code.
+local function dispatch(self_addr, slot)
+    local r = R
+    r.self, r.slot = self_addr, slot
+    r.batch_m = pop_c(sched, self_addr, config.batch, room_out)
+    if room_out[0] ~= 0 then core.tell_room(sched, self_addr, slot) end
+    while r.batch_m ~= nil and not r.quitting do
+        local ok, res
+        if r.loop_co == nil then
+            r.loop_co = new_task()
+            ok, res = co_resume(r.loop_co, message_loop)
         else
-            ok, r = co_resume(loop_co)
+            ok, res = co_resume(r.loop_co)
         end
-        if not ok then log("ltask: the message loop of " .. who() .. " failed: " .. tostring(r)) end
-        if r ~= LOOP_DONE then loop_co = nil end   -- a handler waits on it, or it ended
+        if not ok then log("ltask: the message loop of " .. who() .. " failed: " .. tostring(res)) end
+        if res ~= LOOP_DONE then r.loop_co = nil end   -- a handler waits on it, or it ended
     end
-    local m = batch_m
-    batch_m = nil
+    local m = r.batch_m
+    r.batch_m = nil
     while m ~= nil do   -- popped after a quit: never served
         local next_m = m.next
         if (m.type == REQUEST or m.type == INIT) and m.from >= 1 then
-            send_c(sched, self_addr, m.from, DEAD, m.session, nil, 0, nil, 0)
+            signal(sched, self_addr, m.from, DEAD, m.session, slot)
         end
         free_c(m)
         m = next_m
     end
-    local n = #ready
-    if n > 0 and not quitting then
+    local n = #r.ready
+    if n > 0 and not r.quitting then
         -- What forks and wakeups add now runs at the next dispatch.
-        local list, args = ready, ready_args
-        ready, ready_args = {}, {}
+        local list, args = r.ready, r.ready_args
+        r.ready, r.ready_args = {}, {}
         for i = 1, n do
-            if quitting then break end
+            if r.quitting then break end
             local a = args[i]
             resume(list[i], unpack(a, 1, a.n))
         end
     end
-    if quitting or (started and handlers == nil and pending == 0 and #ready == 0) then
+    if r.quitting or (r.started and r.handlers == nil and r.pending == 0 and #r.ready == 0) then
         return finish()
     end
-    return #ready > 0 and DISPATCH_AGAIN or DISPATCH_WAIT
+    return #r.ready > 0 and DISPATCH_AGAIN or DISPATCH_WAIT
 end
 
 -- ---- the API -------------------------------------------------------------
 
 function ltask.self()
-    return self_addr
+    return R.self
 end
 
 function ltask.now()
@@ -386,14 +424,15 @@ function ltask.call(addr, cmd, ...)
     if not deliver(addr, REQUEST, session, 1, 2, select("#", ...) + 1, cmd, ...) then
         error("ltask: call(" .. addr_text(addr) .. ", '" .. tostring(cmd) .. "'): the service is dead", 2)
     end
-    waiting[session] = co_running()
+    R.waiting[session] = co_running()
     return call_result(addr, cmd, suspend())
 end
 
+local now = C.lja_now
+
 local function timer(cs, session, level)
     if type(cs) ~= "number" or cs ~= cs then error("ltask: a time must be a number of centiseconds", level + 1) end
-    local rc = timer_c(sched, self_addr, session, cs / 100)
-    if rc ~= OK then error("ltask: cannot set a timer: " .. shim.strerror(rc), level + 1) end
+    system(core.SYS_TIMER, R.self, session, now() + (cs > 0 and cs / 100 or 0))
 end
 
 function ltask.call_timeout(cs, addr, cmd, ...)
@@ -404,7 +443,7 @@ function ltask.call_timeout(cs, addr, cmd, ...)
     if not deliver(addr, REQUEST, session, 1, 2, select("#", ...) + 1, cmd, ...) then
         error("ltask: call(" .. addr_text(addr) .. ", '" .. tostring(cmd) .. "'): the service is dead", 2)
     end
-    local co = co_running()
+    local co, waiting = co_running(), R.waiting
     waiting[session], waiting[tsession] = co, co
     return (function(kind, ...)
         if kind == TIMER then
@@ -426,7 +465,7 @@ function ltask.sleep(cs)
     in_service(2)
     local session = next_session()
     timer(cs, session, 2)
-    waiting[session] = co_running()
+    R.waiting[session] = co_running()
     suspend()
 end
 
@@ -435,8 +474,8 @@ function ltask.timeout(cs, f)
     if type(f) ~= "function" then error("ltask: timeout needs a function", 2) end
     local session = next_session()
     timer(cs, session, 2)
-    timeouts[session] = f
-    pending = pending + 1
+    R.timeouts[session] = f
+    R.pending = R.pending + 1
 end
 
 local function pack(...)
@@ -446,8 +485,9 @@ end
 function ltask.fork(f, ...)
     in_service(2)
     if type(f) ~= "function" then error("ltask: fork needs a function", 2) end
+    local ready = R.ready
     ready[#ready + 1] = new_task()
-    ready_args[#ready] = pack(function(...)
+    R.ready_args[#ready] = pack(function(...)
         local ok, err = xpcall(f, traceback, ...)
         if not ok then log("ltask: error in a fork of " .. who() .. ": " .. tostring(err)) end
     end, ...)
@@ -457,33 +497,35 @@ function ltask.wait(token)
     in_service(2)
     local co = co_running()
     if token == nil then token = co end
+    local tokens = R.tokens
     if tokens[token] then error("ltask: something already waits for this token", 2) end
     tokens[token] = co
     return select(2, suspend())
 end
 
 function ltask.wakeup(token, ...)
-    local co = tokens[token]
+    local co = R.tokens[token]
     if not co then return false end
-    tokens[token] = nil
+    R.tokens[token] = nil
+    local ready = R.ready
     ready[#ready + 1] = co
-    ready_args[#ready] = pack(true, ...)
+    R.ready_args[#ready] = pack(true, ...)
     return true
 end
 
 function ltask.quit()
     in_service(2)
-    quitting = true
+    R.quitting = true
 end
 
 function ltask.kill(addr)
     in_service(2)
     check_addr(addr, 2)
-    if addr == self_addr then
-        quitting = true
+    if addr == R.self then
+        R.quitting = true
         return true
     end
-    return C.lja_sched_kill(sched, addr) == OK
+    return signal(sched, R.self, addr, KILL, 0, R.slot)
 end
 
 -- opts: { name = ..., args = {...}, exclusive = true, inbox = n }; raises at `level`.
@@ -497,14 +539,14 @@ local function spawn_service(opts, level)
     if inbox ~= nil and not core.is_count(inbox, core.MAX.inbox) then
         error(format("ltask: spawn_service: inbox must be a positive integer up to %d", core.MAX.inbox), level)
     end
-    local addr, file, code = core.new_service(sched, config, opts.name, opts.exclusive, inbox, level)
+    local addr, file, code = core.new_service(core.shared, config, opts.name, opts.exclusive, inbox, level)
     local session = next_session()
     local n = args.n or #args
     local died = "ltask: service '" .. opts.name .. "' died before it started"
     if not deliver(addr, INIT, session, 3, level, n + 3, opts.name, file, code, unpack(args, 1, n)) then
         error(died, level)
     end
-    waiting[session] = co_running()
+    R.waiting[session] = co_running()
     local kind, err = suspend()
     if kind == RESPONSE then return addr end
     if kind == DEAD then error(died, level) end
@@ -522,23 +564,16 @@ function ltask.spawn(name, ...)
     return addr
 end
 
-local addr_out = ffi.new("double[1]")
-
--- The address bound to `name`, waiting until it is; raises at `level` if
--- the spawn for it failed (now or before).
-local function query(name, level)
-    level = level + 1
+-- Asks the system thread (op: SYS_QUERY or SYS_UNIQUE) for the address
+-- of `name`; returns it, or -1 when this service must spawn it (SYS_UNIQUE
+-- only); raises at `level` if the spawn for it failed (now or before).
+local function ask_name(op, name, level)
     local session = next_session()
-    local rc = C.lja_sched_name_query(sched, name, self_addr, session, addr_out)
-    if rc == OK then return addr_out[0] end
-    if rc == EAGAIN then
-        waiting[session] = co_running()
-        local _, addr = suspend()
-        if addr >= 1 then return addr end
-    elseif rc ~= ENOTFOUND then
-        error("ltask: queryservice: " .. shim.strerror(rc), level)
-    end
-    error("ltask: service '" .. name .. "' failed to start", level)
+    system(op, R.self, session, name)
+    R.waiting[session] = co_running()
+    local _, addr = suspend()
+    if addr ~= 0 then return addr end
+    error("ltask: service '" .. name .. "' failed to start", level + 1)
 end
 
 local function check_name(name, level)
@@ -548,42 +583,39 @@ end
 
 function ltask.queryservice(name)
     check_name(name, 2)
-    local addr = query(name, 2)
+    local addr = ask_name(core.SYS_QUERY, name, 2)
     return addr
 end
 
 function ltask.uniqueservice(name, ...)
     check_name(name, 2)
-    if C.lja_sched_name_query(sched, name, 0, 0, addr_out) == OK then return addr_out[0] end
-    if C.lja_sched_name_claim(sched, name, self_addr) ~= OK then   -- another spawns it
-        local addr = query(name, 2)
-        return addr
-    end
-    local ok, addr = pcall(spawn_service, { name = name, args = pack(...) }, 1)
-    C.lja_sched_name_bind(sched, name, ok and addr or 0)
-    if not ok then error(addr, 2) end
-    return addr
+    local addr = ask_name(core.SYS_UNIQUE, name, 2)
+    if addr >= 1 then return addr end
+    R.claims = R.claims + 1
+    local ok, spawned = pcall(spawn_service, { name = name, args = pack(...) }, 1)
+    R.claims = R.claims - 1
+    system(core.SYS_BIND, ok and spawned or 0, 0, name)
+    if not ok then error(spawned, 2) end
+    return spawned
 end
 
--- Back to a state that never ran a service, for the next one.
-local function clear()
-    self_addr, service_name, service_file, handlers = nil, nil, nil, nil
-    started, quitting, pending = false, false, 0
-    waiting, timeouts, room_wait, tokens = {}, {}, {}, {}
-    ready, ready_args, inflight, inflight_session = {}, {}, {}, {}
-    loop_co, batch_m = nil, nil
-end
-
--- Called by the service's boot chunk (ltask.core) in a new state.
+-- Called by the service's boot chunk (ltask.bootstrap) in a new state.  The
+-- state can serve another service after this one quits only if it took a
+-- snapshot of its globals now (lj-async.reset), which costs time and memory
+-- (~50 us, ~20 KB): it does once services have been seen to quit (ltask/worker.lua),
+-- so services that stay are lighter.
 function ltask._boot()
     sched, config = core.sched, core.config
     _G.print = log
     local registry = debug.getregistry()
     registry["ltask.dispatch"] = dispatch
-    local restore = require("lj-async.reset").snapshot()
-    registry["ltask.recycle"] = function()
-        clear()
-        return restore()
+    local restore = core.quits_seen() and require("lj-async.reset").snapshot()
+    registry["ltask.recycle"] = function()   -- back to a state that never ran a service
+        if not restore then return false end
+        R = new_runtime()
+        local reusable = restore()
+        jit.on()   -- the snapshot was taken with the JIT off (ltask.bootstrap)
+        return reusable
     end
 end
 

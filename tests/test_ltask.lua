@@ -236,6 +236,19 @@ function TestLtask:test_log_goes_to_stderr_by_default()
     lu.assertNotStrContains(out, "stdout:")
 end
 
+-- The worker loop (ltask/worker.lua) runs JIT-compiled: off trace it is
+-- many times slower.  Its thread counts the traces that start at its loop.
+function TestLtask:test_worker_loop_stays_compiled()
+    if not (jit and jit.status()) then lu.skip("the JIT is off") end
+    local out = channel.new()
+    local ctx = boot.start { worker = 1, service_path = "tests/ltask/?.lua", root = "t_root", args = { out, "calls", 20000 } }
+    lu.assertTrue(boot.wait(ctx, 60))
+    lu.assertEquals({ out:recv(0) }, { "ok", 20000 * 20001 / 2 })
+    local traces = ctx.traces[1]
+    lu.assertTrue(traces.loops >= 1, "no trace loops at the worker loop")
+    lu.assertEquals(traces.aborts, 0, "traces aborted at the worker loop")
+end
+
 function TestLtask:test_bad_configuration()
     lu.assertErrorMsgContains("'worker' must be a positive integer", boot.start, { worker = 0 })
     lu.assertErrorMsgContains("unknown option 'wrker'", boot.start, { wrker = 2 })

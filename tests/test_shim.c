@@ -1,4 +1,5 @@
-/* test_shim.c: the shim's C API without Lua: threads, gates, atomics. */
+/* test_shim.c: the shim's C API without Lua: threads, gates, atomics, the
+ * rule that sends take their objects' references. */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -230,6 +231,46 @@ static void test_atomics(void)
     CHECK(strcmp(lja_strerror(LJA_ETIMEDOUT), "timeout") == 0);
 }
 
+/* ---- sends take the references in objs, sent or not (ljasync.h) ---- */
+
+static int alive(uint64_t id)
+{
+    void *o = lja_object_get(id, 0);
+    if (o)
+        lja_object_release(o);
+    return o != NULL;
+}
+
+static void test_sends_take_references(void)
+{
+    lja_sched *s = lja_sched_new(4, 0, 0);
+    double addr;
+    int state;   /* stands for a lua_State: handed back by close, never run */
+    CHECK(lja_sched_add(s, &state, 0, 1, &addr) == LJA_OK);
+    void *obj = lja_atomic_new(0);
+    uint64_t id = lja_object_id(obj);
+    lja_object_retain(obj);
+    CHECK(lja_sched_send(s, 0, addr, LJA_SMSG_POST, 0, "a", 1, &obj, 1) == LJA_OK);  /* held: starting */
+    lja_object_retain(obj);
+    CHECK(lja_sched_send(s, 0, addr, LJA_SMSG_POST, 0, "b", 1, &obj, 1) == LJA_EAGAIN);  /* capacity 1 */
+    lja_object_retain(obj);
+    CHECK(lja_sched_send(s, 0, addr + 1, LJA_SMSG_POST, 0, "c", 1, &obj, 1) == LJA_ECLOSED);
+    lja_channel *ch = lja_channel_new(0);
+    lja_channel_close(ch);
+    lja_object_retain(obj);
+    CHECK(lja_channel_send(ch, "d", 1, &obj, 1, 0) == LJA_ECLOSED);
+    lja_object_release(ch);
+    void *L;
+    lja_smsg *m = lja_sched_close(s, addr, &L);   /* hands back "a" */
+    CHECK(m && !m->next && m->len == 1 && m->nobjs == 1 && L == &state);
+    lja_sched_msg_free(m);
+    CHECK(alive(id));
+    lja_object_release(obj);   /* ours, the last */
+    CHECK(!alive(id));
+    CHECK(lja_sched_remove(s, addr) == 0);
+    lja_sched_free(s);
+}
+
 int main(void)
 {
     test_thread_join();
@@ -239,6 +280,7 @@ int main(void)
     test_gate_signatures();
     test_gate_quiesce_waits();
     test_atomics();
+    test_sends_take_references();
     printf("%s: %d failed check(s)\n", failures ? "FAIL" : "ok", failures);
     return failures ? 1 : 0;
 }

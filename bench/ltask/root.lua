@@ -17,5 +17,14 @@ elseif what == "spawns" then   -- each quits: its state serves the next
     for _ = 1, n do ltask.spawn("empty") end
 elseif what == "fresh_spawns" then   -- all stay: every one is a new state
     for _ = 1, n do ltask.spawn("echo") end
+elseif what == "memory" then   -- bytes of resident memory per idle service
+    local rss = require("bench.common").rss
+    ltask.spawn("echo")   -- what the first spawn loads once
+    collectgarbage()
+    local before = rss()
+    for _ = 1, n do ltask.spawn("echo") end
+    collectgarbage()
+    out:send((rss() - before) / n)
+    return
 end
 out:send(n / (ltask.now() - t0))

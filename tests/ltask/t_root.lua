@@ -303,5 +303,13 @@ function T.user_errors()
     out:send("ok", bad)
 end
 
+-- n calls to an echo service: keeps the worker loop hot.
+function T.calls(n)
+    local e = ltask.spawn("echo")
+    local sum = 0
+    for i = 1, n do sum = sum + ltask.call(e, "echo", i) end
+    out:send("ok", sum)
+end
+
 local ok, err = xpcall(T[test], debug.traceback, select(3, ...))
 if not ok then out:send("error", err) end
