@@ -333,10 +333,11 @@ LJA_API void lja_sched_free(lja_sched *s);
  * lj-async.shared drives through the Lua C API; the shim keeps the locks,
  * each table's slot in the store and the list of dead tables.
  * lja_shared_store publishes L as the store unless one exists, and returns
- * the store.  lja_shared_enter takes the table's lock (recursive) and the
- * store's, and returns slot * 4 + flags; lja_shared_leave releases both and
- * returns 1 when dead tables wait to be cleared.  lja_shared_lock and
- * _unlock take the table's lock alone (update).  lja_shared_dead_pop (under
+ * the store.  lja_shared_enter takes the store's lock once no other thread
+ * holds the table (update), and returns slot * 4 + flags; lja_shared_leave
+ * releases it and returns 1 when dead tables wait to be cleared.
+ * lja_shared_lock and _unlock hold the table for this thread (nested calls
+ * count) without the store's lock.  lja_shared_dead_pop (under
  * the store lock) gives a table whose last reference went and its slot; the
  * caller clears the slot and calls lja_shared_free.
  */

@@ -12,13 +12,18 @@
 
 #include "object.h"
 
+/* Every access to the store happens under store_lock.  update holds a
+ * table for longer, while its function runs in the caller's state: the
+ * table then has an owner thread, and accesses from other threads wait
+ * (on `free`, releasing store_lock) until it has none.  The owner's own
+ * accesses go on, so the function may use the table again. */
 struct lja_shared {
     lja_object hdr;
-    /* Held by every access and across update's function, which may use the
-     * table again on the same thread: recursive. */
-    pthread_mutex_t lock;
+    pthread_cond_t free;
+    uint64_t owner;                 /* lja_thread_id of update's thread, or 0 */
+    int depth, waiters;             /* owner's nested updates; threads waiting */
     int32_t slot;                   /* contents at store[1][slot] */
-    int32_t flags;                  /* LJA_SHARED_* (under the store lock) */
+    int32_t flags;                  /* set by lj-async.shared */
     struct lja_shared *next_dead;   /* dead list link */
 };
 
@@ -59,18 +64,15 @@ static int32_t *reserve(void)
 static lja_shared *make(void)
 {
     lja_shared *t = calloc(1, sizeof *t);
-    if (!t)
+    if (!t || lja_cond_init(&t->free) != LJA_OK) {
+        free(t);
         return NULL;
-    pthread_mutexattr_t attr;
-    pthread_mutexattr_init(&attr);
-    pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_RECURSIVE);
-    pthread_mutex_init(&t->lock, &attr);
-    pthread_mutexattr_destroy(&attr);
+    }
     /* store_lock is held: slots are the store's */
     t->slot = nfree ? free_slots[--nfree] : next_slot++;
     if (lja_object_init(&t->hdr, LJA_KIND_SHARED, shared_destroy) != LJA_OK) {
         free_slots[nfree++] = t->slot;
-        pthread_mutex_destroy(&t->lock);
+        pthread_cond_destroy(&t->free);
         free(t);
         return NULL;
     }
@@ -103,28 +105,49 @@ lja_shared *lja_shared_global(void)
     return g;
 }
 
+/* Takes store_lock, once t has no owner but this thread. */
+static void wait_for(lja_shared *t)
+{
+    pthread_mutex_lock(&store_lock);
+    if (t->owner) {
+        uint64_t self = lja_thread_id();
+        while (t->owner && t->owner != self) {
+            t->waiters++;
+            lja_cond_wait_until(&t->free, &store_lock, NULL);
+            t->waiters--;
+        }
+    }
+}
+
 int lja_shared_enter(lja_shared *t)
 {
-    pthread_mutex_lock(&t->lock);
-    pthread_mutex_lock(&store_lock);
+    wait_for(t);
     return t->slot * 4 + t->flags;
 }
 
 int lja_shared_leave(lja_shared *t)
 {
     pthread_mutex_unlock(&store_lock);
-    pthread_mutex_unlock(&t->lock);
     return atomic_load(&dead) != NULL;
 }
 
 void lja_shared_lock(lja_shared *t)
 {
-    pthread_mutex_lock(&t->lock);
+    wait_for(t);
+    t->owner = lja_thread_id();
+    t->depth++;
+    pthread_mutex_unlock(&store_lock);
 }
 
 void lja_shared_unlock(lja_shared *t)
 {
-    pthread_mutex_unlock(&t->lock);
+    pthread_mutex_lock(&store_lock);
+    if (--t->depth == 0) {
+        t->owner = 0;
+        if (t->waiters)
+            pthread_cond_broadcast(&t->free);
+    }
+    pthread_mutex_unlock(&store_lock);
 }
 
 void lja_shared_set_flags(lja_shared *t, int flags)
@@ -158,6 +181,6 @@ lja_shared *lja_shared_dead_pop(int *slot)
 void lja_shared_free(lja_shared *t)
 {
     free_slots[nfree++] = t->slot;   /* room: see reserve */
-    pthread_mutex_destroy(&t->lock);
+    pthread_cond_destroy(&t->free);
     free(t);
 }

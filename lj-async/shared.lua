@@ -220,10 +220,24 @@ local function ptr(v)
     return v
 end
 
+-- Gives t its contents in the store unless it has them; every handle's
+-- table has them, so that reads and writes need not check.
+local function ensure(t)
+    inside = true
+    local slot = rshift(enter(P(t)), 2)
+    rawgeti(L, CONTENTS, slot)
+    if lua_type(L, T) ~= TTABLE then
+        API.lua_createtable(L, 0, 0)
+        rawseti(L, CONTENTS, slot)
+    end
+    done(t, nil)
+    return t
+end
+
 local function new_table()
     local t = wrap(C.lja_shared_new())
     if t == nil then error("lj-async: cannot make a shared table (out of memory)", 0) end
-    return t
+    return ensure(t)
 end
 
 local function where(path, k)
@@ -369,33 +383,23 @@ local function finish(v, special)
     return x
 end
 
--- The contents of t onto the store's stack at T (under the lock); false
--- when t has none yet and `make` is not set.
-local function contents(slot, make)
+-- The contents of t onto the store's stack at T (under the lock).
+local function contents(slot)
     rawgeti(L, CONTENTS, slot)
-    if lua_type(L, T) == TTABLE then return true end
-    settop(L, 2)
-    if not make then return false end
-    API.lua_createtable(L, 0, 0)
-    rawseti(L, CONTENTS, slot)
-    rawgeti(L, CONTENTS, slot)
-    return true
 end
 
 -- t[k] without metamethods, for a key of kind kk; also returns the flags.
 local function get(t, k, kk)
     inside = true
     local r = enter(P(t))
-    local v, special = nil, nil
-    if contents(rshift(r, 2), false) then
-        if kk == K_INT then
-            rawgeti(L, T, k)
-        else
-            push_key(k, kk)
-            rawget_(L, T)
-        end
-        v, special = read(-1)
+    contents(rshift(r, 2))
+    if kk == K_INT then
+        rawgeti(L, T, k)
+    else
+        push_key(k, kk)
+        rawget_(L, T)
     end
+    local v, special = read(-1)
     done(t, nil)
     if special then v = finish(v, special) end
     return v, band(r, META)
@@ -411,22 +415,19 @@ local function set(t, k, kk, vk, v, refs, meta)
         return true
     end
     local flags = band(r, 3)
-    if not contents(rshift(r, 2), v ~= nil) then
-        done(t, nil)
-        return false
-    end
+    contents(rshift(r, 2))
     local old
     if band(flags, HOLDS) ~= 0 or kk == K_OBJ then
         push_key(k, kk)
         rawget_(L, T)
-        local had = lua_type(L, -1) ~= TNIL
-        old = {}
-        collect_refs(old, -1)
-        settop(L, T)
-        if kk == K_OBJ then
-            if not had and v ~= nil then retain(ptr(k)) end
-            if had and v == nil then old[#old + 1] = ptr(k) end
+        local ty = lua_type(L, -1)
+        if ty == TLIGHT or ty == TTABLE or (kk == K_OBJ and ty ~= TNIL and v == nil) then
+            old = {}
+            collect_refs(old, -1)
+            if kk == K_OBJ and v == nil then old[#old + 1] = ptr(k) end
         end
+        if kk == K_OBJ and ty == TNIL and v ~= nil then retain(ptr(k)) end
+        settop(L, T)
     end
     if kk == K_INT then
         push_value(vk, v, refs)
@@ -549,8 +550,8 @@ end
 local function length(t)
     inside = true
     local r = enter(P(t))
-    local n = 0
-    if contents(rshift(r, 2), false) then n = tonumber(API.lua_objlen(L, T)) end
+    contents(rshift(r, 2))
+    local n = tonumber(API.lua_objlen(L, T))
     done(t, nil)
     return n
 end
@@ -673,21 +674,20 @@ local function snapshot(t)
     inside = true
     local r = enter(P(t))
     local n = 0
-    if contents(rshift(r, 2), false) then
-        pushnil(L)
-        while API.lua_next(L, T) ~= 0 do
-            n = n + 1
-            local k, ksp = read(-2)
-            local v, vsp = read(-1)
-            ks[n], vs[n] = k, v
-            if ksp or vsp then
-                specials = specials or {}
-                specials[#specials + 1] = n
-                specials[#specials + 1] = ksp or false
-                specials[#specials + 1] = vsp or false
-            end
-            settop(L, -2)
+    contents(rshift(r, 2))
+    pushnil(L)
+    while API.lua_next(L, T) ~= 0 do
+        n = n + 1
+        local k, ksp = read(-2)
+        local v, vsp = read(-1)
+        ks[n], vs[n] = k, v
+        if ksp or vsp then
+            specials = specials or {}
+            specials[#specials + 1] = n
+            specials[#specials + 1] = ksp or false
+            specials[#specials + 1] = vsp or false
         end
+        settop(L, -2)
     end
     done(t, nil)
     if specials then
@@ -757,6 +757,6 @@ function M.dump(t)
     return dump(t, {})
 end
 
-M.G = wrap(C.lja_shared_global())
+M.G = ensure(wrap(C.lja_shared_global()))
 
 return M
