@@ -104,13 +104,22 @@ function TestShared:test_pairs_rawget_rawset_dump()
 end
 
 function TestShared:test_pairs_walks_a_snapshot_while_others_write()
-    local t, n = shared.table(), SANITIZED and 20000 or 100000
-    local writer = Thread.new(function(t, n)
-        for i = 1, n do t[i] = i end
-        return true
-    end, t, n)
-    local walks, longest, deadline = 0, 0, H.now() + 60
-    repeat
+    local t, control = shared.table(), shared.table()
+    local writer = Thread.new(function(t, control)
+        local i = 0
+        repeat
+            for _ = 1, 1000 do
+                i = i + 1
+                t[i] = i
+            end
+            require("lj-async.thread").sleep(0.001)   -- long enough for many walks
+        until control.stop or i >= 200000
+        return i
+    end, t, control)
+    local deadline = H.now() + 30
+    while t[1] == nil and H.now() < deadline do Thread.sleep(0.001) end
+    local sizes = {}
+    for _ = 1, 30 do
         local n, keys = 0, {}
         for k, v in shared.pairs(t) do
             lu.assertEquals(v, k)
@@ -119,10 +128,13 @@ function TestShared:test_pairs_walks_a_snapshot_while_others_write()
         end
         -- writes happen in order and a snapshot is one instant: keys 1..n
         for i = 1, n do lu.assertTrue(keys[i], "key " .. i .. " missing of " .. n) end
-        walks, longest = walks + 1, math.max(longest, n)
-    until shared.rawget(t, n) or H.now() > deadline
-    lu.assertTrue(walks > 1)
-    lu.assertTrue((writer:join(60)))
+        sizes[n] = true
+    end
+    control.stop = true
+    local ok, written = writer:join(60)
+    lu.assertTrue(ok)
+    lu.assertTrue(written >= 100)
+    lu.assertNotNil(next(sizes, next(sizes)), "the walks saw no writes happen")
 end
 
 function TestShared:test_update_8_threads_exact_total()
