@@ -337,7 +337,8 @@ LJA_API void lja_sched_free(lja_sched *s);
  * holds the table (update), and returns slot * 4 + flags; lja_shared_leave
  * releases it and returns 1 when dead tables wait to be cleared.
  * lja_shared_lock and _unlock hold the table for this thread (nested calls
- * count) without the store's lock.  lja_shared_dead_pop (under
+ * count) without the store's lock.  lja_shared_store_lock takes the store's
+ * lock unless this thread holds it already.  lja_shared_dead_pop (under
  * the store lock) gives a table whose last reference went and its slot; the
  * caller clears the slot and calls lja_shared_free.
  */
@@ -351,7 +352,7 @@ LJA_API int lja_shared_leave(lja_shared *t);
 LJA_API void lja_shared_lock(lja_shared *t);
 LJA_API void lja_shared_unlock(lja_shared *t);
 LJA_API void lja_shared_set_flags(lja_shared *t, int flags);   /* under the store lock */
-LJA_API void lja_shared_store_lock(void);
+LJA_API int lja_shared_store_lock(void);   /* 0, not locked, if this thread holds it */
 LJA_API void lja_shared_store_unlock(void);
 LJA_API lja_shared *lja_shared_dead_pop(int *slot);
 LJA_API void lja_shared_free(lja_shared *t);

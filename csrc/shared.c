@@ -34,6 +34,10 @@ static int64_t nfree, free_cap;
 static int32_t next_slot = 1;
 static lja_shared *global;          /* guarded by store_lock; never freed */
 static _Atomic(lja_shared *) dead;  /* pushed lock-free, popped under store_lock */
+/* Whether this thread holds store_lock: a finalizer that runs meanwhile (in
+ * any state of the thread, e.g. one that a collected state handle closes)
+ * must not take it again. */
+static _Thread_local int holding;
 
 static void shared_destroy(void *obj)
 {
@@ -122,11 +126,13 @@ static void wait_for(lja_shared *t)
 int lja_shared_enter(lja_shared *t)
 {
     wait_for(t);
+    holding = 1;
     return t->slot * 4 + t->flags;
 }
 
 int lja_shared_leave(lja_shared *t)
 {
+    holding = 0;
     pthread_mutex_unlock(&store_lock);
     return atomic_load(&dead) != NULL;
 }
@@ -155,13 +161,18 @@ void lja_shared_set_flags(lja_shared *t, int flags)
     t->flags = flags;
 }
 
-void lja_shared_store_lock(void)
+int lja_shared_store_lock(void)
 {
+    if (holding)
+        return 0;
     pthread_mutex_lock(&store_lock);
+    holding = 1;
+    return 1;
 }
 
 void lja_shared_store_unlock(void)
 {
+    holding = 0;
     pthread_mutex_unlock(&store_lock);
 }
 

@@ -24,7 +24,6 @@ require "lj-async.vm"   -- binds the Lua C API and declares lua_State
 
 ffi.cdef [[
 typedef struct lja_shared lja_shared;
-struct lja_shared_ref { lja_shared *__lja_shared; };
 void *lja_shared_store(void *L);
 lja_shared *lja_shared_new(void);
 lja_shared *lja_shared_global(void);
@@ -33,7 +32,7 @@ int lja_shared_leave(lja_shared *t);
 void lja_shared_lock(lja_shared *t);
 void lja_shared_unlock(lja_shared *t);
 void lja_shared_set_flags(lja_shared *t, int flags);
-void lja_shared_store_lock(void);
+int lja_shared_store_lock(void);
 void lja_shared_store_unlock(void);
 lja_shared *lja_shared_dead_pop(int *slot);
 void lja_shared_free(lja_shared *t);
@@ -57,6 +56,9 @@ void *lua_touserdata(lua_State *L, int idx);
 size_t lua_objlen(lua_State *L, int idx);
 int lua_next(lua_State *L, int idx);
 ]]
+
+-- lj-async's own type (not the shim's): a handle, see P below.
+ffi.cdef "struct lj_async_shared_handle { void *__lj_async; };"
 
 local C, API = shim.C, ffi.C
 local type, error, pcall, select, tostring, next = type, error, pcall, select, tostring, next
@@ -95,9 +97,6 @@ L = ffi.cast("lua_State *", L)
 local len_out = ffi.new("size_t[1]")
 local slot_out = ffi.new("int[1]")
 
--- True while this state holds the store's lock: a finalizer that runs then
--- (at an allocation of ours) leaves the dead tables to our leave.
-local inside = false
 
 ------------------------------------------------------------------------------
 -- Dead tables.
@@ -126,11 +125,13 @@ end
 
 -- Clears the contents of every dead table and releases what they held,
 -- which may kill more tables: until none is left.
+-- A finalizer may run while this thread holds the store's lock (at an
+-- allocation of ours, or in a state that a collected state handle closes):
+-- it leaves the dead tables to the holder, whose leave reports them.
 local function sweep()
     repeat
         local refs = {}
-        inside = true
-        C.lja_shared_store_lock()
+        if C.lja_shared_store_lock() == 0 then return end
         while true do
             local t = C.lja_shared_dead_pop(slot_out)
             if t == nil then break end
@@ -155,7 +156,6 @@ local function sweep()
             C.lja_shared_free(t)
         end
         C.lja_shared_store_unlock()
-        inside = false
         release_all(refs)
     until #refs == 0
 end
@@ -164,19 +164,18 @@ end
 -- itself, which LuaJIT would index as an array): its one field's name is
 -- the one key that shared tables do not have.
 local function P(t)
-    return t.__lja_shared
+    return t.__lj_async
 end
 
 local function finalize(t)
     release(P(t))
-    if not inside then sweep() end
+    sweep()
 end
 
 -- Leaves the store; releases the references a write replaced.
 local function done(t, refs)
     settop(L, 2)
     local dead = leave(P(t))
-    inside = false
     if refs then release_all(refs) end
     if dead ~= 0 then sweep() end
 end
@@ -185,7 +184,7 @@ end
 -- Handles.
 
 local mt = {}
-local ct = ffi.metatype("struct lja_shared_ref", mt)
+local ct = ffi.metatype("struct lj_async_shared_handle", mt)
 local KIND = C.LJA_KIND_SHARED
 
 -- A handle adopting a reference to p (NULL -> nil).
@@ -223,7 +222,6 @@ end
 -- Gives t its contents in the store unless it has them; every handle's
 -- table has them, so that reads and writes need not check.
 local function ensure(t)
-    inside = true
     local slot = rshift(enter(P(t)), 2)
     rawgeti(L, CONTENTS, slot)
     if lua_type(L, T) ~= TTABLE then
@@ -390,7 +388,6 @@ end
 
 -- t[k] without metamethods, for a key of kind kk; also returns the flags.
 local function get(t, k, kk)
-    inside = true
     local r = enter(P(t))
     contents(rshift(r, 2))
     if kk == K_INT then
@@ -408,7 +405,6 @@ end
 -- t[k] = v without metamethods: v prepared (vk, refs).  With `meta`, a
 -- table that has a metatable is left unchanged and true returned.
 local function set(t, k, kk, vk, v, refs, meta)
-    inside = true
     local r = enter(P(t))
     if meta and band(r, META) ~= 0 then
         done(t, nil)
@@ -476,7 +472,6 @@ end
 -- Metatables: a shared table's, read back as a handle.
 
 local function metatable_of(t)
-    inside = true
     local r = enter(P(t))
     local p = nil
     if band(r, META) ~= 0 then
@@ -548,7 +543,6 @@ mt.__newindex = function(t, k, v)
 end
 
 local function length(t)
-    inside = true
     local r = enter(P(t))
     contents(rshift(r, 2))
     local n = tonumber(API.lua_objlen(L, T))
@@ -642,7 +636,6 @@ function M.setmetatable(t, m)
         if not ok then error(x, 2) end
         m = x
     end
-    inside = true
     local r = enter(P(t))
     local slot, flags = rshift(r, 2), band(r, 3)
     local old = {}
@@ -671,7 +664,6 @@ end
 -- The entries of t: keys and values, read under one lock.
 local function snapshot(t)
     local ks, vs, specials = {}, {}, nil
-    inside = true
     local r = enter(P(t))
     local n = 0
     contents(rshift(r, 2))

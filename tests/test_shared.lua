@@ -378,6 +378,26 @@ function TestShared:test_objects_are_freed_when_the_last_handle_goes()
     lu.assertTrue(H.eventually_gone(tid))
 end
 
+-- A state handle collected while this thread holds the store's lock (at an
+-- allocation of a read) closes that state, whose shared tables' finalizers
+-- then run on this thread: they must not wait for the lock.
+function TestShared:test_a_state_closed_by_a_finalizer_during_a_read()
+    local th = Thread.new(function(rounds)
+        local shared = require "lj-async.shared"
+        local state = require "lj-async.state"
+        local t = shared.table { s = string.rep("x", 200) }
+        for _ = 1, rounds do
+            state.new(function()
+                KEEP = require("lj-async.shared").table { x = 1 }
+                return function() end
+            end)
+            for _ = 1, 5000 do local _ = t.s end
+        end
+        return true
+    end, SANITIZED and 30 or 100)
+    lu.assertEquals({ th:join(120) }, { true, true })
+end
+
 function TestShared:test_memory_settles()
     local function round()
         for _ = 1, 200 do
