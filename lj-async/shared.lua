@@ -402,6 +402,17 @@ local function get(t, k, kk)
     return v, band(r, META)
 end
 
+-- Whether t has key k (reads nothing: cannot raise).
+local function has(t, k, kk)
+    local r = enter(P(t))
+    contents(rshift(r, 2))
+    push_key(k, kk)
+    rawget_(L, T)
+    local present = lua_type(L, -1) ~= TNIL
+    done(t, nil)
+    return present
+end
+
 -- t[k] = v without metamethods: v prepared (vk, refs).  With `meta`, a
 -- table that has a metatable is left unchanged and true returned.
 local function set(t, k, kk, vk, v, refs, meta)
@@ -518,8 +529,7 @@ function assign(t, k, v, level)
     local h = metamethod(t, "__newindex")
     if h ~= nil then
         C.lja_shared_lock(P(t))
-        local present = get(t, k, kk) ~= nil
-        if not present then
+        if not has(t, k, kk) then
             C.lja_shared_unlock(P(t))
             transfer.release(refs)
             if type(h) == "function" then return h(t, k, v) end
