@@ -287,21 +287,30 @@ local PLAIN = { number = true, string = true, boolean = true, ["nil"] = true }
 
 local from_plain
 
--- How a value that is not plain is stored: kind, payload, references.
--- Raises (no position) naming `path` when it cannot cross.
-local function prepare(v, path, seen)
+local function cannot(what, path)
+    error("lj-async: shared table: cannot store " .. what .. " (" .. path .. ")", 0)
+end
+
+-- How a value that is neither plain nor a table is stored: kind, payload,
+-- references; or nil and what it is, with "@" where its path goes.
+local function prepare(v)
     local tv = type(v)
-    if tv == "table" then return V_OBJ, from_plain(v, path, seen) end
     if tv == "cdata" and (istype(ct, v) or object.is_object(v)) then return V_OBJ, v end
     if tv == "userdata" or tv == "thread" then
-        error(("lj-async: shared table: cannot store a %s (%s)"):format(tv == "thread" and "coroutine" or tv, path), 0)
+        return nil, (tv == "thread" and "a coroutine" or "a userdata") .. " (@)"
     end
     local ok, blob = pcall(transfer.encode_string, 1, v)
     if not ok then
-        local what = tostring(blob):gsub("^lj%-async: cannot send ", ""):gsub("%(argument 1", "(" .. path)
-        error("lj-async: shared table: cannot store " .. what, 0)
+        local what = tostring(blob):gsub("^lj%-async: cannot send ", "")
+        local n
+        what, n = what:gsub("%(argument 1", "(@", 1)
+        return nil, n == 1 and what or what .. " (@)"
     end
     return V_BOX, blob, transfer.take_exported()
+end
+
+local function refused(what, path)
+    error("lj-async: shared table: cannot store " .. what:gsub("%(@", "(" .. path:gsub("%%", "%%%%")), 0)
 end
 
 -- Pushes a prepared value; its references are the store's from now on.
@@ -454,29 +463,62 @@ end
 -- A value prepared for storing: raises at the caller of the public
 -- function (`level` counts from there) when it cannot cross.
 local function prepared(v, k, level)
-    if PLAIN[type(v)] then return V_PLAIN, v end
-    local ok, vk, x, refs = pcall(prepare, v, where("t", k), {})
-    if not ok then error(vk, level + 1) end
+    local tv = type(v)
+    if PLAIN[tv] then return V_PLAIN, v end
+    if tv == "table" then
+        local ok, x = pcall(from_plain, v, where("t", k))
+        if not ok then error(x, level + 1) end
+        return V_OBJ, x
+    end
+    local vk, x, refs = prepare(v)
+    if not vk then
+        local ok, err = pcall(refused, x, where("t", k))
+        error(err, level + 1)
+    end
     return vk, x, refs
 end
 
--- A new shared table with the contents of plain table src.
-function from_plain(src, path, seen)
-    if seen[src] then error("lj-async: shared table: cannot store a table with a cycle (" .. path .. ")", 0) end
-    seen[src] = true
-    local t = new_table()
-    for k, v in next, src do
-        local kk, why = key_kind(k)
-        if not kk then error(("lj-async: shared table: cannot use %s (in %s)"):format(why, path), 0) end
-        if PLAIN[type(v)] then
-            set(t, k, kk, V_PLAIN, v)
+-- A new shared table with the contents of plain table `root` (named
+-- `path` in errors), nested tables copied in as shared tables.  Depth
+-- first with a stack of its own, so any depth goes: frame d is the table
+-- srcs[d], its copy dsts[d], and the key being copied, keys[d].
+function from_plain(root, path)
+    local top = new_table()
+    local srcs, dsts, keys, seen = { root }, { top }, {}, { [root] = true }
+    local function path_to(d, k)   -- for errors only
+        local p = path
+        for i = 1, d - 1 do p = where(p, keys[i]) end
+        return k == nil and p or where(p, k)
+    end
+    local d = 1
+    while d > 0 do
+        local src = srcs[d]
+        local k, v = next(src, keys[d])
+        if k == nil then
+            seen[src], srcs[d], dsts[d], keys[d] = nil, nil, nil, nil
+            d = d - 1
         else
-            local vk, x, refs = prepare(v, where(path, k), seen)
-            set(t, k, kk, vk, x, refs)
+            keys[d] = k
+            local kk, why = key_kind(k)
+            if not kk then error(("lj-async: shared table: cannot use %s (in %s)"):format(why, path_to(d)), 0) end
+            local tv = type(v)
+            if PLAIN[tv] then
+                set(dsts[d], k, kk, V_PLAIN, v)
+            elseif tv == "table" then
+                if seen[v] then cannot("a table with a cycle", path_to(d, k)) end
+                seen[v] = true
+                local child = new_table()
+                set(dsts[d], k, kk, V_OBJ, child)
+                d = d + 1
+                srcs[d], dsts[d], keys[d] = v, child, nil
+            else
+                local vk, x, refs = prepare(v)
+                if not vk then refused(x, path_to(d, k)) end
+                set(dsts[d], k, kk, vk, x, refs)
+            end
         end
     end
-    seen[src] = nil
-    return t
+    return top
 end
 
 ------------------------------------------------------------------------------
@@ -615,7 +657,7 @@ function M.table(init)
     if type(init) ~= "table" then
         error("lj-async: shared.table: the initial contents must be a plain table or nil, got " .. type(init), 2)
     end
-    local ok, t = pcall(from_plain, init, "init", {})
+    local ok, t = pcall(from_plain, init, "init")
     if not ok then error(t, 2) end
     return t
 end
@@ -642,7 +684,7 @@ function M.setmetatable(t, m)
         if type(m) ~= "table" then
             error("lj-async: shared.setmetatable: argument 2 must be a table, a shared table or nil, got " .. type(m), 2)
         end
-        local ok, x = pcall(from_plain, m, "metatable", {})
+        local ok, x = pcall(from_plain, m, "metatable")
         if not ok then error(x, 2) end
         m = x
     end
@@ -738,25 +780,38 @@ function M.update(t, k, f, ...)
     return v
 end
 
-local function dump(t, memo)
-    local n0 = id(t)
-    local out = memo[n0]
-    if out then return out end
-    out = {}
-    memo[n0] = out
-    local ks, vs, n = snapshot(t)
-    for i = 1, n do
-        local k, v = ks[i], vs[i]
-        if istype(ct, k) then k = dump(k, memo) end
-        if istype(ct, v) then v = dump(v, memo) end
-        out[k] = v
+-- Shared tables to plain ones, each once (cycles stay cycles), with a
+-- work list of its own: any depth goes.
+local function dump(root)
+    local memo, work, n = {}, {}, 0
+    local function plain(t)
+        local i = id(t)
+        local out = memo[i]
+        if not out then
+            out = {}
+            memo[i] = out
+            work[n + 1], work[n + 2], n = t, out, n + 2
+        end
+        return out
     end
-    return out
+    local top = plain(root)
+    while n > 0 do
+        local t, out = work[n - 1], work[n]
+        work[n - 1], work[n], n = nil, nil, n - 2
+        local ks, vs, count = snapshot(t)
+        for i = 1, count do
+            local k, v = ks[i], vs[i]
+            if istype(ct, k) then k = plain(k) end
+            if istype(ct, v) then v = plain(v) end
+            out[k] = v
+        end
+    end
+    return top
 end
 
 function M.dump(t)
     check(t, "dump", 2)
-    return dump(t, {})
+    return dump(t)
 end
 
 M.G = ensure(wrap(C.lja_shared_global()))

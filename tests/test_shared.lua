@@ -339,6 +339,33 @@ function TestShared:test_what_cannot_cross_raises_naming_the_key_and_nothing_is_
     lu.assertEquals(t.nothing, "old")
 end
 
+function TestShared:test_any_depth()
+    local deep = {}
+    local node = deep
+    for i = 1, 10000 do
+        node.next = { i = i }
+        node = node.next
+    end
+    local t = shared.table()
+    t.list = deep
+    local n, x = 0, t.list.next
+    while x do
+        n = n + 1
+        lu.assertEquals(x.i, n)
+        x = x.next
+    end
+    lu.assertEquals(n, 10000)
+    local d = shared.dump(t)
+    n, x = 0, d.list.next
+    while x do n, x = n + 1, x.next end
+    lu.assertEquals(n, 10000)
+    node.next = { bad = coroutine.create(print) }
+    local err = H.raised_at(function() t.other = deep end)
+    lu.assertStrContains(err, "cannot store a coroutine (t.other.next.next.next.")
+    lu.assertStrContains(err, ".next.bad)")
+    lu.assertNil(t.other)
+end
+
 function TestShared:test_huge_string()
     local t = shared.table()
     local big = string.rep("0123456789abcdef", 2 ^ 22)   -- 64 MiB
