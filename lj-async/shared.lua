@@ -61,7 +61,7 @@ int lua_next(lua_State *L, int idx);
 ffi.cdef "struct lj_async_shared_handle { void *__lj_async; };"
 
 local C, API = shim.C, ffi.C
-local type, error, pcall, select, tostring, next = type, error, pcall, select, tostring, next
+local type, error, pcall, tostring, next = type, error, pcall, tostring, next
 local istype, ffi_string = ffi.istype, ffi.string
 local band, bor, rshift = bit.band, bit.bor, bit.rshift
 
@@ -96,7 +96,6 @@ L = ffi.cast("lua_State *", L)
 
 local len_out = ffi.new("size_t[1]")
 local slot_out = ffi.new("int[1]")
-
 
 ------------------------------------------------------------------------------
 -- Dead tables.
