@@ -1,8 +1,13 @@
 -- Shared tables: get, set and update of a number under key "n", from one
 -- thread and from two at once on one table, beside a mutex-protected C hash
--- map doing the same.  With LJA_BENCH_EFFIL=/path/to/effil.so (effil built
--- from its repository with CMake), also beside effil's shared table in the
--- same run.
+-- map doing the same.  With LJA_BENCH_EFFIL=/path/to/effil.so, also beside
+-- effil's shared table in the same run.  Building effil: clone
+-- github.com/effil/effil with its submodules; with GCC 12 its pinned sol2
+-- (345a398) needs the calls `stack::push<const wchar_t*>(L, str, str + sz)`
+-- (and char16_t, char32_t) in libs/sol/single/sol/sol.hpp to pass a pointer
+-- variable for `str` (the overload is ambiguous); then
+--   cmake -S effil -B effil/build -DLUA_INCLUDE_DIR=/usr/include/luajit-2.1 -DBUILD_ROCK=ON
+--   make -C effil/build effil       # effil/build/effil.so
 local ffi = require "ffi"
 local shared = require "lj-async.shared"
 local channel = require "lj-async.channel"
