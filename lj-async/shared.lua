@@ -743,8 +743,11 @@ local function snapshot(t)
     return ks, vs, n
 end
 
+-- pairs and ipairs give way to __pairs and __ipairs, as effil's do.
 function M.pairs(t)
     check(t, "pairs", 2)
+    local h = metamethod(t, "__pairs")
+    if h then return h(t) end
     local ks, vs, n = snapshot(t)
     local i = 0
     return function()
@@ -753,9 +756,47 @@ function M.pairs(t)
     end, t, nil
 end
 
+-- t[1], t[2], ... up to the first nil, of one snapshot.
+function M.ipairs(t)
+    check(t, "ipairs", 2)
+    local h = metamethod(t, "__ipairs")
+    if h then return h(t) end
+    local ks, vs, n = snapshot(t)
+    local list = {}
+    for j = 1, n do
+        if type(ks[j]) == "number" then list[ks[j]] = vs[j] end
+    end
+    return function(_, i)
+        i = i + 1
+        local v = list[i]
+        if v ~= nil then return i, v end
+    end, t, 0
+end
+
 function M.length(t)
     check(t, "length", 2)
     return length(t)
+end
+
+-- The number of entries (effil.size).
+function M.size(t)
+    check(t, "size", 2)
+    local r = enter(P(t))
+    contents(rshift(r, 2))
+    local n = 0
+    pushnil(L)
+    while API.lua_next(L, T) ~= 0 do
+        n = n + 1
+        settop(L, -2)
+    end
+    done(t, nil)
+    return n
+end
+
+-- "shared.table" for a shared table, else type(v) (effil.type).
+function M.type(v)
+    if istype(ct, v) then return "shared.table" end
+    return type(v)
 end
 
 function M.update(t, k, f, ...)

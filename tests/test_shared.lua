@@ -103,6 +103,26 @@ function TestShared:test_pairs_rawget_rawset_dump()
     cyc.self = nil
 end
 
+function TestShared:test_size_type_ipairs_and_pairs_metamethods()
+    local t = shared.table { "a", "b", "c", x = 1, [5] = "e" }
+    lu.assertEquals(shared.size(t), 5)
+    lu.assertEquals({ shared.type(t), shared.type({}), shared.type(1) }, { "shared.table", "table", "number" })
+    local seen = {}
+    for i, v in shared.ipairs(t) do seen[i] = v end
+    lu.assertEquals(seen, { "a", "b", "c" })
+    shared.setmetatable(t, {
+        __pairs = function(self) return next, { only = "this" }, nil end,
+        __ipairs = function(self) return ipairs { "z" } end,
+    })
+    seen = {}
+    for k, v in shared.pairs(t) do seen[k] = v end
+    lu.assertEquals(seen, { only = "this" })
+    for i, v in shared.ipairs(t) do seen[i] = v end
+    lu.assertEquals(seen[1], "z")
+    local err, at = H.raised_at(function() shared.size({}) end)
+    lu.assertStrContains(err, at)
+end
+
 function TestShared:test_pairs_walks_a_snapshot_while_others_write()
     local t, control = shared.table(), shared.table()
     local writer = Thread.new(function(t, control)
