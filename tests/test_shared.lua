@@ -238,6 +238,27 @@ function TestShared:test_crosses_channels_threads_states_and_pool_jobs()
     lu.assertEquals(t.n, 31)
 end
 
+function TestShared:test_crosses_to_an_ltask_service()
+    local boot = require "ltask.bootstrap"
+    local base = os.tmpname()   -- no subprocess: runs under TSan too
+    local f = assert(io.open(base .. "_root.lua", "w"))
+    f:write([[
+        local t = ...
+        t.n = t.n + 1
+        t.from_service = require("lj-async.shared").G ~= nil
+    ]])
+    f:close()
+    local t = shared.table { n = 41 }
+    local ctx = boot.start { worker = 1, service_path = base .. "_?.lua", root = "root", args = { t },
+        logfile = base .. "_log" }
+    local finished = boot.wait(ctx, 30)
+    os.remove(base .. "_root.lua")
+    os.remove(base .. "_log")
+    os.remove(base)
+    lu.assertTrue(finished)
+    lu.assertEquals({ t.n, t.from_service }, { 42, true })
+end
+
 function TestShared:test_G_is_one_table_in_every_state()
     shared.G.from_main = "main"
     local th = Thread.new(function()
