@@ -793,6 +793,12 @@ function M.size(t)
     return n
 end
 
+-- The table's process-wide id, as obj:id() of other objects.
+function M.id(t)
+    check(t, "id", 2)
+    return id(t)
+end
+
 -- "shared.table" for a shared table, else type(v) (effil.type).
 function M.type(v)
     if istype(ct, v) then return "shared.table" end

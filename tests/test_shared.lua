@@ -11,12 +11,10 @@ local H = require "tests.helpers"
 local SANITIZED = (os.getenv("LJA_SANITIZE") or "") ~= ""
 
 local function is_shared(v)
-    return type(v) == "cdata" and tostring(v):match("^lj%-async%.shared: %d+$") ~= nil
+    return shared.type(v) == "shared.table"
 end
 
-local function id_of(t)
-    return tonumber(tostring(t):match("(%d+)$"))
-end
+local id_of = shared.id
 
 TestShared = {}
 
@@ -34,6 +32,9 @@ function TestShared:test_get_set_length_and_delete()
     t.i = 1LL
     lu.assertTrue(ffi.istype("int64_t", t.i))
     lu.assertEquals(tostring(t.i), "1LL")
+    t.p = ffi.cast("void *", 1234)   -- a pointer: its address
+    lu.assertEquals(tonumber(ffi.cast("uintptr_t", t.p)), 1234)
+    lu.assertEquals(tostring(t), "lj-async.shared: " .. shared.id(t))
 end
 
 function TestShared:test_init_is_copied_in()
