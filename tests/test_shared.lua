@@ -159,7 +159,7 @@ function TestShared:test_pairs_walks_a_snapshot_while_others_write()
 end
 
 function TestShared:test_update_8_threads_exact_total()
-    local n = SANITIZED and 20000 or 100000
+    local n = 100000
     local t = shared.table { count = 0 }
     local threads = {}
     for i = 1, 8 do
