@@ -8,6 +8,7 @@ int ljabench_plain(int x);
 double ljabench_call_loop(int (*fn)(int), int n, int threads, long *sum);
 double ljabench_queue(long n);
 double ljabench_pingpong(long n);
+double ljabench_locked_map(long n, int threads, int op, double *value);
 ]]
 
 local B = {}

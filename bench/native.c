@@ -1,6 +1,7 @@
 /* native.c: plain-C baselines that bench/run.lua measures beside lj-async. */
 #include <pthread.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #define EXPORT __attribute__((visibility("default")))
@@ -461,4 +462,95 @@ EXPORT long ljabench_load_wait(void *p, double *cpu, double *elapsed)
     *elapsed = l->elapsed;
     free(l);
     return done;
+}
+
+/* A mutex-protected hash map from string keys to doubles: the baseline for
+ * shared tables, doing per operation what a shared table's does (take a
+ * lock, hash the key, find its entry, read or write, unlock). */
+struct map_entry {
+    char key[16];
+    size_t len;
+    double value;
+};
+
+struct map {
+    pthread_mutex_t lock;
+    struct map_entry slots[64];
+};
+
+static struct map_entry *map_find(struct map *m, const char *key, size_t len)
+{
+    unsigned h = 2166136261u;
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ (unsigned char)key[i]) * 16777619u;
+    for (unsigned i = h & 63;; i = (i + 1) & 63) {
+        struct map_entry *e = &m->slots[i];
+        if (e->len == len && memcmp(e->key, key, len) == 0)
+            return e;
+        if (e->len == 0) {
+            memcpy(e->key, key, len);
+            e->len = len;
+            return e;
+        }
+    }
+}
+
+struct map_loop {
+    struct map *m;
+    long n;
+    int op;
+    double sum;
+};
+
+enum { MAP_GET, MAP_SET, MAP_UPDATE };
+
+static void *map_loop_main(void *p)
+{
+    struct map_loop *c = p;
+    /* through a volatile pointer: the compiler may not know the key */
+    static const char *volatile key = "n";
+    double sum = 0;
+    for (long i = 0; i < c->n; i++) {
+        const char *k = key;
+        pthread_mutex_lock(&c->m->lock);
+        struct map_entry *e = map_find(c->m, k, strlen(k));
+        if (c->op == MAP_GET)
+            sum += e->value;
+        else if (c->op == MAP_SET)
+            e->value = (double)i;
+        else
+            e->value += 1;
+        pthread_mutex_unlock(&c->m->lock);
+    }
+    c->sum = sum;
+    return NULL;
+}
+
+/* Seconds for `threads` threads (0: this one) each doing n operations `op`
+ * (0 get, 1 set, 2 add 1) on key "n" of one map; *value gets its value. */
+EXPORT double ljabench_locked_map(long n, int threads, int op, double *value)
+{
+    struct map m;
+    memset(&m, 0, sizeof m);
+    pthread_mutex_init(&m.lock, NULL);
+    struct map_loop loops[16];
+    pthread_t tids[16];
+    if (threads > 16)
+        return -1;
+    double t0 = now();
+    if (threads == 0) {
+        loops[0] = (struct map_loop){&m, n, op, 0};
+        map_loop_main(&loops[0]);
+    } else {
+        for (int i = 0; i < threads; i++) {
+            loops[i] = (struct map_loop){&m, n, op, 0};
+            pthread_create(&tids[i], NULL, map_loop_main, &loops[i]);
+        }
+        for (int i = 0; i < threads; i++)
+            pthread_join(tids[i], NULL);
+    }
+    double s = now() - t0;
+    *value = map_find(&m, "n", 1)->value;
+    pthread_mutex_destroy(&m.lock);
+    return s;
 }

@@ -5,7 +5,7 @@
 -- A header first says what ran where (figures from different machines,
 -- loads or LuaJITs are not comparable); each row, once measured, is also
 -- reported on stderr.
-local benches = { "bench.thread_spawn", "bench.callback_call", "bench.channel_msgs", "bench.ltask_services", "bench.pool_jobs", "bench.function_cross", "bench.asio" }
+local benches = { "bench.thread_spawn", "bench.callback_call", "bench.channel_msgs", "bench.ltask_services", "bench.pool_jobs", "bench.function_cross", "bench.shared", "bench.asio" }
 local B = require "bench.common"
 local shim = require "lj-async.shim"
 local Thread = require "lj-async.thread"

@@ -205,7 +205,8 @@ enum {
     LJA_KIND_ATOMIC = 4,
     LJA_KIND_CHANNEL = 5,
     LJA_KIND_STATE = 6,
-    LJA_KIND_POOL = 7
+    LJA_KIND_POOL = 7,
+    LJA_KIND_SHARED = 8
 };
 
 LJA_API uint64_t lja_object_id(void *obj);
@@ -394,6 +395,35 @@ LJA_API double lja_sched_cell(lja_sched *s, int i, double v);
 LJA_API int lja_sched_wait(lja_sched *s, double timeout);   /* until no service is alive */
 LJA_API void lja_sched_shutdown(lja_sched *s);  /* next returns -1 from now on */
 LJA_API void lja_sched_free(lja_sched *s);
+
+/* ---- Shared tables (SPEC section 10) ---------------------------------------
+ * The contents live in one process-wide lua_State (the store) that
+ * lj-async.shared drives through the Lua C API; the shim keeps the locks,
+ * each table's slot in the store and the list of dead tables.
+ * lja_shared_store publishes L as the store unless one exists, and returns
+ * the store.  lja_shared_enter takes the store's lock once no other thread
+ * holds the table (update), and returns slot * 4 + flags; lja_shared_leave
+ * releases it and returns 1 when dead tables wait to be cleared.
+ * lja_shared_lock and _unlock hold the table for this thread (nested calls
+ * count) without the store's lock.  lja_shared_store_lock takes the store's
+ * lock unless this thread holds it already.  lja_shared_dead_pop (under
+ * the store lock) gives a table whose last reference went and its slot; the
+ * caller clears the slot and calls lja_shared_free.
+ */
+typedef struct lja_shared lja_shared;
+
+LJA_API void *lja_shared_store(void *L);
+LJA_API lja_shared *lja_shared_new(void);
+LJA_API lja_shared *lja_shared_global(void);   /* a new reference to shared.G */
+LJA_API int lja_shared_enter(lja_shared *t);
+LJA_API int lja_shared_leave(lja_shared *t);
+LJA_API void lja_shared_lock(lja_shared *t);
+LJA_API void lja_shared_unlock(lja_shared *t);
+LJA_API void lja_shared_set_flags(lja_shared *t, int flags);   /* under the store lock */
+LJA_API int lja_shared_store_lock(void);   /* 0, not locked, if this thread holds it */
+LJA_API void lja_shared_store_unlock(void);
+LJA_API lja_shared *lja_shared_dead_pop(int *slot);
+LJA_API void lja_shared_free(lja_shared *t);
 
 /* ---- Worker pools (SPEC section 8) -----------------------------------------
  * n worker threads, each with its own lua_State made from a recipe (chunk

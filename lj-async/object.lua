@@ -16,7 +16,8 @@ enum {
     LJA_KIND_ATOMIC = 4,
     LJA_KIND_CHANNEL = 5,
     LJA_KIND_STATE = 6,
-    LJA_KIND_POOL = 7
+    LJA_KIND_POOL = 7,
+    LJA_KIND_SHARED = 8
 };
 uint64_t lja_object_id(void *obj);
 int lja_object_kind(void *obj);
@@ -61,6 +62,34 @@ local function checked(name, ct, methods)
     end })
 end
 
+-- Every kind of object: kind number -> { wrap = fn(ptr) -> handle, ct = the handles' ctype }.
+local kinds = {}
+
+-- The modules that define each kind (loaded on first need).
+local modules = { "lj-async.sync", "lj-async.sync", "lj-async.sync", "lj-async.sync",
+    "lj-async.channel", "lj-async.state", "lj-async.pool", "lj-async.shared" }
+
+-- Records a kind whose handles are not made by define (shared tables).
+function M.add_kind(kind, wrap, ct)
+    kinds[kind] = { wrap = wrap, ct = ct }
+end
+
+-- A handle for a pointer to an object of any kind, adopting a reference
+-- that the caller took.
+function M.wrap_any(p)
+    local kind = C.lja_object_kind(p)
+    if not kinds[kind] then require(modules[kind]) end
+    return kinds[kind].wrap(p)
+end
+
+-- Whether v is a handle of an lj-async object.
+function M.is_object(v)
+    for _, k in pairs(kinds) do
+        if istype(k.ct, v) then return true end
+    end
+    return false
+end
+
 function M.define(name, module, kind, struct_name, methods, mt)
     mt = mt or {}
     local ct = ffi.typeof(struct_name .. " *")
@@ -73,6 +102,7 @@ function M.define(name, module, kind, struct_name, methods, mt)
         if p == nil then return nil end
         return ffi.gc(ffi.cast(ct, p), release)
     end
+    M.add_kind(kind, wrap, ct)
     transfer.register(ct, {
         name = name,
         module = module,

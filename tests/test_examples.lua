@@ -64,6 +64,17 @@ function TestExamples:test_state()
     })
 end
 
+function TestExamples:test_shared()
+    contains_all(run("shared"), {
+        "config.limits.threads =\t4",
+        "hits after 4 threads x 10000 updates:\t40000\tworkers in shared.G:\t4",
+        "vec + vec =\t2\t4\tand tostring(vec) =\t(1, 2)",
+        "config keys:\tlimits name",
+        "dump(config).limits.threads =\t4",
+        "storing a coroutine:\texamples/shared.lua:42: lj-async: shared table: cannot store a coroutine (t.co)",
+    })
+end
+
 function TestExamples:test_pool()
     contains_all(run("pool"), {
         "Hello from Lua, request 123",

@@ -178,7 +178,7 @@ function TestLoad:test_puc_lua_is_told_it_needs_luajit()
     local _, has = H.sh("command -v lua5.1")
     lu.skipIf(not has, "lua5.1 is not installed")
     for _, name in ipairs { "lj-async.thread", "lj-async.callback", "lj-async.sync", "lj-async.channel",
-                            "lj-async.state", "lj-async.pool", "ltask", "ltask.bootstrap" } do
+                            "lj-async.state", "lj-async.pool", "lj-async.shared", "ltask", "ltask.bootstrap" } do
         local out, ok = H.sh("LUA_PATH='./?.lua;./?/init.lua;;' lua5.1 -e 'require \"" .. name .. "\"'")
         lu.assertFalse(ok, name)
         lu.assertStrContains(out, "lj-async needs LuaJIT 2.1", false, name .. ": " .. out)

@@ -36,7 +36,7 @@ end
 function TestVersion:test_every_public_module_has_the_version()
     package.path = "./?/init.lua;" .. package.path   -- ltask is ltask/init.lua
     for _, name in ipairs { "lj-async.thread", "lj-async.callback", "lj-async.sync", "lj-async.channel",
-                            "lj-async.state", "lj-async.pool", "ltask", "ltask.bootstrap" } do
+                            "lj-async.state", "lj-async.pool", "lj-async.shared", "ltask", "ltask.bootstrap" } do
         lu.assertEquals(require(name)._VERSION, PROJECT, name)
     end
 end
