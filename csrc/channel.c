@@ -1,4 +1,4 @@
-/* channel.c: MPMC channels of messages (SPEC section 5).
+/* channel.c: MPMC channels of messages (README: lj-async.channel).
  *
  * A message is one allocation: header, the objects it holds references to,
  * then the sender's bytes, copied before the channel's lock is taken.  The

@@ -218,7 +218,7 @@ LJA_API int lja_object_set_name(void *obj, const char *name);  /* LJA_EBUSY if t
 LJA_API const char *lja_object_name(void *obj);                /* or NULL */
 LJA_API void *lja_object_find(const char *name, int kind);      /* new reference or NULL */
 
-/* ---- Synchronization (SPEC section 4) --------------------------------------
+/* ---- Synchronization (README: lj-async.sync) --------------------------------------
  * Timeouts are measured on the monotonic clock.  Waits return LJA_OK or
  * LJA_ETIMEDOUT.  A mutex is not recursive; unlocking a mutex that is not
  * locked returns LJA_EINVAL.
@@ -241,7 +241,7 @@ LJA_API void lja_semaphore_post(lja_semaphore *s, int64_t n);
 LJA_API lja_atomic *lja_atomic_new(int64_t value);
 LJA_API int64_t *lja_atomic_cell(lja_atomic *a);  /* use with lja_atomic_load & co. */
 
-/* ---- Channels (SPEC section 5) ---------------------------------------------
+/* ---- Channels (README: lj-async.channel) ---------------------------------------------
  * A channel is a FIFO of messages: bytes (the sender's encoding) plus the
  * objects the message holds references to.  Many senders and receivers.
  * capacity 0 means unbounded.  send copies the bytes (outside the channel's
@@ -271,7 +271,7 @@ LJA_API void lja_msg_free(lja_msg *msg);
  * The caller removes it before closing the fd. */
 LJA_API int lja_channel_watch_fd(lja_channel *ch, int fd, int on);
 
-/* ---- Callable states (SPEC section 6) ----------------------------------------
+/* ---- Callable states (README: lj-async.state) ----------------------------------------
  * The shim keeps a state's lua_State and who is inside it.  enter returns
  * LJA_OK (the caller is now inside), LJA_EBUSY (timeout 0 and someone is
  * inside), LJA_ETIMEDOUT or LJA_ECLOSED.  close waits (up to timeout) for
@@ -396,7 +396,7 @@ LJA_API int lja_sched_wait(lja_sched *s, double timeout);   /* until no service 
 LJA_API void lja_sched_shutdown(lja_sched *s);  /* next returns -1 from now on */
 LJA_API void lja_sched_free(lja_sched *s);
 
-/* ---- Shared tables (SPEC section 10) ---------------------------------------
+/* ---- Shared tables (README: lj-async.shared) ---------------------------------------
  * The contents live in one process-wide lua_State (the store) that
  * lj-async.shared drives through the Lua C API; the shim keeps the locks,
  * each table's slot in the store and the list of dead tables.
@@ -425,7 +425,7 @@ LJA_API void lja_shared_store_unlock(void);
 LJA_API lja_shared *lja_shared_dead_pop(int *slot);
 LJA_API void lja_shared_free(lja_shared *t);
 
-/* ---- Worker pools (SPEC section 8) -----------------------------------------
+/* ---- Worker pools (README: lj-async.pool) -----------------------------------------
  * n worker threads, each with its own lua_State made from a recipe (chunk
  * and string arguments, as lja_lua_new takes them) that leaves in the
  * registry "lj-async.pool.run" (runs the current job, whose input it reads

@@ -1,5 +1,5 @@
 /* state.c: who is inside a callable state, and interrupting it
- * (SPEC section 6).  The lua_State itself is driven from Lua. */
+ * (README: lj-async.state).  The lua_State itself is driven from Lua. */
 #include <stdlib.h>
 
 #include "object.h"

@@ -1,5 +1,5 @@
 /* sync.c: mutexes, conditions, semaphores and atomics that any thread or
- * state may share (SPEC section 4).  Waits use monotonic deadlines, so the
+ * state may share (README: lj-async.sync).  Waits use monotonic deadlines, so the
  * mutex is a flag under an internal lock rather than a pthread mutex
  * (whose timed lock measures the wall clock). */
 #include <stdlib.h>

@@ -1,5 +1,5 @@
 -- lj-async.callback: C function pointers backed by Lua functions that live in
--- their own lua_States, so any thread may call them (SPEC section 3).
+-- their own lua_States, so any thread may call them (README: lj-async.callback).
 --
 -- Each state holds an ffi.cast callback of the user's ctype.  The pointer
 -- handed to C is a gate (csrc/gate.c): a libffi closure of the same

@@ -1,5 +1,5 @@
 -- lj-async.channel: MPMC channels of messages between any threads and
--- states (SPEC section 5).  A message is one or more values, encoded in the
+-- states (README: lj-async.channel).  A message is one or more values, encoded in the
 -- sender's state (outside any lock) and queued in the shim
 -- (csrc/channel.c).  Expected failures return nil, err ("timeout",
 -- "closed"); bad arguments and values that cannot cross raise errors.

@@ -1,5 +1,5 @@
 -- lj-async.state: long-lived Lua states callable from any thread, the job
--- of mtstates (SPEC section 6).  A call runs on the caller's thread, inside
+-- of mtstates (README: lj-async.state).  A call runs on the caller's thread, inside
 -- the state; one caller at a time.
 local shim = require "lj-async.shim"
 local ffi = require "ffi"

@@ -1,5 +1,5 @@
 -- lj-async.sync: mutex, condition, semaphore and int64 atomic, shared by
--- any thread or state (SPEC section 4).  Timeouts in seconds (nil: forever,
+-- any thread or state (README: lj-async.sync).  Timeouts in seconds (nil: forever,
 -- 0: do not block) on the monotonic clock; waits return true, or false when
 -- the timeout passed.  Bad arguments raise errors.  In a cancelled lj-async
 -- thread a wait returns at once and, unless it got what it waited for,

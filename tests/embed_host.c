@@ -1,5 +1,5 @@
 /* embed_host.c: a C program that embeds LuaJIT and runs a Lua file, as a
- * user's application would; lj-async must work inside it (SPEC section 0). */
+ * user's application would; lj-async must work inside it (README: Build, load, install). */
 #include <stdio.h>
 
 #include <lauxlib.h>

@@ -1,4 +1,4 @@
--- SPEC section 3: lj-async.callback.
+-- README: lj-async.callback: lj-async.callback.
 local lu = require "luaunit"
 local ffi = require "ffi"
 local CallbackFactory = require "lj-async.callback"

@@ -1,4 +1,4 @@
--- SPEC section 5: lj-async.channel, with objects crossing inside messages.
+-- README: lj-async.channel: lj-async.channel, with objects crossing inside messages.
 local lu = require "luaunit"
 local ffi = require "ffi"
 local channel = require "lj-async.channel"

@@ -1,4 +1,4 @@
--- SPEC section 3: real C libraries call a callback from their own threads
+-- README: lj-async.callback: real C libraries call a callback from their own threads
 -- while this state keeps running JIT-compiled code.  Every result counted.
 local lu = require "luaunit"
 local ffi = require "ffi"

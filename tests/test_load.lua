@@ -1,4 +1,4 @@
--- SPEC section 0: finding the shim, installing, and embedding.
+-- README: Build, load, install: finding the shim, installing, and embedding.
 local lu = require "luaunit"
 local H = require "tests.helpers"
 

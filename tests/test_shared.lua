@@ -1,4 +1,4 @@
--- SPEC section 10: lj-async.shared, tables every thread and state sees.
+-- README: lj-async.shared: lj-async.shared, tables every thread and state sees.
 local lu = require "luaunit"
 local ffi = require "ffi"
 local shared = require "lj-async.shared"

@@ -1,4 +1,4 @@
--- SPEC section 6: lj-async.state, with the seed's two mtstates examples
+-- README: lj-async.state: lj-async.state, with the seed's two mtstates examples
 -- rewritten with lj-async's thread and channel.
 local lu = require "luaunit"
 local state = require "lj-async.state"

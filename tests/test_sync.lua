@@ -1,4 +1,4 @@
--- SPEC section 4: lj-async.sync, and live objects across states (section 1).
+-- README: lj-async.sync: lj-async.sync, and live objects across states (README: Values that cross states).
 local lu = require "luaunit"
 local ffi = require "ffi"
 local sync = require "lj-async.sync"
