@@ -1,4 +1,4 @@
--- README: lj-async.callback: lj-async.callback.
+-- The promises of the README's lj-async.callback section.
 local lu = require "luaunit"
 local ffi = require "ffi"
 local CallbackFactory = require "lj-async.callback"

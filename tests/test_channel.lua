@@ -1,4 +1,4 @@
--- README: lj-async.channel: lj-async.channel, with objects crossing inside messages.
+-- The promises of the README's lj-async.channel section, with objects crossing inside messages.
 local lu = require "luaunit"
 local ffi = require "ffi"
 local channel = require "lj-async.channel"

@@ -1,4 +1,4 @@
--- README: lj-async.callback: real C libraries call a callback from their own threads
+-- The README's lj-async.callback section: real C libraries call a callback from their own threads
 -- while this state keeps running JIT-compiled code.  Every result counted.
 local lu = require "luaunit"
 local ffi = require "ffi"

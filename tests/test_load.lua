@@ -1,4 +1,4 @@
--- README: Build, load, install: finding the shim, installing, and embedding.
+-- The README's Build, load, install section: finding the shim, installing, and embedding.
 local lu = require "luaunit"
 local H = require "tests.helpers"
 

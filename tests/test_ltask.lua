@@ -1,4 +1,4 @@
--- README: ltask: ltask, every row of its table, the seed's example, and
+-- The promises of the README's ltask section, every row of its table, the seed's example, and
 -- stress: 1,000 services with counted cross traffic, 10^6 sends into a
 -- small inbox, kill during a call, shutdown with timers pending.  The root
 -- service of each test is tests/ltask/t_root.lua (or the seed's root); it

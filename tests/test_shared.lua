@@ -1,4 +1,4 @@
--- README: lj-async.shared: lj-async.shared, tables every thread and state sees.
+-- The promises of the README's lj-async.shared section, tables every thread and state sees.
 local lu = require "luaunit"
 local ffi = require "ffi"
 local shared = require "lj-async.shared"

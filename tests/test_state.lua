@@ -1,4 +1,4 @@
--- README: lj-async.state: lj-async.state, with the seed's two mtstates examples
+-- The promises of the README's lj-async.state section, with the seed's two mtstates examples
 -- rewritten with lj-async's thread and channel.
 local lu = require "luaunit"
 local state = require "lj-async.state"

@@ -1,4 +1,4 @@
--- README: lj-async.sync: lj-async.sync, and live objects across states (README: Values that cross states).
+-- The promises of the README's lj-async.sync section, and live objects across states (README: Values that cross states).
 local lu = require "luaunit"
 local ffi = require "ffi"
 local sync = require "lj-async.sync"
