@@ -236,6 +236,15 @@ function TestLtask:test_asio_service_sockets_close_when_it_quits()
     lu.assertTrue(r.after.ended < 2, "the connection ended after " .. r.after.ended .. " s")
 end
 
+-- Open servers keep a service that returned no handlers alive; it ends
+-- once they are closed and its light threads are done.
+function TestLtask:test_asio_server_keeps_a_service_alive()
+    local r = run_test({ timeout = 30 }, "asio_bare")
+    lu.assertStrContains(r.alive, "unknown command 'x'")
+    lu.assertEquals(r.echo, "x")
+    lu.assertTrue(r.ended)
+end
+
 -- The host's own asio loop talks to a service's server.
 function TestLtask:test_asio_service_serves_a_plain_client()
     local asio = require "lj-async.asio"

@@ -332,6 +332,19 @@ function T.asio_end(how)
     out:send("ok", r)
 end
 
+-- A service with no handlers lives while its server is open.
+function T.asio_bare()
+    local ch = require("lj-async.channel").new()
+    local b = ltask.spawn_service { name = "asio_bare", exclusive = true, args = { ch } }
+    local port = ch:recv(0)
+    ltask.sleep(20)
+    local r = { alive = errmsg(ltask.call, b, "x") }
+    local cli = ltask.spawn_service { name = "asio_client", exclusive = true }
+    r.echo = ltask.call(cli, "hold", port)
+    r.ended = until_true(function() return errmsg(ltask.call, b, "x"):find("dead") end)
+    out:send("ok", r)
+end
+
 -- The host talks to an asio service with a client of its own, then says
 -- so on `back`.
 function T.asio_host(back)
