@@ -425,7 +425,7 @@ local function dispatch(self_addr, slot)
         -- epoll (marked idle, so that a message signals the eventfd).
         local busy, more = io.pump(false)
         r.io_busy = busy
-        if not more and #r.ready == 0 and not idle_end(r) and rest_c(sched, self_addr, 0, 0) ~= WOKE then
+        if not (more or r.quitting or #r.ready > 0 or idle_end(r)) and rest_c(sched, self_addr, 0, 0) ~= WOKE then
             r.io_busy = io.pump(true)
         end
     end

@@ -229,11 +229,13 @@ function TestLtask:test_asio_service_sockets_close_when_killed()
 end
 
 function TestLtask:test_asio_service_sockets_close_when_it_quits()
-    local r = run_test({ timeout = 30 }, "asio_end", "quit")
-    lu.assertEquals(r.held, "x")
-    lu.assertTrue(r.quit)
-    lu.assertEquals({ r.after.line, r.after.err, r.after.connect }, { nil, "closed", "connection refused" })
-    lu.assertTrue(r.after.ended < 2, "the connection ended after " .. r.after.ended .. " s")
+    for _, how in ipairs { "quit", "quit_in_light_thread" } do
+        local r = run_test({ timeout = 30 }, "asio_end", how)
+        lu.assertEquals(r.held, "x")
+        lu.assertTrue(r.quit)
+        lu.assertEquals({ r.after.line, r.after.err, r.after.connect }, { nil, "closed", "connection refused" }, how)
+        lu.assertTrue(r.after.ended < 2, how .. ": the connection ended after " .. r.after.ended .. " s")
+    end
 end
 
 -- Open servers keep a service that returned no handlers alive; it ends

@@ -36,6 +36,13 @@ function S.hold(port)
     return held:read_line(5)
 end
 
+-- Asks the server to quit through the held connection (it echoes that
+-- line still: a quit takes effect when the light thread next waits).
+function S.say_quit()
+    assert(held:write("quit\n"))
+    return held:read_line(5) == "quit"
+end
+
 -- After the server quit or was killed: the held connection ends, the port
 -- refuses.
 function S.after(port)

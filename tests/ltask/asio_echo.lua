@@ -9,6 +9,7 @@ local srv = assert(asio.server("127.0.0.1", 0, function(con)
         while true do
             local line = con:read_line()
             if not line then break end
+            if line == "quit" then ltask.quit() end   -- the service ends from a light thread
             served = served + 1
             con:write(line .. "\n")
         end

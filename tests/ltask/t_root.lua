@@ -317,7 +317,8 @@ function T.asio()
     out:send("ok", r)
 end
 
--- A killed (how = "kill") or quitting asio service's sockets close.
+-- A killed (how = "kill") or quitting asio service's sockets close (it
+-- quits in a handler, or in a light thread: how = "quit_in_light_thread").
 function T.asio_end(how)
     local srv = ltask.spawn_service { name = "asio_echo", exclusive = true }
     local port = ltask.call(srv, "port")
@@ -325,6 +326,8 @@ function T.asio_end(how)
     local r = { held = ltask.call(cli, "hold", port) }
     if how == "kill" then
         r.killed = ltask.kill(srv)
+    elseif how == "quit_in_light_thread" then
+        r.quit = ltask.call(cli, "say_quit")
     else
         r.quit = ltask.call(srv, "quit")
     end
