@@ -203,7 +203,8 @@ end
 
 -- lj-async.asio in an exclusive service: its echo server serves another
 -- service, which mixes con:read with ltask.call and ltask.sleep in one
--- coroutine, while it answers calls; asio.run raises there.
+-- coroutine, while it answers calls; asio.run raises there, and so does a
+-- wait in an accept handler.
 function TestLtask:test_asio_in_exclusive_service()
     local r = run_test({ timeout = 30 }, "asio")
     lu.assertTrue(r.port > 0)
@@ -216,6 +217,8 @@ function TestLtask:test_asio_in_exclusive_service()
     for _, name in ipairs { "run", "run_once", "stop" } do
         lu.assertStrContains(r.run_raises[name], "lj-async.asio: " .. name .. ": in an ltask service")
     end
+    lu.assertStrContains(r.wait_in_accept[1], "read waits, so it must be called in a coroutine of the service")
+    lu.assertEquals(r.wait_in_accept[2], "closed")
 end
 
 -- A killed or quitting service's sockets close: its connections end and

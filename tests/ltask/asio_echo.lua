@@ -37,6 +37,21 @@ function S.run_raises()
     return r
 end
 
+-- Waiting in an accept handler raises, as outside services.
+function S.wait_in_accept()
+    local err
+    local s2 = assert(asio.server("127.0.0.1", 0, function(con)
+        local ok, e = pcall(con.read, con, 1)
+        err = not ok and tostring(e)
+        con:close()
+    end))
+    local c = assert(asio.connect("127.0.0.1", s2:port(), 5))
+    local _, cerr = c:read(1, 5)
+    c:close()
+    s2:close()
+    return err, cerr
+end
+
 function S.quit()
     ltask.quit()
     return true

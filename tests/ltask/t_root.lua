@@ -314,6 +314,7 @@ function T.asio()
     r.talk = ltask.call(cli, "talk", port, srv, 30)
     r.served = ltask.call(srv, "served")
     r.run_raises = ltask.call(srv, "run_raises")
+    r.wait_in_accept = { ltask.call(srv, "wait_in_accept") }
     out:send("ok", r)
 end
 
