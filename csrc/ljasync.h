@@ -332,7 +332,10 @@ LJA_API void lja_gate_free(lja_gate *g);
  *
  * After a dispatch, rest marks the service idle, or returns LJA_SCHED_WOKE if it
  * has messages (or `again`): it must be queued again.  With `wait` (an
- * exclusive service's thread) it waits until a message comes.  close marks
+ * exclusive service's thread) it waits until a message comes.  wake_fd gives
+ * an exclusive service an eventfd (-1: none) that a send to it signals when
+ * it is idle, so its thread may wait in epoll on its inbox and its sockets
+ * together (lj-async.asio); it is removed before the fd is closed.  close marks
  * a service dead (sends to it fail) and hands back its queued messages and
  * its lua_State; remove then frees its slot and returns how many services
  * are still alive.
@@ -384,6 +387,7 @@ LJA_API int lja_sched_take_waiters(lja_sched *s, double self, double *out, int m
 LJA_API void lja_sched_started(lja_sched *s, double self);
 LJA_API void lja_sched_msg_free(lja_smsg *m);
 LJA_API int lja_sched_rest(lja_sched *s, double addr, int again, int wait);
+LJA_API void lja_sched_wake_fd(lja_sched *s, double addr, int fd);
 LJA_API lja_smsg *lja_sched_close(lja_sched *s, double addr, void **L);
 LJA_API int64_t lja_sched_remove(lja_sched *s, double addr);
 LJA_API double lja_sched_next_service(lja_sched *s, double after);  /* 0: no more */

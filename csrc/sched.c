@@ -12,6 +12,7 @@
  * its first message (LJA_SMSG_INIT) and what its file waits for (replies,
  * timers) reach it. */
 #include <string.h>
+#include <sys/eventfd.h>
 
 #include "object.h"
 #include "queue.h"
@@ -24,6 +25,7 @@ enum { SVC_FREE, SVC_IDLE, SVC_QUEUED, SVC_DEAD };
 struct service {
     pthread_mutex_t lock;
     pthread_cond_t wake;        /* an exclusive service's thread waits here */
+    int wake_fd;                /* or on this eventfd, signaled too (-1: none) */
     uint64_t addr;              /* 0 while the slot is free */
     uint64_t generation;
     int status;
@@ -189,9 +191,11 @@ int lja_sched_send(lja_sched *s, double from, double to, int type, int32_t sessi
             svc->count++;
         if (svc->status == SVC_IDLE) {
             svc->status = SVC_QUEUED;
-            if (svc->exclusive)
+            if (svc->exclusive) {
                 pthread_cond_signal(&svc->wake);
-            else
+                if (svc->wake_fd >= 0)
+                    eventfd_write(svc->wake_fd, 1);
+            } else
                 rc = LJA_SCHED_WOKE;
         }
     }
@@ -290,6 +294,17 @@ int lja_sched_rest(lja_sched *s, double addr, int again, int wait)
     }
     pthread_mutex_unlock(&svc->lock);
     return rc;
+}
+
+void lja_sched_wake_fd(lja_sched *s, double addr, int fd)
+{
+    struct service *svc = lookup(s, addr);
+    if (!svc)
+        return;
+    pthread_mutex_lock(&svc->lock);
+    if (svc->addr == (uint64_t)addr)
+        svc->wake_fd = fd;
+    pthread_mutex_unlock(&svc->lock);
 }
 
 lja_smsg *lja_sched_close(lja_sched *s, double addr, void **L)
@@ -521,6 +536,7 @@ int lja_sched_add(lja_sched *s, void *L, int exclusive, int64_t capacity, double
         svc->addr = a;
         svc->status = SVC_IDLE;
         svc->exclusive = exclusive != 0;
+        svc->wake_fd = -1;
         svc->capacity = capacity;
         svc->count = 0;
         svc->starting = 1;

@@ -11,6 +11,13 @@
 -- Channels wake the loop through an eventfd that the shim signals at each
 -- send (lja_channel_watch_fd); names are resolved by getaddrinfo on an
 -- lj-async thread, never on the loop.
+--
+-- A runtime that runs the state's coroutines itself (ltask, in an
+-- exclusive service) puts a driver in package.loaded["lj-async.asio.driver"]
+-- before this module loads: then waits suspend and resume through it, any
+-- of its coroutines may wait, spawn_light_thread is its spawn, and it runs
+-- the loop (driver.attach gets the eventfd to signal, a pump and a close);
+-- run, run_once and stop raise.  This module knows no such runtime by name.
 local ffi = require "ffi"
 local bit = require "bit"
 local buffer = require "string.buffer"
@@ -101,6 +108,10 @@ local PAUSE = 0.1          -- accept pause when out of descriptors (s)
 
 local M = {}
 
+-- { suspend = f() -> v, resume = f(co, v), spawn = f(fn, ...), attach = f(efd, pump, close) }
+local driver = package.loaded["lj-async.asio.driver"]
+local suspend = driver and driver.suspend or co_yield
+
 local TIMEOUT, CLOSED = "timeout", "closed"   -- why a wait ended
 
 local function sys_error(e)
@@ -130,7 +141,10 @@ local chwatch = {}
 
 local servers = {}   -- fd -> open server (the loop holds them)
 
-M._loop = ffi.gc(ffi.new("int[1]"), function()
+local loop_open = true
+local function close_loop()
+    if not loop_open then return end
+    loop_open = false
     for fd in pairs(servers) do C.asio_close(fd) end
     for _, w in pairs(chwatch) do
         S.lja_channel_watch_fd(w.ptr, efd, 0)
@@ -139,7 +153,8 @@ M._loop = ffi.gc(ffi.new("int[1]"), function()
     C.asio_close(tfd)
     C.asio_close(efd)
     C.asio_close(epfd)
-end)
+end
+M._loop = ffi.gc(ffi.new("int[1]"), close_loop)
 
 -- ---- Light threads -------------------------------------------------------
 local LightThread = {}
@@ -212,7 +227,12 @@ local function first_timer()
     return nil
 end
 
+-- With a driver, a waiter is the record of the driver's coroutine that
+-- waits (by_co), or a light thread while it runs on one.
+local by_co = setmetatable({}, { __mode = "k" })
+
 local function resume(lt, v)
+    if driver then return driver.resume(lt.co, v) end
     local prev = current
     current = lt
     local ok, err = co_resume(lt.co, v)
@@ -244,16 +264,35 @@ end
 
 local function wait(tab, key, deadline)
     local lt = current
+    if driver then lt = by_co[co_running()] end
     if tab then
         tab[key] = lt
         lt.wtab, lt.wkey = tab, key
     end
     if deadline then lt.tm = heap_push({ t = deadline, lt = lt }) end
-    return co_yield()
+    return suspend()
+end
+
+-- The driver's coroutine running now, as a waiter; nil outside them.
+local function driven()
+    local co, main = co_running()
+    if co == nil or main then return nil end
+    local lt = by_co[co]
+    if not lt then
+        lt = { co = co }
+        by_co[co] = lt
+    end
+    return lt
 end
 
 -- The light thread calling a waiting function, or an error at the caller.
 local function need_lt(what)
+    if driver then
+        local lt = driven()
+        if lt then return lt end
+        error("lj-async.asio: " .. what .. " waits, so it must be called in a coroutine of the service "
+            .. "(a handler, a fork, a light thread), not in the loop's callbacks", 3)
+    end
     local lt = current
     if lt == nil or co_running() ~= lt.co then
         error("lj-async.asio: " .. what .. " waits, so it must be called in a light thread "
@@ -312,9 +351,24 @@ end
 
 local sync_fd   -- defined with the loop
 
+-- A light thread on a coroutine of the driver's.
+local function run_driven(lt, fn, ...)
+    local co = co_running()
+    lt.co = co
+    by_co[co] = lt
+    finish(lt, xpcall(fn, traceback, ...))
+    by_co[co] = nil
+end
+
 function M.spawn_light_thread(fn, ...)
     if type(fn) ~= "function" then
         error("lj-async.asio: spawn_light_thread takes a function, got " .. type(fn), 2)
+    end
+    if driver then
+        local lt = setmetatable({}, LightThread)
+        live = live + 1
+        driver.spawn(run_driven, lt, fn, ...)
+        return lt
     end
     local co
     if nidle > 0 then
@@ -360,7 +414,7 @@ function M.sleep(seconds)
     local lt = need_lt("sleep")
     if seconds <= 0 then
         enqueue(lt, nil)   -- after every light thread ready now
-        co_yield()
+        suspend()
         return
     end
     wait(nil, nil, now() + seconds)
@@ -1163,6 +1217,9 @@ local function poll(timeout)
 end
 
 local function check_top(what)
+    if driver then
+        error("lj-async.asio: " .. what .. ": in an ltask service the service's thread runs the loop", 3)
+    end
     if current ~= nil then error("lj-async.asio: " .. what .. " inside a light thread", 3) end
     if in_run then error("lj-async.asio: " .. what .. " while the loop runs", 3) end
 end
@@ -1204,7 +1261,28 @@ function M.run_once(timeout)
 end
 
 function M.stop()
+    if driver then check_top("stop") end
     stopping = true
+end
+
+-- The driver runs the loop: pump(block) runs what is ready and handles the
+-- events (waiting for one if `block`), and says whether light threads or
+-- servers remain and whether more is ready; close closes every socket and
+-- the loop (the service is gone).
+if driver then
+    driver.attach(efd, function(block)
+        in_run = true
+        if nready > 0 then run_ready() end
+        poll(block and -1 or 0)
+        if nready > 0 then run_ready() end
+        in_run = false
+        return live > 0 or nservers > 0, nready > 0
+    end, function()
+        -- the port first: a peer that sees its connection end finds it refused
+        for _, srv in pairs(servers) do srv:close() end
+        for _, c in pairs(conns) do close_fd(c) end
+        close_loop()
+    end)
 end
 
 

@@ -168,7 +168,7 @@ function M.start(opts)
     shared.root = root
     ctx.root = root
     local n = args.n or #args
-    local p, len = transfer.encode_after(3, n + 3, config.root, file, code, unpack(args, 1, n))
+    local p, len = transfer.encode_after(4, n + 4, config.root, file, code, false, unpack(args, 1, n))
     local objs, nobjs = transfer.objs_array()
     transfer.forget_exported()   -- the message takes them, sent or not
     local rc = C.lja_sched_send(shared.sched, 0, root, C.LJA_SMSG_INIT, 0, p, len, objs, nobjs)

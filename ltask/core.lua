@@ -51,6 +51,8 @@ int lja_sched_take_waiters(lja_sched *s, double self, double *out, int max);
 void lja_sched_started(lja_sched *s, double self);
 void lja_sched_msg_free(lja_smsg *m);
 int lja_sched_push(lja_sched *s, double addr);
+int lja_sched_rest(lja_sched *s, double addr, int again, int wait);
+void lja_sched_wake_fd(lja_sched *s, double addr, int fd);
 void lja_sched_nudge(lja_sched *s);
 double lja_sched_cell(lja_sched *s, int i, double v);
 void *lja_states_pop(lja_states *st);

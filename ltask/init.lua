@@ -10,6 +10,11 @@
 -- functions here that wait must run in those coroutines (handlers, the
 -- service's file, forks, timeouts), not in coroutines of the user's own.
 --
+-- An exclusive service that loads lj-async.asio runs its loop: the
+-- runtime is asio's driver (its waits suspend these coroutines, its light
+-- threads are forks) and its thread waits in epoll on the service's sockets
+-- and its inbox together (the inbox signals asio's eventfd).
+--
 -- Errors: bad arguments raise; call raises the remote error; call_timeout
 -- returns nil, "timeout"; send returns false when the target is gone.
 local shim = require "lj-async.shim"
@@ -24,7 +29,7 @@ local concat, format = table.concat, string.format
 local encode_after, decode = transfer.encode_after, transfer.decode
 local objs_array, forget_exported, take_exported = transfer.objs_array, transfer.forget_exported,
     transfer.take_exported
-local send_c, pop_c, free_c = C.lja_sched_send, C.lja_sched_pop, C.lja_sched_msg_free
+local send_c, pop_c, free_c, rest_c = C.lja_sched_send, C.lja_sched_pop, C.lja_sched_msg_free, C.lja_sched_rest
 local schedule, signal, system = core.schedule, core.signal, core.system
 
 local REQUEST, POST, RESPONSE, ERROR = C.LJA_SMSG_REQUEST, C.LJA_SMSG_POST, C.LJA_SMSG_RESPONSE, C.LJA_SMSG_ERROR
@@ -60,6 +65,8 @@ local function new_runtime()
         claims = 0,          -- names this service spawns for uniqueservice
         loop_co = nil,       -- the coroutine running the message loop, or nil
         batch_m = nil,       -- the next message of the batch
+        io = nil,            -- lj-async.asio's loop in an exclusive service: { pump =, close = }
+        io_busy = false,     -- its light threads or servers keep the service alive
     }
 end
 R = new_runtime()
@@ -241,11 +248,14 @@ end
 -- The scheduler holds the requests and posts sent meanwhile until the file
 -- has returned its handlers.  The spawner is answered like a caller ("dead"
 -- if the service quits while its file waits).
-local function init(from, session, name, file, code, ...)
+local asio_driver
+
+local function init(from, session, name, file, code, exclusive, ...)
     local co = co_running()
     local r = R
     r.inflight[co], r.inflight_session[co] = from, session
     r.name = name
+    package.loaded["lj-async.asio.driver"] = exclusive and asio_driver or nil
     local main, err = load(code, "@" .. file)
     local ok, result
     if main then
@@ -323,8 +333,20 @@ local function handle(m)
     free_c(m)
 end
 
+-- The service's sockets close when it quits or is killed; its eventfd is
+-- taken from the scheduler first.
+local function close_io()
+    local io = R.io
+    if io then
+        R.io = nil
+        C.lja_sched_wake_fd(sched, R.self, -1)
+        io.close()
+    end
+end
+
 local function finish()
     local r = R
+    close_io()
     for co, from in pairs(r.inflight) do
         if from >= 1 then signal(sched, r.self, from, DEAD, r.inflight_session[co], r.slot) end
     end
@@ -352,6 +374,11 @@ local function message_loop()
 end
 
 local room_out = ffi.new("int[1]")
+
+-- A service with no handlers ends once nothing of it waits or runs.
+local function idle_end(r)
+    return r.started and r.handlers == nil and r.pending == 0 and #r.ready == 0 and not r.io_busy
+end
 
 -- Called by the worker (ltask/worker.lua) with this service's address and
 -- the worker's next slot (-1: none); returns a DISPATCH_ code.
@@ -392,10 +419,20 @@ local function dispatch(self_addr, slot)
             resume(list[i], unpack(a, 1, a.n))
         end
     end
-    if r.quitting or (r.started and r.handlers == nil and r.pending == 0 and #r.ready == 0) then
+    local io = r.io
+    if io and not r.quitting then
+        -- Runs what asio has ready; with nothing to do, the thread waits in
+        -- epoll (marked idle, so that a message signals the eventfd).
+        local busy, more = io.pump(false)
+        r.io_busy = busy
+        if not (more or r.quitting or #r.ready > 0 or idle_end(r)) and rest_c(sched, self_addr, 0, 0) ~= WOKE then
+            r.io_busy = io.pump(true)
+        end
+    end
+    if r.quitting or idle_end(r) then
         return finish()
     end
-    return #r.ready > 0 and DISPATCH_AGAIN or DISPATCH_WAIT
+    return (#r.ready > 0 or io) and DISPATCH_AGAIN or DISPATCH_WAIT
 end
 
 -- ---- the API -------------------------------------------------------------
@@ -543,7 +580,8 @@ local function spawn_service(opts, level)
     local session = next_session()
     local n = args.n or #args
     local died = "ltask: service '" .. opts.name .. "' died before it started"
-    if not deliver(addr, INIT, session, 3, level, n + 3, opts.name, file, code, unpack(args, 1, n)) then
+    if not deliver(addr, INIT, session, 4, level, n + 4, opts.name, file, code, not not opts.exclusive,
+        unpack(args, 1, n)) then
         error(died, level)
     end
     R.waiting[session] = co_running()
@@ -599,6 +637,17 @@ function ltask.uniqueservice(name, ...)
     return spawned
 end
 
+-- What lj-async.asio waits through in an exclusive service (lj-async/asio.lua).
+asio_driver = {
+    suspend = suspend,
+    resume = resume,
+    spawn = function(...) return ltask.fork(...) end,
+    attach = function(efd, pump, close)
+        R.io = { pump = pump, close = close }
+        C.lja_sched_wake_fd(sched, R.self, efd)
+    end,
+}
+
 -- Called by the service's boot chunk (ltask.bootstrap) in a new state.  The
 -- state can serve another service after this one quits only if it took a
 -- snapshot of its globals now (lj-async.reset), which costs time and memory
@@ -611,6 +660,7 @@ function ltask._boot()
     registry["ltask.dispatch"] = dispatch
     local restore = core.quits_seen() and require("lj-async.reset").snapshot()
     registry["ltask.recycle"] = function()   -- back to a state that never ran a service
+        close_io()   -- if its dispatch raised
         if not restore then return false end
         R = new_runtime()
         local reusable = restore()

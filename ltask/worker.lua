@@ -25,7 +25,6 @@ double lua_tonumber(lua_State *L, int idx);
 int lua_gettop(lua_State *L);
 int lua_type(lua_State *L, int idx);
 void *lja_sched_state(lja_sched *s, double addr);
-int lja_sched_rest(lja_sched *s, double addr, int again, int wait);
 lja_smsg *lja_sched_close(lja_sched *s, double addr, void **L);
 int64_t lja_sched_remove(lja_sched *s, double addr);
 double lja_sched_next_service(lja_sched *s, double after);

@@ -201,6 +201,87 @@ function TestLtask:test_exclusive_service_blocks_alone()
     lu.assertTrue(r.echoes < r.blocked, ("echoes done at %.3f s, block at %.3f s"):format(r.echoes, r.blocked))
 end
 
+-- lj-async.asio in an exclusive service: its echo server serves another
+-- service, which mixes con:read with ltask.call and ltask.sleep in one
+-- coroutine, while it answers calls; asio.run raises there, and so does a
+-- wait in an accept handler.
+function TestLtask:test_asio_in_exclusive_service()
+    local r = run_test({ timeout = 30 }, "asio")
+    lu.assertTrue(r.port > 0)
+    local want = {}
+    for i = 1, 30 do want[i] = i end
+    lu.assertEquals(r.talk.got, want)
+    lu.assertEquals(r.talk.counts, want)   -- each call answered after the line it counts
+    lu.assertEquals(r.talk.joined, { true, "lt", 31 })
+    lu.assertEquals(r.served, 31)
+    for _, name in ipairs { "run", "run_once", "stop" } do
+        lu.assertStrContains(r.run_raises[name], "lj-async.asio: " .. name .. ": in an ltask service")
+    end
+    lu.assertStrContains(r.wait_in_accept[1], "read waits, so it must be called in a coroutine of the service")
+    lu.assertEquals(r.wait_in_accept[2], "closed")
+end
+
+-- A killed or quitting service's sockets close: its connections end and
+-- its port refuses.
+function TestLtask:test_asio_service_sockets_close_when_killed()
+    local r = run_test({ timeout = 30 }, "asio_end", "kill")
+    lu.assertEquals(r.held, "x")
+    lu.assertTrue(r.killed)
+    lu.assertEquals({ r.after.line, r.after.err, r.after.connect }, { nil, "closed", "connection refused" })
+    lu.assertTrue(r.after.ended < 2, "the connection ended after " .. r.after.ended .. " s")
+end
+
+function TestLtask:test_asio_service_sockets_close_when_it_quits()
+    for _, how in ipairs { "quit", "quit_in_light_thread" } do
+        local r = run_test({ timeout = 30 }, "asio_end", how)
+        lu.assertEquals(r.held, "x")
+        lu.assertTrue(r.quit)
+        lu.assertEquals({ r.after.line, r.after.err, r.after.connect }, { nil, "closed", "connection refused" }, how)
+        lu.assertTrue(r.after.ended < 2, how .. ": the connection ended after " .. r.after.ended .. " s")
+    end
+end
+
+-- Open servers keep a service that returned no handlers alive; it ends
+-- once they are closed and its light threads are done.
+function TestLtask:test_asio_server_keeps_a_service_alive()
+    local r = run_test({ timeout = 30 }, "asio_bare")
+    lu.assertStrContains(r.alive, "unknown command 'x'")
+    lu.assertEquals(r.echo, "x")
+    lu.assertTrue(r.ended)
+end
+
+-- The host's own asio loop talks to a service's server.
+function TestLtask:test_asio_service_serves_a_plain_client()
+    local asio = require "lj-async.asio"
+    local out, back = channel.new(), channel.new()
+    local logfile = os.tmpname()
+    local ctx = boot.start { worker = 2, service_path = "tests/ltask/?.lua", root = "t_root",
+        args = { out, "asio_host", back }, logfile = logfile }
+    local tag, port = out:recv(10)
+    local lines = {}
+    if tag == "port" then
+        asio.spawn(function()
+            local con = assert(asio.connect("127.0.0.1", port, 5))
+            for i = 1, 5 do
+                con:write("h" .. i .. "\n")
+                lines[i] = con:read_line(5)
+            end
+            con:close()
+        end)
+        lu.assertTrue(asio.run(10))
+    end
+    back:send(true)
+    local finished = boot.wait(ctx, 30)
+    local log = read(logfile)
+    os.remove(logfile)
+    lu.assertTrue(finished, "the services did not finish in time; log:\n" .. log)
+    lu.assertEquals(tag, "port", tostring(port) .. "\nlog:\n" .. log)
+    lu.assertEquals(lines, { "h1", "h2", "h3", "h4", "h5" })
+    local status, r = out:recv(0)
+    lu.assertEquals(status, "ok", tostring(r) .. "\nlog:\n" .. log)
+    lu.assertEquals(r, { done = true, served = 5 })
+end
+
 -- A service busy in one long handler does not hold up the others.
 function TestLtask:test_busy_service_does_not_starve_others()
     local r = run_test({}, "busy")

@@ -303,6 +303,61 @@ function T.user_errors()
     out:send("ok", bad)
 end
 
+-- lj-async.asio in exclusive services: an echo server that answers calls
+-- as it serves, a client mixing asio's and ltask's waits.
+function T.asio()
+    local r = {}
+    local srv = ltask.spawn_service { name = "asio_echo", exclusive = true }
+    local port = ltask.call(srv, "port")
+    r.port = port
+    local cli = ltask.spawn_service { name = "asio_client", exclusive = true }
+    r.talk = ltask.call(cli, "talk", port, srv, 30)
+    r.served = ltask.call(srv, "served")
+    r.run_raises = ltask.call(srv, "run_raises")
+    r.wait_in_accept = { ltask.call(srv, "wait_in_accept") }
+    out:send("ok", r)
+end
+
+-- A killed (how = "kill") or quitting asio service's sockets close (it
+-- quits in a handler, or in a light thread: how = "quit_in_light_thread").
+function T.asio_end(how)
+    local srv = ltask.spawn_service { name = "asio_echo", exclusive = true }
+    local port = ltask.call(srv, "port")
+    local cli = ltask.spawn_service { name = "asio_client", exclusive = true }
+    local r = { held = ltask.call(cli, "hold", port) }
+    if how == "kill" then
+        r.killed = ltask.kill(srv)
+    elseif how == "quit_in_light_thread" then
+        r.quit = ltask.call(cli, "say_quit")
+    else
+        r.quit = ltask.call(srv, "quit")
+    end
+    r.after = ltask.call(cli, "after", port)
+    out:send("ok", r)
+end
+
+-- A service with no handlers lives while its server is open.
+function T.asio_bare()
+    local ch = require("lj-async.channel").new()
+    local b = ltask.spawn_service { name = "asio_bare", exclusive = true, args = { ch } }
+    local port = ch:recv(0)
+    ltask.sleep(20)
+    local r = { alive = errmsg(ltask.call, b, "x") }
+    local cli = ltask.spawn_service { name = "asio_client", exclusive = true }
+    r.echo = ltask.call(cli, "hold", port)
+    r.ended = until_true(function() return errmsg(ltask.call, b, "x"):find("dead") end)
+    out:send("ok", r)
+end
+
+-- The host talks to an asio service with a client of its own, then says
+-- so on `back`.
+function T.asio_host(back)
+    local srv = ltask.spawn_service { name = "asio_echo", exclusive = true }
+    out:send("port", ltask.call(srv, "port"))
+    local done = until_true(function() return back:recv(0) end, 2000)
+    out:send("ok", { done = done, served = ltask.call(srv, "served") })
+end
+
 -- n calls to an echo service: keeps the worker loop hot.
 function T.calls(n)
     local e = ltask.spawn("echo")
