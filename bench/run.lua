@@ -86,7 +86,7 @@ local function stop_hogs()
 end
 
 local function start_hogs(n)
-    local loop = ("while kill -0 %d 2>/dev/null; do i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; done")
+    local loop = ("while kill -0 %d 2>/dev/null; do i=0; while [ $i -lt 5000 ]; do i=$((i+1)); done; done")
         :format(ffi.C.getpid())
     for i = 1, n do
         local pid = tonumber(first_line(("sh -c '%s' </dev/null >/dev/null 2>&1 & echo $!"):format(loop)))
