@@ -33,6 +33,7 @@ end
 TestBench = {}
 
 function TestBench:setUp()
+    H.skip_without_fork(lu)   -- the tests run the bench as a subprocess
     if not H.read(LIB) then lu.skip("no " .. LIB .. " (configure with -DLJA_BENCH=ON)") end
 end
 
