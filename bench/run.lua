@@ -98,6 +98,12 @@ local function start_hogs(n)
     end
 end
 
+-- A ratio: two decimals, three below 0.1 (where 0.00 would hide it).
+local function ratio(a, b)
+    local r = a / b
+    return (r < 0.1 and "%.3f" or "%.2f"):format(r)
+end
+
 local function fmt(x)
     if x >= 1e6 then return ("%.2fM"):format(x / 1e6) end
     if x >= 1e4 then return ("%.1fk"):format(x / 1e3) end
@@ -118,7 +124,7 @@ local function normalize(r)
     end
     local others = {}
     for _, b in ipairs(r[4]) do
-        if b ~= best then others[#others + 1] = ("%s %s (%.2f)"):format(b[1], fmt(b[2]), r[2] / b[2]) end
+        if b ~= best then others[#others + 1] = ("%s %s (%s)"):format(b[1], fmt(b[2]), ratio(r[2], b[2])) end
     end
     return { name = r[1], figure = r[2], unit = r[3], best = best, others = table.concat(others, "; "), target = r[5] or "" }
 end
@@ -147,8 +153,8 @@ local function main()
         for _, r in ipairs(require(name)()) do
             r = normalize(r)
             rows[#rows + 1] = r
-            io.stderr:write(("  [%2d] %-40s %8s %-10s (%s %s: ratio %.2f), %.0f s so far\n")
-                :format(#rows, r.name, fmt(r.figure), r.unit, r.best[1], fmt(r.best[2]), r.figure / r.best[2], B.now() - t0))
+            io.stderr:write(("  [%2d] %-40s %8s %-10s (%s %s: ratio %s), %.0f s so far\n")
+                :format(#rows, r.name, fmt(r.figure), r.unit, r.best[1], fmt(r.best[2]), ratio(r.figure, r.best[2]), B.now() - t0))
         end
     end
     stop_hogs()
@@ -157,7 +163,7 @@ local function main()
 
     local lines = { { "benchmark", "lj-async", "unit", "fastest baseline (same run)", "baseline", "ratio", "other baselines (ratio)", "target" } }
     for _, r in ipairs(rows) do
-        lines[#lines + 1] = { r.name, fmt(r.figure), r.unit, r.best[1], fmt(r.best[2]), ("%.2f"):format(r.figure / r.best[2]), r.others, r.target }
+        lines[#lines + 1] = { r.name, fmt(r.figure), r.unit, r.best[1], fmt(r.best[2]), ratio(r.figure, r.best[2]), r.others, r.target }
     end
     local widths = {}
     for _, l in ipairs(lines) do
