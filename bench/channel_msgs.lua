@@ -1,6 +1,10 @@
--- Messages between two threads through a channel, ping-pong over two
--- channels, and a state:call round trip; each beside a plain C
--- mutex+condvar queue (bench/native.c) measured in the same run.
+-- Messages between two threads through a channel, between 4 senders and 4
+-- receivers (and 8 and 8) through one, ping-pong over two channels, and a
+-- state:call round trip; each beside the fastest C programs doing the same
+-- job (bench/native.c), measured in the same run: a lock-free SPSC ring and
+-- a mutex+condvar ring for one-way messages (only the ring for many
+-- senders and receivers: an SPSC ring cannot serve them), a spin-then-park
+-- and a blocking ping-pong for round trips.
 local channel = require "lj-async.channel"
 local state = require "lj-async.state"
 local Thread = require "lj-async.thread"
@@ -28,6 +32,38 @@ local function stream(kind, n)
         end
         local s = B.now() - t0
         assert(sender:join() and sum == n * (n + 1) / 2, "messages were lost")
+        return n / s
+    end
+end
+
+-- msgs/s of numbers from `senders` threads to `receivers` threads through
+-- one channel (n in all).
+local function mpmc(senders, receivers, n)
+    return function()
+        local ch = channel.new(4096)
+        local t0 = B.now()
+        local threads = {}
+        for i = 1, senders do
+            threads[i] = Thread.new(function(ch, first, n)
+                for i = first, first + n - 1 do ch:send(i) end
+                return 0
+            end, ch, (i - 1) * (n / senders) + 1, n / senders)
+        end
+        for i = 1, receivers do
+            threads[senders + i] = Thread.new(function(ch, n)
+                local sum = 0
+                for _ = 1, n do sum = sum + ch:recv() end
+                return sum
+            end, ch, n / receivers)
+        end
+        local sum = 0
+        for _, t in ipairs(threads) do
+            local ok, part = t:join()
+            assert(ok, part)
+            sum = sum + part
+        end
+        local s = B.now() - t0
+        assert(sum == n * (n + 1) / 2, "messages were lost")
         return n / s
     end
 end
@@ -64,19 +100,30 @@ local function state_calls(n)
     end
 end
 
+-- The C mutex+condvar ring between as many threads: the SPSC ring does not apply.
+local function c_ring(senders, receivers, n)
+    return { { ("C mutex+condvar ring, %dx%d"):format(senders, receivers),
+        B.median(B.c_rate(function(m) return B.native.ljabench_ring(m, senders, receivers) end, n)) } }
+end
+
 return function()
-    local q = B.native
     local numbers = B.median(stream("numbers", 1000000))
-    local c_numbers = B.median(B.c_rate(q.ljabench_queue, 1000000))
+    local c_numbers = B.one_way(1000000)
     local tables = B.median(stream("tables", 200000))
-    local c_tables = B.median(B.c_rate(q.ljabench_queue, 200000))
+    local c_tables = B.one_way(200000)
+    local m4 = B.median(mpmc(4, 4, 400000))
+    local c_m4 = c_ring(4, 4, 400000)
+    local m8 = B.median(mpmc(8, 8, 400000))
+    local c_m8 = c_ring(8, 8, 400000)
     local pp = B.median(pingpong(50000))
-    local c_pp = B.median(B.c_rate(q.ljabench_pingpong, 50000))
+    local c_pp = B.round_trip(50000)
     local calls = B.median(state_calls(200000))
     return {
-        { "channel: 1M numbers, 2 threads", numbers, "msgs/s", "C mutex+condvar queue", c_numbers, ">= 6M/s" },
-        { "channel: 200k small tables", tables, "msgs/s", "C mutex+condvar queue", c_tables, ">= 1M/s" },
-        { "channel ping-pong", pp, "trips/s", "C condvar ping-pong", c_pp, ">= 100k/s" },
-        { "state:call round trip", calls, "calls/s", "C condvar ping-pong", c_pp, "" },
+        { "channel: 1M numbers, 2 threads", numbers, "msgs/s", c_numbers, ">= 0.5x ring" },
+        { "channel: 200k small tables", tables, "msgs/s", c_tables, ">= 0.3x ring" },
+        { "channel: 400k numbers, 4x4 threads", m4, "msgs/s", c_m4, "" },
+        { "channel: 400k numbers, 8x8 threads", m8, "msgs/s", c_m8, "" },
+        { "channel ping-pong", pp, "trips/s", c_pp, ">= 1.3M/s" },
+        { "state:call round trip", calls, "calls/s", c_pp, "" },
     }
 end

@@ -6,8 +6,11 @@ double lja_now(void);
 double ljabench_spawn_join(int n);
 int ljabench_plain(int x);
 double ljabench_call_loop(int (*fn)(int), int n, int threads, long *sum);
-double ljabench_queue(long n);
+double ljabench_ring(long n, int producers, int consumers);
+double ljabench_spsc(long n);
+double ljabench_spin_pingpong(long n);
 double ljabench_pingpong(long n);
+double ljabench_pool(long n, int submitters, int workers);
 double ljabench_locked_map(long n, int threads, int op, double *value);
 ]]
 
@@ -41,6 +44,28 @@ function B.c_rate(fn, n)
         assert(s > 0, "the C baseline failed")
         return n / s
     end
+end
+
+-- The C programs a message-passing row is measured against (bench/native.c),
+-- as the baselines of a row: medians of their rates in this run.
+-- One-way messages from one thread to another: the lock-free SPSC ring and
+-- the mutex+condvar ring.
+function B.one_way(n)
+    local q = B.native
+    return {
+        { "C lock-free SPSC ring", B.median(B.c_rate(q.ljabench_spsc, n)) },
+        { "C mutex+condvar ring", B.median(B.c_rate(function(m) return q.ljabench_ring(m, 1, 1) end, n)) },
+    }
+end
+
+-- Round trips between two threads: a ping-pong that spins, then parks on a
+-- futex, and one that blocks on mutex+condvar rings every trip.
+function B.round_trip(n)
+    local q = B.native
+    return {
+        { "C spin-then-park ping-pong", B.median(B.c_rate(q.ljabench_spin_pingpong, n)) },
+        { "C mutex+condvar ping-pong", B.median(B.c_rate(q.ljabench_pingpong, n)) },
+    }
 end
 
 -- Resident memory of the process, in bytes (Linux).

@@ -1,8 +1,8 @@
 -- ltask with 2 workers: call round trips between two services, one-way
 -- sends (default inbox), spawn+exit of services, spawns of services that
 -- stay, and the resident memory of an idle service; each beside a
--- baseline from the same run (a C condvar ping-pong, a C mutex+condvar
--- queue, making and closing a bare lua_State on this thread, the memory
+-- baseline from the same run (the C ping-pongs and one-way rings of
+-- bench/common.lua, making and closing a bare lua_State on this thread, the memory
 -- of a bare lua_State with the standard libraries and the FFI loaded).
 local boot = require "ltask.bootstrap"
 local channel = require "lj-async.channel"
@@ -51,19 +51,18 @@ local function bare_states(n)
 end
 
 return function()
-    local q = B.native
     local calls = B.median(ltask_rate("calls", 200000))
-    local c_pp = B.median(B.c_rate(q.ljabench_pingpong, 50000))
+    local c_pp = B.round_trip(50000)
     local sends = B.median(ltask_rate("sends", 1000000))
-    local c_queue = B.median(B.c_rate(q.ljabench_queue, 1000000))
+    local c_one_way = B.one_way(1000000)
     local spawns = B.median(ltask_rate("spawns", 5000))
     local fresh = B.median(ltask_rate("fresh_spawns", 300))
     local bare = B.median(bare_states(2000))
     local memory = B.median(ltask_rate("memory", 1000))
     local bare_kb = B.median(bare_memory(1000))
     return {
-        { "ltask: call round trips, 2 workers", calls, "calls/s", "C condvar ping-pong", c_pp, ">= 400k/s" },
-        { "ltask: 1M sends, default inbox", sends, "msgs/s", "C mutex+condvar queue", c_queue, ">= 1.57M/s" },
+        { "ltask: call round trips, 2 workers", calls, "calls/s", c_pp, ">= 450k/s" },
+        { "ltask: 1M sends, default inbox", sends, "msgs/s", c_one_way, ">= 0.25x ring" },
         { "ltask: spawn+exit", spawns, "services/s", "bare lua_State new+close", bare, ">= 8.3k/s" },
         { "ltask: spawn, all staying (fresh states)", fresh, "services/s", "bare lua_State new+close", bare, ">= 0.5" },
         { "ltask: memory per idle service", memory / 1024, "KB", "bare lua_State, libs + FFI", bare_kb / 1024, "<= 100 KB" },

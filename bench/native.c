@@ -82,116 +82,399 @@ EXPORT double ljabench_call_loop(int_fn fn, int n, int threads, long *sum)
     return now() - t0;
 }
 
-/* A plain C mutex+condvar queue: the baseline for channels. */
-struct node {
-    struct node *next;
-    long value;
+/* ---- Message passing: the fastest plain-C programs doing a row's job ----
+ * A bounded ring under one mutex with two condvars (the classic blocking
+ * queue, any number of producers and consumers), a lock-free single-producer
+ * single-consumer ring, and ping-pongs: one that spins and then parks on a
+ * futex, and one that blocks on the mutex+condvar rings every trip. */
+#include <linux/futex.h>
+#include <stdatomic.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define RING 4096 /* slots, as the bench's bounded channels */
+#define SPIN 2000 /* polls before parking (~ tens of microseconds) */
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ volatile("yield");
+#endif
+}
+
+/* A parked waiter: `sleeping` is its futex word.  The waiter sets it, then
+ * checks its condition again; the waker publishes, then reads it: with a
+ * full fence on both sides one of them sees the other.  The SPSC ring skips
+ * the waker's fence (it would cost more than the rest of a message), so a
+ * wake may be missed: a park lasts at most a millisecond. */
+static const struct timespec park_limit = {0, 1000000};
+struct parker {
+    _Alignas(64) atomic_int sleeping;
 };
 
-struct queue {
+#define WAIT_UNTIL(cond, pk)                                                              \
+    do {                                                                                  \
+        for (int spin_ = 0; !(cond); spin_++) {                                           \
+            if (spin_ < SPIN) {                                                           \
+                cpu_relax();                                                              \
+                continue;                                                                 \
+            }                                                                             \
+            atomic_store(&(pk)->sleeping, 1);                                             \
+            atomic_thread_fence(memory_order_seq_cst);                                    \
+            if (cond) {                                                                   \
+                atomic_store(&(pk)->sleeping, 0);                                         \
+                break;                                                                    \
+            }                                                                             \
+            syscall(SYS_futex, &(pk)->sleeping, FUTEX_WAIT_PRIVATE, 1, &park_limit, NULL, 0); \
+        }                                                                                 \
+    } while (0)
+
+static inline void wake_unfenced(struct parker *pk)
+{
+    if (atomic_load_explicit(&pk->sleeping, memory_order_relaxed) && atomic_exchange(&pk->sleeping, 0))
+        syscall(SYS_futex, &pk->sleeping, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+}
+
+static inline void wake(struct parker *pk)
+{
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(&pk->sleeping, memory_order_relaxed) && atomic_exchange(&pk->sleeping, 0))
+        syscall(SYS_futex, &pk->sleeping, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+}
+
+/* The classic blocking queue: a bounded ring under one mutex, consumers wait
+ * on not_empty, producers on not_full; a side signals only when the other
+ * has a waiter. */
+struct ring {
     pthread_mutex_t lock;
-    pthread_cond_t ready;
-    struct node *head, *tail;
+    pthread_cond_t not_empty, not_full;
+    long head, tail;
+    int empty_waiters, full_waiters;
+    long buf[RING];
 };
 
-static void queue_init(struct queue *q)
+static void ring_init(struct ring *q)
 {
     pthread_mutex_init(&q->lock, NULL);
-    pthread_cond_init(&q->ready, NULL);
-    q->head = q->tail = NULL;
+    pthread_cond_init(&q->not_empty, NULL);
+    pthread_cond_init(&q->not_full, NULL);
+    q->head = q->tail = 0;
+    q->empty_waiters = q->full_waiters = 0;
 }
 
-static void queue_push(struct queue *q, long v)
+static void ring_destroy(struct ring *q)
 {
-    struct node *n = malloc(sizeof *n);
-    n->next = NULL;
-    n->value = v;
+    pthread_cond_destroy(&q->not_empty);
+    pthread_cond_destroy(&q->not_full);
+    pthread_mutex_destroy(&q->lock);
+}
+
+static void ring_push(struct ring *q, long v)
+{
     pthread_mutex_lock(&q->lock);
-    if (q->tail)
-        q->tail->next = n;
-    else
-        q->head = n;
-    q->tail = n;
-    pthread_cond_signal(&q->ready);
+    while (q->tail - q->head == RING) {
+        q->full_waiters++;
+        pthread_cond_wait(&q->not_full, &q->lock);
+        q->full_waiters--;
+    }
+    q->buf[q->tail++ % RING] = v;
+    if (q->empty_waiters)
+        pthread_cond_signal(&q->not_empty);
     pthread_mutex_unlock(&q->lock);
 }
 
-static long queue_pop(struct queue *q)
+static long ring_pop(struct ring *q)
 {
     pthread_mutex_lock(&q->lock);
-    while (!q->head)
-        pthread_cond_wait(&q->ready, &q->lock);
-    struct node *n = q->head;
-    q->head = n->next;
-    if (!q->head)
-        q->tail = NULL;
+    while (q->tail == q->head) {
+        q->empty_waiters++;
+        pthread_cond_wait(&q->not_empty, &q->lock);
+        q->empty_waiters--;
+    }
+    long v = q->buf[q->head++ % RING];
+    if (q->full_waiters)
+        pthread_cond_signal(&q->not_full);
     pthread_mutex_unlock(&q->lock);
-    long v = n->value;
-    free(n);
     return v;
 }
 
-struct producer {
-    struct queue *q;
-    long n;
+struct ring_end {
+    struct ring *q;
+    long first, n, sum;
 };
 
-static void *produce(void *p)
+static void *ring_producer(void *p)
 {
-    struct producer *pr = p;
-    for (long i = 0; i < pr->n; i++)
-        queue_push(pr->q, i);
+    struct ring_end *e = p;
+    for (long i = 0; i < e->n; i++)
+        ring_push(e->q, e->first + i);
     return NULL;
 }
 
-/* Seconds for one thread to pass n messages to another through the queue. */
-EXPORT double ljabench_queue(long n)
+static void *ring_consumer(void *p)
 {
-    struct queue q;
-    queue_init(&q);
-    struct producer pr = {&q, n};
-    pthread_t t;
-    double t0 = now();
-    pthread_create(&t, NULL, produce, &pr);
+    struct ring_end *e = p;
     long sum = 0;
-    for (long i = 0; i < n; i++)
-        sum += queue_pop(&q);
+    for (long i = 0; i < e->n; i++)
+        sum += ring_pop(e->q);
+    e->sum = sum;
+    return NULL;
+}
+
+/* Seconds for `producers` threads to pass n messages in all (n / producers
+ * each) to `consumers` threads through one mutex+condvar ring; with one of
+ * each, this thread is the consumer.  -1 if a message was lost. */
+EXPORT double ljabench_ring(long n, int producers, int consumers)
+{
+    struct ring q;
+    struct ring_end ends[32];
+    pthread_t tids[32];
+    if (producers < 1 || consumers < 1 || producers + consumers > 32 || n % producers || n % consumers)
+        return -1;
+    ring_init(&q);
+    int self = producers == 1 && consumers == 1;
+    double t0 = now();
+    for (int i = 0; i < producers; i++) {
+        ends[i] = (struct ring_end){&q, i * (n / producers), n / producers, 0};
+        pthread_create(&tids[i], NULL, ring_producer, &ends[i]);
+    }
+    for (int i = producers; i < producers + consumers; i++) {
+        ends[i] = (struct ring_end){&q, 0, n / consumers, 0};
+        if (self)
+            ring_consumer(&ends[i]);
+        else
+            pthread_create(&tids[i], NULL, ring_consumer, &ends[i]);
+    }
+    long sum = 0;
+    for (int i = 0; i < producers + consumers; i++) {
+        if (!(self && i == producers))
+            pthread_join(tids[i], NULL);
+        sum += ends[i].sum;
+    }
     double s = now() - t0;
-    pthread_join(t, NULL);
+    ring_destroy(&q);
     return sum == n * (n - 1) / 2 ? s : -1;
 }
 
-struct pingpong {
-    struct queue *ping, *pong;
-    long n;
+/* A lock-free single-producer single-consumer ring: each end owns its index
+ * (on its own cache line) and keeps a copy of the other's, read again only
+ * when the ring looks full or empty; a waiting end spins, then parks. */
+struct spsc {
+    _Alignas(64) atomic_long head; /* the consumer's */
+    _Alignas(64) atomic_long tail; /* the producer's */
+    struct parker consumer, producer;
+    _Alignas(64) long buf[RING];
 };
 
-static void *ponger(void *p)
+struct spsc_end {
+    struct spsc *q;
+    long n, sum;
+};
+
+static void *spsc_producer(void *p)
 {
-    struct pingpong *pp = p;
-    for (long i = 0; i < pp->n; i++)
-        queue_push(pp->pong, queue_pop(pp->ping) + 1);
+    struct spsc_end *e = p;
+    struct spsc *q = e->q;
+    long tail = 0, head = 0;
+    for (long i = 0; i < e->n; i++) {
+        if (tail - head == RING) {
+            WAIT_UNTIL(tail - (head = atomic_load_explicit(&q->head, memory_order_acquire)) < RING,
+                       &q->producer);
+        }
+        q->buf[tail % RING] = i;
+        atomic_store_explicit(&q->tail, ++tail, memory_order_release);
+        wake_unfenced(&q->consumer);
+    }
     return NULL;
 }
 
-/* Seconds for n round trips between two threads over two queues. */
-EXPORT double ljabench_pingpong(long n)
+static void spsc_consume(struct spsc_end *e)
 {
-    struct queue ping, pong;
-    queue_init(&ping);
-    queue_init(&pong);
-    struct pingpong pp = {&ping, &pong, n};
+    struct spsc *q = e->q;
+    long head = 0, tail = 0, sum = 0;
+    for (long i = 0; i < e->n; i++) {
+        if (head == tail)
+            WAIT_UNTIL((tail = atomic_load_explicit(&q->tail, memory_order_acquire)) != head, &q->consumer);
+        sum += q->buf[head % RING];
+        atomic_store_explicit(&q->head, ++head, memory_order_release);
+        wake_unfenced(&q->producer);
+    }
+    e->sum = sum;
+}
+
+/* Seconds for one thread to pass n messages to this one through the SPSC
+ * ring; -1 if a message was lost. */
+EXPORT double ljabench_spsc(long n)
+{
+    struct spsc *q = aligned_alloc(64, sizeof *q);
+    memset(q, 0, sizeof *q);
+    struct spsc_end e = {q, n, 0};
     pthread_t t;
     double t0 = now();
-    pthread_create(&t, NULL, ponger, &pp);
-    long v = 0;
-    for (long i = 0; i < n; i++) {
-        queue_push(&ping, v);
-        v = queue_pop(&pong);
+    pthread_create(&t, NULL, spsc_producer, &e);
+    spsc_consume(&e);
+    double s = now() - t0;
+    pthread_join(t, NULL);
+    free(q);
+    return e.sum == n * (n - 1) / 2 ? s : -1;
+}
+
+/* Ping-pong that spins, then parks: each direction is one word and its
+ * parker. */
+struct mailbox {
+    _Alignas(64) atomic_long value;
+    struct parker pk;
+};
+
+struct spin_pp {
+    struct mailbox ping, pong;
+    long n;
+};
+
+static void *spin_ponger(void *p)
+{
+    struct spin_pp *pp = p;
+    for (long i = 1; i <= pp->n; i++) {
+        WAIT_UNTIL(atomic_load_explicit(&pp->ping.value, memory_order_acquire) == i, &pp->ping.pk);
+        atomic_store_explicit(&pp->pong.value, i, memory_order_release);
+        wake(&pp->pong.pk);
+    }
+    return NULL;
+}
+
+/* Seconds for n round trips between two threads, spinning then parking. */
+EXPORT double ljabench_spin_pingpong(long n)
+{
+    struct spin_pp *pp = aligned_alloc(64, sizeof *pp);
+    memset(pp, 0, sizeof *pp);
+    pp->n = n;
+    pthread_t t;
+    double t0 = now();
+    pthread_create(&t, NULL, spin_ponger, pp);
+    for (long i = 1; i <= n; i++) {
+        atomic_store_explicit(&pp->ping.value, i, memory_order_release);
+        wake(&pp->ping.pk);
+        WAIT_UNTIL(atomic_load_explicit(&pp->pong.value, memory_order_acquire) == i, &pp->pong.pk);
     }
     double s = now() - t0;
     pthread_join(t, NULL);
+    long last = atomic_load(&pp->pong.value);
+    free(pp);
+    return last == n ? s : -1;
+}
+
+struct block_pp {
+    struct ring ping, pong;
+    long n;
+};
+
+static void *block_ponger(void *p)
+{
+    struct block_pp *pp = p;
+    for (long i = 0; i < pp->n; i++)
+        ring_push(&pp->pong, ring_pop(&pp->ping) + 1);
+    return NULL;
+}
+
+/* Seconds for n round trips between two threads over two mutex+condvar
+ * rings: each side sleeps in the kernel every trip. */
+EXPORT double ljabench_pingpong(long n)
+{
+    struct block_pp *pp = malloc(sizeof *pp);
+    ring_init(&pp->ping);
+    ring_init(&pp->pong);
+    pp->n = n;
+    pthread_t t;
+    double t0 = now();
+    pthread_create(&t, NULL, block_ponger, pp);
+    long v = 0;
+    for (long i = 0; i < n; i++) {
+        ring_push(&pp->ping, v);
+        v = ring_pop(&pp->pong);
+    }
+    double s = now() - t0;
+    pthread_join(t, NULL);
+    ring_destroy(&pp->ping);
+    ring_destroy(&pp->pong);
+    free(pp);
     return v == n ? s : -1;
+}
+
+/* A C worker pool: submitters push a job (a pointer to their reply slot)
+ * into one mutex+condvar ring, `workers` threads pop it (spinning on the
+ * ring's indices before they sleep on it), run it (add one) and answer in
+ * the slot, where the submitter spins, then parks. */
+struct pool_job {
+    struct mailbox reply;
+    long n;
+    struct ring *q;
+};
+
+static void *pool_worker(void *p)
+{
+    struct ring *q = p;
+    for (;;) {
+        for (int i = 0; i < SPIN && __atomic_load_n(&q->tail, __ATOMIC_RELAXED) == __atomic_load_n(&q->head, __ATOMIC_RELAXED); i++)
+            cpu_relax();
+        struct pool_job *j = (struct pool_job *)ring_pop(q);
+        if (!j)
+            return NULL;
+        atomic_store_explicit(&j->reply.value, atomic_load_explicit(&j->reply.value, memory_order_relaxed) + 1,
+                              memory_order_release);
+        wake(&j->reply.pk);
+    }
+}
+
+static void *pool_submitter(void *p)
+{
+    struct pool_job *j = p;
+    for (long i = 1; i <= j->n; i++) {
+        ring_push(j->q, (long)j);
+        WAIT_UNTIL(atomic_load_explicit(&j->reply.value, memory_order_acquire) == i, &j->reply.pk);
+    }
+    return NULL;
+}
+
+/* Seconds for `submitters` threads (this one among them) to run n jobs in
+ * all, each waiting for its job's answer, on a pool of `workers` threads. */
+EXPORT double ljabench_pool(long n, int submitters, int workers)
+{
+    struct ring *q = malloc(sizeof *q);
+    struct pool_job *jobs = aligned_alloc(64, 16 * sizeof *jobs);
+    pthread_t wt[16], st[16];
+    if (submitters < 1 || submitters > 16 || workers < 1 || workers > 16 || n % submitters) {
+        free(q);
+        free(jobs);
+        return -1;
+    }
+    ring_init(q);
+    memset(jobs, 0, 16 * sizeof *jobs);
+    for (int i = 0; i < workers; i++)
+        pthread_create(&wt[i], NULL, pool_worker, q);
+    double t0 = now();
+    for (int i = 0; i < submitters; i++) {
+        jobs[i].n = n / submitters;
+        jobs[i].q = q;
+        if (i > 0)
+            pthread_create(&st[i], NULL, pool_submitter, &jobs[i]);
+    }
+    pool_submitter(&jobs[0]);
+    for (int i = 1; i < submitters; i++)
+        pthread_join(st[i], NULL);
+    double s = now() - t0;
+    long done = 0;
+    for (int i = 0; i < submitters; i++)
+        done += atomic_load(&jobs[i].reply.value);
+    for (int i = 0; i < workers; i++)
+        ring_push(q, 0);
+    for (int i = 0; i < workers; i++)
+        pthread_join(wt[i], NULL);
+    ring_destroy(q);
+    free(q);
+    free(jobs);
+    return done == n ? s : -1;
 }
 
 /* ---- TCP on loopback: a C epoll server and a C load client (asio rows) ----

@@ -1,8 +1,9 @@
--- lj-async.pool with 2 workers: trivial jobs through submit from 1 and from
--- 2 submitting threads, the seed's job, what the safepoints cost a loop and
--- what the reset between jobs costs; beside a C condvar ping-pong (a job is
--- a round trip), the loop as written and the trivial job's own time,
--- measured in the same run.
+-- lj-async.pool with 2 workers: trivial jobs through submit from 1, 2, 4 and
+-- 8 submitting threads, the seed's job, what the safepoints cost a loop and
+-- what the reset between jobs costs; beside a C pool of 2 workers with as
+-- many submitters (bench/native.c; with one submitter also the C
+-- ping-pongs: a job is a round trip), the loop as written and the trivial
+-- job's own time, measured in the same run.
 local ffi = require "ffi"
 local Pool = require "lj-async.pool"
 local Thread = require "lj-async.thread"
@@ -73,17 +74,27 @@ return function()
     local pool = Pool.new(2)
     local one = B.median(jobs(pool, TRIVIAL, nil, 1, 50000))
     local two = B.median(jobs(pool, TRIVIAL, nil, 2, 100000))
+    local four = B.median(jobs(pool, TRIVIAL, nil, 4, 100000))
+    local eight = B.median(jobs(pool, TRIVIAL, nil, 8, 100000))
     local seed = B.median(jobs(pool, SEED, { message = "Hello", params = { id = "123" } }, 2, 100000))
     local per_reset = B.median(function() return assert(pool:submit(RESET, 20000)) end)
     pool:shutdown()
-    local c_pp = B.median(B.c_rate(B.native.ljabench_pingpong, 50000))
+    local function c_pool(submitters, n)
+        return { ("C pool, 2 workers, %d submitter%s"):format(submitters, submitters > 1 and "s" or ""),
+            B.median(B.c_rate(function(m) return B.native.ljabench_pool(m, submitters, 2) end, n)) }
+    end
+    local c_one = B.round_trip(50000)
+    table.insert(c_one, 1, c_pool(1, 50000))
+    local c_two, c_four, c_eight = c_pool(2, 100000), c_pool(4, 100000), c_pool(8, 100000)
     local per_job = 1 / one
     local polled = B.median(ns_per_iteration(true, 1e8))
     local plain = B.median(ns_per_iteration(false, 1e8))
     return {
-        { "pool: trivial jobs, 1 submitter", one, "jobs/s", "C condvar ping-pong", c_pp, "" },
-        { "pool: trivial jobs, 2 submitters", two, "jobs/s", "C condvar ping-pong", c_pp, ">= 60k/s" },
-        { "pool: seed's job, 2 submitters", seed, "jobs/s", "C condvar ping-pong", c_pp, "" },
+        { "pool: trivial jobs, 1 submitter", one, "jobs/s", c_one, "" },
+        { "pool: trivial jobs, 2 submitters", two, "jobs/s", { c_two }, ">= 60k/s" },
+        { "pool: trivial jobs, 4 submitters", four, "jobs/s", { c_four }, "" },
+        { "pool: trivial jobs, 8 submitters", eight, "jobs/s", { c_eight }, "" },
+        { "pool: seed's job, 2 submitters", seed, "jobs/s", { c_two }, "" },
         { "pool: loop with safepoints", polled, "ns/iter", "the loop as written", plain, "" },
         { "pool: reset between jobs", per_reset * 1e6, "us/job", "trivial job, 1 submitter (us)", per_job * 1e6, "< 0.2" },
     }
