@@ -6,8 +6,6 @@
 -- which holds up better than rates on a noisy machine.
 local ffi = require "ffi"
 local asio = require "lj-async.asio"
-local channel = require "lj-async.channel"
-local Thread = require "lj-async.thread"
 local B = require "bench.common"
 
 ffi.cdef [[
@@ -147,11 +145,7 @@ end
 -- asio.recv in a light thread against an OS thread answering on channels.
 local function recv_pingpong(n)
     return function()
-        local ping, pong = channel.new(), channel.new()
-        local t = Thread.new(function(ping, pong, n)
-            for _ = 1, n do pong:send(ping:recv() + 1) end
-            return true
-        end, ping, pong, n)
+        local ping, pong, t = B.pong_thread(n)
         local v, s = 0, 0
         asio.spawn(function()
             local t0 = B.now()

@@ -70,11 +70,7 @@ end
 
 local function pingpong(n)
     return function()
-        local ping, pong = channel.new(), channel.new()
-        local t = Thread.new(function(ping, pong, n)
-            for _ = 1, n do pong:send(ping:recv() + 1) end
-            return true
-        end, ping, pong, n)
+        local ping, pong, t = B.pong_thread(n)
         local t0 = B.now()
         local v = 0
         for _ = 1, n do

@@ -30,6 +30,19 @@ end
 B.native = native
 
 -- Median of RUNS calls of f().
+-- The other end of a channel ping-pong: an OS thread that answers each of
+-- n values on `ping` with the value + 1 on `pong`.  Returns ping, pong and
+-- the thread (its join gives true).
+function B.pong_thread(n)
+    local channel, Thread = require "lj-async.channel", require "lj-async.thread"
+    local ping, pong = channel.new(), channel.new()
+    local t = Thread.new(function(ping, pong, n)
+        for _ = 1, n do pong:send(ping:recv() + 1) end
+        return true
+    end, ping, pong, n)
+    return ping, pong, t
+end
+
 function B.median(f)
     local xs = {}
     for i = 1, B.RUNS do xs[i] = f() end

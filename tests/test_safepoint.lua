@@ -185,14 +185,6 @@ local function lua_files(dir, list, depth)
     return list
 end
 
-local function read(path)
-    local f = io.open(path, "rb")
-    if not f then return nil end
-    local s = f:read("*a")
-    f:close()
-    return s
-end
-
 function TestSafepoint:test_corpus()
     local files = lua_files(".", {}, 0)
     local own = #files
@@ -208,7 +200,7 @@ function TestSafepoint:test_corpus()
     end
     local t0, checked, failed = H.now(), 0, {}
     for _, path in ipairs(files) do
-        local src = read(path)
+        local src = H.read(path)
         if src then
             local problem, skip = check(src, path)
             if not skip then checked = checked + 1 end
