@@ -166,8 +166,11 @@ int lja_channel_send(lja_channel *ch, const char *data, size_t len, void *const 
     }
     if (!msg) {
         msg = malloc(small ? SMALL_BLOCK : sizeof *msg + (size_t)nobjs * sizeof(void *) + len);
-        if (!msg)
+        if (!msg) {
+            for (int i = 0; i < nobjs; i++)   /* not sent: its references go too */
+                lja_object_release(objs[i]);
             return LJA_ENOMEM;
+        }
         pthread_mutex_lock(&ch->lock);
     }
     msg->home = small ? ch : NULL;

@@ -115,17 +115,12 @@ function Thread.new(func, ...)
     return setmetatable({ handle = ffi.gc(h, release) }, Thread)
 end
 
-local function results(ok, ...)
-    if ok then return true, ... end
-    return nil, ...
-end
-
 local lenbuf = ffi.new("size_t[1]")
 
 function Thread:join(timeout)
     timeout = shim.timeout_arg(timeout, 2)
     local r = self.result
-    if r then return results(unpack(r, 1, r.n)) end
+    if r then return transfer.results(true, unpack(r, 1, r.n)) end
     local h = self.handle
     if h == nil then error("lj-async: join on a destroyed thread", 2) end
     if detached[1] then sweep() end
@@ -143,7 +138,7 @@ function Thread:join(timeout)
         r = transfer.pack(select(2, transfer.decode_transient(p, lenbuf[0])))
     end
     self.result = r
-    return results(unpack(r, 1, r.n))
+    return transfer.results(true, unpack(r, 1, r.n))
 end
 
 function Thread:destroy()
