@@ -318,14 +318,8 @@ int lja_job_begin(lja_job *j, void *L)
         j->L = L;
     }
     pthread_mutex_unlock(&j->lock);
-    if (run) {
+    if (run)
         current_job = j;
-        if (j->deadline > 0) {   /* the watchdog looks at it */
-            pthread_mutex_lock(&j->pool->lock);
-            kick(j->pool);
-            pthread_mutex_unlock(&j->pool->lock);
-        }
-    }
     return run;
 }
 

@@ -80,8 +80,9 @@ local REASONS = {
     [C.LJA_JOB_SHUTDOWN] = "pool is shut down",
 }
 
--- What every worker's state runs once (lj-async.vm's prelude gives it the
--- lj-async modules).
+-- What every job state runs once (lj-async.vm's prelude gives it the
+-- lj-async modules): it leaves the worker loop's three functions in the
+-- registry.
 local RUNTIME = vm.compile([==[
 local HEADER, SKIP = ...
 SKIP = tonumber(SKIP)
@@ -128,7 +129,7 @@ local len = ffi.new("size_t[1]")
 local outcome   -- what run leaves for finish: xpcall's results
 
 -- Runs the current job.  Once it is cancelled, every instruction raises
--- until this has returned to the shim.
+-- until this has returned to the worker loop.
 local function run()
     local p = C.lja_pool_input(len)
     local ok, n, code, ctx = pcall(transfer.decode, p, len[0])
@@ -166,7 +167,6 @@ local methods = {}
 local wrap = object.define("pool", "lj-async.pool", C.LJA_KIND_POOL, "struct lja_pool", methods)
 
 local GRACE = 0.25   -- seconds a cancelled job has to stop before its worker is replaced
-local LUA_REGISTRYINDEX = -10000
 local TIMEOUT = C.LJA_JOB_TIMEOUT
 local now, deadline_of, cancel = C.lja_now, C.lja_job_deadline, C.lja_job_cancel
 local take, begin, ran, done = C.lja_pool_take, C.lja_job_begin, C.lja_job_ran, C.lja_job_done
@@ -180,7 +180,7 @@ local function job_state()
     local ok, L = pcall(vm.new, RUNTIME, HEADER, tostring(SKIP))
     if not ok then return nil end
     for _, name in ipairs { "lj-async.pool.run", "lj-async.pool.finish", "lj-async.pool.reset" } do
-        lua.lua_getfield(L, LUA_REGISTRYINDEX, name)
+        lua.lua_getfield(L, vm.LUA_REGISTRYINDEX, name)
     end
     return L
 end
@@ -193,36 +193,6 @@ local function call(L, i)
     settop(L, 3)
     return yes
 end
-
--- A worker: takes jobs from pool p (which it has joined) until the pool
--- stops, or until the watchdog replaced it (its job was stuck), then
--- leaves.  The pool's threads run it; tests/test_pool.lua runs it to watch
--- its traces.
-local function work(p)
-    local L, counted = job_state(), 1
-    while L ~= nil do
-        local j = take(p)
-        if j == nil then break end
-        local deadline = deadline_of(j)
-        if deadline > 0 and now() >= deadline then cancel(j, TIMEOUT) end   -- begin skips it
-        if begin(j, L) ~= 0 then
-            call(L, RUN)
-            ran(j)
-            call(L, FINISH)   -- stores the result; else the job failed
-        end
-        if done(j) ~= 0 then
-            counted = 0
-            break
-        end
-        if not call(L, RESET) then
-            vm.close(L)
-            L = job_state()
-        end
-    end
-    if L ~= nil then vm.close(L) end
-    C.lja_pool_leave(p, counted)
-end
-Pool._work = work
 
 local Thread   -- lj-async.thread, loaded when the first pool starts (it then ships this module)
 
@@ -248,6 +218,37 @@ end
 local function watch(p)
     if C.lja_pool_watch(p) == 1 and not start(p, "_watchdog") then C.lja_pool_unwatch(p) end
 end
+
+-- A worker: takes jobs from pool p (which it has joined) until the pool
+-- stops, or until the watchdog replaced it (its job was stuck), then
+-- leaves.  The pool's threads run it; tests/test_pool.lua runs it to watch
+-- its traces.
+local function work(p)
+    local L, counted = job_state(), 1
+    while L ~= nil do
+        local j = take(p)
+        if j == nil then break end
+        local deadline = deadline_of(j)
+        if deadline > 0 and now() >= deadline then cancel(j, TIMEOUT) end   -- begin skips it
+        if begin(j, L) ~= 0 then
+            if deadline > 0 then watch(p) end   -- the watchdog stops it at its deadline
+            call(L, RUN)
+            ran(j)
+            call(L, FINISH)   -- stores the result; else the job failed
+        end
+        if done(j) ~= 0 then
+            counted = 0
+            break
+        end
+        if not call(L, RESET) then
+            vm.close(L)
+            L = job_state()
+        end
+    end
+    if L ~= nil then vm.close(L) end
+    C.lja_pool_leave(p, counted)
+end
+Pool._work = work
 
 -- The watchdog: cancels running jobs past their deadline, and replaces the
 -- worker of a job that has not stopped GRACE seconds after its cancel (it
@@ -379,13 +380,13 @@ local function submit(pool, code, ctx, opts, level)
     elseif rc ~= LJA_OK then
         error("lj-async: cannot submit: " .. shim.strerror(rc), level)
     end
-    if timeout > 0 then watch(pool) end
     return ffi.gc(job_out[0], C.lja_job_release), timeout
 end
--- Debian's LuaJIT 2.1 (2022) at times leaves a trace through the pcall
--- around encode with a string in submit's `timeout` slot ("bad argument #6
--- to 'lja_pool_submit'", 1 run in 7 of tests/test_pool.lua); that path was
--- never compiled anyway (its recording aborts: return to lower frame).
+-- Not compiled: with Debian's LuaJIT 2.1 (2022), a trace through here
+-- that leaves by an error caught inside transfer's encode (a ctx holding
+-- objects or functions takes that path) at times corrupts this frame ("bad
+-- argument #6 to 'lja_pool_submit'", or a crash; in tests/test_pool.lua,
+-- 1 run in 7; none in 30 with the JIT off here).
 jit.off(submit)
 
 -- Waits up to `timeout` for job h; one past its deadline is cancelled (a
