@@ -256,8 +256,8 @@ Pool._work = work
 -- its job returns).  Sleeps until the next of these times, or until woken
 -- (a job with a deadline begins, a running job is cancelled, the pool stops).
 local function watchdog(p)
-    local max, jobs = 16, nil
-    jobs = ffi.new("lja_job *[?]", max)
+    local max = 16
+    local jobs = ffi.new("lja_job *[?]", max)
     while true do
         local n = C.lja_pool_running(p, jobs, max)
         local t, next = now(), math.huge
