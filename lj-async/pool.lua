@@ -1,15 +1,23 @@
 -- lj-async.pool: worker threads, each with its own lua_State, running
--- precompiled bytecode on a context table (SPEC section 8).
+-- precompiled bytecode on a context table (README: `lj-async.pool`).
 --
--- The queue, the workers and the watchdog are in the shim (csrc/pool.c).
--- A job is a code string (Pool.compile's output, plain bytecode, or source)
--- and a context; the worker loads the code once (cached per worker), sets
+-- The shim keeps the job queue and the jobs (csrc/pool.c); this module
+-- runs the rest on the pool's own threads (lj-async.thread): the worker
+-- loop, the watchdog and worker replacement.  A worker runs its jobs in a
+-- second state, its job state, through the Lua C API: the loop is a JIT
+-- trace of C calls that no job can knock off (tests/test_pool.lua checks
+-- it stays compiled), and a job's error or cancel stays in the job state.
+-- A job is a code string (Pool.compile's output, plain bytecode, or
+-- source) and a context; the job state loads the code once (cached), sets
 -- the global `ctx`, runs it, sends back what it returns, and restores its
 -- globals and standard library (lj-async.reset) for the next job.
 --
 -- Stopping jobs: Pool.compile instruments the source (lj-async.safepoint)
 -- so that compiled loops call the shim's poll; plain bytecode runs with the
--- JIT off for its functions, where a count hook stops it.
+-- JIT off for its functions, where a count hook stops it.  A job past its
+-- deadline is cancelled by the watchdog (running), by its worker (queued
+-- past it) or by whoever waits for it, and a worker whose cancelled job has
+-- not stopped within GRACE seconds (stuck in C) is replaced.
 --
 -- LuaJIT does not verify bytecode, and bad bytecode can crash the process:
 -- Pool.compile's output carries a checksum that submit checks; plain
@@ -28,8 +36,7 @@ ffi.cdef [[
 typedef struct lja_pool lja_pool;
 typedef struct lja_job lja_job;
 enum { LJA_JOB_CANCELLED = 1, LJA_JOB_TIMEOUT = 2, LJA_JOB_SHUTDOWN = 3 };
-lja_pool *lja_pool_new(int workers, const char *chunk, size_t len, int nargs,
-                       const char *const *args, const size_t *lens);
+lja_pool *lja_pool_new(void);
 int lja_pool_submit(lja_pool *p, const char *data, size_t len, void *const *objs,
                     int nobjs, double timeout, lja_job **out);
 int lja_pool_size(lja_pool *p);
@@ -38,7 +45,22 @@ int lja_job_wait(lja_job *j, double timeout);
 const char *lja_job_result(lja_job *j, size_t *len);
 int lja_job_cancel(lja_job *j, int reason);
 int lja_job_cancelled(lja_job *j);
+double lja_job_cancel_time(lja_job *j);
+double lja_job_deadline(lja_job *j);
 void lja_job_release(lja_job *j);
+int lja_pool_join(lja_pool *p);
+void lja_pool_leave(lja_pool *p, int counted);
+lja_job *lja_pool_take(lja_pool *p);
+int lja_job_begin(lja_job *j, void *L);
+void lja_job_ran(lja_job *j);
+int lja_job_done(lja_job *j);
+int lja_pool_watch(lja_pool *p);
+void lja_pool_unwatch(lja_pool *p);
+int lja_pool_watch_wait(lja_pool *p, double timeout);
+int lja_pool_running(lja_pool *p, lja_job **out, int max);
+int lja_job_replace(lja_job *j);
+double lja_now(void);
+void lua_pushvalue(lua_State *L, int idx);
 ]]
 
 local C = shim.C
@@ -58,8 +80,9 @@ local REASONS = {
     [C.LJA_JOB_SHUTDOWN] = "pool is shut down",
 }
 
--- What every worker's state runs once (lj-async.vm's prelude gives it the
--- lj-async modules).
+-- What every job state runs once (lj-async.vm's prelude gives it the
+-- lj-async modules): it leaves the worker loop's three functions in the
+-- registry.
 local RUNTIME = vm.compile([==[
 local HEADER, SKIP = ...
 SKIP = tonumber(SKIP)
@@ -106,7 +129,7 @@ local len = ffi.new("size_t[1]")
 local outcome   -- what run leaves for finish: xpcall's results
 
 -- Runs the current job.  Once it is cancelled, every instruction raises
--- until this has returned to the shim.
+-- until this has returned to the worker loop.
 local function run()
     local p = C.lja_pool_input(len)
     local ok, n, code, ctx = pcall(transfer.decode, p, len[0])
@@ -125,10 +148,10 @@ local function finish()
     outcome = nil
     local msg = transfer.encode_outcome("job", unpack(results, 1, results.n))
     local objs, nobjs = transfer.objs_array()
-    if C.lja_pool_set_result(msg, #msg, objs, nobjs) == C.LJA_OK then
-        transfer.forget_exported()   -- the job holds them now
+    if C.lja_pool_set_result(msg, #msg, objs, nobjs) == C.LJA_EINVAL then
+        transfer.drop_exported()     -- refused outright: they are still ours
     else
-        transfer.drop_exported()
+        transfer.forget_exported()   -- the job holds them now, or the shim released them
     end
 end
 
@@ -143,14 +166,144 @@ Pool._VERSION = shim.VERSION
 local methods = {}
 local wrap = object.define("pool", "lj-async.pool", C.LJA_KIND_POOL, "struct lja_pool", methods)
 
+local GRACE = 0.25   -- seconds a cancelled job has to stop before its worker is replaced
+local TIMEOUT = C.LJA_JOB_TIMEOUT
+local now, deadline_of, cancel = C.lja_now, C.lja_job_deadline, C.lja_job_cancel
+local take, begin, ran, done = C.lja_pool_take, C.lja_job_begin, C.lja_job_ran, C.lja_job_done
+local lua = ffi.C   -- the host's Lua C API (lj-async.vm checked that it is there)
+local pushvalue, lua_pcall, toboolean, settop = lua.lua_pushvalue, lua.lua_pcall, lua.lua_toboolean, lua.lua_settop
+local RUN, FINISH, RESET = 1, 2, 3   -- where a job state keeps these functions on its stack
+
+-- A new job state, with RUNTIME's functions at the bottom of its stack;
+-- nil if it cannot be made.
+local function job_state()
+    local ok, L = pcall(vm.new, RUNTIME, HEADER, tostring(SKIP))
+    if not ok then return nil end
+    for _, name in ipairs { "lj-async.pool.run", "lj-async.pool.finish", "lj-async.pool.reset" } do
+        lua.lua_getfield(L, vm.LUA_REGISTRYINDEX, name)
+    end
+    return L
+end
+
+-- Calls the job state's function at stack index i, protected (an error
+-- stays in that state); true when it returned true.
+local function call(L, i)
+    pushvalue(L, i)
+    local yes = lua_pcall(L, 0, 1, 0) == 0 and toboolean(L, -1) ~= 0
+    settop(L, 3)
+    return yes
+end
+
+local Thread   -- lj-async.thread, loaded when the first pool starts (it then ships this module)
+
+-- Starts a thread of pool p that runs Pool[role] (p was anchored for it);
+-- false if it cannot.
+local function start(p, role)
+    Thread = Thread or require "lj-async.thread"
+    local ok, t = pcall(Thread.new, function(role, address)
+        return require("lj-async.pool")[role](require("lj-async.vm").pointer_from_arg(address))
+    end, role, vm.pointer_arg(p))
+    if ok then t:destroy() end   -- it goes on, detached
+    return ok
+end
+
+local function start_worker(p)
+    if C.lja_pool_join(p) ~= LJA_OK then return false end
+    if start(p, "_work") then return true end
+    C.lja_pool_leave(p, 1)
+    return false
+end
+
+-- Wakes the watchdog of pool p, starting it if need be.
+local function watch(p)
+    if C.lja_pool_watch(p) == 1 and not start(p, "_watchdog") then C.lja_pool_unwatch(p) end
+end
+
+-- A worker: takes jobs from pool p (which it has joined) until the pool
+-- stops, or until the watchdog replaced it (its job was stuck), then
+-- leaves.  The pool's threads run it; tests/test_pool.lua runs it to watch
+-- its traces.
+local function work(p)
+    local L, counted = job_state(), 1
+    while L ~= nil do
+        local j = take(p)
+        if j == nil then break end
+        local deadline = deadline_of(j)
+        if deadline > 0 and now() >= deadline then cancel(j, TIMEOUT) end   -- begin skips it
+        if begin(j, L) ~= 0 then
+            if deadline > 0 then watch(p) end   -- the watchdog stops it at its deadline
+            call(L, RUN)
+            ran(j)
+            call(L, FINISH)   -- stores the result; else the job failed
+        end
+        if done(j) ~= 0 then
+            counted = 0
+            break
+        end
+        if not call(L, RESET) then
+            vm.close(L)
+            L = job_state()
+        end
+    end
+    if L ~= nil then vm.close(L) end
+    C.lja_pool_leave(p, counted)
+end
+Pool._work = work
+
+-- The watchdog: cancels running jobs past their deadline, and replaces the
+-- worker of a job that has not stopped GRACE seconds after its cancel (it
+-- is stuck in C: the pool keeps its size, and the old thread leaves when
+-- its job returns).  Sleeps until the next of these times, or until woken
+-- (a job with a deadline begins, a running job is cancelled, the pool stops).
+local function watchdog(p)
+    local max = 16
+    local jobs = ffi.new("lja_job *[?]", max)
+    while true do
+        local n = C.lja_pool_running(p, jobs, max)
+        local t, next = now(), math.huge
+        for i = 0, math.min(n, max) - 1 do
+            local j = jobs[i]
+            local reason, deadline = C.lja_job_cancelled(j), deadline_of(j)
+            if reason == 0 and deadline > 0 then
+                if t >= deadline then
+                    cancel(j, TIMEOUT)
+                    reason = TIMEOUT
+                else
+                    next = math.min(next, deadline)
+                end
+            end
+            if reason ~= 0 then
+                local stuck = C.lja_job_cancel_time(j) + GRACE
+                if t < stuck then
+                    next = math.min(next, stuck)
+                elseif C.lja_job_replace(j) == 1 then
+                    start_worker(p)
+                end
+            end
+            C.lja_job_release(j)
+        end
+        if n > max then   -- look again at once, at all of them
+            max = n * 2
+            jobs = ffi.new("lja_job *[?]", max)
+        elseif C.lja_pool_watch_wait(p, next == math.huge and -1 or math.max(next - now(), 0)) ~= 0 then
+            break
+        end
+    end
+    C.lja_pool_unwatch(p)
+end
+Pool._watchdog = watchdog
+
 function Pool.new(n)
     if type(n) ~= "number" or n < 1 or n > 4096 or n % 1 ~= 0 then
         error("lj-async: a pool's size is an integer from 1 to 4096", 2)
     end
-    local chunk, args = vm.args(RUNTIME, HEADER, tostring(SKIP))
-    local nargs, ptrs, lens = vm.c_strings(args)
-    local p = wrap(C.lja_pool_new(n, chunk, #chunk, nargs, ptrs, lens))
-    if p == nil then error("lj-async: cannot make a pool of " .. n .. " workers", 2) end
+    local p = wrap(C.lja_pool_new())
+    local started = 0
+    for _ = 1, p ~= nil and n or 0 do
+        if not start_worker(p) then break end
+        started = started + 1
+    end
+    if started == 0 then error("lj-async: cannot make a pool of " .. n .. " workers", 2) end
     return p
 end
 
@@ -221,21 +374,39 @@ local function submit(pool, code, ctx, opts, level)
     if not ok then error((p:gsub("%(argument 1", "(ctx")), level) end
     local objs, nobjs = transfer.objs_array()
     local rc = C.lja_pool_submit(pool, p, len, objs, nobjs, timeout, job_out)
+    transfer.forget_exported()   -- the job holds them now, or the shim released them
     if rc == LJA_ECLOSED then
-        transfer.drop_exported()
         return nil, "pool is shut down"
     elseif rc ~= LJA_OK then
-        transfer.drop_exported()
         error("lj-async: cannot submit: " .. shim.strerror(rc), level)
     end
-    transfer.forget_exported()   -- the job holds them now
     return ffi.gc(job_out[0], C.lja_job_release), timeout
+end
+-- Not compiled: with Debian's LuaJIT 2.1 (2022), a trace through here
+-- that leaves by an error caught inside transfer's encode (a ctx holding
+-- objects or functions takes that path) at times corrupts this frame ("bad
+-- argument #6 to 'lja_pool_submit'", or a crash; in tests/test_pool.lua,
+-- 1 run in 7; none in 30 with the JIT off here).
+jit.off(submit)
+
+-- Waits up to `timeout` for job h; one past its deadline is cancelled (a
+-- queued one is then done at once, with no worker free to see it).
+local function wait(h, timeout)
+    local deadline = deadline_of(h)
+    if deadline > 0 then
+        local left = math.max(deadline - now(), 0)
+        if timeout < 0 or left < timeout then
+            if C.lja_job_wait(h, left) == LJA_OK then return LJA_OK end
+            cancel(h, TIMEOUT)
+            if timeout >= 0 then timeout = math.max(timeout - left, 0) end
+        end
+    end
+    return C.lja_job_wait(h, timeout)
 end
 
 local function results(reason, n, ok, ...)
-    if ok then return ... end
-    if reason ~= 0 then return nil, REASONS[reason] end
-    return nil, ...
+    if not ok and reason ~= 0 then return nil, REASONS[reason] end
+    return transfer.results(false, ok, ...)
 end
 
 -- A finished job's return values, or nil, err.  A job that ran to its end
@@ -264,24 +435,30 @@ end
 local Job = {}
 Job.__index = Job
 
+local pool_ptr = ffi.typeof("lja_pool *")
+
 function methods:submit_async(code, ctx, opts)
     local job, err = submit(self, code, ctx, opts, 2)
     if not job then return nil, err end
-    return setmetatable({ handle = job }, Job)
+    -- The job anchors its pool's memory, not its handles: a plain pointer.
+    return setmetatable({ handle = job, pool = ffi.cast(pool_ptr, self) }, Job)
 end
 
 -- The job's results once it is done; nil, "timeout" if it is not done in
 -- `timeout` seconds (it goes on); nil, err if it failed or was stopped.
 function Job:wait(timeout)
-    if C.lja_job_wait(self.handle, shim.timeout_arg(timeout, 2)) == LJA_ETIMEDOUT then
+    if wait(self.handle, shim.timeout_arg(timeout, 2)) == LJA_ETIMEDOUT then
         return nil, "timeout"
     end
     return outcome(self.handle)
 end
 
 -- Stops the job: true if it was queued or running, false if it was done.
+-- The watchdog replaces its worker if it does not stop (stuck in C).
 function Job:cancel()
-    return C.lja_job_cancel(self.handle, C.LJA_JOB_CANCELLED) == LJA_OK
+    if cancel(self.handle, C.LJA_JOB_CANCELLED) ~= LJA_OK then return false end
+    watch(self.pool)
+    return true
 end
 
 function methods:active_workers()

@@ -240,11 +240,6 @@ function Thread.spawn(opts, func, ...)
     return t
 end
 
-local function results(ok, ...)
-    if ok then return true, ... end
-    return nil, ...
-end
-
 local lenbuf = ffi.new("size_t[1]")
 
 -- The handle of a thread not destroyed, else raises at the caller of the
@@ -258,7 +253,7 @@ end
 function Thread:join(timeout)
     timeout = timeout_arg(timeout, 2)
     local r = self.result
-    if r then return results(unpack(r, 1, r.n)) end
+    if r then return transfer.results(true, unpack(r, 1, r.n)) end
     local h = handle_of(self, "join")
     if detached[1] then sweep() end
     if join_c(h, timeout) == LJA_ETIMEDOUT then
@@ -277,7 +272,7 @@ function Thread:join(timeout)
         r = transfer.pack(select(2, transfer.decode_transient(p, lenbuf[0])))
     end
     self.result = r
-    return results(unpack(r, 1, r.n))
+    return transfer.results(true, unpack(r, 1, r.n))
 end
 
 function Thread:destroy()

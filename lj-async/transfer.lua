@@ -740,6 +740,15 @@ function M.encode_outcome(what, ...)
     return M.encode_string(2, false, "lj-async: the " .. what .. "'s results cannot cross: " .. tostring(msg))
 end
 
+-- What a run's outcome (encode_outcome's ok, then its values or its error)
+-- gives the caller: the values, after true when `with_true`, or nil and
+-- the error.
+function M.results(with_true, ok, ...)
+    if not ok then return nil, ... end
+    if with_true then return true, ... end
+    return ...
+end
+
 -- An error handler for xpcall: the message with a traceback that stops
 -- where lj-async's own frames begin.
 function M.traceback(e)

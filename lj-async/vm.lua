@@ -71,6 +71,8 @@ S.lja_lua_bind(ffi.new("lja_lua_api", {
 
 local M = {}
 
+M.LUA_REGISTRYINDEX = LUA_REGISTRYINDEX
+
 -- Bytecode of lj-async modules, by name.  In a state made here, the prelude
 -- hands over the table it was given, so a thread can make threads too.
 local bytecode = package.loaded["lj-async.bytecode"] or {}

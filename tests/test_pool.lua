@@ -347,6 +347,51 @@ function TestPool:test_cancelled_job_stuck_in_c_is_replaced()
     lu.assertTrue(pool:shutdown(5))
 end
 
+-- The worker loop (lj-async/pool.lua) runs as a JIT trace of C calls, the
+-- jobs in their own states: a thread lent to the pool runs it with
+-- LuaJIT's trace events recorded.  A root trace starts in the loop and is
+-- compiled as a loop, and no trace that starts there aborts: a change that
+-- knocks the loop off trace (15-20x slower per job) fails here.
+function TestPool:test_worker_loop_stays_compiled()
+    local channel = require "lj-async.channel"
+    local pool = Pool.new(1)
+    local hold, held = channel.new(), channel.new()
+    -- the pool's own worker waits in a job, so the lent thread takes the rest
+    local busy = pool:submit_async(Pool.compile("ctx.held:send(true) return ctx.hold:recv(30)"),
+        { hold = hold, held = held })
+    lu.assertTrue(held:recv(5))
+    local lent = Thread.new(function(pool)
+        local ffi = require "ffi"
+        local Pool = require "lj-async.pool"
+        ffi.cdef "int lja_pool_join(lja_pool *p);"
+        local traceinfo = require("jit.util").traceinfo
+        local mine, loops, aborts = {}, 0, {}
+        local function event(what, tr, func, pc, otr, oex)
+            if what == "start" then
+                mine[tr] = func == Pool._work
+            elseif mine[tr] and what == "stop" then
+                if traceinfo(tr).linktype == "loop" then loops = loops + 1 end
+            elseif mine[tr] and what == "abort" then
+                aborts[#aborts + 1] = ("trace %d: error %s %s"):format(tr, tostring(otr), tostring(oex))
+            end
+        end
+        jit.attach(event, "trace")
+        assert(require("lj-async.shim").C.lja_pool_join(pool) == 0)
+        Pool._work(pool)   -- until the pool shuts down
+        jit.attach(event)
+        return loops, table.concat(aborts, "; ")
+    end, pool)
+    local code = Pool.compile("return ctx + 1")
+    for i = 1, 500 do lu.assertEquals(pool:submit(code, i), i + 1) end
+    hold:send(true)
+    lu.assertEquals(busy:wait(5), true)
+    lu.assertTrue(pool:shutdown(5))
+    local ok, loops, aborts = lent:join(30)
+    lu.assertTrue(ok, tostring(loops))
+    lu.assertEquals(aborts, "", "traces of the worker loop aborted")
+    lu.assertTrue(loops >= 1, "the worker loop was not compiled as a looping trace")
+end
+
 -- The pool crosses to other threads; they submit at once; every result is
 -- counted.
 function TestPool:test_submit_from_many_threads()
