@@ -1,4 +1,4 @@
--- SPEC section 8: lj-async.pool, with the seed's example (seeds/004).
+-- The promises of the README's lj-async.pool section, with the seed's example (seeds/004).
 local lu = require "luaunit"
 local Pool = require "lj-async.pool"
 local Thread = require "lj-async.thread"
