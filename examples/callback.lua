@@ -12,8 +12,8 @@ void qsort(void *base, size_t n, size_t size, int (*compar)(const void *, const 
 ]]
 
 -- 1. Threads that C creates (pthread_create) call Lua.  With states = 4, up
---    to four of them run the callback at once; `setup` gives it its
---    configuration, since the function has no upvalues.
+--    to four of them run the callback at once; `setup` runs a factory once
+--    in each state (upvalues would cross too, as copies).
 local Start = CallbackFactory("void *(*)(void *)")
 local square_plus = Start(function(offset)
     local ffi = require "ffi"

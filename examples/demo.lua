@@ -44,7 +44,7 @@ uint64_t lja_thread_id(void);
 ]]
 
 -- The callback lives in its own states (two, so two pool threads may run it
--- at once); `setup` hands it its configuration, since it has no upvalues.
+-- at once); `setup` hands each state its configuration through a factory.
 local Work = CallbackFactory("void (*)(demo_work_t *)", work_t)
 local results = ffi.new("double[16][2]")
 local cb = Work(function(results)

@@ -3,8 +3,8 @@
 local Thread = require "lj-async.thread"
 local sync = require "lj-async.sync"
 
--- A thread's function has no upvalues: what it needs comes as arguments
--- (copied into its state), globals, or is required inside it.
+-- What a thread's function needs comes as arguments or upvalues (copied
+-- into its state), or is required inside it.
 local function count_primes(from, to)
     local n = 0
     for i = math.max(from, 2), to do
