@@ -32,6 +32,16 @@ local function through_channel(...)
     return ch:recv(5)
 end
 
+-- Runs exercise(ch) on a new channel, then checks that no reference stayed
+-- behind: dropping every handle here frees the channel.
+local function exercise_then_freed(exercise)
+    local ch = channel.new()
+    local id = ch:id()
+    exercise(ch)
+    ch = nil
+    lu.assertTrue(H.eventually_gone(id))
+end
+
 TestTransfer = {}
 
 function TestTransfer:test_plain_values_copy()
@@ -194,12 +204,7 @@ function TestTransfer:test_objects_and_pointers_cross_as_keys()
         check(st:call(t))
         st:close()
     end
-    local ch = channel.new()
-    local id = ch:id()
-    exercise(ch)
-    -- no reference stays behind: dropping every handle frees the channel
-    ch = nil
-    lu.assertTrue(H.eventually_gone(id))
+    exercise_then_freed(exercise)
 end
 
 -- A linked list of n nodes { i = i, next = ... }, and its last node.
@@ -437,11 +442,7 @@ function TestTransfer:test_captured_objects_are_live_and_released()
         for i = 1, 3 do got[i] = ch:recv(1) end
         lu.assertEquals(got, { "thread", "callback", "state" })
     end
-    local ch = channel.new()
-    local id = ch:id()
-    exercise(ch)
-    ch = nil
-    lu.assertTrue(H.eventually_gone(id))
+    exercise_then_freed(exercise)
 end
 
 -- Everywhere a function crosses: a thread's function, a callback (the
