@@ -27,7 +27,7 @@ if(LJA_SAN_RUNTIME)
   execute_process(COMMAND ${CMAKE_C_COMPILER} -print-file-name=${LJA_SAN_RUNTIME}
                   OUTPUT_VARIABLE LJA_SAN_PATH OUTPUT_STRIP_TRAILING_WHITESPACE)
   list(APPEND LJA_TEST_ENV "LD_PRELOAD=${LJA_SAN_PATH}"
-       "TSAN_OPTIONS=halt_on_error=1 second_deadlock_stack=1 report_signal_unsafe=0"
+       "TSAN_OPTIONS=halt_on_error=1 second_deadlock_stack=1 report_signal_unsafe=0 suppressions=${CMAKE_SOURCE_DIR}/tests/tsan.supp"
        "ASAN_OPTIONS=detect_leaks=0 abort_on_error=1"
        "UBSAN_OPTIONS=halt_on_error=1 print_stacktrace=1")
 endif()
