@@ -104,11 +104,14 @@ function TestState:test_errors_carry_the_state_traceback()
 end
 
 function TestState:test_busy_and_call_wait()
+    -- The handler says when it runs (a fixed sleep here flaked on a loaded machine).
+    local entered = require("lj-async.sync").atomic(0)
     local st = state.new(function()
-        return function(seconds) require("lj-async.thread").sleep(seconds) return "slept" end
+        return function(seconds) entered:set(1) require("lj-async.thread").sleep(seconds) return "slept" end
     end)
-    local t = Thread.new(function(id) return require("lj-async.state").get(id):call(0.3) end, st:id())
-    Thread.sleep(0.1)
+    local t = Thread.new(function(id) return require("lj-async.state").get(id):call(1) end, st:id())
+    local deadline = H.now() + 10
+    while entered:get() == 0 and H.now() < deadline do Thread.sleep(0.001) end
     lu.assertErrorMsgContains("state is busy", st.call, st, 0)
     lu.assertErrorMsgContains("state is busy", st.call_wait, st, 0.01, 0)
     lu.assertEquals(st:call_wait(10, 0), "slept")
