@@ -162,6 +162,9 @@ LJA_API void lja_lua_bind(const lja_lua_api *api);
 LJA_API void *lja_lua_new(const char *chunk, size_t len, int nargs, const char *const *args,
                           const size_t *lens, char **err);
 LJA_API void lja_lua_close(void *L);
+/* A lua_CFunction (for package.loadlib): loads the chunk at (address,
+ * length) named name in place; returns the function or the error message. */
+LJA_API int lja_lua_load(void *L);
 LJA_API void lja_free(void *p);
 /* A stack of spare states (up to `limit`, at most 64) for whoever makes
  * states of one kind: push keeps L or, when full, closes it; pop gives one

@@ -73,19 +73,22 @@ end
 local PRELUDE = string.dump(assert(load([==[
 local path, cpath, libpath, shared, config, mods = ...
 jit.off()   -- booting runs once: compiling it would cost time and machine code
+collectgarbage("stop")   -- booting makes little garbage: a collection would walk the new heap for it
 package.path, package.cpath = path, cpath
 package.loaded["lj-async.libpath"] = libpath
-local ffi = require "ffi"
-local load, cast, ffi_string = load, ffi.cast, ffi.string
+local load_at = package.loadlib(libpath, "lja_lua_load")   -- in place: no copy (csrc/lua.c)
 mods = require("string.buffer").decode(mods)
 for i = 1, #mods, 3 do
     local name, p, len = mods[i], mods[i + 1], mods[i + 2]
     package.preload[name] = function(...)
-        return assert(load(ffi_string(cast("const char *", p), len), "=" .. name))(...)
+        local f = load_at(p, len, "=" .. name)
+        if type(f) ~= "function" then error(f, 0) end
+        return f(...)
     end
 end
 require("ltask.core").attach(tonumber(shared), config)
 require("ltask")._boot()
+collectgarbage("restart")
 jit.on()   -- for the service's own code (and again at each recycle: ltask/init.lua)
 ]==], "=ltask service prelude")))
 
