@@ -98,11 +98,15 @@ local function address(p)
     return tonumber(ffi.cast("uintptr_t", p))
 end
 
+-- The modules go to services stripped of their debug information (line
+-- numbers, names of locals: a sixth of their memory in each service); a
+-- traceback through them names the module without a line.
 local function service_recipe(shared, shared_addr, config_str)
     local _, vmargs = vm.args("")   -- what lj-async.vm ships: path, cpath, libpath, n, name, bytecode...
-    local mods = {}
+    local mods, stripped = {}, {}
     for i = 5, 4 + 2 * tonumber(vmargs[4]), 2 do
-        local bc = vmargs[i + 1]
+        local bc = string.dump(assert(load(vmargs[i + 1])), true)
+        stripped[#stripped + 1] = bc
         mods[#mods + 1] = vmargs[i]
         mods[#mods + 1] = address(ffi.cast("const char *", bc))
         mods[#mods + 1] = #bc
@@ -112,7 +116,7 @@ local function service_recipe(shared, shared_addr, config_str)
     local n, ptrs, lens = vm.c_strings(args)
     shared.chunk, shared.chunk_len = PRELUDE, #PRELUDE
     shared.nargs, shared.args, shared.lens = n, ptrs, lens
-    return { vmargs, args, ptrs, lens }
+    return { stripped, args, ptrs, lens }
 end
 
 local LOOP = {
