@@ -18,7 +18,7 @@ require "lj-async.reset"   -- loaded here, so that service states get it preload
 
 -- Threads (the workers, the system thread) and services get ltask's modules
 -- preloaded, even where package.path does not find them.
-for _, name in ipairs { "core", "worker", "system" } do vm.ship("ltask." .. name, core.DIR and core.DIR .. name .. ".lua") end
+for _, name in ipairs { "core", "worker", "system", "api" } do vm.ship("ltask." .. name, core.DIR and core.DIR .. name .. ".lua") end
 vm.ship("ltask", core.DIR and core.DIR .. "init.lua")
 local Thread = require "lj-async.thread"
 
