@@ -77,15 +77,14 @@ collectgarbage("stop")   -- booting makes little garbage: a collection would wal
 package.path, package.cpath = path, cpath
 package.loaded["lj-async.libpath"] = libpath
 local load_at = package.loadlib(libpath, "lja_lua_load")   -- in place: no copy (csrc/lua.c)
-mods = require("string.buffer").decode(mods)
-for i = 1, #mods, 3 do
-    local name, p, len = mods[i], mods[i + 1], mods[i + 2]
-    package.preload[name] = function(...)
-        local f = load_at(p, len, "=" .. name)
-        if type(f) ~= "function" then error(f, 0) end
-        return f(...)
-    end
-end
+mods = require("string.buffer").decode(mods)   -- name -> { address, length }
+setmetatable(package.preload, { __index = function(_, name)
+    local m = mods[name]
+    if not m then return nil end
+    local f = load_at(m[1], m[2], "=" .. name)
+    if type(f) ~= "function" then error(f, 0) end
+    return f
+end })
 require("ltask.core").attach(tonumber(shared), config)
 require("ltask")._boot()
 collectgarbage("restart")
@@ -107,9 +106,7 @@ local function service_recipe(shared, shared_addr, config_str)
     for i = 5, 4 + 2 * tonumber(vmargs[4]), 2 do
         local bc = string.dump(assert(load(vmargs[i + 1])), true)
         stripped[#stripped + 1] = bc
-        mods[#mods + 1] = vmargs[i]
-        mods[#mods + 1] = address(ffi.cast("const char *", bc))
-        mods[#mods + 1] = #bc
+        mods[vmargs[i]] = { address(ffi.cast("const char *", bc)), #bc }
     end
     local args = { vmargs[1], vmargs[2], vmargs[3], ("%.0f"):format(shared_addr), config_str,
         buffer.encode(mods) }
