@@ -14,7 +14,10 @@ local transfer = require "lj-async.transfer"
 local channel = require "lj-async.channel"
 local vm = require "lj-async.vm"
 local core = require "ltask.core"
-require "lj-async.reset"   -- loaded here, so that service states get it preloaded (lj-async.vm ships what is loaded)
+-- Loaded here, so that service states get them preloaded (lj-async.vm
+-- ships what is loaded).
+require "lj-async.reset"
+require "lj-async.transfer_slow"
 
 -- Threads (the workers, the system thread) and services get ltask's modules
 -- preloaded, even where package.path does not find them.
