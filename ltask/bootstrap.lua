@@ -75,18 +75,21 @@ end
 -- service runtime.
 local PRELUDE = string.dump(assert(load([==[
 local path, cpath, libpath, shared, config, mods = ...
+local collectgarbage = collectgarbage   -- not the one lj-async.reset watches from _boot on
 jit.off()   -- booting runs once: compiling it would cost time and machine code
 collectgarbage("stop")   -- booting makes little garbage: a collection would walk the new heap for it
 package.path, package.cpath = path, cpath
 package.loaded["lj-async.libpath"] = libpath
 local load_at = package.loadlib(libpath, "lja_lua_load")   -- in place: no copy (csrc/lua.c)
 mods = require("string.buffer").decode(mods)   -- name -> { address, length }
-setmetatable(package.preload, { __index = function(_, name)
+setmetatable(package.preload, { __index = function(_, name)   -- a loader, which loads when called
     local m = mods[name]
     if not m then return nil end
-    local f = load_at(m[1], m[2], "=" .. name)
-    if type(f) ~= "function" then error(f, 0) end
-    return f
+    return function(...)
+        local f = load_at(m[1], m[2], "=" .. name)
+        if type(f) ~= "function" then error(f, 0) end
+        return f(...)
+    end
 end })
 require("ltask.core").attach(tonumber(shared), config)
 require("ltask")._boot()
