@@ -86,9 +86,8 @@ end
 -- them (tail calls: the error levels count no frame here).
 local slow_encode, slow_decode
 local function load_slow()
-    FFI()
     slow_encode, slow_decode = require("lj-async.transfer_slow")({
-        enc = enc, dec = dec, SPECIAL = SPECIAL, NODE = NODE, SIMPLE = SIMPLE,
+        FFI = FFI, enc = enc, dec = dec, SPECIAL = SPECIAL, NODE = NODE, SIMPLE = SIMPLE,
         kinds_by_ctype = kinds_by_ctype, kinds_by_name = kinds_by_name,
         exported = exported, exported_kinds = exported_kinds, anchors = anchors,
         imported = imported, imported_kinds = imported_kinds, release_all = release_all,

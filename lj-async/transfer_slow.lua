@@ -5,7 +5,6 @@
 -- this returns with what the two share (its buffers, metatables, kinds and
 -- reference lists); that gives back the slow encode and decode.
 local buffer = require "string.buffer"
-local ffi = require "ffi"
 local clear = require "table.clear"
 
 local type, select, pcall, error, next, tostring, tonumber = type, select, pcall, error, next, tostring, tonumber
@@ -14,8 +13,9 @@ local string_dump, getupvalue, getinfo = string.dump, debug.getupvalue, debug.ge
 local setupvalue, upvalueid, upvaluejoin = debug.setupvalue, debug.upvalueid, debug.upvaluejoin
 local band, rshift = bit.band, bit.rshift
 
--- lj-async.transfer's, set by the function this returns.
-local enc, dec, SPECIAL, NODE, SIMPLE, kinds_by_ctype, kinds_by_name
+-- lj-async.transfer's, set by the function this returns (FFI() loads the
+-- FFI once a value needs it).
+local FFI, enc, dec, SPECIAL, NODE, SIMPLE, kinds_by_ctype, kinds_by_name
 local exported, exported_kinds, anchors, imported, imported_kinds, release_all
 
 -- How a cdata of a ctype crosses: "copy" (what string.buffer encodes:
@@ -29,12 +29,12 @@ local function classify(id, v)
     if c == nil then
         local raw, t = id
         repeat   -- through attributes and typedefs to the type itself
-            local info = ffi.typeinfo(raw).info
+            local info = FFI().typeinfo(raw).info
             t, raw = rshift(info, 28), band(info, 0xffff)
         until t ~= CT_ATTRIB and t ~= CT_TYPEDEF
         if pcall(buffer.encode, v) then
             c = "copy"
-        elseif (t == CT_PTR or t == CT_ARRAY or t == CT_STRUCT) and pcall(ffi.cast, "void *", v) then
+        elseif (t == CT_PTR or t == CT_ARRAY or t == CT_STRUCT) and pcall(FFI().cast, "void *", v) then
             c = "address"
         else
             c = false
@@ -256,7 +256,7 @@ function stand_in(v, base, keys, d, key)
             return s
         end
     elseif tv == "cdata" then
-        local typeof, cast = ffi.typeof, ffi.cast
+        local typeof, cast = FFI().typeof, FFI().cast
         local id = tonumber(typeof(v))
         local kind = kinds_by_ctype[id]
         if kind then
@@ -386,7 +386,7 @@ local made, parts
 local function make(s)
     local tag = s[1]
     if tag == "function" then return assert(load(s[2])) end   -- its upvalues: set_upvalues
-    if tag == "pointer" then return ffi.cast("void *", s[2]) end
+    if tag == "pointer" then return FFI().cast("void *", s[2]) end
     if tag == "name" then
         local m = require(s[2])
         if s[3] == nil then return m end
@@ -480,7 +480,7 @@ local function decode_special(n)
 end
 
 return function(t)
-    enc, dec, SPECIAL, NODE, SIMPLE = t.enc, t.dec, t.SPECIAL, t.NODE, t.SIMPLE
+    FFI, enc, dec, SPECIAL, NODE, SIMPLE = t.FFI, t.enc, t.dec, t.SPECIAL, t.NODE, t.SIMPLE
     kinds_by_ctype, kinds_by_name = t.kinds_by_ctype, t.kinds_by_name
     exported, exported_kinds, anchors = t.exported, t.exported_kinds, t.anchors
     imported, imported_kinds, release_all = t.imported, t.imported_kinds, t.release_all
