@@ -47,7 +47,7 @@ LJA_API const char *lja_strerror(int err);
  * LJA_ABI_VERSION, and the ABI in lj-async/shim.lua, whenever a declaration
  * in this file changes or is added.
  */
-#define LJA_ABI_VERSION 2
+#define LJA_ABI_VERSION 3
 LJA_API int lja_abi_version(void);     /* LJA_ABI_VERSION when the shim was built */
 LJA_API const char *lja_version(void); /* the release, e.g. "0.1.0" (CMake's project version) */
 
@@ -162,6 +162,9 @@ LJA_API void lja_lua_bind(const lja_lua_api *api);
 LJA_API void *lja_lua_new(const char *chunk, size_t len, int nargs, const char *const *args,
                           const size_t *lens, char **err);
 LJA_API void lja_lua_close(void *L);
+/* A lua_CFunction (for package.loadlib): loads the chunk at (address,
+ * length) named name in place; returns the function or the error message. */
+LJA_API int lja_lua_load(void *L);
 LJA_API void lja_free(void *p);
 /* A stack of spare states (up to `limit`, at most 64) for whoever makes
  * states of one kind: push keeps L or, when full, closes it; pop gives one

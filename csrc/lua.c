@@ -97,6 +97,20 @@ void *lja_lua_new(const char *chunk, size_t len, int nargs, const char *const *a
     return L;
 }
 
+/* A lua_CFunction that a state takes with package.loadlib: loads the chunk
+ * at (address, length) named `name`, read in place, and returns the
+ * function (or the error message).  A service state loads its modules from
+ * the host's bytecode so, with no Lua string copy of each that would be
+ * garbage at once, and the state's heap would peak higher than it stays
+ * (README: ltask). */
+int lja_lua_load(void *L)
+{
+    const char *p = (const char *)(uintptr_t)api.tointeger(L, 1);
+    size_t len = (size_t)api.tointeger(L, 2);
+    api.loadbuffer(L, p, len, api.tolstring(L, 3, NULL));
+    return 1;
+}
+
 void lja_lua_close(void *L)
 {
     if (L)

@@ -14,11 +14,14 @@ local transfer = require "lj-async.transfer"
 local channel = require "lj-async.channel"
 local vm = require "lj-async.vm"
 local core = require "ltask.core"
-require "lj-async.reset"   -- loaded here, so that service states get it preloaded (lj-async.vm ships what is loaded)
+-- Loaded here, so that service states get them preloaded (lj-async.vm
+-- ships what is loaded).
+require "lj-async.reset"
+require "lj-async.transfer_slow"
 
 -- Threads (the workers, the system thread) and services get ltask's modules
 -- preloaded, even where package.path does not find them.
-for _, name in ipairs { "core", "worker", "system" } do vm.ship("ltask." .. name, core.DIR and core.DIR .. name .. ".lua") end
+for _, name in ipairs { "core", "worker", "system", "api" } do vm.ship("ltask." .. name, core.DIR and core.DIR .. name .. ".lua") end
 vm.ship("ltask", core.DIR and core.DIR .. "init.lua")
 local Thread = require "lj-async.thread"
 
@@ -72,20 +75,25 @@ end
 -- service runtime.
 local PRELUDE = string.dump(assert(load([==[
 local path, cpath, libpath, shared, config, mods = ...
+local collectgarbage = collectgarbage   -- not the one lj-async.reset watches from _boot on
 jit.off()   -- booting runs once: compiling it would cost time and machine code
+collectgarbage("stop")   -- booting makes little garbage: a collection would walk the new heap for it
 package.path, package.cpath = path, cpath
 package.loaded["lj-async.libpath"] = libpath
-local ffi = require "ffi"
-local load, cast, ffi_string = load, ffi.cast, ffi.string
-mods = require("string.buffer").decode(mods)
-for i = 1, #mods, 3 do
-    local name, p, len = mods[i], mods[i + 1], mods[i + 2]
-    package.preload[name] = function(...)
-        return assert(load(ffi_string(cast("const char *", p), len), "=" .. name))(...)
-    end
-end
+local load_at = package.loadlib(libpath, "lja_lua_load")   -- in place: no copy (csrc/lua.c)
+mods = require("string.buffer").decode(mods)   -- name -> { address, length }
+-- A lookup loads the module's chunk, which require then runs (a loader
+-- that loads when called measured ~4 KB more per idle service).
+setmetatable(package.preload, { __index = function(_, name)
+    local m = mods[name]
+    if not m then return nil end
+    local f = load_at(m[1], m[2], "=" .. name)
+    if type(f) ~= "function" then error(f, 0) end
+    return f
+end })
 require("ltask.core").attach(tonumber(shared), config)
 require("ltask")._boot()
+collectgarbage("restart")
 jit.on()   -- for the service's own code (and again at each recycle: ltask/init.lua)
 ]==], "=ltask service prelude")))
 
@@ -95,21 +103,23 @@ local function address(p)
     return tonumber(ffi.cast("uintptr_t", p))
 end
 
+-- The modules go to services stripped of their debug information (line
+-- numbers, names of locals: a sixth of their memory in each service); a
+-- traceback through them names the module without a line.
 local function service_recipe(shared, shared_addr, config_str)
     local _, vmargs = vm.args("")   -- what lj-async.vm ships: path, cpath, libpath, n, name, bytecode...
-    local mods = {}
+    local mods, stripped = {}, {}
     for i = 5, 4 + 2 * tonumber(vmargs[4]), 2 do
-        local bc = vmargs[i + 1]
-        mods[#mods + 1] = vmargs[i]
-        mods[#mods + 1] = address(ffi.cast("const char *", bc))
-        mods[#mods + 1] = #bc
+        local bc = string.dump(assert(load(vmargs[i + 1])), true)
+        stripped[#stripped + 1] = bc
+        mods[vmargs[i]] = { address(ffi.cast("const char *", bc)), #bc }
     end
     local args = { vmargs[1], vmargs[2], vmargs[3], ("%.0f"):format(shared_addr), config_str,
         buffer.encode(mods) }
     local n, ptrs, lens = vm.c_strings(args)
     shared.chunk, shared.chunk_len = PRELUDE, #PRELUDE
     shared.nargs, shared.args, shared.lens = n, ptrs, lens
-    return { vmargs, args, ptrs, lens }
+    return { stripped, args, ptrs, lens }
 end
 
 local LOOP = {

@@ -330,6 +330,18 @@ function TestLtask:test_worker_loop_stays_compiled()
     lu.assertEquals(traces.aborts, 0, "traces aborted at the worker loop")
 end
 
+-- An idle service is small: its state loads only the runtime that serves
+-- (README "ltask": about 140 KB here).  The bound fails the ~230 KB of
+-- every module loaded in full, with room for noise (8 times that under the
+-- sanitizers, as tests/helpers.lua allows them: TSan's take ~600 KB).
+function TestLtask:test_idle_services_stay_small()
+    local n = 1000
+    local r = run_test({ timeout = 120 }, "idle_memory", n)
+    local limit = SANITIZED and 180 * 8 or 180
+    lu.assertTrue(r.kb < limit, ("%d idle services took %.0f KB each"):format(n, r.kb))
+    lu.assertTrue(r.elapsed < (SANITIZED and 60 or 10), ("%d spawns took %.1f s"):format(n, r.elapsed))
+end
+
 function TestLtask:test_bad_configuration()
     lu.assertErrorMsgContains("'worker' must be a positive integer", boot.start, { worker = 0 })
     lu.assertErrorMsgContains("unknown option 'wrker'", boot.start, { wrker = 2 })

@@ -366,5 +366,18 @@ function T.calls(n)
     out:send("ok", sum)
 end
 
+-- n echo services that stay idle: the resident memory each takes (KB),
+-- and the seconds their spawns took.
+function T.idle_memory(n)
+    local rss_mib = require("tests.helpers").rss_mib
+    local list = { ltask.spawn("echo") }   -- what the first spawn loads once
+    collectgarbage()
+    local before, t0 = rss_mib(), ltask.now()
+    for i = 1, n do list[i] = ltask.spawn("echo") end
+    local elapsed = ltask.now() - t0
+    collectgarbage()
+    out:send("ok", { kb = (rss_mib() - before) * 1024 / n, elapsed = elapsed })
+end
+
 local ok, err = xpcall(T[test], debug.traceback, select(3, ...))
 if not ok then out:send("error", err) end
