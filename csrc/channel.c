@@ -1,11 +1,23 @@
 /* channel.c: MPMC channels of messages (README: lj-async.channel).
  *
- * A message is one allocation: header, the objects it holds references to,
- * then the sender's bytes, copied before the channel's lock is taken.  The
- * queue is a list under one mutex.  A receiver that finds the channel empty
- * spins briefly (without the lock) before it sleeps: a reply that comes
- * within microseconds then costs no futex wake, which is what makes
- * ping-pong between two threads fast. */
+ * A bounded channel (capacity up to RING_MAX) is a ring of `capacity`
+ * slots, a cache line each, that senders and receivers claim without a
+ * lock (D. Vyukov's bounded MPMC queue: a slot's sequence number says
+ * whether it waits for a sender or a receiver).  A message of at most
+ * LJA_MSG_INLINE bytes and no objects is copied into its slot and out to
+ * the receiver's buffer: no allocation.  Any other message is one
+ * allocation (header, the objects it holds references to, then the bytes),
+ * made before it is queued; the slot holds its address.  Unbounded
+ * channels (and larger capacities) keep such allocations in a list under
+ * the channel's mutex.
+ *
+ * On a ring the mutex and condition variables serve only the waits: a
+ * sender or receiver that finds nobody waiting (counts read after a full
+ * fence, as the waiter counts itself before it checks again) never takes
+ * the lock.  A receiver that finds the channel empty spins briefly (without
+ * the lock) before it sleeps: a reply that comes within microseconds then
+ * costs no futex wake, which is what makes ping-pong between two threads
+ * fast. */
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -13,7 +25,14 @@
 #include "object.h"
 #include "queue.h"
 
-#define SPIN_ROUNDS 2000  /* polls of the count (~ tens of microseconds) */
+#define SPIN_ROUNDS 2000  /* polls of the length (~ tens of microseconds) */
+/* Rings of 2 to RING_MAX slots (64 bytes each); other capacities use the
+ * list (in a ring of one slot, "full at pos" and "free at pos + 1" would be
+ * the same sequence number). */
+#define RING_MAX 65536
+#define MSG_IN_SLOT ((size_t)-1)   /* slot.len of a slot that holds an lja_msg */
+/* Set in tail by close: no sender claims a slot after it. */
+#define CLOSED_BIT ((size_t)1 << (sizeof(size_t) * 8 - 1))
 
 struct lja_msg {
     struct lja_msg *next;
@@ -24,9 +43,19 @@ struct lja_msg {
     void *objs[];
 };
 
-/* Small messages are blocks of one size, recycled through their channel's
- * spare stack (popped under the channel's lock); a message links there
- * through `next`, its first word. */
+struct slot {
+    atomic_size_t seq;   /* pos: free for the sender at pos; pos + 1: full */
+    size_t len;          /* bytes in data, or MSG_IN_SLOT */
+    union {
+        char data[LJA_MSG_INLINE];
+        lja_msg *msg;
+    } u;
+};
+_Static_assert(sizeof(struct slot) == 64, "a slot is one cache line");
+
+/* Small list messages are blocks of one size, recycled through their
+ * channel's spare stack (popped under the channel's lock); a message links
+ * there through `next`, its first word. */
 #define SMALL_BLOCK 256
 #define SPARE_MAX 256
 
@@ -56,13 +85,20 @@ struct fd_watch {
 
 struct lja_channel {
     lja_object hdr;
-    pthread_mutex_t lock;
-    pthread_cond_t not_empty, not_full;
-    lja_fifo queue;              /* of lja_msg, linked through next */
-    atomic_llong count;          /* written under lock; read without it to spin */
+    struct slot *slots;          /* the ring; NULL: the list */
+    size_t size;                 /* slots in the ring */
     int64_t capacity;            /* 0: unbounded */
+    /* The ring's positions, each on its own line: senders claim at tail,
+     * receivers at head. */
+    _Alignas(64) atomic_size_t tail;
+    _Alignas(64) atomic_size_t head;
+    _Alignas(64) pthread_mutex_t lock;
+    pthread_cond_t not_empty, not_full;
+    atomic_int recv_waiters, send_waiters;  /* changed under lock */
+    atomic_int listeners;        /* selectors and watches; changed under lock */
     atomic_int closed;
-    int recv_waiters, send_waiters;
+    lja_fifo queue;              /* the list: lja_msg linked through next */
+    atomic_llong count;          /* its length: written under lock */
     struct selector_link *selectors;
     struct fd_watch *watches;
     lja_spare_stack spare;       /* recycled small blocks */
@@ -105,6 +141,27 @@ const char *lja_msg_data(lja_msg *msg, size_t *len)
     return msg->data;
 }
 
+static struct slot *slot_at(lja_channel *ch, size_t pos)
+{
+    return &ch->slots[pos % ch->size];
+}
+
+/* Messages queued (on a ring, also those a sender is still copying in). */
+static int64_t length(lja_channel *ch)
+{
+    if (!ch->slots)
+        return atomic_load(&ch->count);
+    size_t head = atomic_load(&ch->head);   /* first: tail only grows */
+    return (int64_t)((atomic_load(&ch->tail) & ~CLOSED_BIT) - head);
+}
+
+/* Closed and drained: recv returns LJA_ECLOSED.  closed is set after the
+ * ring's CLOSED_BIT, so the length read after it counts every message. */
+static int finished(lja_channel *ch)
+{
+    return atomic_load(&ch->closed) && length(ch) == 0;
+}
+
 static void channel_destroy(void *obj)
 {
     lja_channel *ch = obj;
@@ -112,6 +169,13 @@ static void channel_destroy(void *obj)
         next = m->next;
         release_objects(m);
         free(m);
+    }
+    if (ch->slots) {
+        size_t tail = atomic_load(&ch->tail) & ~CLOSED_BIT;
+        for (size_t pos = atomic_load(&ch->head); pos != tail; pos++)
+            if (slot_at(ch, pos)->len == MSG_IN_SLOT)
+                lja_msg_free(slot_at(ch, pos)->u.msg);
+        free(ch->slots);
     }
     lja_spare_free_all(&ch->spare);
     for (struct fd_watch *w = ch->watches, *next; w; w = next) {
@@ -128,11 +192,18 @@ lja_channel *lja_channel_new(int64_t capacity)
 {
     if (capacity < 0)
         return NULL;
-    lja_channel *ch = calloc(1, sizeof *ch);
+    size_t bytes = (sizeof(lja_channel) + 63) / 64 * 64;
+    lja_channel *ch = aligned_alloc(64, bytes);
     if (!ch)
         return NULL;
+    memset(ch, 0, bytes);
     ch->capacity = capacity;
     atomic_init(&ch->count, 0);
+    atomic_init(&ch->tail, 0);
+    atomic_init(&ch->head, 0);
+    atomic_init(&ch->recv_waiters, 0);
+    atomic_init(&ch->send_waiters, 0);
+    atomic_init(&ch->listeners, 0);
     lja_spare_init(&ch->spare);
     atomic_init(&ch->closed, 0);
     /* Held for a few instructions at a time by both ends: an adaptive mutex
@@ -144,14 +215,20 @@ lja_channel *lja_channel_new(int64_t capacity)
 #endif
     pthread_mutex_init(&ch->lock, &attr);
     pthread_mutexattr_destroy(&attr);
-    if (lja_cond_init(&ch->not_empty) != LJA_OK || lja_cond_init(&ch->not_full) != LJA_OK ||
-        lja_object_init(&ch->hdr, LJA_KIND_CHANNEL, channel_destroy) != LJA_OK) {
+    int ok = lja_cond_init(&ch->not_empty) == LJA_OK && lja_cond_init(&ch->not_full) == LJA_OK;
+    if (ok && capacity >= 2 && capacity <= RING_MAX) {
+        ch->size = (size_t)capacity;
+        ch->slots = aligned_alloc(64, ch->size * sizeof(struct slot));
+        ok = ch->slots != NULL;
+        for (size_t i = 0; ok && i < ch->size; i++)
+            atomic_init(&ch->slots[i].seq, i);
+    }
+    if (!ok || lja_object_init(&ch->hdr, LJA_KIND_CHANNEL, channel_destroy) != LJA_OK) {
         channel_destroy(ch);
         return NULL;
     }
     return ch;
 }
-
 
 /* Wake selects waiting on ch; called with ch->lock held. */
 static void notify_selectors(lja_channel *ch)
@@ -171,6 +248,36 @@ static void notify_watches(lja_channel *ch)
         eventfd_write(w->fd, 1);
 }
 
+/* After a message went in (no lock held): wake a receiver, the selects and
+ * the watches, if any.  The fence pairs with the waiter's: either it counted
+ * itself before this read, or its check after counting sees the message. */
+static void after_push(lja_channel *ch)
+{
+    atomic_thread_fence(memory_order_seq_cst);
+    if (!atomic_load_explicit(&ch->recv_waiters, memory_order_relaxed) &&
+        !atomic_load_explicit(&ch->listeners, memory_order_relaxed))
+        return;
+    pthread_mutex_lock(&ch->lock);
+    if (ch->recv_waiters)
+        pthread_cond_signal(&ch->not_empty);
+    if (ch->selectors)
+        notify_selectors(ch);
+    if (ch->watches)
+        notify_watches(ch);
+    pthread_mutex_unlock(&ch->lock);
+}
+
+/* After a message came out (no lock held): wake a sender waiting for room. */
+static void after_pop(lja_channel *ch)
+{
+    atomic_thread_fence(memory_order_seq_cst);
+    if (!atomic_load_explicit(&ch->send_waiters, memory_order_relaxed))
+        return;
+    pthread_mutex_lock(&ch->lock);
+    pthread_cond_signal(&ch->not_full);
+    pthread_mutex_unlock(&ch->lock);
+}
+
 int lja_channel_watch_fd(lja_channel *ch, int fd, int on)
 {
     if (fd < 0)
@@ -188,9 +295,11 @@ int lja_channel_watch_fd(lja_channel *ch, int fd, int on)
         w->next = NULL;
         *p = w;
         w = NULL;
+        atomic_fetch_add(&ch->listeners, 1);
     } else if (!on && *p) {
         w = *p;
         *p = w->next;
+        atomic_fetch_sub(&ch->listeners, 1);
     } else {
         rc = on ? LJA_EBUSY : LJA_ENOTFOUND;
     }
@@ -199,104 +308,212 @@ int lja_channel_watch_fd(lja_channel *ch, int fd, int on)
     return rc;
 }
 
+/* What a sender queues: the bytes inline in a slot, or msg. */
+struct parcel {
+    const char *data;
+    size_t len;
+    lja_msg *msg;
+};
+
+/* Queues p: LJA_OK, LJA_EAGAIN (full) or LJA_ECLOSED.  A list needs
+ * ch->lock held; a ring needs no lock. */
+static int push(lja_channel *ch, const struct parcel *p)
+{
+    if (!ch->slots) {
+        if (atomic_load(&ch->closed))
+            return LJA_ECLOSED;
+        if (ch->capacity && atomic_load(&ch->count) >= ch->capacity)
+            return LJA_EAGAIN;
+        lja_fifo_push(&ch->queue, p->msg);
+        atomic_fetch_add(&ch->count, 1);
+        return LJA_OK;
+    }
+    size_t pos = atomic_load_explicit(&ch->tail, memory_order_relaxed);
+    struct slot *s;
+    for (;;) {
+        if (pos & CLOSED_BIT)
+            return LJA_ECLOSED;
+        s = slot_at(ch, pos);
+        intptr_t d = (intptr_t)(atomic_load_explicit(&s->seq, memory_order_acquire) - pos);
+        if (d == 0 && atomic_compare_exchange_weak_explicit(&ch->tail, &pos, pos + 1, memory_order_relaxed,
+                                                             memory_order_relaxed))
+            break;
+        if (d < 0)
+            return LJA_EAGAIN;   /* the slot still holds the message of pos - size */
+        if (d > 0)
+            pos = atomic_load_explicit(&ch->tail, memory_order_relaxed);
+    }
+    if (p->msg) {
+        s->len = MSG_IN_SLOT;
+        s->u.msg = p->msg;
+    } else {
+        s->len = p->len;
+        memcpy(s->u.data, p->data, p->len);
+    }
+    atomic_store_explicit(&s->seq, pos + 1, memory_order_release);
+    return LJA_OK;
+}
+
+/* Takes the first message: 1, with *msg set or (msg NULL) the bytes copied
+ * to buf and *len set; 0 if there is none.  A list needs ch->lock held. */
+static int pop(lja_channel *ch, lja_msg **msg, char *buf, size_t *len)
+{
+    if (!ch->slots) {
+        if (!(*msg = lja_fifo_shift(&ch->queue)))
+            return 0;
+        atomic_fetch_sub(&ch->count, 1);
+        return 1;
+    }
+    size_t pos = atomic_load_explicit(&ch->head, memory_order_relaxed);
+    struct slot *s;
+    for (;;) {
+        s = slot_at(ch, pos);
+        intptr_t d = (intptr_t)(atomic_load_explicit(&s->seq, memory_order_acquire) - (pos + 1));
+        if (d == 0 && atomic_compare_exchange_weak_explicit(&ch->head, &pos, pos + 1, memory_order_relaxed,
+                                                             memory_order_relaxed))
+            break;
+        if (d < 0)
+            return 0;   /* empty, or its sender is still copying */
+        if (d > 0)
+            pos = atomic_load_explicit(&ch->head, memory_order_relaxed);
+    }
+    if (s->len == MSG_IN_SLOT) {
+        *msg = s->u.msg;
+    } else {
+        *msg = NULL;
+        *len = s->len;
+        memcpy(buf, s->u.data, s->len);
+    }
+    atomic_store_explicit(&s->seq, pos + ch->size, memory_order_release);
+    return 1;
+}
+
+/* The waiting part of send: with ch->lock held, sleeps on not_full until p
+ * goes in, the channel closes or the timeout passes. */
+static int wait_push(lja_channel *ch, const struct parcel *p, double timeout)
+{
+    struct timespec deadline;
+    int have = 0, rc, waited = LJA_OK;
+    atomic_fetch_add(&ch->send_waiters, 1);
+    atomic_thread_fence(memory_order_seq_cst);
+    while ((rc = push(ch, p)) == LJA_EAGAIN && waited == LJA_OK)
+        waited = lja_wait_timeout(&ch->not_full, &ch->lock, timeout, &deadline, &have);
+    atomic_fetch_sub(&ch->send_waiters, 1);
+    return rc;
+}
+
 int lja_channel_send(lja_channel *ch, const char *data, size_t len, void *const *objs, int nobjs,
                      double timeout)
 {
     if (nobjs < 0 || (nobjs > 0 && !objs))
         return LJA_EINVAL;
-    lja_msg *msg = NULL;
-    int small = is_small(len, nobjs);
+    struct parcel p = {data, len, NULL};
+    int ring = ch->slots != NULL, inline_ = ring && !nobjs && len <= LJA_MSG_INLINE;
+    int small = !ring && is_small(len, nobjs);
     if (small) {
         /* a recycled block is taken and filled under the lock (<= 256 bytes) */
         pthread_mutex_lock(&ch->lock);
-        msg = lja_spare_pop(&ch->spare);
-        if (!msg)
+        if (!(p.msg = lja_spare_pop(&ch->spare)))
             pthread_mutex_unlock(&ch->lock);
     }
-    if (!msg) {
-        msg = malloc(small ? SMALL_BLOCK : sizeof *msg + (size_t)nobjs * sizeof(void *) + len);
-        if (!msg) {
+    if (!p.msg && !inline_) {
+        p.msg = malloc(small ? SMALL_BLOCK : sizeof *p.msg + (size_t)nobjs * sizeof(void *) + len);
+        if (!p.msg) {
             for (int i = 0; i < nobjs; i++)   /* not sent: its references go (ljasync.h) */
                 lja_object_release(objs[i]);
             return LJA_ENOMEM;
         }
-        pthread_mutex_lock(&ch->lock);
+        if (!ring)
+            pthread_mutex_lock(&ch->lock);
     }
-    msg->home = small ? ch : NULL;
-    fill(msg, data, len, objs, nobjs);
+    if (p.msg) {
+        p.msg->home = small ? ch : NULL;
+        fill(p.msg, data, len, objs, nobjs);
+    }
+    /* from here a list channel's lock is held */
+    int rc = push(ch, &p);
+    if (rc == LJA_EAGAIN && timeout != 0) {
+        if (ring)
+            pthread_mutex_lock(&ch->lock);
+        rc = wait_push(ch, &p, timeout);
+        if (ring)
+            pthread_mutex_unlock(&ch->lock);
+    }
+    if (!ring)
+        pthread_mutex_unlock(&ch->lock);
+    if (rc == LJA_OK) {
+        after_push(ch);
+        return LJA_OK;
+    }
+    lja_msg_free(p.msg);   /* not sent: its references go too */
+    return rc == LJA_EAGAIN ? LJA_ETIMEDOUT : rc;
+}
 
+/* The waiting part of recv: with ch->lock held, takes a message, sleeping
+ * on not_empty until one comes, the channel is closed and drained or the
+ * timeout passes.  Returns pop's result. */
+static int wait_pop(lja_channel *ch, lja_msg **msg, char *buf, size_t *len, double timeout)
+{
     struct timespec deadline;
-    int have = 0, rc = LJA_OK;
-    while (!atomic_load(&ch->closed) && ch->capacity && atomic_load(&ch->count) >= ch->capacity &&
-           rc == LJA_OK) {
-        ch->send_waiters++;
-        rc = lja_wait_timeout(&ch->not_full, &ch->lock, timeout, &deadline, &have);
-        ch->send_waiters--;
-    }
-    if (atomic_load(&ch->closed)) {
-        rc = LJA_ECLOSED;
-    } else if (!ch->capacity || atomic_load(&ch->count) < ch->capacity) {
-        rc = LJA_OK;
-        lja_fifo_push(&ch->queue, msg);
-        atomic_fetch_add(&ch->count, 1);
-        if (ch->recv_waiters)
-            pthread_cond_signal(&ch->not_empty);
-        if (ch->selectors)
-            notify_selectors(ch);
-        if (ch->watches)
-            notify_watches(ch);
-    } else {
-        rc = LJA_ETIMEDOUT;
-    }
-    pthread_mutex_unlock(&ch->lock);
-    if (rc != LJA_OK)
-        lja_msg_free(msg);   /* not sent: its references go too */
-    return rc;
+    int have = 0, got, waited = LJA_OK;
+    atomic_fetch_add(&ch->recv_waiters, 1);
+    atomic_thread_fence(memory_order_seq_cst);
+    while (!(got = pop(ch, msg, buf, len)) && !finished(ch) && waited == LJA_OK)
+        waited = lja_wait_timeout(&ch->not_empty, &ch->lock, timeout, &deadline, &have);
+    atomic_fetch_sub(&ch->recv_waiters, 1);
+    return got;
 }
 
-/* Pops a message; called with ch->lock held. */
-static lja_msg *pop(lja_channel *ch)
+int lja_channel_recv_into(lja_channel *ch, lja_msg **msg, char *buf, size_t *len, double timeout)
 {
-    lja_msg *msg = lja_fifo_shift(&ch->queue);
-    if (!msg)
-        return NULL;
-    atomic_fetch_sub(&ch->count, 1);
-    if (ch->send_waiters)
-        pthread_cond_signal(&ch->not_full);
-    return msg;
-}
-
-int lja_channel_recv(lja_channel *ch, lja_msg **out, double timeout)
-{
-    *out = NULL;
-    if (timeout != 0) {
+    *msg = NULL;
+    int got = ch->slots && pop(ch, msg, buf, len);   /* a ring: no lock unless it must wait */
+    if (!got && timeout != 0) {
         /* A cancel or pause of the calling thread ends the spin: on busy
          * cores each of its yields may last a time slice. */
-        for (int i = 0; i < SPIN_ROUNDS && atomic_load(&ch->count) == 0 && !atomic_load(&ch->closed) &&
-                        !lja_thread_poll();
+        for (int i = 0; i < SPIN_ROUNDS && length(ch) == 0 && !atomic_load(&ch->closed) && !lja_thread_poll();
              i++)
             lja_spin_pause(i);
     }
-    struct timespec deadline;
-    int have = 0, rc = LJA_OK;
-    pthread_mutex_lock(&ch->lock);
-    while (!ch->queue.head && !atomic_load(&ch->closed) && rc == LJA_OK) {
-        ch->recv_waiters++;
-        rc = lja_wait_timeout(&ch->not_empty, &ch->lock, timeout, &deadline, &have);
-        ch->recv_waiters--;
+    if (!got && (timeout != 0 || !ch->slots)) {
+        pthread_mutex_lock(&ch->lock);
+        got = wait_pop(ch, msg, buf, len, timeout);
+        pthread_mutex_unlock(&ch->lock);
     }
-    lja_msg *msg = pop(ch);
-    pthread_mutex_unlock(&ch->lock);
-    if (msg) {
-        *out = msg;
+    if (got) {
+        after_pop(ch);
         return LJA_OK;
     }
-    return atomic_load(&ch->closed) ? LJA_ECLOSED : LJA_ETIMEDOUT;
+    return finished(ch) ? LJA_ECLOSED : LJA_ETIMEDOUT;
+}
+
+/* For callers that want every message as an lja_msg: one whose bytes came
+ * inline is copied to a block taken before the message is, so that no
+ * message is lost to a failed malloc. */
+int lja_channel_recv(lja_channel *ch, lja_msg **msg, double timeout)
+{
+    *msg = NULL;
+    lja_msg *block = malloc(sizeof *block + LJA_MSG_INLINE);
+    if (!block)
+        return LJA_ENOMEM;
+    char buf[LJA_MSG_INLINE];
+    size_t len = 0;
+    int rc = lja_channel_recv_into(ch, msg, buf, &len, timeout);
+    if (rc == LJA_OK && !*msg) {
+        block->home = NULL;
+        fill(block, buf, len, NULL, 0);
+        *msg = block;
+    } else {
+        free(block);
+    }
+    return rc;
 }
 
 void lja_channel_close(lja_channel *ch)
 {
     pthread_mutex_lock(&ch->lock);
+    if (ch->slots)
+        atomic_fetch_or(&ch->tail, CLOSED_BIT);   /* before closed: see finished */
     atomic_store(&ch->closed, 1);
     pthread_cond_broadcast(&ch->not_empty);
     pthread_cond_broadcast(&ch->not_full);
@@ -307,28 +524,31 @@ void lja_channel_close(lja_channel *ch)
 
 int64_t lja_channel_len(lja_channel *ch)
 {
-    return atomic_load(&ch->count);
+    return length(ch);
 }
 
-/* Takes a message from the first ready channel: 1 if one was ready (msg or,
- * for a closed and drained channel, NULL), 0 if none. */
-static int take_ready(lja_channel *const *chs, int n, int *index, lja_msg **msg)
+/* Takes a message from the first ready channel: LJA_OK, or LJA_ECLOSED
+ * for a closed and drained one; LJA_EAGAIN if none is ready. */
+static int take_ready(lja_channel *const *chs, int n, int *index, lja_msg **msg, char *buf, size_t *len)
 {
     for (int i = 0; i < n; i++) {
         lja_channel *ch = chs[i];
-        if (atomic_load(&ch->count) == 0 && !atomic_load(&ch->closed))
+        if (length(ch) == 0 && !atomic_load(&ch->closed))
             continue;
-        pthread_mutex_lock(&ch->lock);
-        lja_msg *m = pop(ch);
-        int closed = atomic_load(&ch->closed);
-        pthread_mutex_unlock(&ch->lock);
-        if (m || closed) {
+        if (!ch->slots)
+            pthread_mutex_lock(&ch->lock);
+        int got = pop(ch, msg, buf, len);
+        if (!ch->slots)
+            pthread_mutex_unlock(&ch->lock);
+        if (got || finished(ch)) {
             *index = i;
-            *msg = m;
-            return 1;
+            if (!got)
+                return LJA_ECLOSED;
+            after_pop(ch);
+            return LJA_OK;
         }
     }
-    return 0;
+    return LJA_EAGAIN;
 }
 
 static void watch(lja_channel *const *chs, int n, struct selector_link *links, struct selector *sel, int on)
@@ -340,24 +560,28 @@ static void watch(lja_channel *const *chs, int n, struct selector_link *links, s
             links[i].sel = sel;
             links[i].next = ch->selectors;
             ch->selectors = &links[i];
+            atomic_fetch_add(&ch->listeners, 1);
         } else {
             struct selector_link **p = &ch->selectors;
             while (*p != &links[i])
                 p = &(*p)->next;
             *p = links[i].next;
+            atomic_fetch_sub(&ch->listeners, 1);
         }
         pthread_mutex_unlock(&ch->lock);
     }
 }
 
-int lja_channel_select(lja_channel *const *chs, int n, int *index, lja_msg **msg, double timeout)
+int lja_channel_select(lja_channel *const *chs, int n, int *index, lja_msg **msg, char *buf, size_t *len,
+                       double timeout)
 {
     *msg = NULL;
     *index = -1;
     if (n < 1 || !chs)
         return LJA_EINVAL;
-    if (take_ready(chs, n, index, msg))
-        return LJA_OK;
+    int rc = take_ready(chs, n, index, msg, buf, len);
+    if (rc != LJA_EAGAIN)
+        return rc;
     if (timeout == 0)
         return LJA_ETIMEDOUT;
     struct selector_link *links = calloc((size_t)n, sizeof *links);
@@ -368,20 +592,21 @@ int lja_channel_select(lja_channel *const *chs, int n, int *index, lja_msg **msg
     lja_cond_init(&sel.ready);
     sel.signaled = 0;
     struct timespec deadline;
-    int have = 0, rc = LJA_OK, got = 0;
+    int have = 0, waited = LJA_OK;
     watch(chs, n, links, &sel, 1);
-    while (!(got = take_ready(chs, n, index, msg)) && rc == LJA_OK) {
+    atomic_thread_fence(memory_order_seq_cst);   /* pairs with after_push's */
+    while ((rc = take_ready(chs, n, index, msg, buf, len)) == LJA_EAGAIN && waited == LJA_OK) {
         pthread_mutex_lock(&sel.lock);
-        while (!sel.signaled && rc == LJA_OK)
-            rc = lja_wait_timeout(&sel.ready, &sel.lock, timeout, &deadline, &have);
+        while (!sel.signaled && waited == LJA_OK)
+            waited = lja_wait_timeout(&sel.ready, &sel.lock, timeout, &deadline, &have);
         sel.signaled = 0;
         pthread_mutex_unlock(&sel.lock);
     }
     watch(chs, n, links, &sel, 0);
-    if (!got)
-        got = take_ready(chs, n, index, msg);
+    if (rc == LJA_EAGAIN)
+        rc = take_ready(chs, n, index, msg, buf, len);
     pthread_cond_destroy(&sel.ready);
     pthread_mutex_destroy(&sel.lock);
     free(links);
-    return got ? LJA_OK : LJA_ETIMEDOUT;
+    return rc == LJA_EAGAIN ? LJA_ETIMEDOUT : rc;
 }

@@ -16,9 +16,11 @@ typedef struct lja_msg lja_msg;
 lja_channel *lja_channel_new(int64_t capacity);
 int lja_channel_send(lja_channel *ch, const char *data, size_t len,
                      void *const *objs, int nobjs, double timeout);
-int lja_channel_recv(lja_channel *ch, lja_msg **msg, double timeout);
+enum { LJA_MSG_INLINE = 48 };
+int lja_channel_recv_into(lja_channel *ch, lja_msg **msg, char *buf, size_t *len,
+                          double timeout);
 int lja_channel_select(lja_channel *const *chs, int n, int *index, lja_msg **msg,
-                       double timeout);
+                       char *buf, size_t *len, double timeout);
 void lja_channel_close(lja_channel *ch);
 int64_t lja_channel_len(lja_channel *ch);
 const char *lja_msg_data(lja_msg *msg, size_t *len);
@@ -30,7 +32,7 @@ local select, error, type = select, error, type
 local encode_at, decode = transfer.encode_at, transfer.decode
 local timeout_arg, check_cancel = shim.timeout_arg, shim.check_cancel
 local LJA_OK, LJA_ETIMEDOUT, LJA_ECLOSED = C.LJA_OK, C.LJA_ETIMEDOUT, C.LJA_ECLOSED
-local send_c, recv_c, msg_data, msg_free = C.lja_channel_send, C.lja_channel_recv, C.lja_msg_data, C.lja_msg_free
+local send_c, recv_c, msg_data, msg_free = C.lja_channel_send, C.lja_channel_recv_into, C.lja_msg_data, C.lja_msg_free
 
 local M = {}
 M._VERSION = shim.VERSION
@@ -70,20 +72,27 @@ end
 
 local msg_out = ffi.new("lja_msg *[1]")
 local len_out = ffi.new("size_t[1]")
+-- Where a small message without objects is copied (lja_channel_recv_into).
+local inline = ffi.new("char[?]", C.LJA_MSG_INLINE)
 
 local function free_after(msg, n, ...)
     msg_free(msg)
     return ...
 end
 
--- The values of a received message, which is freed.
+local function values(n, ...)
+    return ...
+end
+
+-- The values of a received message: the one in `inline`, or msg (freed).
 local function open(msg)
+    if msg == nil then return values(decode(inline, len_out[0])) end
     local p = msg_data(msg, len_out)
     return free_after(msg, decode(p, len_out[0]))
 end
 
 function Channel:recv(timeout)
-    local rc = recv_c(self, msg_out, timeout_arg(timeout, 2))
+    local rc = recv_c(self, msg_out, inline, len_out, timeout_arg(timeout, 2))
     if rc == LJA_OK then return open(msg_out[0]) end
     if rc == LJA_ETIMEDOUT then
         check_cancel()
@@ -138,14 +147,14 @@ function M.select(chs, timeout)
         if not ffi.istype(channel_ct, chs[i]) then error("lj-async: select: item " .. i .. " is not a channel", 2) end
         arr[i - 1] = chs[i]
     end
-    local rc = C.lja_channel_select(arr, n, index_out, msg_out, timeout_arg(timeout, 2))
+    local rc = C.lja_channel_select(arr, n, index_out, msg_out, inline, len_out, timeout_arg(timeout, 2))
     if rc == LJA_ETIMEDOUT then
         check_cancel()
         return nil, "timeout"
     end
-    if rc ~= LJA_OK then error("lj-async: select failed: " .. shim.strerror(rc), 2) end
     local ch = chs[index_out[0] + 1]
-    if msg_out[0] == nil then return ch, nil, "closed" end
+    if rc == LJA_ECLOSED then return ch, nil, "closed" end
+    if rc ~= LJA_OK then error("lj-async: select failed: " .. shim.strerror(rc), 2) end
     return ch, open(msg_out[0])
 end
 
