@@ -388,6 +388,20 @@ static int pop(lja_channel *ch, lja_msg **msg, char *buf, size_t *len)
     return 1;
 }
 
+/* The spin before a wait: polls, without the lock, until the channel has a
+ * message (room: room for one) or is closed.  A cancel or pause of the
+ * calling thread ends the spin: on busy cores each of its yields may last a
+ * time slice. */
+static void spin_until_ready(lja_channel *ch, int room)
+{
+    for (int i = 0; i < SPIN_ROUNDS && !atomic_load(&ch->closed) && !lja_thread_poll(); i++) {
+        int64_t n = length(ch);
+        if (room ? n < ch->capacity : n > 0)
+            return;
+        lja_spin_pause(i);
+    }
+}
+
 /* The waiting part of send: with ch->lock held, sleeps on not_full until p
  * goes in, the channel closes or the timeout passes. */
 static int wait_push(lja_channel *ch, const struct parcel *p, double timeout)
@@ -432,6 +446,10 @@ int lja_channel_send(lja_channel *ch, const char *data, size_t len, void *const 
     }
     /* from here a list channel's lock is held */
     int rc = push(ch, &p);
+    if (rc == LJA_EAGAIN && ring && timeout != 0) {
+        spin_until_ready(ch, 1);
+        rc = push(ch, &p);
+    }
     if (rc == LJA_EAGAIN && timeout != 0) {
         if (ring)
             pthread_mutex_lock(&ch->lock);
@@ -468,13 +486,8 @@ int lja_channel_recv_into(lja_channel *ch, lja_msg **msg, char *buf, size_t *len
 {
     *msg = NULL;
     int got = ch->slots && pop(ch, msg, buf, len);   /* a ring: no lock unless it must wait */
-    if (!got && timeout != 0) {
-        /* A cancel or pause of the calling thread ends the spin: on busy
-         * cores each of its yields may last a time slice. */
-        for (int i = 0; i < SPIN_ROUNDS && length(ch) == 0 && !atomic_load(&ch->closed) && !lja_thread_poll();
-             i++)
-            lja_spin_pause(i);
-    }
+    if (!got && timeout != 0)
+        spin_until_ready(ch, 0);
     if (!got && (timeout != 0 || !ch->slots)) {
         pthread_mutex_lock(&ch->lock);
         got = wait_pop(ch, msg, buf, len, timeout);
