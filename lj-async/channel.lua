@@ -44,8 +44,20 @@ local objs_array, forget_exported = transfer.objs_array, transfer.forget_exporte
 -- Encode and send; returns the shim's code.  The message's object
 -- references go with it, sent or not.  Raises at `level` (counted from the
 -- public method) on a value that cannot cross.
+-- A message of one number is its 8 bytes after the byte NUMBER, which no
+-- encoded message starts with (its first value is always the count, a
+-- number): the commonest message skips string.buffer at both ends.
+local NUMBER = 1
+local number_ct = ffi.typeof("struct __attribute__((packed)) { char tag; double v; }")
+local number_out = number_ct(NUMBER)
+local number_len = ffi.sizeof(number_ct)
+
 local function send(ch, timeout, level, n, v, ...)
     if n == 0 or v == nil then error("lj-async: a message's first value must not be nil", level + 1) end
+    if n == 1 and type(v) == "number" then
+        number_out.v = v
+        return send_c(ch, ffi.cast("const char *", number_out), number_len, nil, 0, timeout)
+    end
     local p, len = encode_at(level + 1, 0, n, v, ...)   -- raises on what cannot cross
     local objs, nobjs = objs_array()
     if nobjs > 0 then forget_exported() end   -- the message holds them now
@@ -84,10 +96,20 @@ local function values(n, ...)
     return ...
 end
 
+local number_ptr = ffi.typeof("$ *", number_ct)
+
 -- The values of a received message: the one in `inline`, or msg (freed).
 local function open(msg)
-    if msg == nil then return values(decode(inline, len_out[0])) end
+    if msg == nil then
+        if inline[0] == NUMBER then return ffi.cast(number_ptr, inline).v end
+        return values(decode(inline, len_out[0]))
+    end
     local p = msg_data(msg, len_out)
+    if p[0] == NUMBER then
+        local v = ffi.cast(number_ptr, p).v
+        msg_free(msg)
+        return v
+    end
     return free_after(msg, decode(p, len_out[0]))
 end
 
