@@ -266,4 +266,101 @@ function TestChannel:test_stress_mpmc_exact_counts_and_order()
     for p = 1, PRODUCERS do lu.assertEquals(sums[p], PER * (PER + 1) / 2) end
 end
 
+-- 8 senders and 8 receivers (half of them in select) on one channel: every
+-- message whose send succeeded is received once, in its sender's order.
+-- Messages take each path: a number, small values (inline in a ring's
+-- slot), a long string and a channel (allocated).  With close_early the
+-- channel closes while the senders still send, each until told "closed".
+local function stress(lu, capacity, close_early)
+    local SENDERS, RECEIVERS, PER = 8, 8, 20000
+    local ch, idle, results = channel.new(capacity), channel.new(), channel.new()
+    local receivers, senders = {}, {}
+    for r = 1, RECEIVERS do
+        receivers[r] = Thread.new(function(ch, idle, results, senders, use_select)
+            local channel = require "lj-async.channel"
+            local last, counts, sums, bad = {}, {}, {}, 0
+            for p = 1, senders do last[p], counts[p], sums[p] = 0, 0, 0 end
+            while true do
+                local from, p, seq, extra
+                if use_select then
+                    from, p, seq, extra = channel.select({ idle, ch }, 60)
+                    assert(from == ch, "select: no message in 60 s")
+                else
+                    p, seq, extra = ch:recv(60)
+                end
+                if p == nil then
+                    assert(seq == "closed", seq)
+                    break
+                end
+                if seq == nil then p, seq = math.floor(p / 2 ^ 24), p % 2 ^ 24 end
+                if extra ~= nil and extra ~= ("x"):rep(100) and extra:id() ~= idle:id() then bad = bad + 1 end
+                if seq <= last[p] then bad = bad + 1 end   -- order per sender
+                last[p], counts[p], sums[p] = seq, counts[p] + 1, sums[p] + seq
+            end
+            results:send(counts, sums, bad)
+            return true
+        end, ch, idle, results, SENDERS, r % 2 == 0)
+    end
+    for p = 1, SENDERS do
+        senders[p] = Thread.new(function(ch, idle, p, n)
+            local long, sent = ("x"):rep(100), 0
+            for seq = 1, n do
+                local k, ok, err = seq % 4
+                if k == 0 then ok, err = ch:send_timeout(60, p * 2 ^ 24 + seq)
+                elseif k == 1 then ok, err = ch:send_timeout(60, p, seq)
+                elseif k == 2 then ok, err = ch:send_timeout(60, p, seq, long)
+                else ok, err = ch:send_timeout(60, p, seq, idle) end
+                if not ok then
+                    assert(close_early and err == "closed", err)
+                    break
+                end
+                sent = seq
+            end
+            return sent
+        end, ch, idle, p, close_early and 2 ^ 23 or PER)
+    end
+    local sent = {}
+    if close_early then
+        Thread.sleep(0.1)
+        ch:close()
+    end
+    for p = 1, SENDERS do
+        local ok, n = senders[p]:join(120)
+        lu.assertTrue(ok, n)
+        sent[p] = n
+    end
+    ch:close()
+    local counts, sums, bad = {}, {}, 0
+    for p = 1, SENDERS do counts[p], sums[p] = 0, 0 end
+    for _ = 1, RECEIVERS do
+        local c, s, b = results:recv(120)
+        lu.assertNotNil(c, "a receiver never reported")
+        bad = bad + b
+        for p = 1, SENDERS do counts[p], sums[p] = counts[p] + c[p], sums[p] + s[p] end
+    end
+    for r = 1, RECEIVERS do lu.assertEquals({ receivers[r]:join(60) }, { true, true }) end
+    lu.assertEquals(bad, 0)                            -- each sender's order kept, values intact
+    for p = 1, SENDERS do
+        lu.assertEquals(counts[p], sent[p])            -- nothing lost, nothing doubled
+        lu.assertEquals(sums[p], sent[p] * (sent[p] + 1) / 2)
+    end
+    return sent
+end
+
+function TestChannel:test_stress_8x8_bounded()
+    stress(lu, 64)
+    stress(lu, 2)   -- the smallest ring: every slot reused all the time
+end
+
+function TestChannel:test_stress_8x8_unbounded()
+    stress(lu, nil)
+end
+
+function TestChannel:test_stress_8x8_close_races_senders()
+    for _, capacity in ipairs { 64, false } do
+        local sent = stress(lu, capacity or nil, true)
+        for p = 1, #sent do lu.assertTrue(sent[p] < 2 ^ 23, "the close came after sender " .. p .. " finished") end
+    end
+end
+
 os.exit(lu.LuaUnit.run())
