@@ -12,12 +12,11 @@
  * the channel's mutex.
  *
  * On a ring the mutex and condition variables serve only the waits: a
- * sender or receiver that finds nobody waiting (counts read after a full
- * fence, as the waiter counts itself before it checks again) never takes
- * the lock.  A receiver that finds the channel empty spins briefly (without
- * the lock) before it sleeps: a reply that comes within microseconds then
- * costs no futex wake, which is what makes ping-pong between two threads
- * fast. */
+ * sender or receiver that finds nobody waiting (recv_waiters,
+ * send_waiters) never takes the lock.  A receiver that finds the channel
+ * empty, or a sender that finds it full, spins briefly (without the lock)
+ * before it sleeps: a reply that comes within microseconds then costs no
+ * futex wake, which is what makes ping-pong between two threads fast. */
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -89,13 +88,18 @@ struct lja_channel {
     size_t size;                 /* slots in the ring */
     int64_t capacity;            /* 0: unbounded */
     /* The ring's positions, each on its own line: senders claim at tail,
-     * receivers at head. */
+     * receivers at head.  Beside each, the count of those who wait to hear
+     * of that end's progress (changed under lock): each send reads
+     * recv_waiters (receivers asleep, selects, watches), each receive
+     * send_waiters (senders asleep), by a read-modify-write that orders it
+     * after the queue's change: either the waiter counted itself first, or
+     * its check after counting sees the change (TSan knows no fences). */
     _Alignas(64) atomic_size_t tail;
+    atomic_int recv_waiters;
     _Alignas(64) atomic_size_t head;
+    atomic_int send_waiters;
     _Alignas(64) pthread_mutex_t lock;
     pthread_cond_t not_empty, not_full;
-    atomic_int recv_waiters, send_waiters;  /* changed under lock */
-    atomic_int listeners;        /* selectors and watches; changed under lock */
     atomic_int closed;
     lja_fifo queue;              /* the list: lja_msg linked through next */
     atomic_llong count;          /* its length: written under lock */
@@ -203,7 +207,6 @@ lja_channel *lja_channel_new(int64_t capacity)
     atomic_init(&ch->head, 0);
     atomic_init(&ch->recv_waiters, 0);
     atomic_init(&ch->send_waiters, 0);
-    atomic_init(&ch->listeners, 0);
     lja_spare_init(&ch->spare);
     atomic_init(&ch->closed, 0);
     /* Held for a few instructions at a time by both ends: an adaptive mutex
@@ -249,17 +252,13 @@ static void notify_watches(lja_channel *ch)
 }
 
 /* After a message went in (no lock held): wake a receiver, the selects and
- * the watches, if any.  The fence pairs with the waiter's: either it counted
- * itself before this read, or its check after counting sees the message. */
+ * the watches, if any. */
 static void after_push(lja_channel *ch)
 {
-    atomic_thread_fence(memory_order_seq_cst);
-    if (!atomic_load_explicit(&ch->recv_waiters, memory_order_relaxed) &&
-        !atomic_load_explicit(&ch->listeners, memory_order_relaxed))
+    if (!atomic_fetch_add(&ch->recv_waiters, 0))
         return;
     pthread_mutex_lock(&ch->lock);
-    if (ch->recv_waiters)
-        pthread_cond_signal(&ch->not_empty);
+    pthread_cond_signal(&ch->not_empty);
     if (ch->selectors)
         notify_selectors(ch);
     if (ch->watches)
@@ -270,8 +269,7 @@ static void after_push(lja_channel *ch)
 /* After a message came out (no lock held): wake a sender waiting for room. */
 static void after_pop(lja_channel *ch)
 {
-    atomic_thread_fence(memory_order_seq_cst);
-    if (!atomic_load_explicit(&ch->send_waiters, memory_order_relaxed))
+    if (!atomic_fetch_add(&ch->send_waiters, 0))
         return;
     pthread_mutex_lock(&ch->lock);
     pthread_cond_signal(&ch->not_full);
@@ -295,11 +293,11 @@ int lja_channel_watch_fd(lja_channel *ch, int fd, int on)
         w->next = NULL;
         *p = w;
         w = NULL;
-        atomic_fetch_add(&ch->listeners, 1);
+        atomic_fetch_add(&ch->recv_waiters, 1);
     } else if (!on && *p) {
         w = *p;
         *p = w->next;
-        atomic_fetch_sub(&ch->listeners, 1);
+        atomic_fetch_sub(&ch->recv_waiters, 1);
     } else {
         rc = on ? LJA_EBUSY : LJA_ENOTFOUND;
     }
@@ -409,7 +407,6 @@ static int wait_push(lja_channel *ch, const struct parcel *p, double timeout)
     struct timespec deadline;
     int have = 0, rc, waited = LJA_OK;
     atomic_fetch_add(&ch->send_waiters, 1);
-    atomic_thread_fence(memory_order_seq_cst);
     while ((rc = push(ch, p)) == LJA_EAGAIN && waited == LJA_OK)
         waited = lja_wait_timeout(&ch->not_full, &ch->lock, timeout, &deadline, &have);
     atomic_fetch_sub(&ch->send_waiters, 1);
@@ -475,7 +472,6 @@ static int wait_pop(lja_channel *ch, lja_msg **msg, char *buf, size_t *len, doub
     struct timespec deadline;
     int have = 0, got, waited = LJA_OK;
     atomic_fetch_add(&ch->recv_waiters, 1);
-    atomic_thread_fence(memory_order_seq_cst);
     while (!(got = pop(ch, msg, buf, len)) && !finished(ch) && waited == LJA_OK)
         waited = lja_wait_timeout(&ch->not_empty, &ch->lock, timeout, &deadline, &have);
     atomic_fetch_sub(&ch->recv_waiters, 1);
@@ -573,13 +569,13 @@ static void watch(lja_channel *const *chs, int n, struct selector_link *links, s
             links[i].sel = sel;
             links[i].next = ch->selectors;
             ch->selectors = &links[i];
-            atomic_fetch_add(&ch->listeners, 1);
+            atomic_fetch_add(&ch->recv_waiters, 1);
         } else {
             struct selector_link **p = &ch->selectors;
             while (*p != &links[i])
                 p = &(*p)->next;
             *p = links[i].next;
-            atomic_fetch_sub(&ch->listeners, 1);
+            atomic_fetch_sub(&ch->recv_waiters, 1);
         }
         pthread_mutex_unlock(&ch->lock);
     }
@@ -607,7 +603,6 @@ int lja_channel_select(lja_channel *const *chs, int n, int *index, lja_msg **msg
     struct timespec deadline;
     int have = 0, waited = LJA_OK;
     watch(chs, n, links, &sel, 1);
-    atomic_thread_fence(memory_order_seq_cst);   /* pairs with after_push's */
     while ((rc = take_ready(chs, n, index, msg, buf, len)) == LJA_EAGAIN && waited == LJA_OK) {
         pthread_mutex_lock(&sel.lock);
         while (!sel.signaled && waited == LJA_OK)
