@@ -25,10 +25,10 @@
 #include "queue.h"
 
 #define SPIN_ROUNDS 2000  /* polls of the length (~ tens of microseconds) */
-/* Rings of 2 to RING_MAX slots (64 bytes each); other capacities use the
- * list (in a ring of one slot, "full at pos" and "free at pos + 1" would be
- * the same sequence number). */
-#define RING_MAX 65536
+/* Rings of 2 to RING_MAX slots, 64 bytes each, allocated with the channel
+ * (at most 1 MiB); other capacities use the list (in a ring of one slot,
+ * "full at pos" and "free at pos + 1" would be the same sequence number). */
+#define RING_MAX 16384
 #define MSG_IN_SLOT ((size_t)-1)   /* slot.len of a slot that holds an lja_msg */
 /* Set in tail by close: no sender claims a slot after it. */
 #define CLOSED_BIT ((size_t)1 << (sizeof(size_t) * 8 - 1))
