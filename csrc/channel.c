@@ -482,8 +482,10 @@ int lja_channel_recv_into(lja_channel *ch, lja_msg **msg, char *buf, size_t *len
 {
     *msg = NULL;
     int got = ch->slots && pop(ch, msg, buf, len);   /* a ring: no lock unless it must wait */
-    if (!got && timeout != 0)
+    if (!got && timeout != 0) {
         spin_until_ready(ch, 0);
+        got = ch->slots && pop(ch, msg, buf, len);
+    }
     if (!got && (timeout != 0 || !ch->slots)) {
         pthread_mutex_lock(&ch->lock);
         got = wait_pop(ch, msg, buf, len, timeout);
