@@ -504,6 +504,8 @@ int lja_channel_recv_into(lja_channel *ch, lja_msg **msg, char *buf, size_t *len
 int lja_channel_recv(lja_channel *ch, lja_msg **msg, double timeout)
 {
     *msg = NULL;
+    if (!ch->slots)   /* a list holds every message as an lja_msg */
+        return lja_channel_recv_into(ch, msg, NULL, NULL, timeout);
     lja_msg *block = malloc(sizeof *block + LJA_MSG_INLINE);
     if (!block)
         return LJA_ENOMEM;

@@ -266,6 +266,30 @@ function TestChannel:test_stress_mpmc_exact_counts_and_order()
     for p = 1, PRODUCERS do lu.assertEquals(sums[p], PER * (PER + 1) / 2) end
 end
 
+-- lja_channel_recv (ltask's system channel uses it) gives every message as an
+-- lja_msg, also one that a ring held inline.
+function TestChannel:test_c_recv_gives_every_message_as_a_block()
+    ffi.cdef [[
+int lja_channel_recv(lja_channel *ch, lja_msg **msg, double timeout);
+const char *lja_msg_data(lja_msg *msg, size_t *len);
+void lja_msg_free(lja_msg *msg);
+]]
+    local C, transfer = require("lj-async.shim").C, require "lj-async.transfer"
+    local msg, len = ffi.new("lja_msg *[1]"), ffi.new("size_t[1]")
+    for _, capacity in ipairs { 8, false } do
+        local ch = channel.new(capacity or nil)
+        ch:send("small", 1)
+        ch:send(("x"):rep(100))
+        for _, want in ipairs { { "small", 1 }, { ("x"):rep(100) } } do
+            lu.assertEquals(C.lja_channel_recv(ch, msg, 1), C.LJA_OK)
+            local got = transfer.pack(transfer.decode(C.lja_msg_data(msg[0], len), len[0]))
+            C.lja_msg_free(msg[0])
+            lu.assertEquals({ unpack(got, 2, got.n) }, want)
+        end
+        lu.assertEquals(C.lja_channel_recv(ch, msg, 0), C.LJA_ETIMEDOUT)
+    end
+end
+
 -- 8 senders and 8 receivers (half of them in select) on one channel: every
 -- message whose send succeeded is received once, in its sender's order.
 -- Messages take each path: a number, small values (inline in a ring's
