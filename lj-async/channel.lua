@@ -41,22 +41,23 @@ local wrap = object.define("channel", "lj-async.channel", C.LJA_KIND_CHANNEL, "s
 
 local objs_array, forget_exported = transfer.objs_array, transfer.forget_exported
 
--- Encode and send; returns the shim's code.  The message's object
--- references go with it, sent or not.  Raises at `level` (counted from the
--- public method) on a value that cannot cross.
 -- A message of one number is its 8 bytes after the byte NUMBER, which no
 -- encoded message starts with (its first value is always the count, a
 -- number): the commonest message skips string.buffer at both ends.
 local NUMBER = 1
 local number_ct = ffi.typeof("struct __attribute__((packed)) { char tag; double v; }")
+local number_ptr = ffi.typeof("$ *", number_ct)
 local number_out = number_ct(NUMBER)
-local number_len = ffi.sizeof(number_ct)
+local number_bytes, number_len = ffi.cast("const char *", number_out), ffi.sizeof(number_ct)
 
+-- Encode and send; returns the shim's code.  The message's object
+-- references go with it, sent or not.  Raises at `level` (counted from the
+-- public method) on a value that cannot cross.
 local function send(ch, timeout, level, n, v, ...)
     if n == 0 or v == nil then error("lj-async: a message's first value must not be nil", level + 1) end
     if n == 1 and type(v) == "number" then
         number_out.v = v
-        return send_c(ch, ffi.cast("const char *", number_out), number_len, nil, 0, timeout)
+        return send_c(ch, number_bytes, number_len, nil, 0, timeout)
     end
     local p, len = encode_at(level + 1, 0, n, v, ...)   -- raises on what cannot cross
     local objs, nobjs = objs_array()
@@ -95,8 +96,6 @@ end
 local function values(n, ...)
     return ...
 end
-
-local number_ptr = ffi.typeof("$ *", number_ct)
 
 -- The values of a received message: the one in `inline`, or msg (freed).
 local function open(msg)

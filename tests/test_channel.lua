@@ -266,6 +266,29 @@ function TestChannel:test_stress_mpmc_exact_counts_and_order()
     for p = 1, PRODUCERS do lu.assertEquals(sums[p], PER * (PER + 1) / 2) end
 end
 
+-- A message of one number takes a path of its own (no string.buffer): every
+-- double crosses bit for bit, by recv and by select, ring or list.
+function TestChannel:test_one_number_crosses_exactly()
+    local values = { 0, -0.0, 1 / 0, -1 / 0, 0 / 0, 2 ^ 53, -2 ^ 63, 0.1, math.pi, 5e-324 }
+    local function same(a, b)
+        if a ~= a then return b ~= b end
+        return a == b and 1 / a == 1 / b
+    end
+    for _, capacity in ipairs { 32, false } do
+        local ch = channel.new(capacity or nil)
+        for _, v in ipairs(values) do ch:send(v) end
+        for _, v in ipairs(values) do lu.assertTrue(ch:send_timeout(0, v)) end
+        for i, v in ipairs(values) do
+            local got = ch:recv(1)
+            lu.assertTrue(same(got, v), ("recv %d: %s, got %s"):format(i, tostring(v), tostring(got)))
+        end
+        for i, v in ipairs(values) do
+            local from, got, extra = channel.select({ ch }, 1)
+            lu.assertTrue(from == ch and extra == nil and same(got, v), ("select %d: %s, got %s"):format(i, tostring(v), tostring(got)))
+        end
+    end
+end
+
 -- lja_channel_recv (ltask's system channel uses it) gives every message as an
 -- lja_msg, also one that a ring held inline.
 function TestChannel:test_c_recv_gives_every_message_as_a_block()
