@@ -8,8 +8,10 @@
  * the receiver's buffer: no allocation.  Any other message is one
  * allocation (header, the objects it holds references to, then the bytes),
  * made before it is queued; the slot holds its address.  Unbounded
- * channels (and larger capacities) keep such allocations in a list under
- * the channel's mutex.
+ * channels (and other capacities) keep such allocations in a list of two
+ * halves: senders append to `in` under tail_lock, receivers take from `out`
+ * under head_lock and, when it is empty, move all of `in` there at once,
+ * so that the two ends meet once a batch, not once a message.
  *
  * On a ring the mutex and condition variables serve only the waits: a
  * sender or receiver that finds nobody waiting (recv_waiters,
@@ -53,7 +55,7 @@ struct slot {
 _Static_assert(sizeof(struct slot) == 64, "a slot is one cache line");
 
 /* Small list messages are blocks of one size, recycled through their
- * channel's spare stack (popped under the channel's lock); a message links
+ * channel's spare stack (popped under tail_lock); a message links
  * there through `next`, its first word. */
 #define SMALL_BLOCK 256
 #define SPARE_MAX 256
@@ -87,8 +89,10 @@ struct lja_channel {
     struct slot *slots;          /* the ring; NULL: the list */
     size_t size;                 /* slots in the ring */
     int64_t capacity;            /* 0: unbounded */
-    /* The ring's positions, each on its own line: senders claim at tail,
-     * receivers at head.  Beside each, the count of those who wait to hear
+    /* The counts of messages sent (tail, with CLOSED_BIT) and received
+     * (head), each on its own line with its end of the queue: on a ring
+     * also the positions where senders and receivers claim slots.  Beside
+     * each, the count of those who wait to hear
      * of that end's progress (changed under lock): each send reads
      * recv_waiters (receivers asleep, selects, watches), each receive
      * send_waiters (senders asleep), by a read-modify-write that orders it
@@ -96,13 +100,15 @@ struct lja_channel {
      * its check after counting sees the change (TSan knows no fences). */
     _Alignas(64) atomic_size_t tail;
     atomic_int recv_waiters;
+    pthread_mutex_t tail_lock;   /* the list's senders; also pops spare */
+    lja_fifo in;                 /* the list's newer half: lja_msg linked through next */
     _Alignas(64) atomic_size_t head;
     atomic_int send_waiters;
-    _Alignas(64) pthread_mutex_t lock;
+    pthread_mutex_t head_lock;   /* the list's receivers */
+    lja_fifo out;                /* the list's older half */
+    _Alignas(64) pthread_mutex_t lock;   /* the waits, selectors and watches */
     pthread_cond_t not_empty, not_full;
     atomic_int closed;
-    lja_fifo queue;              /* the list: lja_msg linked through next */
-    atomic_llong count;          /* its length: written under lock */
     struct selector_link *selectors;
     struct fd_watch *watches;
     lja_spare_stack spare;       /* recycled small blocks */
@@ -150,17 +156,15 @@ static struct slot *slot_at(lja_channel *ch, size_t pos)
     return &ch->slots[pos % ch->size];
 }
 
-/* Messages queued (on a ring, also those a sender is still copying in). */
+/* Messages queued (also those a sender is still putting in). */
 static int64_t length(lja_channel *ch)
 {
-    if (!ch->slots)
-        return atomic_load(&ch->count);
     size_t head = atomic_load(&ch->head);   /* first: tail only grows */
     return (int64_t)((atomic_load(&ch->tail) & ~CLOSED_BIT) - head);
 }
 
-/* Closed and drained: recv returns LJA_ECLOSED.  closed is set after the
- * ring's CLOSED_BIT, so the length read after it counts every message. */
+/* Closed and drained: recv returns LJA_ECLOSED.  closed is set after
+ * CLOSED_BIT, so the length read after it counts every message. */
 static int finished(lja_channel *ch)
 {
     return atomic_load(&ch->closed) && length(ch) == 0;
@@ -169,7 +173,8 @@ static int finished(lja_channel *ch)
 static void channel_destroy(void *obj)
 {
     lja_channel *ch = obj;
-    for (lja_msg *m = ch->queue.head, *next; m; m = next) {
+    lja_fifo_concat(&ch->out, &ch->in);
+    for (lja_msg *m = ch->out.head, *next; m; m = next) {
         next = m->next;
         release_objects(m);
         free(m);
@@ -189,6 +194,8 @@ static void channel_destroy(void *obj)
     pthread_cond_destroy(&ch->not_empty);
     pthread_cond_destroy(&ch->not_full);
     pthread_mutex_destroy(&ch->lock);
+    pthread_mutex_destroy(&ch->head_lock);
+    pthread_mutex_destroy(&ch->tail_lock);
     free(ch);
 }
 
@@ -202,7 +209,6 @@ lja_channel *lja_channel_new(int64_t capacity)
         return NULL;
     memset(ch, 0, bytes);
     ch->capacity = capacity;
-    atomic_init(&ch->count, 0);
     atomic_init(&ch->tail, 0);
     atomic_init(&ch->head, 0);
     atomic_init(&ch->recv_waiters, 0);
@@ -217,6 +223,8 @@ lja_channel *lja_channel_new(int64_t capacity)
     pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_ADAPTIVE_NP);
 #endif
     pthread_mutex_init(&ch->lock, &attr);
+    pthread_mutex_init(&ch->head_lock, &attr);
+    pthread_mutex_init(&ch->tail_lock, &attr);
     pthread_mutexattr_destroy(&attr);
     int ok = lja_cond_init(&ch->not_empty) == LJA_OK && lja_cond_init(&ch->not_full) == LJA_OK;
     if (ok && capacity >= 2 && capacity <= RING_MAX) {
@@ -313,18 +321,23 @@ struct parcel {
     lja_msg *msg;
 };
 
-/* Queues p: LJA_OK, LJA_EAGAIN (full) or LJA_ECLOSED.  A list needs
- * ch->lock held; a ring needs no lock. */
+/* Queues p: LJA_OK, LJA_EAGAIN (full) or LJA_ECLOSED. */
 static int push(lja_channel *ch, const struct parcel *p)
 {
     if (!ch->slots) {
-        if (atomic_load(&ch->closed))
-            return LJA_ECLOSED;
-        if (ch->capacity && atomic_load(&ch->count) >= ch->capacity)
-            return LJA_EAGAIN;
-        lja_fifo_push(&ch->queue, p->msg);
-        atomic_fetch_add(&ch->count, 1);
-        return LJA_OK;
+        int rc = LJA_OK;
+        pthread_mutex_lock(&ch->tail_lock);
+        size_t t = atomic_load(&ch->tail);
+        if (t & CLOSED_BIT)
+            rc = LJA_ECLOSED;
+        else if (ch->capacity && (int64_t)(t - atomic_load(&ch->head)) >= ch->capacity)
+            rc = LJA_EAGAIN;
+        else if (!atomic_compare_exchange_strong(&ch->tail, &t, t + 1))
+            rc = LJA_ECLOSED;   /* only close changes tail outside tail_lock */
+        else
+            lja_fifo_push(&ch->in, p->msg);
+        pthread_mutex_unlock(&ch->tail_lock);
+        return rc;
     }
     size_t pos = atomic_load_explicit(&ch->tail, memory_order_relaxed);
     struct slot *s;
@@ -353,14 +366,20 @@ static int push(lja_channel *ch, const struct parcel *p)
 }
 
 /* Takes the first message: 1, with *msg set or (msg NULL) the bytes copied
- * to buf and *len set; 0 if there is none.  A list needs ch->lock held. */
+ * to buf and *len set; 0 if there is none. */
 static int pop(lja_channel *ch, lja_msg **msg, char *buf, size_t *len)
 {
     if (!ch->slots) {
-        if (!(*msg = lja_fifo_shift(&ch->queue)))
-            return 0;
-        atomic_fetch_sub(&ch->count, 1);
-        return 1;
+        pthread_mutex_lock(&ch->head_lock);
+        if (!ch->out.head) {
+            pthread_mutex_lock(&ch->tail_lock);
+            lja_fifo_concat(&ch->out, &ch->in);
+            pthread_mutex_unlock(&ch->tail_lock);
+        }
+        if ((*msg = lja_fifo_shift(&ch->out)))
+            atomic_fetch_add(&ch->head, 1);
+        pthread_mutex_unlock(&ch->head_lock);
+        return *msg != NULL;
     }
     size_t pos = atomic_load_explicit(&ch->head, memory_order_relaxed);
     struct slot *s;
@@ -419,43 +438,34 @@ int lja_channel_send(lja_channel *ch, const char *data, size_t len, void *const 
     if (nobjs < 0 || (nobjs > 0 && !objs))
         return LJA_EINVAL;
     struct parcel p = {data, len, NULL};
-    int ring = ch->slots != NULL, inline_ = ring && !nobjs && len <= LJA_MSG_INLINE;
-    int small = !ring && is_small(len, nobjs);
-    if (small) {
-        /* a recycled block is taken and filled under the lock (<= 256 bytes) */
-        pthread_mutex_lock(&ch->lock);
-        if (!(p.msg = lja_spare_pop(&ch->spare)))
-            pthread_mutex_unlock(&ch->lock);
-    }
-    if (!p.msg && !inline_) {
-        p.msg = malloc(small ? SMALL_BLOCK : sizeof *p.msg + (size_t)nobjs * sizeof(void *) + len);
+    int ring = ch->slots != NULL;
+    if (!ring || nobjs || len > LJA_MSG_INLINE) {
+        int small = !ring && is_small(len, nobjs);
+        if (small) {
+            pthread_mutex_lock(&ch->tail_lock);
+            p.msg = lja_spare_pop(&ch->spare);
+            pthread_mutex_unlock(&ch->tail_lock);
+        }
+        if (!p.msg)
+            p.msg = malloc(small ? SMALL_BLOCK : sizeof *p.msg + (size_t)nobjs * sizeof(void *) + len);
         if (!p.msg) {
             for (int i = 0; i < nobjs; i++)   /* not sent: its references go (ljasync.h) */
                 lja_object_release(objs[i]);
             return LJA_ENOMEM;
         }
-        if (!ring)
-            pthread_mutex_lock(&ch->lock);
-    }
-    if (p.msg) {
         p.msg->home = small ? ch : NULL;
         fill(p.msg, data, len, objs, nobjs);
     }
-    /* from here a list channel's lock is held */
     int rc = push(ch, &p);
-    if (rc == LJA_EAGAIN && ring && timeout != 0) {
+    if (rc == LJA_EAGAIN && timeout != 0) {
         spin_until_ready(ch, 1);
         rc = push(ch, &p);
     }
     if (rc == LJA_EAGAIN && timeout != 0) {
-        if (ring)
-            pthread_mutex_lock(&ch->lock);
+        pthread_mutex_lock(&ch->lock);
         rc = wait_push(ch, &p, timeout);
-        if (ring)
-            pthread_mutex_unlock(&ch->lock);
-    }
-    if (!ring)
         pthread_mutex_unlock(&ch->lock);
+    }
     if (rc == LJA_OK) {
         after_push(ch);
         return LJA_OK;
@@ -481,12 +491,12 @@ static int wait_pop(lja_channel *ch, lja_msg **msg, char *buf, size_t *len, doub
 int lja_channel_recv_into(lja_channel *ch, lja_msg **msg, char *buf, size_t *len, double timeout)
 {
     *msg = NULL;
-    int got = ch->slots && pop(ch, msg, buf, len);   /* a ring: no lock unless it must wait */
+    int got = pop(ch, msg, buf, len);   /* ch->lock only to wait */
     if (!got && timeout != 0) {
         spin_until_ready(ch, 0);
-        got = ch->slots && pop(ch, msg, buf, len);
+        got = pop(ch, msg, buf, len);
     }
-    if (!got && (timeout != 0 || !ch->slots)) {
+    if (!got && timeout != 0) {
         pthread_mutex_lock(&ch->lock);
         got = wait_pop(ch, msg, buf, len, timeout);
         pthread_mutex_unlock(&ch->lock);
@@ -525,8 +535,7 @@ int lja_channel_recv(lja_channel *ch, lja_msg **msg, double timeout)
 void lja_channel_close(lja_channel *ch)
 {
     pthread_mutex_lock(&ch->lock);
-    if (ch->slots)
-        atomic_fetch_or(&ch->tail, CLOSED_BIT);   /* before closed: see finished */
+    atomic_fetch_or(&ch->tail, CLOSED_BIT);   /* before closed: see finished */
     atomic_store(&ch->closed, 1);
     pthread_cond_broadcast(&ch->not_empty);
     pthread_cond_broadcast(&ch->not_full);
@@ -548,11 +557,7 @@ static int take_ready(lja_channel *const *chs, int n, int *index, lja_msg **msg,
         lja_channel *ch = chs[i];
         if (length(ch) == 0 && !atomic_load(&ch->closed))
             continue;
-        if (!ch->slots)
-            pthread_mutex_lock(&ch->lock);
         int got = pop(ch, msg, buf, len);
-        if (!ch->slots)
-            pthread_mutex_unlock(&ch->lock);
         if (got || finished(ch)) {
             *index = i;
             if (!got)
