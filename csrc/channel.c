@@ -92,15 +92,15 @@ struct lja_channel {
     /* The counts of messages sent (tail, with CLOSED_BIT) and received
      * (head), each on its own line with its end of the queue: on a ring
      * also the positions where senders and receivers claim slots.  Beside
-     * each, the count of those who wait to hear
-     * of that end's progress (changed under lock): each send reads
-     * recv_waiters (receivers asleep, selects, watches), each receive
-     * send_waiters (senders asleep), by a read-modify-write that orders it
-     * after the queue's change: either the waiter counted itself first, or
-     * its check after counting sees the change (TSan knows no fences). */
+     * each, the count of those who wait to hear of that end's progress
+     * (changed under lock): each send reads recv_waiters (receivers
+     * asleep, selects, watches), each receive send_waiters (senders
+     * asleep), by a read-modify-write that orders it after the queue's
+     * change: either the waiter counted itself first, or its check after
+     * counting sees the change (TSan knows no fences). */
     _Alignas(64) atomic_size_t tail;
     atomic_int recv_waiters;
-    pthread_mutex_t tail_lock;   /* the list's senders; also pops spare */
+    pthread_mutex_t tail_lock;   /* the list's senders; also spare's pops */
     lja_fifo in;                 /* the list's newer half: lja_msg linked through next */
     _Alignas(64) atomic_size_t head;
     atomic_int send_waiters;
