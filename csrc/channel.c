@@ -405,18 +405,26 @@ static int pop(lja_channel *ch, lja_msg **msg, char *buf, size_t *len)
     return 1;
 }
 
-/* The spin before a wait: polls, without the lock, until the channel has a
- * message (room: room for one) or is closed.  A cancel or pause of the
- * calling thread ends the spin: on busy cores each of its yields may last a
- * time slice. */
+/* Whether the channel has a message (room: room for one).  On a ring this
+ * reads the slot where that end goes next, not the other end's count: a
+ * spinning receiver then leaves the senders' line alone (and a sender the
+ * receivers'), and reads the slot it would fetch anyway. */
+static int ready(lja_channel *ch, int room)
+{
+    if (!ch->slots)
+        return room ? length(ch) < ch->capacity : length(ch) > 0;
+    size_t pos = atomic_load_explicit(room ? &ch->tail : &ch->head, memory_order_relaxed) & ~CLOSED_BIT;
+    return atomic_load_explicit(&slot_at(ch, pos)->seq, memory_order_relaxed) == (room ? pos : pos + 1);
+}
+
+/* The spin before a wait: polls, without the lock, until the channel is
+ * ready (see ready) or closed.  A cancel or pause of the calling thread
+ * ends the spin: on busy cores each of its yields may last a time slice. */
 static void spin_until_ready(lja_channel *ch, int room)
 {
-    for (int i = 0; i < SPIN_ROUNDS && !atomic_load(&ch->closed) && !lja_thread_poll(); i++) {
-        int64_t n = length(ch);
-        if (room ? n < ch->capacity : n > 0)
-            return;
+    for (int i = 0; i < SPIN_ROUNDS && !ready(ch, room) && !atomic_load(&ch->closed) && !lja_thread_poll();
+         i++)
         lja_spin_pause(i);
-    }
 }
 
 /* The waiting part of send: with ch->lock held, sleeps on not_full until p
