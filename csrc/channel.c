@@ -1,11 +1,24 @@
 /* channel.c: MPMC channels of messages (README: lj-async.channel).
  *
- * A message is one allocation: header, the objects it holds references to,
- * then the sender's bytes, copied before the channel's lock is taken.  The
- * queue is a list under one mutex.  A receiver that finds the channel empty
- * spins briefly (without the lock) before it sleeps: a reply that comes
- * within microseconds then costs no futex wake, which is what makes
- * ping-pong between two threads fast. */
+ * A bounded channel (capacity up to RING_MAX) is a ring of `capacity`
+ * slots, a cache line each, that senders and receivers claim without a
+ * lock (D. Vyukov's bounded MPMC queue: a slot's sequence number says
+ * whether it waits for a sender or a receiver).  A message of at most
+ * LJA_MSG_INLINE bytes and no objects is copied into its slot and out to
+ * the receiver's buffer: no allocation.  Any other message is one
+ * allocation (header, the objects it holds references to, then the bytes),
+ * made before it is queued; the slot holds its address.  Unbounded
+ * channels (and other capacities) keep such allocations in a list of two
+ * halves: senders append to `in` under tail_lock, receivers take from `out`
+ * under head_lock and, when it is empty, move all of `in` there at once,
+ * so that the two ends meet once a batch, not once a message.
+ *
+ * On a ring the mutex and condition variables serve only the waits: a
+ * sender or receiver that finds nobody waiting (recv_waiters,
+ * send_waiters) never takes the lock.  A receiver that finds the channel
+ * empty, or a sender that finds it full, spins briefly (without the lock)
+ * before it sleeps: a reply that comes within microseconds then costs no
+ * futex wake, which is what makes ping-pong between two threads fast. */
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -13,7 +26,14 @@
 #include "object.h"
 #include "queue.h"
 
-#define SPIN_ROUNDS 2000  /* polls of the count (~ tens of microseconds) */
+#define SPIN_ROUNDS 2000  /* polls of the length (~ tens of microseconds) */
+/* Rings of 2 to RING_MAX slots, 64 bytes each, allocated with the channel
+ * (at most 1 MiB); other capacities use the list (in a ring of one slot,
+ * "full at pos" and "free at pos + 1" would be the same sequence number). */
+#define RING_MAX 16384
+#define MSG_IN_SLOT ((size_t)-1)   /* slot.len of a slot that holds an lja_msg */
+/* Set in tail by close: no sender claims a slot after it. */
+#define CLOSED_BIT ((size_t)1 << (sizeof(size_t) * 8 - 1))
 
 struct lja_msg {
     struct lja_msg *next;
@@ -24,9 +44,19 @@ struct lja_msg {
     void *objs[];
 };
 
-/* Small messages are blocks of one size, recycled through their channel's
- * spare stack (popped under the channel's lock); a message links there
- * through `next`, its first word. */
+struct slot {
+    atomic_size_t seq;   /* pos: free for the sender at pos; pos + 1: full */
+    size_t len;          /* bytes in data, or MSG_IN_SLOT */
+    union {
+        char data[LJA_MSG_INLINE];
+        lja_msg *msg;
+    } u;
+};
+_Static_assert(sizeof(struct slot) == 64, "a slot is one cache line");
+
+/* Small list messages are blocks of one size, recycled through their
+ * channel's spare stack (popped under tail_lock); a message links
+ * there through `next`, its first word. */
 #define SMALL_BLOCK 256
 #define SPARE_MAX 256
 
@@ -56,13 +86,29 @@ struct fd_watch {
 
 struct lja_channel {
     lja_object hdr;
-    pthread_mutex_t lock;
-    pthread_cond_t not_empty, not_full;
-    lja_fifo queue;              /* of lja_msg, linked through next */
-    atomic_llong count;          /* written under lock; read without it to spin */
+    struct slot *slots;          /* the ring; NULL: the list */
+    size_t size;                 /* slots in the ring */
     int64_t capacity;            /* 0: unbounded */
+    /* The counts of messages sent (tail, with CLOSED_BIT) and received
+     * (head), each on its own line with its end of the queue: on a ring
+     * also the positions where senders and receivers claim slots.  Beside
+     * each, the count of those who wait to hear of that end's progress
+     * (changed under lock): each send reads recv_waiters (receivers
+     * asleep, selects, watches), each receive send_waiters (senders
+     * asleep), by a read-modify-write that orders it after the queue's
+     * change: either the waiter counted itself first, or its check after
+     * counting sees the change (TSan knows no fences). */
+    _Alignas(64) atomic_size_t tail;
+    atomic_int recv_waiters;
+    pthread_mutex_t tail_lock;   /* the list's senders; also spare's pops */
+    lja_fifo in;                 /* the list's newer half: lja_msg linked through next */
+    _Alignas(64) atomic_size_t head;
+    atomic_int send_waiters;
+    pthread_mutex_t head_lock;   /* the list's receivers */
+    lja_fifo out;                /* the list's older half */
+    _Alignas(64) pthread_mutex_t lock;   /* the waits, selectors and watches */
+    pthread_cond_t not_empty, not_full;
     atomic_int closed;
-    int recv_waiters, send_waiters;
     struct selector_link *selectors;
     struct fd_watch *watches;
     lja_spare_stack spare;       /* recycled small blocks */
@@ -105,13 +151,40 @@ const char *lja_msg_data(lja_msg *msg, size_t *len)
     return msg->data;
 }
 
+static struct slot *slot_at(lja_channel *ch, size_t pos)
+{
+    return &ch->slots[pos % ch->size];
+}
+
+/* Messages queued (also those a sender is still putting in). */
+static int64_t length(lja_channel *ch)
+{
+    size_t head = atomic_load(&ch->head);   /* first: tail only grows */
+    return (int64_t)((atomic_load(&ch->tail) & ~CLOSED_BIT) - head);
+}
+
+/* Closed and drained: recv returns LJA_ECLOSED.  closed is set after
+ * CLOSED_BIT, so the length read after it counts every message. */
+static int finished(lja_channel *ch)
+{
+    return atomic_load(&ch->closed) && length(ch) == 0;
+}
+
 static void channel_destroy(void *obj)
 {
     lja_channel *ch = obj;
-    for (lja_msg *m = ch->queue.head, *next; m; m = next) {
+    lja_fifo_concat(&ch->out, &ch->in);
+    for (lja_msg *m = ch->out.head, *next; m; m = next) {
         next = m->next;
         release_objects(m);
         free(m);
+    }
+    if (ch->slots) {
+        size_t tail = atomic_load(&ch->tail) & ~CLOSED_BIT;
+        for (size_t pos = atomic_load(&ch->head); pos != tail; pos++)
+            if (slot_at(ch, pos)->len == MSG_IN_SLOT)
+                lja_msg_free(slot_at(ch, pos)->u.msg);
+        free(ch->slots);
     }
     lja_spare_free_all(&ch->spare);
     for (struct fd_watch *w = ch->watches, *next; w; w = next) {
@@ -121,6 +194,8 @@ static void channel_destroy(void *obj)
     pthread_cond_destroy(&ch->not_empty);
     pthread_cond_destroy(&ch->not_full);
     pthread_mutex_destroy(&ch->lock);
+    pthread_mutex_destroy(&ch->head_lock);
+    pthread_mutex_destroy(&ch->tail_lock);
     free(ch);
 }
 
@@ -128,11 +203,16 @@ lja_channel *lja_channel_new(int64_t capacity)
 {
     if (capacity < 0)
         return NULL;
-    lja_channel *ch = calloc(1, sizeof *ch);
+    size_t bytes = (sizeof(lja_channel) + 63) / 64 * 64;
+    lja_channel *ch = aligned_alloc(64, bytes);
     if (!ch)
         return NULL;
+    memset(ch, 0, bytes);
     ch->capacity = capacity;
-    atomic_init(&ch->count, 0);
+    atomic_init(&ch->tail, 0);
+    atomic_init(&ch->head, 0);
+    atomic_init(&ch->recv_waiters, 0);
+    atomic_init(&ch->send_waiters, 0);
     lja_spare_init(&ch->spare);
     atomic_init(&ch->closed, 0);
     /* Held for a few instructions at a time by both ends: an adaptive mutex
@@ -143,15 +223,23 @@ lja_channel *lja_channel_new(int64_t capacity)
     pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_ADAPTIVE_NP);
 #endif
     pthread_mutex_init(&ch->lock, &attr);
+    pthread_mutex_init(&ch->head_lock, &attr);
+    pthread_mutex_init(&ch->tail_lock, &attr);
     pthread_mutexattr_destroy(&attr);
-    if (lja_cond_init(&ch->not_empty) != LJA_OK || lja_cond_init(&ch->not_full) != LJA_OK ||
-        lja_object_init(&ch->hdr, LJA_KIND_CHANNEL, channel_destroy) != LJA_OK) {
+    int ok = lja_cond_init(&ch->not_empty) == LJA_OK && lja_cond_init(&ch->not_full) == LJA_OK;
+    if (ok && capacity >= 2 && capacity <= RING_MAX) {
+        ch->size = (size_t)capacity;
+        ch->slots = aligned_alloc(64, ch->size * sizeof(struct slot));
+        ok = ch->slots != NULL;
+        for (size_t i = 0; ok && i < ch->size; i++)
+            atomic_init(&ch->slots[i].seq, i);
+    }
+    if (!ok || lja_object_init(&ch->hdr, LJA_KIND_CHANNEL, channel_destroy) != LJA_OK) {
         channel_destroy(ch);
         return NULL;
     }
     return ch;
 }
-
 
 /* Wake selects waiting on ch; called with ch->lock held. */
 static void notify_selectors(lja_channel *ch)
@@ -171,6 +259,31 @@ static void notify_watches(lja_channel *ch)
         eventfd_write(w->fd, 1);
 }
 
+/* After a message went in (no lock held): wake a receiver, the selects and
+ * the watches, if any. */
+static void after_push(lja_channel *ch)
+{
+    if (!atomic_fetch_add(&ch->recv_waiters, 0))
+        return;
+    pthread_mutex_lock(&ch->lock);
+    pthread_cond_signal(&ch->not_empty);
+    if (ch->selectors)
+        notify_selectors(ch);
+    if (ch->watches)
+        notify_watches(ch);
+    pthread_mutex_unlock(&ch->lock);
+}
+
+/* After a message came out (no lock held): wake a sender waiting for room. */
+static void after_pop(lja_channel *ch)
+{
+    if (!atomic_fetch_add(&ch->send_waiters, 0))
+        return;
+    pthread_mutex_lock(&ch->lock);
+    pthread_cond_signal(&ch->not_full);
+    pthread_mutex_unlock(&ch->lock);
+}
+
 int lja_channel_watch_fd(lja_channel *ch, int fd, int on)
 {
     if (fd < 0)
@@ -188,9 +301,11 @@ int lja_channel_watch_fd(lja_channel *ch, int fd, int on)
         w->next = NULL;
         *p = w;
         w = NULL;
+        atomic_fetch_add(&ch->recv_waiters, 1);
     } else if (!on && *p) {
         w = *p;
         *p = w->next;
+        atomic_fetch_sub(&ch->recv_waiters, 1);
     } else {
         rc = on ? LJA_EBUSY : LJA_ENOTFOUND;
     }
@@ -199,104 +314,236 @@ int lja_channel_watch_fd(lja_channel *ch, int fd, int on)
     return rc;
 }
 
+/* What a sender queues: the bytes inline in a slot, or msg. */
+struct parcel {
+    const char *data;
+    size_t len;
+    lja_msg *msg;
+};
+
+/* Queues p: LJA_OK, LJA_EAGAIN (full) or LJA_ECLOSED. */
+static int push(lja_channel *ch, const struct parcel *p)
+{
+    if (!ch->slots) {
+        int rc = LJA_OK;
+        pthread_mutex_lock(&ch->tail_lock);
+        size_t t = atomic_load(&ch->tail);
+        if (t & CLOSED_BIT)
+            rc = LJA_ECLOSED;
+        else if (ch->capacity && (int64_t)(t - atomic_load(&ch->head)) >= ch->capacity)
+            rc = LJA_EAGAIN;
+        else if (!atomic_compare_exchange_strong(&ch->tail, &t, t + 1))
+            rc = LJA_ECLOSED;   /* only close changes tail outside tail_lock */
+        else
+            lja_fifo_push(&ch->in, p->msg);
+        pthread_mutex_unlock(&ch->tail_lock);
+        return rc;
+    }
+    size_t pos = atomic_load_explicit(&ch->tail, memory_order_relaxed);
+    struct slot *s;
+    for (;;) {
+        if (pos & CLOSED_BIT)
+            return LJA_ECLOSED;
+        s = slot_at(ch, pos);
+        intptr_t d = (intptr_t)(atomic_load_explicit(&s->seq, memory_order_acquire) - pos);
+        if (d == 0 && atomic_compare_exchange_weak_explicit(&ch->tail, &pos, pos + 1, memory_order_relaxed,
+                                                             memory_order_relaxed))
+            break;
+        if (d < 0)
+            return LJA_EAGAIN;   /* the slot still holds the message of pos - size */
+        if (d > 0)
+            pos = atomic_load_explicit(&ch->tail, memory_order_relaxed);
+    }
+    if (p->msg) {
+        s->len = MSG_IN_SLOT;
+        s->u.msg = p->msg;
+    } else {
+        s->len = p->len;
+        memcpy(s->u.data, p->data, p->len);
+    }
+    atomic_store_explicit(&s->seq, pos + 1, memory_order_release);
+    return LJA_OK;
+}
+
+/* Takes the first message: 1, with *msg set or (msg NULL) the bytes copied
+ * to buf and *len set; 0 if there is none. */
+static int pop(lja_channel *ch, lja_msg **msg, char *buf, size_t *len)
+{
+    if (!ch->slots) {
+        pthread_mutex_lock(&ch->head_lock);
+        if (!ch->out.head) {
+            pthread_mutex_lock(&ch->tail_lock);
+            lja_fifo_concat(&ch->out, &ch->in);
+            pthread_mutex_unlock(&ch->tail_lock);
+        }
+        if ((*msg = lja_fifo_shift(&ch->out)))
+            atomic_fetch_add(&ch->head, 1);
+        pthread_mutex_unlock(&ch->head_lock);
+        return *msg != NULL;
+    }
+    size_t pos = atomic_load_explicit(&ch->head, memory_order_relaxed);
+    struct slot *s;
+    for (;;) {
+        s = slot_at(ch, pos);
+        intptr_t d = (intptr_t)(atomic_load_explicit(&s->seq, memory_order_acquire) - (pos + 1));
+        if (d == 0 && atomic_compare_exchange_weak_explicit(&ch->head, &pos, pos + 1, memory_order_relaxed,
+                                                             memory_order_relaxed))
+            break;
+        if (d < 0)
+            return 0;   /* empty, or its sender is still copying */
+        if (d > 0)
+            pos = atomic_load_explicit(&ch->head, memory_order_relaxed);
+    }
+    if (s->len == MSG_IN_SLOT) {
+        *msg = s->u.msg;
+    } else {
+        *msg = NULL;
+        *len = s->len;
+        memcpy(buf, s->u.data, s->len);
+    }
+    atomic_store_explicit(&s->seq, pos + ch->size, memory_order_release);
+    return 1;
+}
+
+/* Whether the channel has a message (room: room for one).  On a ring this
+ * reads the slot where that end goes next, not the other end's count: a
+ * spinning receiver then leaves the senders' line alone (and a sender the
+ * receivers'), and reads the slot it would fetch anyway. */
+static int ready(lja_channel *ch, int room)
+{
+    if (!ch->slots)
+        return room ? length(ch) < ch->capacity : length(ch) > 0;
+    size_t pos = atomic_load_explicit(room ? &ch->tail : &ch->head, memory_order_relaxed) & ~CLOSED_BIT;
+    return atomic_load_explicit(&slot_at(ch, pos)->seq, memory_order_relaxed) == (room ? pos : pos + 1);
+}
+
+/* The spin before a wait: polls, without the lock, until the channel is
+ * ready (see ready) or closed.  A cancel or pause of the calling thread
+ * ends the spin: on busy cores each of its yields may last a time slice. */
+static void spin_until_ready(lja_channel *ch, int room)
+{
+    for (int i = 0; i < SPIN_ROUNDS && !ready(ch, room) && !atomic_load(&ch->closed) && !lja_thread_poll();
+         i++)
+        lja_spin_pause(i);
+}
+
+/* The waiting part of send: with ch->lock held, sleeps on not_full until p
+ * goes in, the channel closes or the timeout passes. */
+static int wait_push(lja_channel *ch, const struct parcel *p, double timeout)
+{
+    struct timespec deadline;
+    int have = 0, rc, waited = LJA_OK;
+    atomic_fetch_add(&ch->send_waiters, 1);
+    while ((rc = push(ch, p)) == LJA_EAGAIN && waited == LJA_OK)
+        waited = lja_wait_timeout(&ch->not_full, &ch->lock, timeout, &deadline, &have);
+    atomic_fetch_sub(&ch->send_waiters, 1);
+    return rc;
+}
+
 int lja_channel_send(lja_channel *ch, const char *data, size_t len, void *const *objs, int nobjs,
                      double timeout)
 {
     if (nobjs < 0 || (nobjs > 0 && !objs))
         return LJA_EINVAL;
-    lja_msg *msg = NULL;
-    int small = is_small(len, nobjs);
-    if (small) {
-        /* a recycled block is taken and filled under the lock (<= 256 bytes) */
-        pthread_mutex_lock(&ch->lock);
-        msg = lja_spare_pop(&ch->spare);
-        if (!msg)
-            pthread_mutex_unlock(&ch->lock);
-    }
-    if (!msg) {
-        msg = malloc(small ? SMALL_BLOCK : sizeof *msg + (size_t)nobjs * sizeof(void *) + len);
-        if (!msg) {
+    struct parcel p = {data, len, NULL};
+    int ring = ch->slots != NULL;
+    if (!ring || nobjs || len > LJA_MSG_INLINE) {
+        int small = !ring && is_small(len, nobjs);
+        if (small) {
+            pthread_mutex_lock(&ch->tail_lock);
+            p.msg = lja_spare_pop(&ch->spare);
+            pthread_mutex_unlock(&ch->tail_lock);
+        }
+        if (!p.msg)
+            p.msg = malloc(small ? SMALL_BLOCK : sizeof *p.msg + (size_t)nobjs * sizeof(void *) + len);
+        if (!p.msg) {
             for (int i = 0; i < nobjs; i++)   /* not sent: its references go (ljasync.h) */
                 lja_object_release(objs[i]);
             return LJA_ENOMEM;
         }
+        p.msg->home = small ? ch : NULL;
+        fill(p.msg, data, len, objs, nobjs);
+    }
+    int rc = push(ch, &p);
+    if (rc == LJA_EAGAIN && timeout != 0) {
+        spin_until_ready(ch, 1);
+        rc = push(ch, &p);
+    }
+    if (rc == LJA_EAGAIN && timeout != 0) {
         pthread_mutex_lock(&ch->lock);
+        rc = wait_push(ch, &p, timeout);
+        pthread_mutex_unlock(&ch->lock);
     }
-    msg->home = small ? ch : NULL;
-    fill(msg, data, len, objs, nobjs);
-
-    struct timespec deadline;
-    int have = 0, rc = LJA_OK;
-    while (!atomic_load(&ch->closed) && ch->capacity && atomic_load(&ch->count) >= ch->capacity &&
-           rc == LJA_OK) {
-        ch->send_waiters++;
-        rc = lja_wait_timeout(&ch->not_full, &ch->lock, timeout, &deadline, &have);
-        ch->send_waiters--;
-    }
-    if (atomic_load(&ch->closed)) {
-        rc = LJA_ECLOSED;
-    } else if (!ch->capacity || atomic_load(&ch->count) < ch->capacity) {
-        rc = LJA_OK;
-        lja_fifo_push(&ch->queue, msg);
-        atomic_fetch_add(&ch->count, 1);
-        if (ch->recv_waiters)
-            pthread_cond_signal(&ch->not_empty);
-        if (ch->selectors)
-            notify_selectors(ch);
-        if (ch->watches)
-            notify_watches(ch);
-    } else {
-        rc = LJA_ETIMEDOUT;
-    }
-    pthread_mutex_unlock(&ch->lock);
-    if (rc != LJA_OK)
-        lja_msg_free(msg);   /* not sent: its references go too */
-    return rc;
-}
-
-/* Pops a message; called with ch->lock held. */
-static lja_msg *pop(lja_channel *ch)
-{
-    lja_msg *msg = lja_fifo_shift(&ch->queue);
-    if (!msg)
-        return NULL;
-    atomic_fetch_sub(&ch->count, 1);
-    if (ch->send_waiters)
-        pthread_cond_signal(&ch->not_full);
-    return msg;
-}
-
-int lja_channel_recv(lja_channel *ch, lja_msg **out, double timeout)
-{
-    *out = NULL;
-    if (timeout != 0) {
-        /* A cancel or pause of the calling thread ends the spin: on busy
-         * cores each of its yields may last a time slice. */
-        for (int i = 0; i < SPIN_ROUNDS && atomic_load(&ch->count) == 0 && !atomic_load(&ch->closed) &&
-                        !lja_thread_poll();
-             i++)
-            lja_spin_pause(i);
-    }
-    struct timespec deadline;
-    int have = 0, rc = LJA_OK;
-    pthread_mutex_lock(&ch->lock);
-    while (!ch->queue.head && !atomic_load(&ch->closed) && rc == LJA_OK) {
-        ch->recv_waiters++;
-        rc = lja_wait_timeout(&ch->not_empty, &ch->lock, timeout, &deadline, &have);
-        ch->recv_waiters--;
-    }
-    lja_msg *msg = pop(ch);
-    pthread_mutex_unlock(&ch->lock);
-    if (msg) {
-        *out = msg;
+    if (rc == LJA_OK) {
+        after_push(ch);
         return LJA_OK;
     }
-    return atomic_load(&ch->closed) ? LJA_ECLOSED : LJA_ETIMEDOUT;
+    lja_msg_free(p.msg);   /* not sent: its references go too */
+    return rc == LJA_EAGAIN ? LJA_ETIMEDOUT : rc;
+}
+
+/* The waiting part of recv: with ch->lock held, takes a message, sleeping
+ * on not_empty until one comes, the channel is closed and drained or the
+ * timeout passes.  Returns pop's result. */
+static int wait_pop(lja_channel *ch, lja_msg **msg, char *buf, size_t *len, double timeout)
+{
+    struct timespec deadline;
+    int have = 0, got, waited = LJA_OK;
+    atomic_fetch_add(&ch->recv_waiters, 1);
+    while (!(got = pop(ch, msg, buf, len)) && !finished(ch) && waited == LJA_OK)
+        waited = lja_wait_timeout(&ch->not_empty, &ch->lock, timeout, &deadline, &have);
+    atomic_fetch_sub(&ch->recv_waiters, 1);
+    return got;
+}
+
+int lja_channel_recv_into(lja_channel *ch, lja_msg **msg, char *buf, size_t *len, double timeout)
+{
+    *msg = NULL;
+    int got = pop(ch, msg, buf, len);   /* ch->lock only to wait */
+    if (!got && timeout != 0) {
+        spin_until_ready(ch, 0);
+        got = pop(ch, msg, buf, len);
+    }
+    if (!got && timeout != 0) {
+        pthread_mutex_lock(&ch->lock);
+        got = wait_pop(ch, msg, buf, len, timeout);
+        pthread_mutex_unlock(&ch->lock);
+    }
+    if (got) {
+        after_pop(ch);
+        return LJA_OK;
+    }
+    return finished(ch) ? LJA_ECLOSED : LJA_ETIMEDOUT;
+}
+
+/* For callers that want every message as an lja_msg: one whose bytes came
+ * inline is copied to a block taken before the message is, so that no
+ * message is lost to a failed malloc. */
+int lja_channel_recv(lja_channel *ch, lja_msg **msg, double timeout)
+{
+    *msg = NULL;
+    if (!ch->slots)   /* a list holds every message as an lja_msg */
+        return lja_channel_recv_into(ch, msg, NULL, NULL, timeout);
+    lja_msg *block = malloc(sizeof *block + LJA_MSG_INLINE);
+    if (!block)
+        return LJA_ENOMEM;
+    char buf[LJA_MSG_INLINE];
+    size_t len = 0;
+    int rc = lja_channel_recv_into(ch, msg, buf, &len, timeout);
+    if (rc == LJA_OK && !*msg) {
+        block->home = NULL;
+        fill(block, buf, len, NULL, 0);
+        *msg = block;
+    } else {
+        free(block);
+    }
+    return rc;
 }
 
 void lja_channel_close(lja_channel *ch)
 {
     pthread_mutex_lock(&ch->lock);
+    atomic_fetch_or(&ch->tail, CLOSED_BIT);   /* before closed: see finished */
     atomic_store(&ch->closed, 1);
     pthread_cond_broadcast(&ch->not_empty);
     pthread_cond_broadcast(&ch->not_full);
@@ -307,28 +554,27 @@ void lja_channel_close(lja_channel *ch)
 
 int64_t lja_channel_len(lja_channel *ch)
 {
-    return atomic_load(&ch->count);
+    return length(ch);
 }
 
-/* Takes a message from the first ready channel: 1 if one was ready (msg or,
- * for a closed and drained channel, NULL), 0 if none. */
-static int take_ready(lja_channel *const *chs, int n, int *index, lja_msg **msg)
+/* Takes a message from the first ready channel: LJA_OK, or LJA_ECLOSED
+ * for a closed and drained one; LJA_EAGAIN if none is ready. */
+static int take_ready(lja_channel *const *chs, int n, int *index, lja_msg **msg, char *buf, size_t *len)
 {
     for (int i = 0; i < n; i++) {
         lja_channel *ch = chs[i];
-        if (atomic_load(&ch->count) == 0 && !atomic_load(&ch->closed))
+        if (length(ch) == 0 && !atomic_load(&ch->closed))
             continue;
-        pthread_mutex_lock(&ch->lock);
-        lja_msg *m = pop(ch);
-        int closed = atomic_load(&ch->closed);
-        pthread_mutex_unlock(&ch->lock);
-        if (m || closed) {
+        int got = pop(ch, msg, buf, len);
+        if (got || finished(ch)) {
             *index = i;
-            *msg = m;
-            return 1;
+            if (!got)
+                return LJA_ECLOSED;
+            after_pop(ch);
+            return LJA_OK;
         }
     }
-    return 0;
+    return LJA_EAGAIN;
 }
 
 static void watch(lja_channel *const *chs, int n, struct selector_link *links, struct selector *sel, int on)
@@ -340,24 +586,28 @@ static void watch(lja_channel *const *chs, int n, struct selector_link *links, s
             links[i].sel = sel;
             links[i].next = ch->selectors;
             ch->selectors = &links[i];
+            atomic_fetch_add(&ch->recv_waiters, 1);
         } else {
             struct selector_link **p = &ch->selectors;
             while (*p != &links[i])
                 p = &(*p)->next;
             *p = links[i].next;
+            atomic_fetch_sub(&ch->recv_waiters, 1);
         }
         pthread_mutex_unlock(&ch->lock);
     }
 }
 
-int lja_channel_select(lja_channel *const *chs, int n, int *index, lja_msg **msg, double timeout)
+int lja_channel_select(lja_channel *const *chs, int n, int *index, lja_msg **msg, char *buf, size_t *len,
+                       double timeout)
 {
     *msg = NULL;
     *index = -1;
     if (n < 1 || !chs)
         return LJA_EINVAL;
-    if (take_ready(chs, n, index, msg))
-        return LJA_OK;
+    int rc = take_ready(chs, n, index, msg, buf, len);
+    if (rc != LJA_EAGAIN)
+        return rc;
     if (timeout == 0)
         return LJA_ETIMEDOUT;
     struct selector_link *links = calloc((size_t)n, sizeof *links);
@@ -368,20 +618,20 @@ int lja_channel_select(lja_channel *const *chs, int n, int *index, lja_msg **msg
     lja_cond_init(&sel.ready);
     sel.signaled = 0;
     struct timespec deadline;
-    int have = 0, rc = LJA_OK, got = 0;
+    int have = 0, waited = LJA_OK;
     watch(chs, n, links, &sel, 1);
-    while (!(got = take_ready(chs, n, index, msg)) && rc == LJA_OK) {
+    while ((rc = take_ready(chs, n, index, msg, buf, len)) == LJA_EAGAIN && waited == LJA_OK) {
         pthread_mutex_lock(&sel.lock);
-        while (!sel.signaled && rc == LJA_OK)
-            rc = lja_wait_timeout(&sel.ready, &sel.lock, timeout, &deadline, &have);
+        while (!sel.signaled && waited == LJA_OK)
+            waited = lja_wait_timeout(&sel.ready, &sel.lock, timeout, &deadline, &have);
         sel.signaled = 0;
         pthread_mutex_unlock(&sel.lock);
     }
     watch(chs, n, links, &sel, 0);
-    if (!got)
-        got = take_ready(chs, n, index, msg);
+    if (rc == LJA_EAGAIN)
+        rc = take_ready(chs, n, index, msg, buf, len);
     pthread_cond_destroy(&sel.ready);
     pthread_mutex_destroy(&sel.lock);
     free(links);
-    return got ? LJA_OK : LJA_ETIMEDOUT;
+    return rc == LJA_EAGAIN ? LJA_ETIMEDOUT : rc;
 }

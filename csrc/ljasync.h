@@ -252,18 +252,24 @@ LJA_API int64_t *lja_atomic_cell(lja_atomic *a);  /* use with lja_atomic_load & 
  * LJA_ETIMEDOUT (full) or LJA_ECLOSED.  recv gives a message to read with
  * lja_msg_data and then free with lja_msg_free (which releases its objects),
  * or returns LJA_ETIMEDOUT, or LJA_ECLOSED once closed and drained.
- * select receives from the first of n channels with a message (or closed
- * and drained: *msg is then NULL) and sets *index.
+ * recv_into is recv that copies a message of at most LJA_MSG_INLINE bytes
+ * without objects into buf instead (then *msg is NULL and *len its
+ * length): no allocation.  select receives as recv_into from the first of
+ * n channels with a message, or returns LJA_ECLOSED for the first closed
+ * and drained one, and sets *index.
  */
 typedef struct lja_channel lja_channel;
 typedef struct lja_msg lja_msg;
+enum { LJA_MSG_INLINE = 48 };
 
 LJA_API lja_channel *lja_channel_new(int64_t capacity);
 LJA_API int lja_channel_send(lja_channel *ch, const char *data, size_t len,
                              void *const *objs, int nobjs, double timeout);
 LJA_API int lja_channel_recv(lja_channel *ch, lja_msg **msg, double timeout);
+LJA_API int lja_channel_recv_into(lja_channel *ch, lja_msg **msg, char *buf, size_t *len,
+                                  double timeout);
 LJA_API int lja_channel_select(lja_channel *const *chs, int n, int *index, lja_msg **msg,
-                               double timeout);
+                               char *buf, size_t *len, double timeout);
 LJA_API void lja_channel_close(lja_channel *ch);
 LJA_API int64_t lja_channel_len(lja_channel *ch);
 LJA_API const char *lja_msg_data(lja_msg *msg, size_t *len);

@@ -16,9 +16,11 @@ typedef struct lja_msg lja_msg;
 lja_channel *lja_channel_new(int64_t capacity);
 int lja_channel_send(lja_channel *ch, const char *data, size_t len,
                      void *const *objs, int nobjs, double timeout);
-int lja_channel_recv(lja_channel *ch, lja_msg **msg, double timeout);
+enum { LJA_MSG_INLINE = 48 };
+int lja_channel_recv_into(lja_channel *ch, lja_msg **msg, char *buf, size_t *len,
+                          double timeout);
 int lja_channel_select(lja_channel *const *chs, int n, int *index, lja_msg **msg,
-                       double timeout);
+                       char *buf, size_t *len, double timeout);
 void lja_channel_close(lja_channel *ch);
 int64_t lja_channel_len(lja_channel *ch);
 const char *lja_msg_data(lja_msg *msg, size_t *len);
@@ -30,7 +32,7 @@ local select, error, type = select, error, type
 local encode_at, decode = transfer.encode_at, transfer.decode
 local timeout_arg, check_cancel = shim.timeout_arg, shim.check_cancel
 local LJA_OK, LJA_ETIMEDOUT, LJA_ECLOSED = C.LJA_OK, C.LJA_ETIMEDOUT, C.LJA_ECLOSED
-local send_c, recv_c, msg_data, msg_free = C.lja_channel_send, C.lja_channel_recv, C.lja_msg_data, C.lja_msg_free
+local send_c, recv_c, msg_data, msg_free = C.lja_channel_send, C.lja_channel_recv_into, C.lja_msg_data, C.lja_msg_free
 
 local M = {}
 M._VERSION = shim.VERSION
@@ -39,11 +41,24 @@ local wrap = object.define("channel", "lj-async.channel", C.LJA_KIND_CHANNEL, "s
 
 local objs_array, forget_exported = transfer.objs_array, transfer.forget_exported
 
+-- A message of one number is its 8 bytes after the byte NUMBER, which no
+-- encoded message starts with (its first value is always the count, a
+-- number): the commonest message skips string.buffer at both ends.
+local NUMBER = 1
+local number_ct = ffi.typeof("struct __attribute__((packed)) { char tag; double v; }")
+local number_ptr = ffi.typeof("$ *", number_ct)
+local number_out = number_ct(NUMBER)
+local number_bytes, number_len = ffi.cast("const char *", number_out), ffi.sizeof(number_ct)
+
 -- Encode and send; returns the shim's code.  The message's object
 -- references go with it, sent or not.  Raises at `level` (counted from the
 -- public method) on a value that cannot cross.
 local function send(ch, timeout, level, n, v, ...)
     if n == 0 or v == nil then error("lj-async: a message's first value must not be nil", level + 1) end
+    if n == 1 and type(v) == "number" then
+        number_out.v = v
+        return send_c(ch, number_bytes, number_len, nil, 0, timeout)
+    end
     local p, len = encode_at(level + 1, 0, n, v, ...)   -- raises on what cannot cross
     local objs, nobjs = objs_array()
     if nobjs > 0 then forget_exported() end   -- the message holds them now
@@ -70,20 +85,35 @@ end
 
 local msg_out = ffi.new("lja_msg *[1]")
 local len_out = ffi.new("size_t[1]")
+-- Where a small message without objects is copied (lja_channel_recv_into).
+local inline = ffi.new("char[?]", C.LJA_MSG_INLINE)
 
 local function free_after(msg, n, ...)
     msg_free(msg)
     return ...
 end
 
--- The values of a received message, which is freed.
+local function values(n, ...)
+    return ...
+end
+
+-- The values of a received message: the one in `inline`, or msg (freed).
 local function open(msg)
+    if msg == nil then
+        if inline[0] == NUMBER then return ffi.cast(number_ptr, inline).v end
+        return values(decode(inline, len_out[0]))
+    end
     local p = msg_data(msg, len_out)
+    if p[0] == NUMBER then
+        local v = ffi.cast(number_ptr, p).v
+        msg_free(msg)
+        return v
+    end
     return free_after(msg, decode(p, len_out[0]))
 end
 
 function Channel:recv(timeout)
-    local rc = recv_c(self, msg_out, timeout_arg(timeout, 2))
+    local rc = recv_c(self, msg_out, inline, len_out, timeout_arg(timeout, 2))
     if rc == LJA_OK then return open(msg_out[0]) end
     if rc == LJA_ETIMEDOUT then
         check_cancel()
@@ -138,14 +168,14 @@ function M.select(chs, timeout)
         if not ffi.istype(channel_ct, chs[i]) then error("lj-async: select: item " .. i .. " is not a channel", 2) end
         arr[i - 1] = chs[i]
     end
-    local rc = C.lja_channel_select(arr, n, index_out, msg_out, timeout_arg(timeout, 2))
+    local rc = C.lja_channel_select(arr, n, index_out, msg_out, inline, len_out, timeout_arg(timeout, 2))
     if rc == LJA_ETIMEDOUT then
         check_cancel()
         return nil, "timeout"
     end
-    if rc ~= LJA_OK then error("lj-async: select failed: " .. shim.strerror(rc), 2) end
     local ch = chs[index_out[0] + 1]
-    if msg_out[0] == nil then return ch, nil, "closed" end
+    if rc == LJA_ECLOSED then return ch, nil, "closed" end
+    if rc ~= LJA_OK then error("lj-async: select failed: " .. shim.strerror(rc), 2) end
     return ch, open(msg_out[0])
 end
 

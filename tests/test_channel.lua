@@ -266,4 +266,148 @@ function TestChannel:test_stress_mpmc_exact_counts_and_order()
     for p = 1, PRODUCERS do lu.assertEquals(sums[p], PER * (PER + 1) / 2) end
 end
 
+-- A message of one number takes a path of its own (no string.buffer): every
+-- double crosses bit for bit, by recv and by select, ring or list.
+function TestChannel:test_one_number_crosses_exactly()
+    local values = { 0, -0.0, 1 / 0, -1 / 0, 0 / 0, 2 ^ 53, -2 ^ 63, 0.1, math.pi, 5e-324 }
+    local function same(a, b)
+        if a ~= a then return b ~= b end
+        return a == b and 1 / a == 1 / b
+    end
+    for _, capacity in ipairs { 32, false } do
+        local ch = channel.new(capacity or nil)
+        for _, v in ipairs(values) do ch:send(v) end
+        for _, v in ipairs(values) do lu.assertTrue(ch:send_timeout(0, v)) end
+        for i, v in ipairs(values) do
+            local got = ch:recv(1)
+            lu.assertTrue(same(got, v), ("recv %d: %s, got %s"):format(i, tostring(v), tostring(got)))
+        end
+        for i, v in ipairs(values) do
+            local from, got, extra = channel.select({ ch }, 1)
+            lu.assertTrue(from == ch and extra == nil and same(got, v), ("select %d: %s, got %s"):format(i, tostring(v), tostring(got)))
+        end
+    end
+end
+
+-- lja_channel_recv (ltask's system channel uses it) gives every message as an
+-- lja_msg, also one that a ring held inline.
+function TestChannel:test_c_recv_gives_every_message_as_a_block()
+    ffi.cdef [[
+int lja_channel_recv(lja_channel *ch, lja_msg **msg, double timeout);
+const char *lja_msg_data(lja_msg *msg, size_t *len);
+void lja_msg_free(lja_msg *msg);
+]]
+    local C, transfer = require("lj-async.shim").C, require "lj-async.transfer"
+    local msg, len = ffi.new("lja_msg *[1]"), ffi.new("size_t[1]")
+    for _, capacity in ipairs { 8, false } do
+        local ch = channel.new(capacity or nil)
+        ch:send("small", 1)
+        ch:send(("x"):rep(100))
+        for _, want in ipairs { { "small", 1 }, { ("x"):rep(100) } } do
+            lu.assertEquals(C.lja_channel_recv(ch, msg, 1), C.LJA_OK)
+            local got = transfer.pack(transfer.decode(C.lja_msg_data(msg[0], len), len[0]))
+            C.lja_msg_free(msg[0])
+            lu.assertEquals({ unpack(got, 2, got.n) }, want)
+        end
+        lu.assertEquals(C.lja_channel_recv(ch, msg, 0), C.LJA_ETIMEDOUT)
+    end
+end
+
+-- 8 senders and 8 receivers (half of them in select) on one channel: every
+-- message whose send succeeded is received once, in its sender's order.
+-- Messages take each path: a number, small values (inline in a ring's
+-- slot), a long string and a channel (allocated).  With close_early the
+-- channel closes while the senders still send, each until told "closed".
+local function stress(lu, capacity, close_early)
+    local SENDERS, RECEIVERS, PER = 8, 8, 20000
+    local ch, idle, results = channel.new(capacity), channel.new(), channel.new()
+    local receivers, senders = {}, {}
+    for r = 1, RECEIVERS do
+        receivers[r] = Thread.new(function(ch, idle, results, senders, use_select)
+            local channel = require "lj-async.channel"
+            local last, counts, sums, bad = {}, {}, {}, 0
+            for p = 1, senders do last[p], counts[p], sums[p] = 0, 0, 0 end
+            while true do
+                local from, p, seq, extra
+                if use_select then
+                    from, p, seq, extra = channel.select({ idle, ch }, 60)
+                    assert(from == ch, "select: no message in 60 s")
+                else
+                    p, seq, extra = ch:recv(60)
+                end
+                if p == nil then
+                    assert(seq == "closed", seq)
+                    break
+                end
+                if seq == nil then p, seq = math.floor(p / 2 ^ 24), p % 2 ^ 24 end
+                if extra ~= nil and extra ~= ("x"):rep(100) and extra:id() ~= idle:id() then bad = bad + 1 end
+                if seq <= last[p] then bad = bad + 1 end   -- order per sender
+                last[p], counts[p], sums[p] = seq, counts[p] + 1, sums[p] + seq
+            end
+            results:send(counts, sums, bad)
+            return true
+        end, ch, idle, results, SENDERS, r % 2 == 0)
+    end
+    for p = 1, SENDERS do
+        senders[p] = Thread.new(function(ch, idle, p, n)
+            local long, sent = ("x"):rep(100), 0
+            for seq = 1, n do
+                local k, ok, err = seq % 4
+                if k == 0 then ok, err = ch:send_timeout(60, p * 2 ^ 24 + seq)
+                elseif k == 1 then ok, err = ch:send_timeout(60, p, seq)
+                elseif k == 2 then ok, err = ch:send_timeout(60, p, seq, long)
+                else ok, err = ch:send_timeout(60, p, seq, idle) end
+                if not ok then
+                    assert(close_early and err == "closed", err)
+                    break
+                end
+                sent = seq
+            end
+            return sent
+        end, ch, idle, p, close_early and 2 ^ 23 or PER)
+    end
+    local sent = {}
+    if close_early then
+        Thread.sleep(0.1)
+        ch:close()
+    end
+    for p = 1, SENDERS do
+        local ok, n = senders[p]:join(120)
+        lu.assertTrue(ok, n)
+        sent[p] = n
+    end
+    ch:close()
+    local counts, sums, bad = {}, {}, 0
+    for p = 1, SENDERS do counts[p], sums[p] = 0, 0 end
+    for _ = 1, RECEIVERS do
+        local c, s, b = results:recv(120)
+        lu.assertNotNil(c, "a receiver never reported")
+        bad = bad + b
+        for p = 1, SENDERS do counts[p], sums[p] = counts[p] + c[p], sums[p] + s[p] end
+    end
+    for r = 1, RECEIVERS do lu.assertEquals({ receivers[r]:join(60) }, { true, true }) end
+    lu.assertEquals(bad, 0)                            -- each sender's order kept, values intact
+    for p = 1, SENDERS do
+        lu.assertEquals(counts[p], sent[p])            -- nothing lost, nothing doubled
+        lu.assertEquals(sums[p], sent[p] * (sent[p] + 1) / 2)
+    end
+    return sent
+end
+
+function TestChannel:test_stress_8x8_bounded()
+    stress(lu, 64)
+    stress(lu, 2)   -- the smallest ring: every slot reused all the time
+end
+
+function TestChannel:test_stress_8x8_unbounded()
+    stress(lu, nil)
+end
+
+function TestChannel:test_stress_8x8_close_races_senders()
+    for _, capacity in ipairs { 64, false } do
+        local sent = stress(lu, capacity or nil, true)
+        for p = 1, #sent do lu.assertTrue(sent[p] < 2 ^ 23, "the close came after sender " .. p .. " finished") end
+    end
+end
+
 os.exit(lu.LuaUnit.run())
