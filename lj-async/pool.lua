@@ -382,12 +382,6 @@ local function submit(pool, code, ctx, opts, level)
     end
     return ffi.gc(job_out[0], C.lja_job_release), timeout
 end
--- Not compiled: with Debian's LuaJIT 2.1 (2022), a trace through here
--- that leaves by an error caught inside transfer's encode (a ctx holding
--- objects or functions takes that path) at times corrupts this frame ("bad
--- argument #6 to 'lja_pool_submit'", or a crash; in tests/test_pool.lua,
--- 1 run in 7; none in 30 with the JIT off here).
-jit.off(submit)
 
 -- Waits up to `timeout` for job h; one past its deadline is cancelled (a
 -- queued one is then done at once, with no worker free to see it).

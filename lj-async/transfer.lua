@@ -402,9 +402,44 @@ local function convert(v, arg)
     return s
 end
 
-local function encode_plain(n, ...)
-    enc:encode(n)
-    for i = 1, n do enc:encode((select(i, ...))) end
+-- Whether string.buffer encodes v as it is (the fast path), decided
+-- before encoding: a caught error out of a compiled caller's encode
+-- corrupted that caller's frame on Debian's LuaJIT 2.1 (2022).  It refuses
+-- functions, coroutines, full userdata, cdata other than int64, uint64 and
+-- complex (classify, cached per ctype) and tables nested past 100 levels
+-- (which also ends a cycle); lj-async objects cross as handles.
+local PLAIN_DEPTH = 100
+local getfenv = debug.getfenv
+local plain
+local function plain_table(t, depth)
+    if depth >= PLAIN_DEPTH then return false end
+    for k, x in next, t do
+        local tx, tk = type(x), type(k)
+        if not (tx == "number" or tx == "string" or tx == "boolean" or plain(x, tx, depth + 1)) then
+            return false
+        end
+        if not (tk == "number" or tk == "string" or tk == "boolean" or plain(k, tk, depth + 1)) then
+            return false
+        end
+    end
+    return true
+end
+function plain(v, tv, depth)
+    if SIMPLE[tv] then return true end
+    if tv == "table" then return plain_table(v, depth) end
+    if tv == "cdata" then
+        local id = tonumber(FFI().typeof(v))
+        return not kinds_by_ctype[id] and classify(id, v) == "copy"
+    end
+    return tv == "userdata" and getfenv(v) == nil   -- light userdata
+end
+
+local function all_plain(n, ...)
+    for i = 1, n do
+        local v = select(i, ...)
+        if not plain(v, type(v), 0) then return false end
+    end
+    return true
 end
 
 local function release_all(refs, kinds)
@@ -454,17 +489,18 @@ local function encode(hidden, level, n, ...)
             enc:encode(1):encode(v)
             return
         end
-        if type(v) ~= "function" then   -- string.buffer refuses functions
-            enc:encode(1)
-            if pcall(enc.encode, enc, v) then return end
-            enc:reset()
+        if plain(v, type(v), 0) then
+            enc:encode(1):encode(v)
+            return
         end
         encode_special(hidden, level, n, ...)
     elseif n == 2 and SIMPLE[type((...))] and SIMPLE[type((select(2, ...)))] then
         local a, b = ...   -- a command and its argument (ltask), a key and a value
         enc:encode(2):encode(a):encode(b)
-    elseif not pcall(encode_plain, n, ...) then
-        enc:reset()
+    elseif all_plain(n, ...) then
+        enc:encode(n)
+        for i = 1, n do enc:encode((select(i, ...))) end
+    else
         encode_special(hidden, level, n, ...)
     end
 end

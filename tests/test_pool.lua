@@ -392,6 +392,47 @@ function TestPool:test_worker_loop_stays_compiled()
     lu.assertTrue(loops >= 1, "the worker loop was not compiled as a looping trace")
 end
 
+-- submit runs compiled: traces that start in lj-async/pool.lua complete,
+-- and none aborts there (jit.off(submit), or a value that transfer can
+-- only encode by catching an error, would show; traces that abort inside
+-- transfer's loops are LuaJIT forming traces around them).  Contexts that
+-- transfer sends by its slow path (a function, a channel), mixed with
+-- plain ones, give every result right: with a caught error inside encode,
+-- a compiled submit's frame was at times corrupted on Debian's LuaJIT 2.1
+-- (2022).
+function TestPool:test_submit_stays_compiled()
+    local channel = require "lj-async.channel"
+    local funcinfo = require("jit.util").funcinfo
+    local traceerr = require("jit.vmdef").traceerr
+    local pool = Pool.new(1)
+    local code = Pool.compile("return ctx.a + 1")
+    local function in_pool(func, pc)
+        return (funcinfo(func, pc).source or ""):find("lj%-async/pool%.lua$") ~= nil
+    end
+    local mine, compiled, aborts = {}, 0, {}
+    local function event(what, tr, func, pc, otr, oex)
+        if what == "start" then
+            mine[tr] = in_pool(func, pc)
+        elseif what == "stop" and mine[tr] then
+            compiled = compiled + 1
+        elseif what == "abort" and in_pool(func, pc) then
+            aborts[#aborts + 1] = ("trace %d at %s: %s"):format(tr, tostring(funcinfo(func, pc).loc),
+                tostring(traceerr[otr]):format(oex))
+        end
+    end
+    jit.attach(event, "trace")
+    for i = 1, 300 do lu.assertEquals(pool:submit(code, { a = i }), i + 1) end
+    jit.attach(event)
+    lu.assertEquals(table.concat(aborts, "; "), "", "traces in lj-async/pool.lua aborted")
+    lu.assertTrue(compiled >= 1, "no trace that starts in lj-async/pool.lua was compiled")
+    local ch = channel.new()
+    for i = 1, 2000 do
+        local ctx = i % 3 == 0 and { a = i, f = function() return i end } or i % 3 == 1 and { a = i, ch = ch } or { a = i }
+        lu.assertEquals(pool:submit(code, ctx), i + 1)
+    end
+    lu.assertTrue(pool:shutdown(5))
+end
+
 -- The pool crosses to other threads; they submit at once; every result is
 -- counted.
 function TestPool:test_submit_from_many_threads()
