@@ -411,22 +411,30 @@ end
 local PLAIN_DEPTH = 100
 local getfenv = debug.getfenv
 local plain
+local function plain_entry(k, x, depth)
+    local tx, tk = type(x), type(k)
+    return (tx == "number" or tx == "string" or tx == "boolean" or plain(x, tx, depth))
+        and (tk == "number" or tk == "string" or tk == "boolean" or plain(k, tk, depth))
+end
+-- Whether table t's entries are plain.  Tables of one or two entries are
+-- checked without a loop: a loop that ends after a turn or two is never
+-- compiled, and knocks every caller off its trace.
 local function plain_table(t, depth)
-    if depth >= PLAIN_DEPTH then return false end
-    for k, x in next, t do
-        local tx, tk = type(x), type(k)
-        if not (tx == "number" or tx == "string" or tx == "boolean" or plain(x, tx, depth + 1)) then
-            return false
-        end
-        if not (tk == "number" or tk == "string" or tk == "boolean" or plain(k, tk, depth + 1)) then
-            return false
-        end
+    local k, x = next(t)
+    if k == nil then return true end
+    if not plain_entry(k, x, depth) then return false end
+    k, x = next(t, k)
+    if k == nil then return true end
+    if not plain_entry(k, x, depth) then return false end
+    if next(t, k) == nil then return true end
+    for key, value in next, t do
+        if not plain_entry(key, value, depth) then return false end
     end
     return true
 end
 function plain(v, tv, depth)
     if SIMPLE[tv] then return true end
-    if tv == "table" then return plain_table(v, depth) end
+    if tv == "table" then return depth < PLAIN_DEPTH and plain_table(v, depth + 1) end
     if tv == "cdata" then
         local id = tonumber(FFI().typeof(v))
         return not kinds_by_ctype[id] and classify(id, v) == "copy"
