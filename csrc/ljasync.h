@@ -442,15 +442,17 @@ LJA_API void lja_shared_free(lja_shared *t);
  * lja_now's clock, 0: none) with two references: its submitter's and its
  * queued message's, each released with lja_job_release.  A worker begins a
  * job in state L (0: it was cancelled while queued; else it is among the
- * running jobs, and a cancel hooks L) and, once its code has returned,
- * calls ran (the hook is off; the job is done).  cancel returns 1 when the
+ * running jobs, and a cancel hooks L), calls ran once its code has
+ * returned (the hook is off: no cancel reaches it any more), then done once
+ * its outcome is sent (it runs no more; 1: its worker was replaced, and
+ * leaves uncounted).  cancel returns 1 when the
  * job was queued (it is done now), 0 when running (it stops at its next
  * poll or hook check), LJA_EINVAL when done; cancelled gives the reason
  * (0: none).  lja_pool_poll, called by a job's code on its worker, returns
  * the running job's cancel reason (0: go on).  running stores up to max of
  * the running jobs, each with a reference to release, and returns how many
- * there are.  replace returns 1 once: the job's worker is replaced (it
- * leaves once the job returns, uncounted; replaced tells it).
+ * there are.  replace returns 1 once, before done: the job's worker is
+ * replaced.
  */
 typedef struct lja_pool lja_pool;
 typedef struct lja_job lja_job;
@@ -473,7 +475,8 @@ LJA_API int lja_job_cancelled(lja_job *j);
 LJA_API double lja_job_deadline(lja_job *j);
 LJA_API lja_channel *lja_job_channel(lja_job *j);
 LJA_API int lja_job_begin(lja_job *j, void *L);
-LJA_API int lja_job_ran(lja_job *j);
+LJA_API void lja_job_ran(lja_job *j);
+LJA_API int lja_job_done(lja_job *j);
 LJA_API int lja_job_replace(lja_job *j);
 
 #ifdef __cplusplus

@@ -9,10 +9,10 @@
  * (lja_pool_poll), and a count hook on the state running it, which stops
  * interpreted code.  The pool's lock orders the hook against the worker's
  * lja_job_ran, which takes it off: a later cancel never hooks the worker's
- * next job. */
+ * next job, nor its own outcome's encoding. */
 #include "object.h"
 
-enum { JOB_QUEUED, JOB_RUNNING, JOB_DONE };
+enum { JOB_QUEUED, JOB_RUNNING, JOB_DONE, JOB_GONE };   /* GONE: out of the running list */
 
 struct lja_job {
     atomic_int refs;
@@ -29,7 +29,7 @@ struct lja_pool {
     lja_object hdr;
     pthread_mutex_t lock;
     lja_channel *queue, *watch; /* the jobs; the watchdog's wake-ups */
-    lja_job *running;           /* begun, not ran */
+    lja_job *running;           /* begun, not done */
     int size;                   /* workers that count (not replaced) */
     int shut;                   /* closed: no more jobs nor workers */
     atomic_int watchdog;        /* started */
@@ -74,7 +74,7 @@ void lja_job_release(lja_job *j)
 /* Called with the pool's lock held. */
 static int job_cancel(lja_job *j, int reason)
 {
-    int rc = j->state == JOB_DONE ? LJA_EINVAL : j->state == JOB_QUEUED;
+    int rc = j->state >= JOB_DONE ? LJA_EINVAL : j->state == JOB_QUEUED;
     if (rc >= 0 && !atomic_load(&j->cancel)) {
         atomic_store(&j->cancel, reason);
         if (j->state == JOB_QUEUED)
@@ -131,19 +131,26 @@ int lja_job_begin(lja_job *j, void *L)
     return run;
 }
 
-int lja_job_ran(lja_job *j)
+void lja_job_ran(lja_job *j)
 {
-    lja_pool *p = j->pool;
-    pthread_mutex_lock(&p->lock);   /* no cancel reaches the state from here on */
+    pthread_mutex_lock(&j->pool->lock);   /* no cancel reaches the state from here on */
     lja_lua_clear_hook(j->L);
     j->state = JOB_DONE;
     current_job = NULL;
+    pthread_mutex_unlock(&j->pool->lock);
+}
+
+int lja_job_done(lja_job *j)
+{
+    lja_pool *p = j->pool;
+    pthread_mutex_lock(&p->lock);
     if (j->prev)
         j->prev->next = j->next;
     else
         p->running = j->next;
     if (j->next)
         j->next->prev = j->prev;
+    j->state = JOB_GONE;
     int replaced = j->replaced;
     pthread_mutex_unlock(&p->lock);
     lja_job_release(j);
@@ -153,7 +160,7 @@ int lja_job_ran(lja_job *j)
 int lja_job_replace(lja_job *j)
 {
     pthread_mutex_lock(&j->pool->lock);
-    int replace = j->state == JOB_RUNNING && !j->replaced;
+    int replace = (j->state == JOB_RUNNING || j->state == JOB_DONE) && !j->replaced;
     j->replaced = 1;
     pthread_mutex_unlock(&j->pool->lock);
     return replace;

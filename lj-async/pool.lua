@@ -56,7 +56,8 @@ int lja_job_cancelled(lja_job *j);
 double lja_job_deadline(lja_job *j);
 lja_channel *lja_job_channel(lja_job *j);
 int lja_job_begin(lja_job *j, void *L);
-int lja_job_ran(lja_job *j);
+void lja_job_ran(lja_job *j);
+int lja_job_done(lja_job *j);
 int lja_job_replace(lja_job *j);
 double lja_now(void);
 void lja_sleep(double seconds);
@@ -166,7 +167,7 @@ local wrap = object.define("pool", "lj-async.pool", C.LJA_KIND_POOL, "struct lja
 local GRACE = 0.25   -- seconds a cancelled job has to stop before its worker is replaced
 local TIMEOUT, SHUTDOWN = C.LJA_JOB_TIMEOUT, C.LJA_JOB_SHUTDOWN
 local now, deadline_of, cancel_c, channel_of = C.lja_now, C.lja_job_deadline, C.lja_job_cancel, C.lja_job_channel
-local begin, ran, release = C.lja_job_begin, C.lja_job_ran, C.lja_job_release
+local begin, ran, done, release = C.lja_job_begin, C.lja_job_ran, C.lja_job_done, C.lja_job_release
 local send, recv, close, msg_data, msg_free =
     C.lja_channel_send, C.lja_channel_recv, C.lja_channel_close, C.lja_msg_data, C.lja_msg_free
 local lua = ffi.C   -- the host's Lua C API (lj-async.vm checked that it is there)
@@ -232,8 +233,9 @@ end
 -- A worker: takes jobs from pool p (which it has joined) until the pool
 -- closes and its queue is drained, or until the watchdog replaced it (its
 -- job was stuck), then leaves.  For each job: begin (else it was
--- cancelled while queued, or the pool closed), run, send its outcome, ran
--- (the cancel hook is off), then close its channel: its waiters wake.  The
+-- cancelled while queued, or the pool closed), run, ran (the cancel hook
+-- is off), send its outcome, done (it is no longer among the running
+-- jobs), then close its channel: its waiters wake.  The
 -- pool's threads run it; tests/test_pool.lua runs it to watch its traces.
 local function work(p)
     local queue, msg, len = C.lja_pool_channel(p, 0), ffi.new("lja_msg *[1]"), ffi.new("size_t[1]")
@@ -249,8 +251,9 @@ local function work(p)
             if deadline > 0 then watch(p) end   -- the watchdog stops it at its deadline
             input.data, input.len, input.result = data + JOB, len[0] - JOB, channel_of(j)
             call(L, RUN)
+            ran(j)
             call(L, FINISH)   -- sends the outcome; else the job failed
-            replaced = ran(j)
+            replaced = done(j)
         end
         close(channel_of(j))
         release(j)   -- the message's reference
