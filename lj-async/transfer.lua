@@ -502,9 +502,13 @@ local function encode(hidden, level, n, ...)
             return
         end
         encode_special(hidden, level, n, ...)
-    elseif n == 2 and SIMPLE[type((...))] and SIMPLE[type((select(2, ...)))] then
-        local a, b = ...   -- a command and its argument (ltask), a key and a value
-        enc:encode(2):encode(a):encode(b)
+    elseif n == 2 then   -- a command and its argument (ltask), a key and a value, code and ctx
+        local a, b = ...
+        if plain(a, type(a), 0) and plain(b, type(b), 0) then
+            enc:encode(2):encode(a):encode(b)
+        else
+            encode_special(hidden, level, n, ...)
+        end
     elseif all_plain(n, ...) then
         enc:encode(n)
         for i = 1, n do enc:encode((select(i, ...))) end
