@@ -195,8 +195,8 @@ LJA_API int lja_atomic_cas(int64_t *p, int64_t expected, int64_t desired);
  * new reference, or NULL.  Functions below that take `void *obj` take any
  * object.
  *
- * Every function that takes objs (lja_channel_send, lja_sched_send,
- * lja_pool_submit, lja_pool_set_result) takes over their references
+ * Every function that takes objs (lja_channel_send, lja_sched_send)
+ * takes over their references
  * whatever it returns, but LJA_EINVAL for a bad objs or nobjs: a message
  * that is not sent releases them.  A caller that will try again retains
  * them again first.
@@ -439,41 +439,29 @@ LJA_API lja_shared *lja_shared_dead_pop(int *slot);
 LJA_API void lja_shared_free(lja_shared *t);
 
 /* ---- Worker pools (README: `lj-async.pool`) ---------------------------------
- * The shim keeps a pool's job queue and its jobs; the worker loop, the
- * watchdog and worker replacement are lj-async/pool.lua's, on threads that
- * call the functions below.
+ * The shim keeps a pool's memory and its jobs' cancel; lj-async/pool.lua
+ * keeps the rest: the job queue and the watchdog's wake-ups are the pool's
+ * channels (lja_pool_channel: 0 the queue, 1 the wake-ups; both closed by
+ * lja_pool_close and when the last handle goes, which also cancels the
+ * running jobs), the worker loop, the watchdog, replacement and shutdown.
  *
- * new makes a pool without workers.  submit copies the input and takes the
- * references in objs (see Objects); timeout (seconds, < 0: none) becomes
- * the job's deadline (lja_job_deadline, on lja_now's clock; 0: none), which
- * the watchdog enforces.  A job handle is released with lja_job_release.
- * wait returns LJA_OK once the job is done (run, failed or cancelled) or
- * LJA_ETIMEDOUT; result is NULL when the job stored none.  cancel stops a
- * queued job at once and a running one at its next poll or hook check
- * (LJA_EINVAL: already done), and wakes the watchdog; cancelled gives the
- * reason (0: none) and cancel_time when it came.  lja_pool_poll, called by
- * a job's code on its worker, returns the running job's cancel reason (0: go
- * on).  shutdown refuses new jobs, cancels queued ones, lets running ones
- * finish for up to `grace` seconds (< 0: no limit), then cancels them;
- * LJA_ETIMEDOUT if some did not stop within a second more.  The pool is an
- * object: its last reference shuts it down without waiting.
- *
- * A worker joins (counted in size; LJA_ECLOSED once the pool stops), then
- * takes jobs until take returns NULL (the pool stops), and leaves (counted:
- * unless its job's worker was replaced).  For each job: begin (0: it was
- * cancelled while queued, do not run it; else the job runs in state L,
- * which a cancel hooks: its code reads its input with lja_pool_input and
- * stores its result with lja_pool_set_result), ran (the hook is off), done
- * (waiters wake; returns 1 when the worker was replaced and must leave).
- *
- * The watchdog: watch wakes it, and returns 1 when it must be started (the
- * pool is then anchored for it until unwatch).  It sleeps in watch_wait
- * (until woken or timeout; returns 1 when the pool stops), looks at the
- * running jobs (lja_pool_running: up to max of them, each with a reference
- * to release; returns how many there are), cancels those past their
- * deadline, and replaces the worker of one that has not stopped within
- * 0.25 s of its cancel: lja_job_replace returns 1 once (the pool's size
- * then counts the worker no more) and the watchdog starts another.
+ * A worker joins (counted in the size, which lja_pool_size changes by d and
+ * returns, 0 once closed; LJA_ECLOSED once closed) and leaves (counted:
+ * unless it was replaced).  job_new makes a job of pool p (deadline on
+ * lja_now's clock, 0: none) with two references: its submitter's and its
+ * queued message's, each released with lja_job_release.  A worker begins a
+ * job in state L (0: it was cancelled while queued; else it is among the
+ * running jobs, and a cancel hooks L), calls ran once its code has
+ * returned (the hook is off: no cancel reaches it any more), then done once
+ * its outcome is sent (it runs no more; 1: its worker was replaced, and
+ * leaves uncounted).  cancel returns 1 when the
+ * job was queued (it is done now), 0 when running (it stops at its next
+ * poll or hook check), LJA_EINVAL when done; cancelled gives the reason
+ * (0: none).  lja_pool_poll, called by a job's code on its worker, returns
+ * the running job's cancel reason (0: go on).  running stores up to max of
+ * the running jobs, each with a reference to release, and returns how many
+ * there are.  replace returns 1 once, before done: the job's worker is
+ * replaced.
  */
 typedef struct lja_pool lja_pool;
 typedef struct lja_job lja_job;
@@ -481,30 +469,23 @@ typedef struct lja_job lja_job;
 enum { LJA_JOB_CANCELLED = 1, LJA_JOB_TIMEOUT = 2, LJA_JOB_SHUTDOWN = 3 };
 
 LJA_API lja_pool *lja_pool_new(void);
-LJA_API int lja_pool_submit(lja_pool *p, const char *data, size_t len, void *const *objs,
-                            int nobjs, double timeout, lja_job **out);
-LJA_API int lja_pool_size(lja_pool *p);
-LJA_API int lja_pool_shutdown(lja_pool *p, double grace);
-LJA_API int lja_job_wait(lja_job *j, double timeout);
-LJA_API const char *lja_job_result(lja_job *j, size_t *len);
-LJA_API int lja_job_cancel(lja_job *j, int reason);
-LJA_API int lja_job_cancelled(lja_job *j);
-LJA_API double lja_job_cancel_time(lja_job *j);
-LJA_API double lja_job_deadline(lja_job *j);
-LJA_API void lja_job_release(lja_job *j);
-LJA_API const char *lja_pool_input(size_t *len);
-LJA_API int lja_pool_set_result(const char *data, size_t len, void *const *objs, int nobjs);
-LJA_API int lja_pool_poll(void);
+LJA_API lja_channel *lja_pool_channel(lja_pool *p, int watch);
+LJA_API int lja_pool_watch(lja_pool *p);
+LJA_API void lja_pool_close(lja_pool *p);
 LJA_API int lja_pool_join(lja_pool *p);
 LJA_API void lja_pool_leave(lja_pool *p, int counted);
-LJA_API lja_job *lja_pool_take(lja_pool *p);
+LJA_API int lja_pool_size(lja_pool *p, int d);
+LJA_API int lja_pool_running(lja_pool *p, lja_job **out, int max);
+LJA_API int lja_pool_poll(void);
+LJA_API lja_job *lja_job_new(lja_pool *p, double deadline);
+LJA_API void lja_job_release(lja_job *j);
+LJA_API int lja_job_cancel(lja_job *j, int reason);
+LJA_API int lja_job_cancelled(lja_job *j);
+LJA_API double lja_job_deadline(lja_job *j);
+LJA_API lja_channel *lja_job_channel(lja_job *j);
 LJA_API int lja_job_begin(lja_job *j, void *L);
 LJA_API void lja_job_ran(lja_job *j);
 LJA_API int lja_job_done(lja_job *j);
-LJA_API int lja_pool_watch(lja_pool *p);
-LJA_API void lja_pool_unwatch(lja_pool *p);
-LJA_API int lja_pool_watch_wait(lja_pool *p, double timeout);
-LJA_API int lja_pool_running(lja_pool *p, lja_job **out, int max);
 LJA_API int lja_job_replace(lja_job *j);
 
 #ifdef __cplusplus

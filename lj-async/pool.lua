@@ -1,9 +1,12 @@
 -- lj-async.pool: worker threads, each with its own lua_State, running
 -- precompiled bytecode on a context table (README: `lj-async.pool`).
 --
--- The shim keeps the job queue and the jobs (csrc/pool.c); this module
--- runs the rest on the pool's own threads (lj-async.thread): the worker
--- loop, the watchdog and worker replacement.  A worker runs its jobs in a
+-- The shim keeps the pool's memory and its jobs' cancel (csrc/pool.c);
+-- this module runs the rest on the pool's own threads (lj-async.thread):
+-- the worker loop, the watchdog, worker replacement and shutdown.  The job
+-- queue is a channel of messages: the job's handle, then its code and
+-- context; a job's outcome comes back on a channel of its own, which its
+-- worker closes once done with it.  A worker runs its jobs in a
 -- second state, its job state, through the Lua C API: the loop is a JIT
 -- trace of C calls that no job can knock off (tests/test_pool.lua checks
 -- it stays compiled), and a job's error or cancel stays in the job state.
@@ -32,39 +35,38 @@ local transfer = require "lj-async.transfer"
 local safepoint = require "lj-async.safepoint"
 local vm = require "lj-async.vm"
 
+require "lj-async.channel"   -- the channels' declarations
+
 ffi.cdef [[
 typedef struct lja_pool lja_pool;
 typedef struct lja_job lja_job;
 enum { LJA_JOB_CANCELLED = 1, LJA_JOB_TIMEOUT = 2, LJA_JOB_SHUTDOWN = 3 };
 lja_pool *lja_pool_new(void);
-int lja_pool_submit(lja_pool *p, const char *data, size_t len, void *const *objs,
-                    int nobjs, double timeout, lja_job **out);
-int lja_pool_size(lja_pool *p);
-int lja_pool_shutdown(lja_pool *p, double grace);
-int lja_job_wait(lja_job *j, double timeout);
-const char *lja_job_result(lja_job *j, size_t *len);
-int lja_job_cancel(lja_job *j, int reason);
-int lja_job_cancelled(lja_job *j);
-double lja_job_cancel_time(lja_job *j);
-double lja_job_deadline(lja_job *j);
-void lja_job_release(lja_job *j);
+lja_channel *lja_pool_channel(lja_pool *p, int watch);
+int lja_pool_watch(lja_pool *p);
+void lja_pool_close(lja_pool *p);
 int lja_pool_join(lja_pool *p);
 void lja_pool_leave(lja_pool *p, int counted);
-lja_job *lja_pool_take(lja_pool *p);
+int lja_pool_size(lja_pool *p, int d);
+int lja_pool_running(lja_pool *p, lja_job **out, int max);
+lja_job *lja_job_new(lja_pool *p, double deadline);
+void lja_job_release(lja_job *j);
+int lja_job_cancel(lja_job *j, int reason);
+int lja_job_cancelled(lja_job *j);
+double lja_job_deadline(lja_job *j);
+lja_channel *lja_job_channel(lja_job *j);
 int lja_job_begin(lja_job *j, void *L);
 void lja_job_ran(lja_job *j);
 int lja_job_done(lja_job *j);
-int lja_pool_watch(lja_pool *p);
-void lja_pool_unwatch(lja_pool *p);
-int lja_pool_watch_wait(lja_pool *p, double timeout);
-int lja_pool_running(lja_pool *p, lja_job **out, int max);
 int lja_job_replace(lja_job *j);
 double lja_now(void);
+void lja_sleep(double seconds);
 void lua_pushvalue(lua_State *L, int idx);
+typedef struct { const char *data; size_t len; void *result; } pool_input;
 ]]
 
 local C = shim.C
-local type, select, error, tostring = type, select, error, tostring
+local type, select, error, tostring, unpack = type, select, error, tostring, unpack
 local byte, char, sub = string.byte, string.char, string.sub
 local band, bxor, lshift, rshift, tobit = bit.band, bit.bxor, bit.lshift, bit.rshift, bit.tobit
 local LJA_OK, LJA_ETIMEDOUT, LJA_ECLOSED = C.LJA_OK, C.LJA_ETIMEDOUT, C.LJA_ECLOSED
@@ -84,16 +86,17 @@ local REASONS = {
 -- lj-async modules): it leaves the worker loop's three functions in the
 -- registry.
 local RUNTIME = vm.compile([==[
-local HEADER, SKIP = ...
+local HEADER, SKIP, INPUT = ...
 SKIP = tonumber(SKIP)
 local ffi = require "ffi"
 local transfer = require "lj-async.transfer"
 local safepoint = require "lj-async.safepoint"
 local C = require("lj-async.shim").C
-ffi.cdef [[
-const char *lja_pool_input(size_t *len);
-int lja_pool_set_result(const char *data, size_t len, void *const *objs, int nobjs);
-]]
+require "lj-async.channel"
+ffi.cdef "typedef struct { const char *data; size_t len; void *result; } pool_input;"
+-- The worker's word of the current job: its message past the job's
+-- handle, and the channel of its outcome.
+local input = ffi.cast("pool_input *", require("lj-async.vm").pointer_from_arg(INPUT))
 local poll, rawset, load, xpcall, pcall, unpack = safepoint.poll, rawset, load, xpcall, pcall, unpack
 
 local cache, ncache = {}, 0   -- code -> its main function, per worker
@@ -125,14 +128,12 @@ local function execute(code, ctx)
     return f(poll)
 end
 
-local len = ffi.new("size_t[1]")
 local outcome   -- what run leaves for finish: xpcall's results
 
 -- Runs the current job.  Once it is cancelled, every instruction raises
--- until this has returned to the worker loop.
+-- until its worker has seen it return.
 local function run()
-    local p = C.lja_pool_input(len)
-    local ok, n, code, ctx = pcall(transfer.decode, p, len[0])
+    local ok, n, code, ctx = pcall(transfer.decode, input.data, input.len)
     if ok then
         outcome = transfer.pack(xpcall(execute, transfer.traceback, code, ctx))
     else
@@ -148,11 +149,8 @@ local function finish()
     outcome = nil
     local msg = transfer.encode_outcome("job", unpack(results, 1, results.n))
     local objs, nobjs = transfer.objs_array()
-    if C.lja_pool_set_result(msg, #msg, objs, nobjs) == C.LJA_EINVAL then
-        transfer.drop_exported()     -- refused outright: they are still ours
-    else
-        transfer.forget_exported()   -- the job holds them now, or the shim released them
-    end
+    C.lja_channel_send(input.result, msg, #msg, objs, nobjs, -1)
+    transfer.forget_exported()   -- the message holds them now, or the shim released them
 end
 
 local registry = debug.getregistry()
@@ -167,17 +165,29 @@ local methods = {}
 local wrap = object.define("pool", "lj-async.pool", C.LJA_KIND_POOL, "struct lja_pool", methods)
 
 local GRACE = 0.25   -- seconds a cancelled job has to stop before its worker is replaced
-local TIMEOUT = C.LJA_JOB_TIMEOUT
-local now, deadline_of, cancel = C.lja_now, C.lja_job_deadline, C.lja_job_cancel
-local take, begin, ran, done = C.lja_pool_take, C.lja_job_begin, C.lja_job_ran, C.lja_job_done
+local TIMEOUT, SHUTDOWN = C.LJA_JOB_TIMEOUT, C.LJA_JOB_SHUTDOWN
+local now, deadline_of, cancel_c, channel_of = C.lja_now, C.lja_job_deadline, C.lja_job_cancel, C.lja_job_channel
+local begin, ran, done, release = C.lja_job_begin, C.lja_job_ran, C.lja_job_done, C.lja_job_release
+local send, recv, close, msg_data, msg_free =
+    C.lja_channel_send, C.lja_channel_recv, C.lja_channel_close, C.lja_msg_data, C.lja_msg_free
 local lua = ffi.C   -- the host's Lua C API (lj-async.vm checked that it is there)
 local pushvalue, lua_pcall, toboolean, settop = lua.lua_pushvalue, lua.lua_pcall, lua.lua_toboolean, lua.lua_settop
 local RUN, FINISH, RESET = 1, 2, 3   -- where a job state keeps these functions on its stack
+local job_pp = ffi.typeof("lja_job **")
+local JOB = ffi.sizeof("lja_job *")   -- a queued message: the job's handle, then its input
 
--- A new job state, with RUNTIME's functions at the bottom of its stack;
--- nil if it cannot be made.
-local function job_state()
-    local ok, L = pcall(vm.new, RUNTIME, HEADER, tostring(SKIP))
+-- Cancels job j for `reason`: 1 if it was queued (it is done at once, its
+-- waiters wake, its worker will skip it), 0 if running, < 0 if done.
+local function cancel(j, reason)
+    local rc = cancel_c(j, reason)
+    if rc == 1 then close(channel_of(j)) end
+    return rc
+end
+
+-- A new job state, with RUNTIME's functions at the bottom of its stack,
+-- that reads its jobs from `input`; nil if it cannot be made.
+local function job_state(input)
+    local ok, L = pcall(vm.new, RUNTIME, HEADER, tostring(SKIP), vm.pointer_arg(input))
     if not ok then return nil end
     for _, name in ipairs { "lj-async.pool.run", "lj-async.pool.finish", "lj-async.pool.reset" } do
         lua.lua_getfield(L, vm.LUA_REGISTRYINDEX, name)
@@ -214,35 +224,47 @@ local function start_worker(p)
     return false
 end
 
--- Wakes the watchdog of pool p, starting it if need be.
+-- Wakes the watchdog of pool p, starting it first if need be.
 local function watch(p)
-    if C.lja_pool_watch(p) == 1 and not start(p, "_watchdog") then C.lja_pool_unwatch(p) end
+    if C.lja_pool_watch(p) == 1 and not start(p, "_watchdog") then C.lja_pool_leave(p, 0) end
+    send(C.lja_pool_channel(p, 1), nil, 0, nil, 0, 0)
 end
 
 -- A worker: takes jobs from pool p (which it has joined) until the pool
--- stops, or until the watchdog replaced it (its job was stuck), then
--- leaves.  The pool's threads run it; tests/test_pool.lua runs it to watch
--- its traces.
+-- closes and its queue is drained, or until the watchdog replaced it (its
+-- job was stuck), then leaves.  For each job: begin (else it was
+-- cancelled while queued, or the pool closed), run, ran (the cancel hook
+-- is off), send its outcome, done (it is no longer among the running
+-- jobs), then close its channel: its waiters wake.  The
+-- pool's threads run it; tests/test_pool.lua runs it to watch its traces.
 local function work(p)
-    local L, counted = job_state(), 1
-    while L ~= nil do
-        local j = take(p)
-        if j == nil then break end
-        local deadline = deadline_of(j)
+    local queue, msg, len = C.lja_pool_channel(p, 0), ffi.new("lja_msg *[1]"), ffi.new("size_t[1]")
+    local input = ffi.new("pool_input")
+    local L, counted = job_state(input), 1
+    while L ~= nil and recv(queue, msg, -1) == LJA_OK do
+        local m = msg[0]
+        local data = msg_data(m, len)
+        local j = ffi.cast(job_pp, data)[0]
+        local deadline, replaced = deadline_of(j), 0
         if deadline > 0 and now() >= deadline then cancel(j, TIMEOUT) end   -- begin skips it
         if begin(j, L) ~= 0 then
             if deadline > 0 then watch(p) end   -- the watchdog stops it at its deadline
+            input.data, input.len, input.result = data + JOB, len[0] - JOB, channel_of(j)
             call(L, RUN)
             ran(j)
-            call(L, FINISH)   -- stores the result; else the job failed
+            call(L, FINISH)   -- sends the outcome; else the job failed
+            replaced = done(j)
         end
-        if done(j) ~= 0 then
+        close(channel_of(j))
+        release(j)   -- the message's reference
+        msg_free(m)
+        if replaced ~= 0 then
             counted = 0
             break
         end
         if not call(L, RESET) then
             vm.close(L)
-            L = job_state()
+            L = job_state(input)
         end
     end
     if L ~= nil then vm.close(L) end
@@ -251,16 +273,27 @@ end
 Pool._work = work
 
 -- The watchdog: cancels running jobs past their deadline, and replaces the
--- worker of a job that has not stopped GRACE seconds after its cancel (it
--- is stuck in C: the pool keeps its size, and the old thread leaves when
--- its job returns).  Sleeps until the next of these times, or until woken
--- (a job with a deadline begins, a running job is cancelled, the pool stops).
+-- worker of a job that has not stopped GRACE seconds after it saw its
+-- cancel (it is stuck in C: the pool keeps its size, and the old thread
+-- leaves when its job returns).  Sleeps until the next of these times, or
+-- until woken (a job with a deadline begins, a running job is cancelled);
+-- leaves once the pool closes.
 local function watchdog(p)
-    local max = 16
+    local wake = ffi.new("lja_channel *[1]", C.lja_pool_channel(p, 1))
+    local msg, index = ffi.new("lja_msg *[1]"), ffi.new("int[1]")
+    local max, seen = 16, {}   -- job address -> when its cancel was seen
     local jobs = ffi.new("lja_job *[?]", max)
+    local timeout = 0
     while true do
+        -- select, not recv: it sleeps at once, where recv would spin first
+        if C.lja_channel_select(wake, 1, index, msg, timeout) == LJA_OK then
+            if msg[0] == nil then break end   -- the pool closed
+            repeat   -- wake-ups that came meanwhile: this look covers them
+                msg_free(msg[0])
+            until recv(wake[0], msg, 0) ~= LJA_OK
+        end
         local n = C.lja_pool_running(p, jobs, max)
-        local t, next = now(), math.huge
+        local t, next, still = now(), math.huge, {}
         for i = 0, math.min(n, max) - 1 do
             local j = jobs[i]
             local reason, deadline = C.lja_job_cancelled(j), deadline_of(j)
@@ -273,23 +306,28 @@ local function watchdog(p)
                 end
             end
             if reason ~= 0 then
-                local stuck = C.lja_job_cancel_time(j) + GRACE
-                if t < stuck then
-                    next = math.min(next, stuck)
+                local key = tonumber(ffi.cast("uintptr_t", j))
+                local since = seen[key] or t
+                still[key] = since
+                if t < since + GRACE then
+                    next = math.min(next, since + GRACE)
                 elseif C.lja_job_replace(j) == 1 then
+                    C.lja_pool_size(p, -1)
                     start_worker(p)
                 end
             end
-            C.lja_job_release(j)
+            release(j)
         end
+        seen = still
         if n > max then   -- look again at once, at all of them
             max = n * 2
             jobs = ffi.new("lja_job *[?]", max)
-        elseif C.lja_pool_watch_wait(p, next == math.huge and -1 or math.max(next - now(), 0)) ~= 0 then
-            break
+            timeout = 0
+        else
+            timeout = next == math.huge and -1 or math.max(next - now(), 0)
         end
     end
-    C.lja_pool_unwatch(p)
+    C.lja_pool_leave(p, 0)
 end
 Pool._watchdog = watchdog
 
@@ -338,8 +376,10 @@ function Pool.get(id)
     return p
 end
 
-local job_out = ffi.new("lja_job *[1]")
 local len_out = ffi.new("size_t[1]")
+local msg_out = ffi.new("lja_msg *[1]")
+local head = ffi.new("lja_job *[1]")
+local buf = require("string.buffer").new()
 
 local intact, nintact = {}, 0   -- Pool.compile output whose checksum was right
 
@@ -372,36 +412,42 @@ local function submit(pool, code, ctx, opts, level)
     end
     local ok, p, len = pcall(transfer.encode_after, 1, 2, code, ctx)
     if not ok then error((p:gsub("%(argument 1", "(ctx")), level) end
+    local deadline = timeout > 0 and now() + timeout or 0
+    local j = C.lja_job_new(pool, deadline)
+    if j == nil then
+        transfer.drop_exported()
+        error("lj-async: cannot submit: out of memory", level)
+    end
+    head[0] = j
+    local q, qlen = buf:reset():putcdata(head, JOB):putcdata(p, len):ref()
     local objs, nobjs = transfer.objs_array()
-    local rc = C.lja_pool_submit(pool, p, len, objs, nobjs, timeout, job_out)
-    transfer.forget_exported()   -- the job holds them now, or the shim released them
-    if rc == LJA_ECLOSED then
-        return nil, "pool is shut down"
-    elseif rc ~= LJA_OK then
+    local rc = send(C.lja_pool_channel(pool, 0), q, qlen, objs, nobjs, -1)
+    transfer.forget_exported()   -- the message holds them now, or the shim released them
+    if rc ~= LJA_OK then
+        release(j)   -- the message's, never sent
+        release(j)
+        if rc == LJA_ECLOSED then return nil, "pool is shut down" end
         error("lj-async: cannot submit: " .. shim.strerror(rc), level)
     end
-    return ffi.gc(job_out[0], C.lja_job_release), timeout
+    return ffi.gc(j, release), timeout
 end
--- Not compiled: with Debian's LuaJIT 2.1 (2022), a trace through here
--- that leaves by an error caught inside transfer's encode (a ctx holding
--- objects or functions takes that path) at times corrupts this frame ("bad
--- argument #6 to 'lja_pool_submit'", or a crash; in tests/test_pool.lua,
--- 1 run in 7; none in 30 with the JIT off here).
-jit.off(submit)
 
--- Waits up to `timeout` for job h; one past its deadline is cancelled (a
--- queued one is then done at once, with no worker free to see it).
+-- Waits up to `timeout` for job h's outcome: LJA_OK (its message is in
+-- msg_out), LJA_ECLOSED (it ended without one) or LJA_ETIMEDOUT.  One past
+-- its deadline is cancelled (a queued one is then done at once, with no
+-- worker free to see it).
 local function wait(h, timeout)
-    local deadline = deadline_of(h)
+    local ch, deadline = channel_of(h), deadline_of(h)
     if deadline > 0 then
         local left = math.max(deadline - now(), 0)
         if timeout < 0 or left < timeout then
-            if C.lja_job_wait(h, left) == LJA_OK then return LJA_OK end
+            local rc = recv(ch, msg_out, left)
+            if rc ~= LJA_ETIMEDOUT then return rc end
             cancel(h, TIMEOUT)
             if timeout >= 0 then timeout = math.max(timeout - left, 0) end
         end
     end
-    return C.lja_job_wait(h, timeout)
+    return recv(ch, msg_out, timeout)
 end
 
 local function results(reason, n, ok, ...)
@@ -409,27 +455,35 @@ local function results(reason, n, ok, ...)
     return transfer.results(false, ok, ...)
 end
 
--- A finished job's return values, or nil, err.  A job that ran to its end
--- gives its results even when a cancel came too late to stop it: they may
--- hold what it took from a channel.
-local function outcome(job)
+local function free_after(m, ...)
+    msg_free(m)
+    return ...
+end
+
+-- A finished job's return values, or nil, err; rc is what its wait
+-- returned.  A job that ran to its end gives its results even when a
+-- cancel came too late to stop it: they may hold what it took from a
+-- channel.
+local function outcome(job, rc)
     local reason = C.lja_job_cancelled(job)
-    local p = C.lja_job_result(job, len_out)
-    if p == nil then
+    if rc ~= LJA_OK then
         if reason ~= 0 then return nil, REASONS[reason] end
         return nil, "lj-async: the job failed in its worker"
     end
-    return results(reason, transfer.decode(p, len_out[0]))
+    local m = msg_out[0]
+    local p = msg_data(m, len_out)
+    return free_after(m, results(reason, transfer.decode(p, len_out[0])))
 end
 
 function methods:submit(code, ctx, opts)
     local job, timeout = submit(self, code, ctx, opts, 2)
     if not job then return nil, timeout end
-    if C.lja_job_wait(job, timeout) == LJA_ETIMEDOUT then
-        C.lja_job_cancel(job, C.LJA_JOB_TIMEOUT)
+    local rc = recv(channel_of(job), msg_out, timeout)
+    if rc == LJA_ETIMEDOUT then
+        cancel(job, TIMEOUT)
         return nil, "timeout"
     end
-    return outcome(job)
+    return outcome(job, rc)
 end
 
 local Job = {}
@@ -444,32 +498,70 @@ function methods:submit_async(code, ctx, opts)
     return setmetatable({ handle = job, pool = ffi.cast(pool_ptr, self) }, Job)
 end
 
--- The job's results once it is done; nil, "timeout" if it is not done in
--- `timeout` seconds (it goes on); nil, err if it failed or was stopped.
+-- The job's results once it is done (kept: its outcome comes once);
+-- nil, "timeout" if it is not done in `timeout` seconds (it goes on);
+-- nil, err if it failed or was stopped.
 function Job:wait(timeout)
-    if wait(self.handle, shim.timeout_arg(timeout, 2)) == LJA_ETIMEDOUT then
-        return nil, "timeout"
+    local r = self.outcome
+    if not r then
+        local rc = wait(self.handle, shim.timeout_arg(timeout, 2))
+        if rc == LJA_ETIMEDOUT then return nil, "timeout" end
+        r = transfer.pack(outcome(self.handle, rc))
+        self.outcome = r
     end
-    return outcome(self.handle)
+    return unpack(r, 1, r.n)
 end
 
 -- Stops the job: true if it was queued or running, false if it was done.
 -- The watchdog replaces its worker if it does not stop (stuck in C).
 function Job:cancel()
-    if cancel(self.handle, C.LJA_JOB_CANCELLED) ~= LJA_OK then return false end
-    watch(self.pool)
-    return true
+    if self.outcome then return false end
+    local rc = cancel(self.handle, C.LJA_JOB_CANCELLED)
+    if rc == 0 then watch(self.pool) end
+    return rc >= 0
 end
 
 function methods:active_workers()
-    return C.lja_pool_size(self)
+    return C.lja_pool_size(self, 0)
+end
+
+-- Waits up to `timeout` seconds (< 0: no limit) until pool p runs no job;
+-- true once it runs none.  It polls: a shutdown is rare.
+local function settle(p, timeout)
+    local deadline, pause = timeout < 0 and math.huge or now() + timeout, 0.0002
+    while C.lja_pool_running(p, nil, 0) > 0 do
+        local left = deadline - now()
+        if left <= 0 then return false end
+        C.lja_sleep(math.min(pause, left))
+        pause = math.min(pause * 2, 0.005)
+    end
+    return true
 end
 
 -- Refuses new jobs and cancels queued ones; running jobs finish, or are
--- stopped after `grace` seconds.  True once all have ended, else false, err.
+-- stopped after `grace` seconds.  True once all have ended, else false, err
+-- (workers stuck in C for a second more are left to end on their own).
 function methods:shutdown(grace)
-    local rc = C.lja_pool_shutdown(self, shim.timeout_arg(grace, 2))
-    if rc == LJA_OK then return true end
+    grace = shim.timeout_arg(grace, 2)
+    C.lja_pool_close(self)
+    local queue = C.lja_pool_channel(self, 0)
+    while recv(queue, msg_out, 0) == LJA_OK do   -- the workers skip what they take now
+        local m = msg_out[0]
+        local j = ffi.cast(job_pp, msg_data(m, len_out))[0]
+        cancel(j, SHUTDOWN)
+        close(channel_of(j))
+        release(j)
+        msg_free(m)
+    end
+    if settle(self, grace) then return true end
+    local n = C.lja_pool_running(self, nil, 0)
+    local jobs = ffi.new("lja_job *[?]", n)
+    n = math.min(C.lja_pool_running(self, jobs, n), n)
+    for i = 0, n - 1 do
+        cancel(jobs[i], SHUTDOWN)
+        release(jobs[i])
+    end
+    if settle(self, 1) then return true end
     return false, "some jobs did not stop (blocked in C?)"
 end
 

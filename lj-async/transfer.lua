@@ -70,9 +70,52 @@ local anchors = {}
 local imported, imported_kinds = {}, {}
 local SIMPLE = { number = true, string = true, boolean = true, ["nil"] = true }
 
-local function encode_plain(n, ...)
-    enc:encode(n)
-    for i = 1, n do enc:encode((select(i, ...))) end
+-- Whether string.buffer encodes v as it is (the fast path), decided
+-- before encoding: a caught error out of a compiled caller's encode
+-- corrupted that caller's frame on Debian's LuaJIT 2.1 (2022).  It refuses
+-- functions, coroutines, full userdata, cdata other than int64, uint64 and
+-- complex (classify, cached per ctype) and tables nested past 100 levels
+-- (which also ends a cycle); lj-async objects cross as handles.
+local PLAIN_DEPTH = 100
+local getfenv = debug.getfenv
+local plain
+local function plain_entry(k, x, depth)
+    local tx, tk = type(x), type(k)
+    return (tx == "number" or tx == "string" or tx == "boolean" or plain(x, tx, depth))
+        and (tk == "number" or tk == "string" or tk == "boolean" or plain(k, tk, depth))
+end
+-- Whether table t's entries are plain.  Tables of one or two entries are
+-- checked without a loop: a loop that ends after a turn or two is never
+-- compiled, and knocks every caller off its trace.
+local function plain_table(t, depth)
+    local k, x = next(t)
+    if k == nil then return true end
+    if not plain_entry(k, x, depth) then return false end
+    k, x = next(t, k)
+    if k == nil then return true end
+    if not plain_entry(k, x, depth) then return false end
+    if next(t, k) == nil then return true end
+    for key, value in next, t do
+        if not plain_entry(key, value, depth) then return false end
+    end
+    return true
+end
+function plain(v, tv, depth)
+    if SIMPLE[tv] then return true end
+    if tv == "table" then return depth < PLAIN_DEPTH and plain_table(v, depth + 1) end
+    if tv == "cdata" then
+        local id = tonumber(FFI().typeof(v))
+        return not kinds_by_ctype[id] and classify(id, v) == "copy"
+    end
+    return tv == "userdata" and getfenv(v) == nil   -- light userdata
+end
+
+local function all_plain(n, ...)
+    for i = 1, n do
+        local v = select(i, ...)
+        if not plain(v, type(v), 0) then return false end
+    end
+    return true
 end
 
 local function release_all(refs, kinds)
@@ -118,17 +161,22 @@ local function encode(hidden, level, n, ...)
             enc:encode(1):encode(v)
             return
         end
-        if type(v) ~= "function" then   -- string.buffer refuses functions
-            enc:encode(1)
-            if pcall(enc.encode, enc, v) then return end
-            enc:reset()
+        if plain(v, type(v), 0) then
+            enc:encode(1):encode(v)
+            return
         end
         encode_special(hidden, level, n, ...)
-    elseif n == 2 and SIMPLE[type((...))] and SIMPLE[type((select(2, ...)))] then
-        local a, b = ...   -- a command and its argument (ltask), a key and a value
-        enc:encode(2):encode(a):encode(b)
-    elseif not pcall(encode_plain, n, ...) then
-        enc:reset()
+    elseif n == 2 then   -- a command and its argument (ltask), a key and a value, code and ctx
+        local a, b = ...
+        if plain(a, type(a), 0) and plain(b, type(b), 0) then
+            enc:encode(2):encode(a):encode(b)
+        else
+            encode_special(hidden, level, n, ...)
+        end
+    elseif all_plain(n, ...) then
+        enc:encode(n)
+        for i = 1, n do enc:encode((select(i, ...))) end
+    else
         encode_special(hidden, level, n, ...)
     end
 end

@@ -392,6 +392,83 @@ function TestPool:test_worker_loop_stays_compiled()
     lu.assertTrue(loops >= 1, "the worker loop was not compiled as a looping trace")
 end
 
+-- submit runs compiled: a trace that records lj-async/pool.lua's submit
+-- completes, and no trace aborts there for a reason other than LuaJIT
+-- forming its traces around loops (jit.off(submit), an NYI, or a value
+-- that transfer could only encode by catching an error would show).
+-- Contexts that transfer sends by its slow path (a function, a channel),
+-- mixed with plain ones, give every result right: with a caught error
+-- inside encode, a compiled submit's frame was at times corrupted on
+-- Debian's LuaJIT 2.1 (2022).
+function TestPool:test_submit_stays_compiled()
+    local channel = require "lj-async.channel"
+    local funcinfo = require("jit.util").funcinfo
+    local traceerr = require("jit.vmdef").traceerr
+    local pool = Pool.new(1)
+    local code = Pool.compile("return ctx.a + 1")
+    local line = 0   -- where pool.lua defines its submit
+    for text in io.lines("lj-async/pool.lua") do
+        line = line + 1
+        if text:find("^local function submit%(") then break end
+    end
+    local known = {}   -- function -> whether it is pool.lua's submit
+    local function is_submit(func)
+        if known[func] == nil then
+            local info = funcinfo(func)
+            known[func] = info.linedefined == line and (info.source or ""):find("lj%-async/pool%.lua$") ~= nil
+        end
+        return known[func]
+    end
+    local FORMING = { "leaving loop", "inner loop", "loop unroll", "retry recording" }
+    local function benign(err)
+        for _, what in ipairs(FORMING) do if err:find(what, 1, true) then return true end end
+        return false
+    end
+    local recorded, compiled, aborts, others = {}, 0, {}, {}
+    local function record(tr, func)
+        local r = recorded[tr]
+        if not r then r = {} recorded[tr] = r end
+        r[func] = true
+    end
+    local function through_submit(tr)
+        for func in pairs(recorded[tr] or {}) do
+            if is_submit(func) then return true end
+        end
+        return false
+    end
+    local function event(what, tr, func, pc, otr, oex)
+        if what == "stop" and through_submit(tr) then
+            compiled = compiled + 1
+        elseif what == "abort" then
+            local err = tostring(traceerr[otr]):format(oex)
+            local where = ("trace %d at %s: %s"):format(tr, tostring(funcinfo(func, pc).loc), err)
+            if (through_submit(tr) or is_submit(func)) and not benign(err) then
+                aborts[#aborts + 1] = where
+            end
+            others[#others + 1] = where
+        end
+        if what ~= "start" then recorded[tr] = nil end
+    end
+    jit.flush()   -- submit's traces are made anew, under watch
+    jit.attach(record, "record")
+    jit.attach(event, "trace")
+    local wrong = 0   -- counted, not asserted, in the loop: LuaUnit's code stays out of its traces
+    for i = 1, 1000 do
+        if pool:submit(code, { a = i }) ~= i + 1 then wrong = wrong + 1 end
+    end
+    jit.attach(record)
+    jit.attach(event)
+    lu.assertEquals(wrong, 0)
+    lu.assertEquals(table.concat(aborts, "; "), "", "traces through submit aborted")
+    lu.assertTrue(compiled >= 1, "no trace through submit was compiled; aborts: " .. table.concat(others, "; "))
+    local ch = channel.new()
+    for i = 1, 2000 do
+        local ctx = i % 3 == 0 and { a = i, f = function() return i end } or i % 3 == 1 and { a = i, ch = ch } or { a = i }
+        lu.assertEquals(pool:submit(code, ctx), i + 1)
+    end
+    lu.assertTrue(pool:shutdown(5))
+end
+
 -- The pool crosses to other threads; they submit at once; every result is
 -- counted.
 function TestPool:test_submit_from_many_threads()
