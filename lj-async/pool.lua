@@ -55,6 +55,7 @@ int lja_job_cancel(lja_job *j, int reason);
 int lja_job_cancelled(lja_job *j);
 double lja_job_deadline(lja_job *j);
 lja_channel *lja_job_channel(lja_job *j);
+int lja_channel_recv(lja_channel *ch, lja_msg **msg, double timeout);
 int lja_job_begin(lja_job *j, void *L);
 void lja_job_ran(lja_job *j);
 int lja_job_done(lja_job *j);
@@ -286,8 +287,10 @@ local function watchdog(p)
     local timeout = 0
     while true do
         -- select, not recv: it sleeps at once, where recv would spin first
-        if C.lja_channel_select(wake, 1, index, msg, timeout) == LJA_OK then
-            if msg[0] == nil then break end   -- the pool closed
+        -- (wake is a list channel: every message comes as a block, no buffer)
+        local rc = C.lja_channel_select(wake, 1, index, msg, nil, nil, timeout)
+        if rc == LJA_ECLOSED then break end   -- the pool closed
+        if rc == LJA_OK then
             repeat   -- wake-ups that came meanwhile: this look covers them
                 msg_free(msg[0])
             until recv(wake[0], msg, 0) ~= LJA_OK

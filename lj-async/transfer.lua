@@ -79,6 +79,9 @@ local SIMPLE = { number = true, string = true, boolean = true, ["nil"] = true }
 local PLAIN_DEPTH = 100
 local getfenv = debug.getfenv
 local plain
+-- The slow path (lj-async/transfer_slow.lua), loaded when a message first
+-- needs it: its encode, decode and cdata classifier.
+local slow_encode, slow_decode, cdata_class, load_slow
 local function plain_entry(k, x, depth)
     local tx, tk = type(x), type(k)
     return (tx == "number" or tx == "string" or tx == "boolean" or plain(x, tx, depth))
@@ -105,7 +108,8 @@ function plain(v, tv, depth)
     if tv == "table" then return depth < PLAIN_DEPTH and plain_table(v, depth + 1) end
     if tv == "cdata" then
         local id = tonumber(FFI().typeof(v))
-        return not kinds_by_ctype[id] and classify(id, v) == "copy"
+        if not cdata_class then load_slow() end
+        return not kinds_by_ctype[id] and cdata_class(id, v) == "copy"
     end
     return tv == "userdata" and getfenv(v) == nil   -- light userdata
 end
@@ -125,11 +129,10 @@ local function release_all(refs, kinds)
     end
 end
 
--- The slow path's encode and decode, loaded when a message first needs
--- them (tail calls: the error levels count no frame here).
-local slow_encode, slow_decode
-local function load_slow()
-    slow_encode, slow_decode = require("lj-async.transfer_slow")({
+-- (encode_special and decode_special tail-call the slow path: the error
+-- levels count no frame here.)
+function load_slow()
+    slow_encode, slow_decode, cdata_class = require("lj-async.transfer_slow")({
         FFI = FFI, enc = enc, dec = dec, SPECIAL = SPECIAL, NODE = NODE, SIMPLE = SIMPLE,
         kinds_by_ctype = kinds_by_ctype, kinds_by_name = kinds_by_name,
         exported = exported, exported_kinds = exported_kinds, anchors = anchors,

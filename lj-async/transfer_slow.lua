@@ -484,5 +484,5 @@ return function(t)
     kinds_by_ctype, kinds_by_name = t.kinds_by_ctype, t.kinds_by_name
     exported, exported_kinds, anchors = t.exported, t.exported_kinds, t.anchors
     imported, imported_kinds, release_all = t.imported, t.imported_kinds, t.release_all
-    return encode_special, decode_special
+    return encode_special, decode_special, classify
 end
