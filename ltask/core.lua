@@ -47,7 +47,7 @@ int lja_sched_add(lja_sched *s, void *L, int exclusive, int64_t capacity, double
 int lja_sched_send(lja_sched *s, double from, double to, int type, int32_t session,
                    const char *data, size_t len, void *const *objs, int nobjs);
 lja_smsg *lja_sched_pop(lja_sched *s, double self, int max, int *room);
-int lja_sched_take_waiters(lja_sched *s, double self, double *out, int max);
+lja_smsg *lja_sched_take_waiters(lja_sched *s, double self);
 void lja_sched_started(lja_sched *s, double self);
 void lja_sched_msg_free(lja_smsg *m);
 int lja_sched_push(lja_sched *s, double addr);
@@ -180,16 +180,27 @@ function M.signal(sched, from, to, kind, session, slot)
     return rc >= 0
 end
 
-local waiters_buf = ffi.new("double[16]")
+-- Answers a message that will never be served: a request with "dead", a
+-- notice that its sender waits for room with ROOM (it sends again, and
+-- learns that addr is gone); frees it.
+function M.refuse(sched, addr, m, slot)
+    local kind = m.type
+    if (kind == C.LJA_SMSG_REQUEST or kind == C.LJA_SMSG_INIT) and m.from >= 1 then
+        M.signal(sched, addr, m.from, C.LJA_SMSG_DEAD, m.session, slot)
+    elseif kind == C.LJA_SMSG_ROOM then
+        M.signal(sched, addr, m.from, kind, 0, slot)
+    end
+    C.lja_sched_msg_free(m)
+end
 
--- Tells the services that wait for room in addr's inbox (all of them once
--- it is closed) to send again.
+-- Tells the services that wait for room in addr's inbox to send again.
 function M.tell_room(sched, addr, slot)
-    local n
-    repeat
-        n = C.lja_sched_take_waiters(sched, addr, waiters_buf, 16)
-        for i = 0, n - 1 do M.signal(sched, addr, waiters_buf[i], C.LJA_SMSG_ROOM, 0, slot) end
-    until n < 16
+    local m = C.lja_sched_take_waiters(sched, addr)
+    while m ~= nil do
+        local next_m = m.next
+        M.refuse(sched, addr, m, slot)
+        m = next_m
+    end
 end
 
 local sysbuf = buffer.new()
