@@ -172,6 +172,13 @@ function TestLtask:test_thousand_services_cross_traffic()
     lu.assertEquals(bad, {})
 end
 
+function TestLtask:test_send_waiting_for_room_ends_when_the_receiver_is_killed()
+    local r = run_test({ timeout = 20 }, "room_then_killed")
+    lu.assertTrue(r.waited, "the sender never waited for room")
+    lu.assertEquals(r.result, false)
+    lu.assertTrue(r.sent >= 2 and r.sent <= 4, "sent " .. r.sent .. " into an inbox of 4")
+end
+
 function TestLtask:test_kill_during_pending_call()
     local r = run_test({}, "kill_during_call")
     lu.assertStrContains(r.err, "dead")
