@@ -397,7 +397,7 @@ int lja_sched_add(lja_sched *s, void *L, int exclusive, int64_t capacity, double
     pthread_mutex_lock(&s->lock);
     struct service *svc = s->closed ? NULL : lja_fifo_shift(&s->free_list);
     int rc = s->closed ? LJA_ECLOSED : LJA_OK;
-    if (!svc && rc == LJA_OK) {   /* a new slot, its struct on a line of its own */
+    if (!svc && rc == LJA_OK) {   /* a new slot; its struct shares no cache line with another's */
         if (s->nslots == s->max_services)
             rc = LJA_EAGAIN;
         else if (!(svc = aligned_alloc(64, (sizeof *svc + 63) / 64 * 64)))
