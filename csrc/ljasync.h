@@ -321,10 +321,10 @@ LJA_API void lja_gate_free(lja_gate *g);
  * service's capacity, every other message type is always accepted.  send
  * returns LJA_OK, LJA_SCHED_WOKE (sent, and the receiver was idle: the caller
  * must put it on a run queue; an exclusive receiver's own thread is woken
- * instead), LJA_EAGAIN (the inbox is full: the message is dropped and, if
- * `from` is a service, kept as a LJA_SMSG_ROOM notice from it, which
- * take_waiters hands to the receiver once its inbox has drained to half)
- * or LJA_ECLOSED (no such service).  pop takes up to max messages off the
+ * instead), LJA_EAGAIN (the inbox is full: the message is not queued; if
+ * `from` is a service, its block stays as an LJA_SMSG_ROOM notice from
+ * `from`, which take_waiters hands to the receiver once its inbox has
+ * drained to half) or LJA_ECLOSED (no such service).  pop takes up to max messages off the
  * front of an inbox, linked through next; *room tells that take_waiters
  * has notices to give (to answer with LJA_SMSG_ROOM, then free).
  *

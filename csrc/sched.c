@@ -35,6 +35,12 @@ struct service {
     void *L;
 };
 
+/* A worker writes its cells at every dispatch while idle workers poll
+ * them: one cache line each, so that a write moves only its own line. */
+struct cell {
+    _Alignas(64) _Atomic double v;
+};
+
 struct lja_sched {
     pthread_mutex_t lock;       /* run queue, slots, lifetimes */
     pthread_cond_t work, done;
@@ -44,7 +50,7 @@ struct lja_sched {
     int nudges, closed;
     _Atomic(struct service *) *slots;
     int64_t max_services, nslots, alive;
-    _Atomic double *cells;      /* the policy's (ltask/worker.lua: next slots, ticks) */
+    struct cell *cells;         /* the policy's (ltask/worker.lua: next slots, ticks) */
     int ncells, nwatched;
 };
 
@@ -302,7 +308,7 @@ double lja_sched_cell(lja_sched *s, int i, double v)
 {
     if (i < 0 || i >= s->ncells)
         return 0;
-    return v < 0 ? atomic_load(&s->cells[i]) : atomic_exchange(&s->cells[i], v);
+    return v < 0 ? atomic_load(&s->cells[i].v) : atomic_exchange(&s->cells[i].v, v);
 }
 
 static int anything(lja_sched *s)
@@ -310,7 +316,7 @@ static int anything(lja_sched *s)
     if (atomic_load_explicit(&s->runnable, memory_order_relaxed))
         return 1;
     for (int i = 0; i < s->nwatched; i++)
-        if (atomic_load_explicit(&s->cells[i], memory_order_relaxed) != 0)
+        if (atomic_load_explicit(&s->cells[i].v, memory_order_relaxed) != 0)
             return 1;
     return 0;
 }
@@ -375,7 +381,7 @@ lja_sched *lja_sched_new(int64_t max_services, int ncells, int nwatched)
         return NULL;
     lja_sched *s = calloc(1, sizeof *s);
     if (!s || !(s->slots = calloc((size_t)max_services + 1, sizeof *s->slots)) ||
-        !(s->cells = calloc((size_t)ncells + 1, sizeof *s->cells))) {
+        !(s->cells = aligned_alloc(64, ((size_t)ncells + 1) * sizeof *s->cells))) {
         lja_sched_free(s);
         return NULL;
     }
@@ -383,7 +389,7 @@ lja_sched *lja_sched_new(int64_t max_services, int ncells, int nwatched)
     s->ncells = ncells;
     s->nwatched = nwatched;
     for (int i = 0; i < ncells; i++)
-        atomic_init(&s->cells[i], 0.0);
+        atomic_init(&s->cells[i].v, 0.0);
     pthread_mutex_init(&s->lock, NULL);
     lja_cond_init(&s->work);
     lja_cond_init(&s->done);

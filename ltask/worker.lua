@@ -74,11 +74,10 @@ local function dispatch(L, addr, slot)
 end
 
 local function kill_all(s)
-    local slot, addr = 1, C.lja_sched_at(s, 1)
-    while addr >= 0 do
+    for slot = 1, core.MAX.max_services do
+        local addr = C.lja_sched_at(s, slot)
+        if addr < 0 then return end
         if addr > 0 then signal(s, 0, addr, KILL, 0, core.NO_SLOT) end
-        slot = slot + 1
-        addr = C.lja_sched_at(s, slot)
     end
 end
 
