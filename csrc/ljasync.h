@@ -345,12 +345,13 @@ LJA_API void lja_gate_free(lja_gate *g);
  *
  * The run queue: push appends an address and wakes a parked worker; next
  * takes the first one, parked up to `timeout` if there is none (0 when it
- * timed out or a nudge woke it, -1 once shut down); nudge wakes one worker
- * parked with no deadline, if any.  spin polls briefly (tens of
- * microseconds) until the queue or one of the first `nwatched` cells is
- * not empty, and says whether it is.  Cells are `ncells` doubles that the
- * workers share as they like: cell sets cell i to v (v < 0: only reads)
- * and returns its old value, atomically.
+ * timed out or a watched cell woke it, -1 once shut down).  spin polls
+ * briefly (tens of microseconds) until the queue or one of the first
+ * `nwatched` cells is not empty, and says whether it is.  Cells are
+ * `ncells` doubles that the workers share as they like: cell sets cell i
+ * to v (v < 0: only reads) and returns its old value, atomically; setting
+ * a watched cell that was 0 also wakes one worker parked with no deadline,
+ * if any.
  */
 typedef struct lja_sched lja_sched;
 
@@ -396,7 +397,6 @@ LJA_API int64_t lja_sched_remove(lja_sched *s, double addr);
 LJA_API double lja_sched_at(lja_sched *s, int64_t slot);
 LJA_API int lja_sched_push(lja_sched *s, double addr);
 LJA_API double lja_sched_next(lja_sched *s, double timeout);
-LJA_API void lja_sched_nudge(lja_sched *s);
 LJA_API int lja_sched_spin(lja_sched *s);
 LJA_API double lja_sched_cell(lja_sched *s, int i, double v);
 LJA_API int lja_sched_wait(lja_sched *s, double timeout);   /* until no service is alive */

@@ -304,11 +304,29 @@ int lja_sched_push(lja_sched *s, double addr)
     return LJA_OK;
 }
 
+/* Wakes a worker parked with no deadline, if any, as a push would. */
+static void nudge(lja_sched *s)
+{
+    if (!atomic_load(&s->sleepers))
+        return;
+    pthread_mutex_lock(&s->lock);
+    if (atomic_load(&s->sleepers) > s->nudges) {
+        s->nudges++;
+        pthread_cond_broadcast(&s->work);
+    }
+    pthread_mutex_unlock(&s->lock);
+}
+
 double lja_sched_cell(lja_sched *s, int i, double v)
 {
     if (i < 0 || i >= s->ncells)
         return 0;
-    return v < 0 ? atomic_load(&s->cells[i].v) : atomic_exchange(&s->cells[i].v, v);
+    if (v < 0)
+        return atomic_load(&s->cells[i].v);
+    double old = atomic_exchange(&s->cells[i].v, v);
+    if (old == 0 && v != 0 && i < s->nwatched)
+        nudge(s);
+    return old;
 }
 
 static int anything(lja_sched *s)
@@ -358,18 +376,6 @@ double lja_sched_next(lja_sched *s, double timeout)
     }
     pthread_mutex_unlock(&s->lock);
     return addr;
-}
-
-void lja_sched_nudge(lja_sched *s)
-{
-    if (!atomic_load(&s->sleepers))
-        return;
-    pthread_mutex_lock(&s->lock);
-    if (atomic_load(&s->sleepers) > s->nudges) {
-        s->nudges++;
-        pthread_cond_broadcast(&s->work);
-    }
-    pthread_mutex_unlock(&s->lock);
 }
 
 /* ---- lifetime ------------------------------------------------------------ */

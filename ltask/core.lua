@@ -53,7 +53,6 @@ void lja_sched_msg_free(lja_smsg *m);
 int lja_sched_push(lja_sched *s, double addr);
 int lja_sched_rest(lja_sched *s, double addr, int again, int wait);
 void lja_sched_wake_fd(lja_sched *s, double addr, int fd);
-void lja_sched_nudge(lja_sched *s);
 double lja_sched_cell(lja_sched *s, int i, double v);
 void *lja_states_pop(lja_states *st);
 void *lja_lua_new(const char *chunk, size_t len, int nargs, const char *const *args,
@@ -78,7 +77,7 @@ typedef struct ltask_shared {
 ]]
 
 local C = shim.C
-local send_c, push_c, cell_c, nudge_c = C.lja_sched_send, C.lja_sched_push, C.lja_sched_cell, C.lja_sched_nudge
+local send_c, push_c, cell_c = C.lja_sched_send, C.lja_sched_push, C.lja_sched_cell
 local WOKE = C.LJA_SCHED_WOKE
 
 -- libc's wall clock, for ltask.now and the log (declared once per state;
@@ -159,13 +158,14 @@ end
 -- worker that runs the sender (`slot`), so that a call and its reply run
 -- on one thread with no wake-up of another (a futex wake costs
 -- microseconds, a switch between states a fraction of one); what was in
--- the slot, or a service woken elsewhere, goes to the run queue.  An idle
--- worker parked for good is nudged to watch the slot: it takes it over if
--- it waits behind a long dispatch (ltask/worker.lua).
+-- the slot, or a service woken elsewhere, goes to the run queue.  Filling
+-- an empty slot wakes an idle worker parked for good (csrc/sched.c), to
+-- watch the slot: it takes it over if it waits behind a long dispatch
+-- (ltask/worker.lua).
 function M.schedule(sched, addr, slot)
     if slot >= 0 then
         local old = cell_c(sched, slot, addr)
-        if old == 0 then return nudge_c(sched) end
+        if old == 0 then return end
         addr = old
     end
     push_c(sched, addr)
