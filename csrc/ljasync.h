@@ -399,7 +399,6 @@ LJA_API int lja_sched_push(lja_sched *s, double addr);
 LJA_API double lja_sched_next(lja_sched *s, double timeout);
 LJA_API int lja_sched_spin(lja_sched *s);
 LJA_API double lja_sched_cell(lja_sched *s, int i, double v);
-LJA_API int lja_sched_wait(lja_sched *s, double timeout);   /* until no service is alive */
 LJA_API void lja_sched_shutdown(lja_sched *s);  /* next returns -1 from now on */
 LJA_API void lja_sched_free(lja_sched *s);
 

@@ -43,7 +43,7 @@ struct cell {
 
 struct lja_sched {
     pthread_mutex_t lock;       /* run queue, slots, lifetimes */
-    pthread_cond_t work, done;
+    pthread_cond_t work;
     lja_fifo runq, free_list;   /* of struct service */
     atomic_int runnable;        /* services on the run queue, read to spin */
     atomic_int sleepers;        /* workers parked without a deadline */
@@ -268,8 +268,7 @@ int64_t lja_sched_remove(lja_sched *s, double addr)
     pthread_mutex_lock(&s->lock);
     if (ours) {
         lja_fifo_push(&s->free_list, svc);
-        if (--s->alive == 0)
-            pthread_cond_broadcast(&s->done);
+        s->alive--;
     }
     int64_t alive = s->alive;
     pthread_mutex_unlock(&s->lock);
@@ -398,7 +397,6 @@ lja_sched *lja_sched_new(int64_t max_services, int ncells, int nwatched)
         atomic_init(&s->cells[i].v, 0.0);
     pthread_mutex_init(&s->lock, NULL);
     lja_cond_init(&s->work);
-    lja_cond_init(&s->done);
     return s;
 }
 
@@ -440,18 +438,6 @@ int lja_sched_add(lja_sched *s, void *L, int exclusive, int64_t capacity, double
     return rc;
 }
 
-int lja_sched_wait(lja_sched *s, double timeout)
-{
-    struct timespec deadline;
-    int have = 0, rc = LJA_OK;
-    pthread_mutex_lock(&s->lock);
-    while (s->alive > 0 && rc == LJA_OK)
-        rc = lja_cond_wait_timeout(&s->done, &s->lock, timeout, &deadline, &have);
-    rc = s->alive > 0 ? LJA_ETIMEDOUT : LJA_OK;
-    pthread_mutex_unlock(&s->lock);
-    return rc;
-}
-
 void lja_sched_shutdown(lja_sched *s)
 {
     pthread_mutex_lock(&s->lock);
@@ -481,7 +467,6 @@ void lja_sched_free(lja_sched *s)
         free(svc);
     }
     if (s->cells) {   /* else lja_sched_new failed before it made the locks */
-        pthread_cond_destroy(&s->done);
         pthread_cond_destroy(&s->work);
         pthread_mutex_destroy(&s->lock);
     }

@@ -66,6 +66,7 @@ double lja_now(void);
 
 typedef struct ltask_shared {
     void *sched, *states, *system;   /* lja_sched, lja_states (of quit services), lja_channel */
+    void *done;                      /* lja_channel, closed when no service is left */
     double root;
     /* how a service's state is made: lja_lua_new's arguments (ltask.bootstrap) */
     const char *chunk;

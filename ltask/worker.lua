@@ -27,6 +27,7 @@ int lua_type(lua_State *L, int idx);
 void *lja_sched_state(lja_sched *s, double addr);
 lja_smsg *lja_sched_close(lja_sched *s, double addr, void **L);
 int64_t lja_sched_remove(lja_sched *s, double addr);
+void lja_channel_close(lja_channel *ch);
 double lja_sched_at(lja_sched *s, int64_t slot);
 double lja_sched_next(lja_sched *s, double timeout);
 int lja_sched_spin(lja_sched *s);
@@ -107,7 +108,7 @@ local function finish(s, addr, raised)
         end
     end
     if raised then core.system(core.SYS_DROP, addr, 0, nil) end
-    C.lja_sched_remove(s, addr)
+    if C.lja_sched_remove(s, addr) == 0 then C.lja_channel_close(core.shared.done) end   -- (boot.wait)
     if addr == core.shared.root then kill_all(s) end
 end
 M.finish = finish
