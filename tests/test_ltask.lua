@@ -337,6 +337,19 @@ function TestLtask:test_worker_loop_stays_compiled()
     lu.assertEquals(traces.aborts, 0, "traces aborted at the worker loop")
 end
 
+-- wait with a timeout returns false, "timeout" while services run, and
+-- can be called again; a bad timeout raises.
+function TestLtask:test_wait_with_a_timeout()
+    local out = channel.new()
+    local ctx = boot.start { worker = 1, service_path = "tests/ltask/?.lua", root = "t_root", args = { out, "sleep_idle", 30 } }
+    lu.assertEquals({ boot.wait(ctx, 0.05) }, { false, "timeout" })
+    lu.assertErrorMsgContains("the timeout must be a number", boot.wait, ctx, "soon")
+    local t0 = H.now()
+    lu.assertTrue(boot.wait(ctx, 30))
+    lu.assertTrue(H.now() - t0 < 10)
+    lu.assertEquals(out:recv(0), "ok")
+end
+
 function TestLtask:test_bad_configuration()
     lu.assertErrorMsgContains("'worker' must be a positive integer", boot.start, { worker = 0 })
     lu.assertErrorMsgContains("unknown option 'wrker'", boot.start, { wrker = 2 })
