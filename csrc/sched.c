@@ -16,6 +16,8 @@
 
 #define SLOT_SPAN 16777216ULL  /* address = slot + generation * SLOT_SPAN */
 #define SPIN_ROUNDS 400         /* an idle worker's polls of the run queue before it parks */
+#define SMALL_BLOCK 256         /* message blocks this small are recycled... */
+#define SPARE_BLOCKS 1024       /* ...up to a default inbox's worth per receiver */
 
 enum { SVC_FREE, SVC_IDLE, SVC_QUEUED, SVC_DEAD };
 
@@ -33,6 +35,9 @@ struct service {
     lja_fifo inbox, held;
     lja_fifo waiters;           /* refused sends, turned into ROOM notices */
     void *L;
+    /* Pushed by whoever frees a message (the receiver), popped by senders:
+     * a line of its own, apart from the lock and the inbox. */
+    _Alignas(64) lja_spare_stack spare;
 };
 
 /* A worker writes its cells at every dispatch while idle workers poll
@@ -54,7 +59,18 @@ struct lja_sched {
     int ncells, nwatched;
 };
 
-/* ---- messages ---------------------------------------------------------- */
+/* ---- messages -------------------------------------------------------------
+ * A message is one block: a hidden header, then the lja_smsg Lua reads.
+ * Small blocks go back to the receiver's spare stack (malloc on one thread
+ * and free on another cost more than the rest of a send), popped under
+ * its lock, which the stack needs. */
+struct block {
+    void *spare_link;           /* first: the spare stack's link */
+    struct service *home;       /* the service that recycles it, or NULL */
+};
+
+#define MSG_OF(b) ((lja_smsg *)((char *)(b) + sizeof(struct block)))
+#define BLOCK_OF(m) ((struct block *)((char *)(m) - sizeof(struct block)))
 
 static void release_objs(void *const *objs, int nobjs)
 {
@@ -64,9 +80,14 @@ static void release_objs(void *const *objs, int nobjs)
 
 void lja_sched_msg_free(lja_smsg *m)
 {
-    if (m)
-        release_objs(m->objs, m->nobjs);
-    free(m);
+    if (!m)
+        return;
+    release_objs(m->objs, m->nobjs);
+    struct block *b = BLOCK_OF(m);
+    if (b->home)
+        lja_spare_push(&b->home->spare, b, SPARE_BLOCKS);
+    else
+        free(b);
 }
 
 static int counted(int type)
@@ -97,6 +118,26 @@ static struct service *lock_live(lja_sched *s, double addr)
     return NULL;
 }
 
+/* A block of `size` bytes for svc, with svc locked: a recycled one is
+ * popped under the lock, a new one allocated first (NULL: out of memory). */
+static lja_smsg *take_msg(struct service *svc, size_t size)
+{
+    struct block *b = NULL;
+    int small = size <= SMALL_BLOCK;
+    if (small) {
+        pthread_mutex_lock(&svc->lock);
+        if (!(b = lja_spare_pop(&svc->spare)))
+            pthread_mutex_unlock(&svc->lock);
+    }
+    if (!b) {
+        if (!(b = malloc(small ? SMALL_BLOCK : size)))
+            return NULL;
+        pthread_mutex_lock(&svc->lock);
+    }
+    b->home = small ? svc : NULL;
+    return MSG_OF(b);
+}
+
 int lja_sched_send(lja_sched *s, double from, double to, int type, int32_t session,
                    const char *data, size_t len, void *const *objs, int nobjs)
 {
@@ -106,8 +147,9 @@ int lja_sched_send(lja_sched *s, double from, double to, int type, int32_t sessi
     lja_smsg *m = NULL;
     int rc = (len && !data) || type < LJA_SMSG_REQUEST || type > LJA_SMSG_INIT ? LJA_EINVAL
              : !svc                                                           ? LJA_ECLOSED
-             : !(m = malloc(sizeof *m + (size_t)nobjs * sizeof(void *) + len)) ? LJA_ENOMEM
-                                                                              : LJA_OK;
+             : !(m = take_msg(svc, sizeof(struct block) + sizeof *m + (size_t)nobjs * sizeof(void *) + len))
+                 ? LJA_ENOMEM
+                 : LJA_OK;
     if (rc != LJA_OK) {
         release_objs(objs, nobjs);
         return rc;
@@ -118,7 +160,6 @@ int lja_sched_send(lja_sched *s, double from, double to, int type, int32_t sessi
         memcpy(m->objs, objs, (size_t)nobjs * sizeof(void *));
     if (len)
         memcpy(m->data, data, len);
-    pthread_mutex_lock(&svc->lock);
     if (svc->addr != (uint64_t)to || svc->status == SVC_DEAD) {
         rc = LJA_ECLOSED;
     } else if (counted(type) && svc->capacity && svc->count >= svc->capacity) {
@@ -414,6 +455,7 @@ int lja_sched_add(lja_sched *s, void *L, int exclusive, int64_t capacity, double
             rc = LJA_ENOMEM;
         else {
             memset(svc, 0, sizeof *svc);
+            lja_spare_init(&svc->spare);
             pthread_mutex_init(&svc->lock, NULL);
             pthread_cond_init(&svc->wake, NULL);
             svc->slot = ++s->nslots;
@@ -460,8 +502,10 @@ void lja_sched_free(lja_sched *s)
         lja_fifo_concat(&svc->inbox, &svc->waiters);
         for (lja_smsg *m = svc->inbox.head, *next; m; m = next) {
             next = m->next;
-            lja_sched_msg_free(m);
+            release_objs(m->objs, m->nobjs);
+            free(BLOCK_OF(m));   /* not to a spare stack: those go next */
         }
+        lja_spare_free_all(&svc->spare);
         pthread_cond_destroy(&svc->wake);
         pthread_mutex_destroy(&svc->lock);
         free(svc);
