@@ -19,7 +19,7 @@
 #define SMALL_BLOCK 256         /* message blocks this small are recycled... */
 #define SPARE_BLOCKS 1024       /* ...up to a default inbox's worth per receiver */
 
-enum { SVC_FREE, SVC_IDLE, SVC_QUEUED, SVC_DEAD };
+enum { SVC_IDLE, SVC_QUEUED, SVC_DEAD };   /* a free slot's struct stays DEAD, with addr 0 */
 
 struct service {
     void *link;                 /* first: the run queue's or the free list's */
@@ -301,7 +301,6 @@ int64_t lja_sched_remove(lja_sched *s, double addr)
     int ours = svc && svc->status == SVC_DEAD;
     if (ours) {
         svc->addr = 0;
-        svc->status = SVC_FREE;
         svc->generation++;
     }
     if (svc)
@@ -451,7 +450,7 @@ int lja_sched_add(lja_sched *s, void *L, int exclusive, int64_t capacity, double
     if (!svc && rc == LJA_OK) {   /* a new slot; its struct shares no cache line with another's */
         if (s->nslots == s->max_services)
             rc = LJA_EAGAIN;
-        else if (!(svc = aligned_alloc(64, (sizeof *svc + 63) / 64 * 64)))
+        else if (!(svc = aligned_alloc(64, sizeof *svc)))
             rc = LJA_ENOMEM;
         else {
             memset(svc, 0, sizeof *svc);
