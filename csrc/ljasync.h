@@ -330,10 +330,12 @@ LJA_API void lja_gate_free(lja_gate *g);
  * service's capacity, every other message type is always accepted.  send
  * returns LJA_OK, LJA_SCHED_WOKE (sent, and the receiver was idle: the caller
  * must put it on a run queue; an exclusive receiver's own thread is woken
- * instead), LJA_EAGAIN (the inbox is full: take_waiters gives `from` to
- * the receiver once its inbox has drained to half) or LJA_ECLOSED (no such
- * service).  pop takes up to max messages off the front of an inbox, linked
- * through next; *room tells that take_waiters has addresses to give.
+ * instead), LJA_EAGAIN (the inbox is full: the message is not queued; if
+ * `from` is a service, its block stays as an LJA_SMSG_ROOM notice from
+ * `from`, which take_waiters hands to the receiver once its inbox has
+ * drained to half) or LJA_ECLOSED (no such service).  pop takes up to max messages off the
+ * front of an inbox, linked through next; *room tells that take_waiters
+ * has notices to give (to answer with LJA_SMSG_ROOM, then free).
  *
  * A service's first message is LJA_SMSG_INIT.  Until lja_sched_started,
  * the requests and posts sent to it are held, still counted against its
@@ -345,18 +347,20 @@ LJA_API void lja_gate_free(lja_gate *g);
  * an exclusive service an eventfd (-1: none) that a send to it signals when
  * it is idle, so its thread may wait in epoll on its inbox and its sockets
  * together (lj-async.asio); it is removed before the fd is closed.  close marks
- * a service dead (sends to it fail) and hands back its queued messages and
- * its lua_State; remove then frees its slot and returns how many services
- * are still alive.
+ * a service dead (sends to it fail) and hands back its queued and held
+ * messages, its ROOM notices and its lua_State; remove then frees its slot
+ * and returns how many services are still alive.  at gives the address of
+ * the live service in a slot (1 up; 0: none there now, -1: past the last).
  *
  * The run queue: push appends an address and wakes a parked worker; next
  * takes the first one, parked up to `timeout` if there is none (0 when it
- * timed out or a nudge woke it, -1 once shut down); nudge wakes one worker
- * parked with no deadline, if any.  spin polls briefly (tens of
- * microseconds) until the queue or one of the first `nwatched` cells is
- * not empty, and says whether it is.  Cells are `ncells` doubles that the
- * workers share as they like: cell sets cell i to v (v < 0: only reads)
- * and returns its old value, atomically.
+ * timed out or a watched cell woke it, -1 once shut down).  spin polls
+ * briefly (tens of microseconds) until the queue or one of the first
+ * `nwatched` cells is not empty, and says whether it is.  Cells are
+ * `ncells` doubles that the workers share as they like: cell sets cell i
+ * to v (v < 0: only reads) and returns its old value, atomically; setting
+ * a watched cell that was 0 also wakes one worker parked with no deadline,
+ * if any.
  */
 typedef struct lja_sched lja_sched;
 
@@ -367,7 +371,7 @@ enum {
     LJA_SMSG_ERROR = 4,
     LJA_SMSG_DEAD = 5,      /* the request's receiver quit before answering */
     LJA_SMSG_TIMER = 6,     /* a timer fired */
-    LJA_SMSG_ROOM = 7,      /* `from`'s inbox has room again */
+    LJA_SMSG_ROOM = 7,      /* `from`'s inbox has room again (take_waiters: `from` waits for room) */
     LJA_SMSG_KILL = 8,      /* the receiver must quit */
     LJA_SMSG_NAME = 9,      /* a name waited for was bound to `from` (0: failed; -1: claim it) */
     LJA_SMSG_INIT = 10      /* a new service's first message: answered as a REQUEST */
@@ -392,20 +396,18 @@ LJA_API void *lja_sched_state(lja_sched *s, double addr);
 LJA_API int lja_sched_send(lja_sched *s, double from, double to, int type, int32_t session,
                            const char *data, size_t len, void *const *objs, int nobjs);
 LJA_API lja_smsg *lja_sched_pop(lja_sched *s, double self, int max, int *room);
-LJA_API int lja_sched_take_waiters(lja_sched *s, double self, double *out, int max);
+LJA_API lja_smsg *lja_sched_take_waiters(lja_sched *s, double self);
 LJA_API void lja_sched_started(lja_sched *s, double self);
 LJA_API void lja_sched_msg_free(lja_smsg *m);
 LJA_API int lja_sched_rest(lja_sched *s, double addr, int again, int wait);
 LJA_API void lja_sched_wake_fd(lja_sched *s, double addr, int fd);
 LJA_API lja_smsg *lja_sched_close(lja_sched *s, double addr, void **L);
 LJA_API int64_t lja_sched_remove(lja_sched *s, double addr);
-LJA_API double lja_sched_next_service(lja_sched *s, double after);  /* 0: no more */
+LJA_API double lja_sched_at(lja_sched *s, int64_t slot);
 LJA_API int lja_sched_push(lja_sched *s, double addr);
 LJA_API double lja_sched_next(lja_sched *s, double timeout);
-LJA_API void lja_sched_nudge(lja_sched *s);
 LJA_API int lja_sched_spin(lja_sched *s);
 LJA_API double lja_sched_cell(lja_sched *s, int i, double v);
-LJA_API int lja_sched_wait(lja_sched *s, double timeout);   /* until no service is alive */
 LJA_API void lja_sched_shutdown(lja_sched *s);  /* next returns -1 from now on */
 LJA_API void lja_sched_free(lja_sched *s);
 

@@ -1,16 +1,13 @@
 /* sched.c: what ltask's scheduler (ltask/worker.lua) cannot do in Lua
  * (README "ltask"): the table of live services, each with its inbox, and
  * the run queue that idle workers wait on.  Which service runs next, where
- * and when is decided in Lua; so are timers, names and the log.
+ * and when is decided in Lua; so are timers, names, the log and who is told
+ * that an inbox has room.
  *
  * Service structs are never freed before the scheduler: a slot keeps its
  * struct and a new generation reuses it, so an address can be looked up and
- * its struct locked without a reference count.
- *
- * Until a service's file has returned (lja_sched_started), the requests and
- * posts sent to it are held aside, still counted against its inbox: only
- * its first message (LJA_SMSG_INIT) and what its file waits for (replies,
- * timers) reach it. */
+ * its struct locked without a reference count.  A struct is on the run
+ * queue or the free list (never both), linked through its first field. */
 #include <string.h>
 #include <sys/eventfd.h>
 
@@ -19,51 +16,54 @@
 
 #define SLOT_SPAN 16777216ULL  /* address = slot + generation * SLOT_SPAN */
 #define SPIN_ROUNDS 400         /* an idle worker's polls of the run queue before it parks */
+#define SMALL_BLOCK 256         /* message blocks this small are recycled... */
+#define SPARE_BLOCKS 1024       /* ...up to a default inbox's worth per receiver */
 
-enum { SVC_FREE, SVC_IDLE, SVC_QUEUED, SVC_DEAD };
+enum { SVC_IDLE, SVC_QUEUED, SVC_DEAD };   /* a free slot's struct stays DEAD, with addr 0 */
 
 struct service {
+    void *link;                 /* first: the run queue's or the free list's */
     pthread_mutex_t lock;
     pthread_cond_t wake;        /* an exclusive service's thread waits here */
     int wake_fd;                /* or on this eventfd, signaled too (-1: none) */
     uint64_t addr;              /* 0 while the slot is free */
     uint64_t generation;
-    int status;
-    int exclusive;
+    int64_t slot;
+    int status, exclusive;
     int starting;               /* its file runs: requests and posts are held */
     int64_t capacity, count;    /* requests and posts queued (or held) */
     lja_fifo inbox, held;
-    uint64_t *room_waiters;     /* addresses to tell when the inbox drains */
-    int64_t nwaiters, cwaiters;
+    lja_fifo waiters;           /* refused sends, turned into ROOM notices */
     void *L;
-    lja_spare_stack spare;      /* recycled message blocks */
+    /* Pushed by whoever frees a message (the receiver), popped by senders:
+     * a line of its own, apart from the lock and the inbox. */
+    _Alignas(64) lja_spare_stack spare;
+};
+
+/* A worker writes its cells at every dispatch while idle workers poll
+ * them: one cache line each, so that a write moves only its own line. */
+struct cell {
+    _Alignas(64) _Atomic double v;
 };
 
 struct lja_sched {
     pthread_mutex_t lock;       /* run queue, slots, lifetimes */
-    pthread_cond_t work, done;
-    double *runq;               /* ring of addresses */
-    int64_t rq_head, rq_count, rq_cap;
-    atomic_int runnable;        /* rq_count, read to spin */
+    pthread_cond_t work;
+    lja_fifo runq, free_list;   /* of struct service */
+    atomic_int runnable;        /* services on the run queue, read to spin */
     atomic_int sleepers;        /* workers parked without a deadline */
-    atomic_int closed_flag;     /* closed, read without the lock */
     int nudges, closed;
     _Atomic(struct service *) *slots;
-    int64_t max_services, nslots;
-    int64_t *free_slots, free_head, free_count;   /* FIFO ring of slots */
-    int64_t alive;
-    _Atomic double *cells;      /* the policy's (ltask/worker.lua: next slots, ticks) */
+    int64_t max_services, nslots, alive;
+    struct cell *cells;         /* the policy's (ltask/worker.lua: next slots, ticks) */
     int ncells, nwatched;
 };
 
-/* ---- messages ---------------------------------------------------------- */
-
-/* A message is one block: a hidden header, then the lja_smsg Lua reads.
- * Small blocks are recycled through the receiver's spare stack, popped
- * under the service's lock. */
-#define SMALL_BLOCK 256
-#define SPARE_BLOCKS 1024       /* a default inbox's worth */
-
+/* ---- messages -------------------------------------------------------------
+ * A message is one block: a hidden header, then the lja_smsg Lua reads.
+ * Small blocks go back to the receiver's spare stack (malloc on one thread
+ * and free on another cost more than the rest of a send), popped under
+ * its lock, which the stack needs. */
 struct block {
     void *spare_link;           /* first: the spare stack's link */
     struct service *home;       /* the service that recycles it, or NULL */
@@ -95,8 +95,6 @@ static int counted(int type)
     return type == LJA_SMSG_REQUEST || type == LJA_SMSG_POST;
 }
 
-/* ---- services ---------------------------------------------------------- */
-
 static struct service *lookup(lja_sched *s, double addr)
 {
     if (!s || !(addr >= 1 && addr < 9007199254740992.0))
@@ -107,24 +105,37 @@ static struct service *lookup(lja_sched *s, double addr)
     return atomic_load_explicit(&s->slots[slot], memory_order_acquire);
 }
 
-/* Takes a message block for svc: a recycled one comes with svc->lock held,
- * a new one is allocated first; the lock is held on return (NULL: out of
- * memory, unlocked). */
-static struct block *take_block(struct service *svc, size_t size)
+/* svc locked, if addr is still its address (else NULL, unlocked). */
+static struct service *lock_live(lja_sched *s, double addr)
 {
-    int small = size <= SMALL_BLOCK;
+    struct service *svc = lookup(s, addr);
+    if (!svc)
+        return NULL;
+    pthread_mutex_lock(&svc->lock);
+    if (svc->addr == (uint64_t)addr)
+        return svc;
+    pthread_mutex_unlock(&svc->lock);
+    return NULL;
+}
+
+/* A block of `size` bytes for svc, with svc locked: a recycled one is
+ * popped under the lock, a new one allocated first (NULL: out of memory). */
+static lja_smsg *take_msg(struct service *svc, size_t size)
+{
     struct block *b = NULL;
+    int small = size <= SMALL_BLOCK;
     if (small) {
         pthread_mutex_lock(&svc->lock);
-        if ((b = lja_spare_pop(&svc->spare)))
-            return b->home = svc, b;
-        pthread_mutex_unlock(&svc->lock);
+        if (!(b = lja_spare_pop(&svc->spare)))
+            pthread_mutex_unlock(&svc->lock);
     }
-    if (!(b = malloc(small ? SMALL_BLOCK : size)))
-        return NULL;
+    if (!b) {
+        if (!(b = malloc(small ? SMALL_BLOCK : size)))
+            return NULL;
+        pthread_mutex_lock(&svc->lock);
+    }
     b->home = small ? svc : NULL;
-    pthread_mutex_lock(&svc->lock);
-    return b;
+    return MSG_OF(b);
 }
 
 int lja_sched_send(lja_sched *s, double from, double to, int type, int32_t session,
@@ -132,71 +143,51 @@ int lja_sched_send(lja_sched *s, double from, double to, int type, int32_t sessi
 {
     if (nobjs < 0 || (nobjs && !objs))
         return LJA_EINVAL;
-    if ((len && !data) || type < LJA_SMSG_REQUEST || type > LJA_SMSG_INIT) {
-        release_objs(objs, nobjs);
-        return LJA_EINVAL;
-    }
     struct service *svc = lookup(s, to);
-    if (!svc) {
+    lja_smsg *m = NULL;
+    int rc = (len && !data) || type < LJA_SMSG_REQUEST || type > LJA_SMSG_INIT ? LJA_EINVAL
+             : !svc                                                           ? LJA_ECLOSED
+             : !(m = take_msg(svc, sizeof(struct block) + sizeof *m + (size_t)nobjs * sizeof(void *) + len))
+                 ? LJA_ENOMEM
+                 : LJA_OK;
+    if (rc != LJA_OK) {
         release_objs(objs, nobjs);
-        return LJA_ECLOSED;
+        return rc;
     }
-    uint64_t addr = (uint64_t)to;
-    struct block *b = take_block(svc, sizeof(struct block) + sizeof(lja_smsg) +
-                                          (size_t)nobjs * sizeof(void *) + len);
-    if (!b) {
-        release_objs(objs, nobjs);
-        return LJA_ENOMEM;
-    }
-    lja_smsg *m = MSG_OF(b);
-    m->from = from;
-    m->type = type;
-    m->session = session;
-    m->len = len;
-    m->nobjs = nobjs;
+    *m = (lja_smsg){ .from = from, .type = type, .session = session, .len = len, .nobjs = nobjs };
     m->data = (char *)(m->objs + nobjs);
     if (nobjs)
         memcpy(m->objs, objs, (size_t)nobjs * sizeof(void *));
     if (len)
         memcpy(m->data, data, len);
-    int rc = LJA_OK;
-    if (svc->addr != addr || svc->status == SVC_DEAD || svc->status == SVC_FREE) {
+    if (svc->addr != (uint64_t)to || svc->status == SVC_DEAD) {
         rc = LJA_ECLOSED;
     } else if (counted(type) && svc->capacity && svc->count >= svc->capacity) {
         rc = LJA_EAGAIN;
-        uint64_t waiter = from >= 1 ? (uint64_t)from : 0;
-        int known = waiter == 0;
-        for (int i = 0; i < svc->nwaiters && !known; i++)
-            known = svc->room_waiters[i] == waiter;
-        if (!known) {
-            uint64_t *w = lja_reserve(svc->room_waiters, svc->nwaiters, &svc->cwaiters, sizeof *w);
-            if (w) {
-                svc->room_waiters = w;
-                svc->room_waiters[svc->nwaiters++] = waiter;
-            } else {
-                rc = LJA_ENOMEM;
-            }
+        if (from >= 1) {   /* `from` is told when there is room (take_waiters) */
+            release_objs(m->objs, m->nobjs);
+            *m = (lja_smsg){ .from = from, .type = LJA_SMSG_ROOM };
+            lja_fifo_push(&svc->waiters, m);
+            m = NULL;
         }
-    } else if (svc->starting && counted(type)) {
-        lja_fifo_push(&svc->held, m);
-        m = NULL;
-        svc->count++;
     } else {
-        if (type == LJA_SMSG_KILL)   /* before anything else queued */
+        svc->count += counted(type);
+        if (svc->starting && counted(type))
+            lja_fifo_push(&svc->held, m);
+        else if (type == LJA_SMSG_KILL)   /* before anything else queued */
             lja_fifo_push_front(&svc->inbox, m);
         else
             lja_fifo_push(&svc->inbox, m);
         m = NULL;
-        if (counted(type))
-            svc->count++;
-        if (svc->status == SVC_IDLE) {
+        if (svc->inbox.head && svc->status == SVC_IDLE) {
             svc->status = SVC_QUEUED;
             if (svc->exclusive) {
                 pthread_cond_signal(&svc->wake);
                 if (svc->wake_fd >= 0)
                     eventfd_write(svc->wake_fd, 1);
-            } else
+            } else {
                 rc = LJA_SCHED_WOKE;
+            }
         }
     }
     pthread_mutex_unlock(&svc->lock);
@@ -206,91 +197,69 @@ int lja_sched_send(lja_sched *s, double from, double to, int type, int32_t sessi
 
 lja_smsg *lja_sched_pop(lja_sched *s, double self, int max, int *room)
 {
-    struct service *svc = lookup(s, self);
     *room = 0;
-    if (!svc || max < 1)
+    struct service *svc = max < 1 ? NULL : lock_live(s, self);
+    if (!svc)
         return NULL;
-    pthread_mutex_lock(&svc->lock);
-    lja_smsg *first = svc->addr == (uint64_t)self ? svc->inbox.head : NULL, *last = NULL, *m = first;
-    int64_t taken = 0;
-    for (int n = 0; m && n < max; n++) {
-        taken += counted(m->type);
+    lja_smsg *first = svc->inbox.head, *last = NULL, *m = first;
+    for (int n = 0; m && n < max; n++, m = m->next) {
+        svc->count -= counted(m->type);
         last = m;
-        m = m->next;
     }
     if (last) {
         last->next = NULL;
         svc->inbox.head = m;
         if (!m)
             svc->inbox.tail = NULL;
-        svc->count -= taken;
-        *room = taken && svc->count <= svc->capacity / 2 && svc->nwaiters;
+        *room = svc->waiters.head && svc->count <= svc->capacity / 2;
     }
     pthread_mutex_unlock(&svc->lock);
-    return last ? first : NULL;
+    return first;
 }
 
-int lja_sched_take_waiters(lja_sched *s, double self, double *out, int max)
+lja_smsg *lja_sched_take_waiters(lja_sched *s, double self)
 {
-    struct service *svc = lookup(s, self);
-    if (!svc || max < 1)
-        return 0;
-    pthread_mutex_lock(&svc->lock);
-    int n = 0;
-    if (svc->addr == (uint64_t)self && (svc->status == SVC_DEAD || svc->count <= svc->capacity / 2)) {
-        n = svc->nwaiters < max ? (int)svc->nwaiters : max;
-        for (int i = 0; i < n; i++)
-            out[i] = (double)svc->room_waiters[svc->nwaiters - 1 - i];
-        svc->nwaiters -= n;
-    }
+    struct service *svc = lock_live(s, self);
+    if (!svc)
+        return NULL;
+    lja_smsg *list = svc->waiters.head;
+    svc->waiters.head = svc->waiters.tail = NULL;
     pthread_mutex_unlock(&svc->lock);
-    return n;
+    return list;
 }
 
 void lja_sched_started(lja_sched *s, double self)
 {
-    struct service *svc = lookup(s, self);
-    if (!svc)
-        return;
-    pthread_mutex_lock(&svc->lock);
-    if (svc->addr == (uint64_t)self) {
+    struct service *svc = lock_live(s, self);
+    if (svc) {
         svc->starting = 0;
         lja_fifo_concat(&svc->inbox, &svc->held);
+        pthread_mutex_unlock(&svc->lock);
     }
-    pthread_mutex_unlock(&svc->lock);
 }
 
 void *lja_sched_state(lja_sched *s, double addr)
 {
-    struct service *svc = lookup(s, addr);
-    void *L = NULL;
-    if (svc) {
-        pthread_mutex_lock(&svc->lock);
-        if (svc->addr == (uint64_t)addr)
-            L = svc->L;
-        pthread_mutex_unlock(&svc->lock);
-    }
+    struct service *svc = lock_live(s, addr);
+    if (!svc)
+        return NULL;
+    void *L = svc->L;
+    pthread_mutex_unlock(&svc->lock);
     return L;
 }
 
 int lja_sched_rest(lja_sched *s, double addr, int again, int wait)
 {
-    struct service *svc = lookup(s, addr);
+    struct service *svc = lock_live(s, addr);
     if (!svc)
         return LJA_ECLOSED;
-    int rc = LJA_OK;
-    pthread_mutex_lock(&svc->lock);
-    if (svc->addr != (uint64_t)addr) {
-        rc = LJA_ECLOSED;
-    } else if (svc->inbox.head || again) {
-        rc = LJA_SCHED_WOKE;
-    } else if (wait) {
+    int rc = svc->inbox.head || again ? LJA_SCHED_WOKE : LJA_OK;
+    if (rc == LJA_OK) {
         svc->status = SVC_IDLE;
-        while (!svc->inbox.head)
+        while (wait && !svc->inbox.head)
             pthread_cond_wait(&svc->wake, &svc->lock);
-        svc->status = SVC_QUEUED;
-    } else {
-        svc->status = SVC_IDLE;
+        if (wait)
+            svc->status = SVC_QUEUED;
     }
     pthread_mutex_unlock(&svc->lock);
     return rc;
@@ -298,26 +267,24 @@ int lja_sched_rest(lja_sched *s, double addr, int again, int wait)
 
 void lja_sched_wake_fd(lja_sched *s, double addr, int fd)
 {
-    struct service *svc = lookup(s, addr);
-    if (!svc)
-        return;
-    pthread_mutex_lock(&svc->lock);
-    if (svc->addr == (uint64_t)addr)
+    struct service *svc = lock_live(s, addr);
+    if (svc) {
         svc->wake_fd = fd;
-    pthread_mutex_unlock(&svc->lock);
+        pthread_mutex_unlock(&svc->lock);
+    }
 }
 
 lja_smsg *lja_sched_close(lja_sched *s, double addr, void **L)
 {
-    struct service *svc = lookup(s, addr);
     *L = NULL;
+    struct service *svc = lock_live(s, addr);
     if (!svc)
         return NULL;
-    pthread_mutex_lock(&svc->lock);
     lja_smsg *list = NULL;
-    if (svc->addr == (uint64_t)addr && svc->status != SVC_DEAD) {
+    if (svc->status != SVC_DEAD) {
         svc->status = SVC_DEAD;
         lja_fifo_concat(&svc->inbox, &svc->held);
+        lja_fifo_concat(&svc->inbox, &svc->waiters);
         list = svc->inbox.head;
         svc->inbox.head = svc->inbox.tail = NULL;
         svc->count = 0;
@@ -328,81 +295,77 @@ lja_smsg *lja_sched_close(lja_sched *s, double addr, void **L)
     return list;
 }
 
-/* Frees a closed service's slot; returns the services still alive. */
 int64_t lja_sched_remove(lja_sched *s, double addr)
 {
-    struct service *svc = lookup(s, addr);
-    if (!svc)
-        return -1;
-    pthread_mutex_lock(&svc->lock);
-    int ours = svc->addr == (uint64_t)addr && svc->status == SVC_DEAD;
+    struct service *svc = lock_live(s, addr);
+    int ours = svc && svc->status == SVC_DEAD;
     if (ours) {
         svc->addr = 0;
-        svc->status = SVC_FREE;
-        svc->nwaiters = 0;
         svc->generation++;
     }
-    pthread_mutex_unlock(&svc->lock);
+    if (svc)
+        pthread_mutex_unlock(&svc->lock);
     pthread_mutex_lock(&s->lock);
     if (ours) {
-        s->free_slots[(s->free_head + s->free_count++) % s->max_services] =
-            (int64_t)((uint64_t)addr % SLOT_SPAN);
-        if (--s->alive == 0)
-            pthread_cond_broadcast(&s->done);
+        lja_fifo_push(&s->free_list, svc);
+        s->alive--;
     }
     int64_t alive = s->alive;
     pthread_mutex_unlock(&s->lock);
     return alive;
 }
 
-double lja_sched_next_service(lja_sched *s, double after)
+double lja_sched_at(lja_sched *s, int64_t slot)
 {
     pthread_mutex_lock(&s->lock);
-    int64_t n = s->nslots;
+    struct service *svc = slot >= 1 && slot <= s->nslots ? atomic_load(&s->slots[slot]) : NULL;
     pthread_mutex_unlock(&s->lock);
-    int64_t slot = after >= 1 ? (int64_t)((uint64_t)after % SLOT_SPAN) + 1 : 1;
-    for (; slot <= n; slot++) {
-        struct service *svc = atomic_load(&s->slots[slot]);
-        pthread_mutex_lock(&svc->lock);
-        uint64_t a = svc->status == SVC_IDLE || svc->status == SVC_QUEUED ? svc->addr : 0;
-        pthread_mutex_unlock(&svc->lock);
-        if (a)
-            return (double)a;
-    }
-    return 0;
+    if (!svc)
+        return -1;
+    pthread_mutex_lock(&svc->lock);
+    uint64_t a = svc->status == SVC_IDLE || svc->status == SVC_QUEUED ? svc->addr : 0;
+    pthread_mutex_unlock(&svc->lock);
+    return (double)a;
 }
 
 /* ---- the run queue ------------------------------------------------------- */
 
 int lja_sched_push(lja_sched *s, double addr)
 {
+    struct service *svc = lookup(s, addr);
+    if (!svc)
+        return LJA_ECLOSED;
     pthread_mutex_lock(&s->lock);
-    if (s->rq_count == s->rq_cap) {   /* grow the ring, unrolled from its head */
-        int64_t cap = s->rq_cap ? s->rq_cap * 2 : 64;
-        double *q = malloc((size_t)cap * sizeof *q);
-        if (!q) {
-            pthread_mutex_unlock(&s->lock);
-            return LJA_ENOMEM;
-        }
-        for (int64_t i = 0; i < s->rq_count; i++)
-            q[i] = s->runq[(s->rq_head + i) % s->rq_cap];
-        free(s->runq);
-        s->runq = q;
-        s->rq_head = 0;
-        s->rq_cap = cap;
-    }
-    s->runq[(s->rq_head + s->rq_count++) % s->rq_cap] = addr;
-    atomic_store(&s->runnable, (int)s->rq_count);
+    lja_fifo_push(&s->runq, svc);
+    atomic_fetch_add(&s->runnable, 1);
     pthread_cond_signal(&s->work);
     pthread_mutex_unlock(&s->lock);
     return LJA_OK;
+}
+
+/* Wakes a worker parked with no deadline, if any, as a push would. */
+static void nudge(lja_sched *s)
+{
+    if (!atomic_load(&s->sleepers))
+        return;
+    pthread_mutex_lock(&s->lock);
+    if (atomic_load(&s->sleepers) > s->nudges) {
+        s->nudges++;
+        pthread_cond_broadcast(&s->work);
+    }
+    pthread_mutex_unlock(&s->lock);
 }
 
 double lja_sched_cell(lja_sched *s, int i, double v)
 {
     if (i < 0 || i >= s->ncells)
         return 0;
-    return v < 0 ? atomic_load(&s->cells[i]) : atomic_exchange(&s->cells[i], v);
+    if (v < 0)
+        return atomic_load(&s->cells[i].v);
+    double old = atomic_exchange(&s->cells[i].v, v);
+    if (old == 0 && v != 0 && i < s->nwatched)
+        nudge(s);
+    return old;
 }
 
 static int anything(lja_sched *s)
@@ -410,7 +373,7 @@ static int anything(lja_sched *s)
     if (atomic_load_explicit(&s->runnable, memory_order_relaxed))
         return 1;
     for (int i = 0; i < s->nwatched; i++)
-        if (atomic_load_explicit(&s->cells[i], memory_order_relaxed) != 0)
+        if (atomic_load_explicit(&s->cells[i].v, memory_order_relaxed) != 0)
             return 1;
     return 0;
 }
@@ -427,14 +390,14 @@ int lja_sched_spin(lja_sched *s)
 
 double lja_sched_next(lja_sched *s, double timeout)
 {
-    if (timeout == 0 && !atomic_load(&s->runnable) && !s->closed_flag)
+    if (timeout == 0 && !atomic_load(&s->runnable))
         return 0;
     struct timespec deadline;
     int have = 0, rc = LJA_OK;
     double addr = 0;
     pthread_mutex_lock(&s->lock);
     int forever = timeout < 0;
-    while (!s->rq_count && !s->closed && rc == LJA_OK && timeout != 0) {
+    while (!s->runq.head && !s->closed && rc == LJA_OK && timeout != 0) {
         if (forever && s->nudges) {
             s->nudges--;
             break;
@@ -443,27 +406,15 @@ double lja_sched_next(lja_sched *s, double timeout)
         rc = lja_cond_wait_timeout(&s->work, &s->lock, timeout, &deadline, &have);
         atomic_fetch_sub(&s->sleepers, forever);
     }
-    if (s->rq_count) {
-        addr = s->runq[s->rq_head];
-        s->rq_head = (s->rq_head + 1) % s->rq_cap;
-        atomic_store(&s->runnable, (int)--s->rq_count);
+    struct service *svc = lja_fifo_shift(&s->runq);
+    if (svc) {
+        atomic_fetch_sub(&s->runnable, 1);
+        addr = (double)svc->addr;   /* queued: its address cannot change */
     } else if (s->closed) {
         addr = -1;
     }
     pthread_mutex_unlock(&s->lock);
     return addr;
-}
-
-void lja_sched_nudge(lja_sched *s)
-{
-    if (!atomic_load(&s->sleepers))
-        return;
-    pthread_mutex_lock(&s->lock);
-    if (atomic_load(&s->sleepers) > s->nudges) {
-        s->nudges++;
-        pthread_cond_broadcast(&s->work);
-    }
-    pthread_mutex_unlock(&s->lock);
 }
 
 /* ---- lifetime ------------------------------------------------------------ */
@@ -474,66 +425,45 @@ lja_sched *lja_sched_new(int64_t max_services, int ncells, int nwatched)
         nwatched > ncells)
         return NULL;
     lja_sched *s = calloc(1, sizeof *s);
-    if (!s)
-        return NULL;
-    s->max_services = max_services;
-    s->slots = calloc((size_t)max_services + 1, sizeof *s->slots);
-    s->free_slots = calloc((size_t)max_services, sizeof *s->free_slots);
-    s->cells = calloc((size_t)ncells + 1, sizeof *s->cells);
-    if (!s->slots || !s->free_slots || !s->cells) {
-        free(s->slots);
-        free(s->free_slots);
-        free(s->cells);
-        free(s);
+    if (!s || !(s->slots = calloc((size_t)max_services + 1, sizeof *s->slots)) ||
+        !(s->cells = aligned_alloc(64, ((size_t)ncells + 1) * sizeof *s->cells))) {
+        lja_sched_free(s);
         return NULL;
     }
+    s->max_services = max_services;
     s->ncells = ncells;
     s->nwatched = nwatched;
     for (int i = 0; i < ncells; i++)
-        atomic_init(&s->cells[i], 0.0);
+        atomic_init(&s->cells[i].v, 0.0);
     pthread_mutex_init(&s->lock, NULL);
     lja_cond_init(&s->work);
-    lja_cond_init(&s->done);
     return s;
-}
-
-/* LJA_EAGAIN: max_services are alive (called with s->lock held). */
-static int take_slot(lja_sched *s, struct service **out, uint64_t *addr)
-{
-    int64_t slot;
-    struct service *svc;
-    if (s->free_count > 0) {
-        slot = s->free_slots[s->free_head];
-        s->free_head = (s->free_head + 1) % s->max_services;
-        s->free_count--;
-        svc = atomic_load(&s->slots[slot]);
-    } else if (s->nslots < s->max_services) {
-        if (!(svc = calloc(1, sizeof *svc)))
-            return LJA_ENOMEM;
-        lja_spare_init(&svc->spare);
-        pthread_mutex_init(&svc->lock, NULL);
-        pthread_cond_init(&svc->wake, NULL);
-        slot = ++s->nslots;
-        atomic_store_explicit(&s->slots[slot], svc, memory_order_release);
-    } else {
-        return LJA_EAGAIN;
-    }
-    *addr = (uint64_t)slot + svc->generation * SLOT_SPAN;
-    *out = svc;
-    return LJA_OK;
 }
 
 int lja_sched_add(lja_sched *s, void *L, int exclusive, int64_t capacity, double *addr)
 {
     if (!s || !L || capacity < 0 || !addr)
         return LJA_EINVAL;
-    uint64_t a;
-    struct service *svc;
     pthread_mutex_lock(&s->lock);
-    int rc = s->closed ? LJA_ECLOSED : take_slot(s, &svc, &a);
+    struct service *svc = s->closed ? NULL : lja_fifo_shift(&s->free_list);
+    int rc = s->closed ? LJA_ECLOSED : LJA_OK;
+    if (!svc && rc == LJA_OK) {   /* a new slot; its struct shares no cache line with another's */
+        if (s->nslots == s->max_services)
+            rc = LJA_EAGAIN;
+        else if (!(svc = aligned_alloc(64, sizeof *svc)))
+            rc = LJA_ENOMEM;
+        else {
+            memset(svc, 0, sizeof *svc);
+            lja_spare_init(&svc->spare);
+            pthread_mutex_init(&svc->lock, NULL);
+            pthread_cond_init(&svc->wake, NULL);
+            svc->slot = ++s->nslots;
+            atomic_store_explicit(&s->slots[svc->slot], svc, memory_order_release);
+        }
+    }
     if (rc == LJA_OK) {
         pthread_mutex_lock(&svc->lock);
-        svc->addr = a;
+        svc->addr = (uint64_t)svc->slot + svc->generation * SLOT_SPAN;
         svc->status = SVC_IDLE;
         svc->exclusive = exclusive != 0;
         svc->wake_fd = -1;
@@ -543,20 +473,8 @@ int lja_sched_add(lja_sched *s, void *L, int exclusive, int64_t capacity, double
         svc->L = L;
         pthread_mutex_unlock(&svc->lock);
         s->alive++;
-        *addr = (double)a;
+        *addr = (double)svc->addr;
     }
-    pthread_mutex_unlock(&s->lock);
-    return rc;
-}
-
-int lja_sched_wait(lja_sched *s, double timeout)
-{
-    struct timespec deadline;
-    int have = 0, rc = LJA_OK;
-    pthread_mutex_lock(&s->lock);
-    while (s->alive > 0 && rc == LJA_OK)
-        rc = lja_cond_wait_timeout(&s->done, &s->lock, timeout, &deadline, &have);
-    rc = s->alive > 0 ? LJA_ETIMEDOUT : LJA_OK;
     pthread_mutex_unlock(&s->lock);
     return rc;
 }
@@ -565,7 +483,6 @@ void lja_sched_shutdown(lja_sched *s)
 {
     pthread_mutex_lock(&s->lock);
     s->closed = 1;
-    atomic_store(&s->closed_flag, 1);
     pthread_cond_broadcast(&s->work);
     pthread_mutex_unlock(&s->lock);
 }
@@ -581,23 +498,22 @@ void lja_sched_free(lja_sched *s)
         if (svc->L)
             lja_lua_close(svc->L);
         lja_fifo_concat(&svc->inbox, &svc->held);
+        lja_fifo_concat(&svc->inbox, &svc->waiters);
         for (lja_smsg *m = svc->inbox.head, *next; m; m = next) {
             next = m->next;
             release_objs(m->objs, m->nobjs);
             free(BLOCK_OF(m));   /* not to a spare stack: those go next */
         }
-        free(svc->room_waiters);
         lja_spare_free_all(&svc->spare);
         pthread_cond_destroy(&svc->wake);
         pthread_mutex_destroy(&svc->lock);
         free(svc);
     }
-    pthread_cond_destroy(&s->done);
-    pthread_cond_destroy(&s->work);
-    pthread_mutex_destroy(&s->lock);
-    free(s->runq);
+    if (s->cells) {   /* else lja_sched_new failed before it made the locks */
+        pthread_cond_destroy(&s->work);
+        pthread_mutex_destroy(&s->lock);
+    }
     free(s->cells);
-    free(s->free_slots);
     free(s->slots);
     free(s);
 }

@@ -27,7 +27,6 @@ local Thread = require "lj-async.thread"
 
 ffi.cdef [[
 lja_sched *lja_sched_new(int64_t max_services, int ncells, int nwatched);
-int lja_sched_wait(lja_sched *s, double timeout);
 void lja_sched_shutdown(lja_sched *s);
 void lja_sched_free(lja_sched *s);
 lja_states *lja_states_new(int limit);
@@ -149,10 +148,10 @@ function M.start(opts)
     local config, args = configure(opts)
     local box = ffi.new("ltask_shared[1]")
     local shared = box[0]   -- a reference into box, which ctx keeps
-    local system = channel.new()
+    local system, done = channel.new(), channel.new()
     shared.sched = C.lja_sched_new(config.max_services, core.cells(config.worker), config.worker)
     shared.states = C.lja_states_new(SPARE_STATES)
-    shared.system = system
+    shared.system, shared.done = system, done
     if shared.sched == nil or shared.states == nil then
         C.lja_states_free(shared.states)
         C.lja_sched_free(shared.sched)
@@ -168,7 +167,7 @@ function M.start(opts)
         f:close()
     end
     local shared_addr, config_str = address(box), buffer.encode(config)
-    local ctx = { shared = shared, box = box, system_channel = system, workers = {}, config = config,
+    local ctx = { shared = shared, box = box, system_channel = system, done_channel = done, workers = {}, config = config,
         recipe = service_recipe(shared, shared_addr, config_str) }
     local ok, root, file, code = pcall(core.new_service, shared, config, config.root, false, config.inbox, 1)
     if not ok then
@@ -199,8 +198,9 @@ end
 -- again later); else true.
 function M.wait(ctx, timeout)
     if type(ctx) ~= "table" or ctx.shared == nil then error("ltask: wait takes what start returned", 2) end
-    local rc = C.lja_sched_wait(ctx.shared.sched, shim.timeout_arg(timeout, 2))
-    if rc == C.LJA_ETIMEDOUT then return false, "timeout" end
+    shim.timeout_arg(timeout, 2)   -- a bad timeout blames the caller
+    local _, err = ctx.done_channel:recv(timeout)   -- closed by the last service's end (ltask/worker.lua)
+    if err == "timeout" then return false, "timeout" end
     stop(ctx)
     ctx.shared = nil
     return true

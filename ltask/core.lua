@@ -47,13 +47,12 @@ int lja_sched_add(lja_sched *s, void *L, int exclusive, int64_t capacity, double
 int lja_sched_send(lja_sched *s, double from, double to, int type, int32_t session,
                    const char *data, size_t len, void *const *objs, int nobjs);
 lja_smsg *lja_sched_pop(lja_sched *s, double self, int max, int *room);
-int lja_sched_take_waiters(lja_sched *s, double self, double *out, int max);
+lja_smsg *lja_sched_take_waiters(lja_sched *s, double self);
 void lja_sched_started(lja_sched *s, double self);
 void lja_sched_msg_free(lja_smsg *m);
 int lja_sched_push(lja_sched *s, double addr);
 int lja_sched_rest(lja_sched *s, double addr, int again, int wait);
 void lja_sched_wake_fd(lja_sched *s, double addr, int fd);
-void lja_sched_nudge(lja_sched *s);
 double lja_sched_cell(lja_sched *s, int i, double v);
 void *lja_states_pop(lja_states *st);
 void *lja_lua_new(const char *chunk, size_t len, int nargs, const char *const *args,
@@ -67,6 +66,7 @@ double lja_now(void);
 
 typedef struct ltask_shared {
     void *sched, *states, *system;   /* lja_sched, lja_states (of quit services), lja_channel */
+    void *done;                      /* lja_channel, closed when no service is left */
     double root;
     /* how a service's state is made: lja_lua_new's arguments (ltask.bootstrap) */
     const char *chunk;
@@ -78,7 +78,7 @@ typedef struct ltask_shared {
 ]]
 
 local C = shim.C
-local send_c, push_c, cell_c, nudge_c = C.lja_sched_send, C.lja_sched_push, C.lja_sched_cell, C.lja_sched_nudge
+local send_c, push_c, cell_c = C.lja_sched_send, C.lja_sched_push, C.lja_sched_cell
 local WOKE = C.LJA_SCHED_WOKE
 
 -- libc's wall clock, for ltask.now and the log (declared once per state;
@@ -159,13 +159,14 @@ end
 -- worker that runs the sender (`slot`), so that a call and its reply run
 -- on one thread with no wake-up of another (a futex wake costs
 -- microseconds, a switch between states a fraction of one); what was in
--- the slot, or a service woken elsewhere, goes to the run queue.  An idle
--- worker parked for good is nudged to watch the slot: it takes it over if
--- it waits behind a long dispatch (ltask/worker.lua).
+-- the slot, or a service woken elsewhere, goes to the run queue.  Filling
+-- an empty slot wakes an idle worker parked for good (csrc/sched.c), to
+-- watch the slot: it takes it over if it waits behind a long dispatch
+-- (ltask/worker.lua).
 function M.schedule(sched, addr, slot)
     if slot >= 0 then
         local old = cell_c(sched, slot, addr)
-        if old == 0 then return nudge_c(sched) end
+        if old == 0 then return end
         addr = old
     end
     push_c(sched, addr)
@@ -180,16 +181,27 @@ function M.signal(sched, from, to, kind, session, slot)
     return rc >= 0
 end
 
-local waiters_buf = ffi.new("double[16]")
+-- Answers a message that will never be served: a request with "dead", a
+-- notice that its sender waits for room with ROOM (it sends again, and
+-- learns that addr is gone); frees it.
+function M.refuse(sched, addr, m, slot)
+    local kind = m.type
+    if (kind == C.LJA_SMSG_REQUEST or kind == C.LJA_SMSG_INIT) and m.from >= 1 then
+        M.signal(sched, addr, m.from, C.LJA_SMSG_DEAD, m.session, slot)
+    elseif kind == C.LJA_SMSG_ROOM then
+        M.signal(sched, addr, m.from, kind, 0, slot)
+    end
+    C.lja_sched_msg_free(m)
+end
 
--- Tells the services that wait for room in addr's inbox (all of them once
--- it is closed) to send again.
+-- Tells the services that wait for room in addr's inbox to send again.
 function M.tell_room(sched, addr, slot)
-    local n
-    repeat
-        n = C.lja_sched_take_waiters(sched, addr, waiters_buf, 16)
-        for i = 0, n - 1 do M.signal(sched, addr, waiters_buf[i], C.LJA_SMSG_ROOM, 0, slot) end
-    until n < 16
+    local m = C.lja_sched_take_waiters(sched, addr)
+    while m ~= nil do
+        local next_m = m.next
+        M.refuse(sched, addr, m, slot)
+        m = next_m
+    end
 end
 
 local sysbuf = buffer.new()

@@ -349,10 +349,7 @@ local function dispatch(self_addr, slot)
     r.batch_m = nil
     while m ~= nil do   -- popped after a quit: never served
         local next_m = m.next
-        if (m.type == REQUEST or m.type == INIT) and m.from >= 1 then
-            signal(sched, self_addr, m.from, DEAD, m.session, slot)
-        end
-        free_c(m)
+        core.refuse(sched, self_addr, m, slot)
         m = next_m
     end
     local n = #r.ready

@@ -27,7 +27,8 @@ int lua_type(lua_State *L, int idx);
 void *lja_sched_state(lja_sched *s, double addr);
 lja_smsg *lja_sched_close(lja_sched *s, double addr, void **L);
 int64_t lja_sched_remove(lja_sched *s, double addr);
-double lja_sched_next_service(lja_sched *s, double after);
+void lja_channel_close(lja_channel *ch);
+double lja_sched_at(lja_sched *s, int64_t slot);
 double lja_sched_next(lja_sched *s, double timeout);
 int lja_sched_spin(lja_sched *s);
 void lja_states_push(lja_states *st, void *L);
@@ -40,10 +41,9 @@ local settop, gettop, getfield, tolstring, toboolean, type_c = LC.lua_settop, LC
     LC.lua_tolstring, LC.lua_toboolean, LC.lua_type
 local state_c, rest_c, next_c, spin_c, cell_c = C.lja_sched_state, C.lja_sched_rest, C.lja_sched_next,
     C.lja_sched_spin, C.lja_sched_cell
-local push_c, free_c = C.lja_sched_push, C.lja_sched_msg_free
+local push_c = C.lja_sched_push
 local AGAIN, QUIT = core.DISPATCH_AGAIN, core.DISPATCH_QUIT
-local WOKE, REQUEST, INIT, DEAD, KILL = C.LJA_SCHED_WOKE, C.LJA_SMSG_REQUEST, C.LJA_SMSG_INIT, C.LJA_SMSG_DEAD,
-    C.LJA_SMSG_KILL
+local WOKE, KILL = C.LJA_SCHED_WOKE, C.LJA_SMSG_KILL
 local signal = core.signal
 
 local LUA_REGISTRYINDEX = -10000   -- lua.h of Lua 5.1, which LuaJIT keeps
@@ -75,10 +75,10 @@ local function dispatch(L, addr, slot)
 end
 
 local function kill_all(s)
-    local addr = C.lja_sched_next_service(s, 0)
-    while addr ~= 0 do
-        signal(s, 0, addr, KILL, 0, core.NO_SLOT)
-        addr = C.lja_sched_next_service(s, addr)
+    for slot = 1, core.MAX.max_services do
+        local addr = C.lja_sched_at(s, slot)
+        if addr < 0 then return end
+        if addr > 0 then signal(s, 0, addr, KILL, 0, core.NO_SLOT) end
     end
 end
 
@@ -93,13 +93,9 @@ local function finish(s, addr, raised)
     local L = state_out[0]
     while m ~= nil do
         local next_m = m.next
-        if (m.type == REQUEST or m.type == INIT) and m.from >= 1 then
-            signal(s, addr, m.from, DEAD, m.session, core.NO_SLOT)
-        end
-        free_c(m)
+        core.refuse(s, addr, m, core.NO_SLOT)
         m = next_m
     end
-    core.tell_room(s, addr, core.NO_SLOT)
     core.saw_quit(s)   -- new states take a snapshot to be recycled (ltask/init.lua)
     if L ~= nil then
         settop(L, 1)
@@ -112,7 +108,7 @@ local function finish(s, addr, raised)
         end
     end
     if raised then core.system(core.SYS_DROP, addr, 0, nil) end
-    C.lja_sched_remove(s, addr)
+    if C.lja_sched_remove(s, addr) == 0 then C.lja_channel_close(core.shared.done) end   -- (boot.wait)
     if addr == core.shared.root then kill_all(s) end
 end
 M.finish = finish

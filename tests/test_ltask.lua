@@ -172,6 +172,13 @@ function TestLtask:test_thousand_services_cross_traffic()
     lu.assertEquals(bad, {})
 end
 
+function TestLtask:test_send_waiting_for_room_ends_when_the_receiver_is_killed()
+    local r = run_test({ timeout = 20 }, "room_then_killed")
+    lu.assertTrue(r.waited, "the sender never waited for room")
+    lu.assertEquals(r.result, false)
+    lu.assertTrue(r.sent >= 2 and r.sent <= 4, "sent " .. r.sent .. " into an inbox of 4")
+end
+
 function TestLtask:test_kill_during_pending_call()
     local r = run_test({}, "kill_during_call")
     lu.assertStrContains(r.err, "dead")
@@ -340,6 +347,19 @@ function TestLtask:test_idle_services_stay_small()
     local limit = SANITIZED and 180 * 8 or 180
     lu.assertTrue(r.kb < limit, ("%d idle services took %.0f KB each"):format(n, r.kb))
     lu.assertTrue(r.elapsed < (SANITIZED and 60 or 10), ("%d spawns took %.1f s"):format(n, r.elapsed))
+end
+
+-- wait with a timeout returns false, "timeout" while services run, and
+-- can be called again; a bad timeout raises.
+function TestLtask:test_wait_with_a_timeout()
+    local out = channel.new()
+    local ctx = boot.start { worker = 1, service_path = "tests/ltask/?.lua", root = "t_root", args = { out, "sleep_idle", 30 } }
+    lu.assertEquals({ boot.wait(ctx, 0.05) }, { false, "timeout" })
+    lu.assertErrorMsgContains("the timeout must be a number", boot.wait, ctx, "soon")
+    local t0 = H.now()
+    lu.assertTrue(boot.wait(ctx, 30))
+    lu.assertTrue(H.now() - t0 < 10)
+    lu.assertEquals(out:recv(0), "ok")
 end
 
 function TestLtask:test_bad_configuration()

@@ -379,5 +379,34 @@ function T.idle_memory(n)
     out:send("ok", { kb = (rss_mib() - before) * 1024 / n, elapsed = elapsed })
 end
 
+-- A send waiting for room in a full inbox returns false once the receiver
+-- is killed, instead of waiting forever.  The receiver's file sleeps: what
+-- is sent to it is held, counted against its inbox of 4, until the kill.
+function T.room_then_killed()
+    local relay = ltask.spawn("echo")
+    ltask.fork(function()
+        pcall(ltask.spawn_service, { name = "slow_start", inbox = 4, args = { relay, 100000 } })
+    end)
+    local k
+    until_true(function() k = ltask.call(relay, "kept")[1] return k end, 300)
+    local r = { sent = 0 }
+    ltask.fork(function()
+        for i = 1, 100 do
+            if not ltask.send(k.addr, "note", i) then
+                r.result = false
+                return
+            end
+            r.sent = r.sent + 1
+        end
+        r.result = true
+    end)
+    until_true(function() return r.sent >= 2 end, 300)
+    ltask.sleep(5)
+    r.waited = r.result == nil
+    ltask.kill(k.addr)
+    until_true(function() return r.result ~= nil end, 300)
+    out:send("ok", r)
+end
+
 local ok, err = xpcall(T[test], debug.traceback, select(3, ...))
 if not ok then out:send("error", err) end
