@@ -16,9 +16,9 @@
  * On a ring the mutex and condition variables serve only the waits: a
  * sender or receiver that finds nobody waiting (recv_waiters,
  * send_waiters) never takes the lock.  A receiver that finds the channel
- * empty, or a sender that finds it full, spins briefly (without the lock)
- * before it sleeps: a reply that comes within microseconds then costs no
- * futex wake, which is what makes ping-pong between two threads fast. */
+ * empty, or a sender that finds it full, spins without the lock before it
+ * sleeps, as long as spinning pays (internal.h): a reply that comes
+ * within microseconds then costs no futex wake, which is what makes ping-pong between two threads fast. */
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -26,7 +26,6 @@
 #include "object.h"
 #include "queue.h"
 
-#define SPIN_ROUNDS 2000  /* polls of the length (~ tens of microseconds) */
 /* Rings of 2 to RING_MAX slots, 64 bytes each, allocated with the channel
  * (at most 1 MiB); other capacities use the list (in a ring of one slot,
  * "full at pos" and "free at pos + 1" would be the same sequence number). */
@@ -100,10 +99,12 @@ struct lja_channel {
      * counting sees the change (TSan knows no fences). */
     _Alignas(64) atomic_size_t tail;
     atomic_int recv_waiters;
+    lja_spin send_spin;          /* senders' on a full channel (internal.h) */
     pthread_mutex_t tail_lock;   /* the list's senders; also spare's pops */
     lja_fifo in;                 /* the list's newer half: lja_msg linked through next */
     _Alignas(64) atomic_size_t head;
     atomic_int send_waiters;
+    lja_spin recv_spin;          /* receivers' on an empty channel */
     pthread_mutex_t head_lock;   /* the list's receivers */
     lja_fifo out;                /* the list's older half */
     _Alignas(64) pthread_mutex_t lock;   /* the waits, selectors and watches */
@@ -214,6 +215,8 @@ lja_channel *lja_channel_new(int64_t capacity)
     atomic_init(&ch->recv_waiters, 0);
     atomic_init(&ch->send_waiters, 0);
     lja_spare_init(&ch->spare);
+    lja_spin_init(&ch->send_spin);
+    lja_spin_init(&ch->recv_spin);
     atomic_init(&ch->closed, 0);
     /* Held for a few instructions at a time by both ends: an adaptive mutex
      * spins briefly instead of sleeping in the kernel under contention. */
@@ -417,14 +420,26 @@ static int ready(lja_channel *ch, int room)
     return atomic_load_explicit(&slot_at(ch, pos)->seq, memory_order_relaxed) == (room ? pos : pos + 1);
 }
 
-/* The spin before a wait: polls, without the lock, until the channel is
- * ready (see ready) or closed.  A cancel or pause of the calling thread
- * ends the spin: on busy cores each of its yields may last a time slice. */
+/* What a spinning sender (room) or receiver waits for: the channel ready
+ * (see ready) or closed, or a cancel or pause of the calling thread (the
+ * wait under the lock meets it). */
+static int can_send(void *ch)
+{
+    return ready(ch, 1) || atomic_load(&((lja_channel *)ch)->closed) || lja_thread_poll();
+}
+
+static int can_recv(void *ch)
+{
+    return ready(ch, 0) || atomic_load(&((lja_channel *)ch)->closed) || lja_thread_poll();
+}
+
+/* The spin before a wait, as long as spinning pays (internal.h). */
 static void spin_until_ready(lja_channel *ch, int room)
 {
-    for (int i = 0; i < SPIN_ROUNDS && !ready(ch, room) && !atomic_load(&ch->closed) && !lja_thread_poll();
-         i++)
-        lja_spin_pause(i);
+    if (room)
+        lja_spin_until(&ch->send_spin, can_send, ch);
+    else
+        lja_spin_until(&ch->recv_spin, can_recv, ch);
 }
 
 /* The waiting part of send: with ch->lock held, sleeps on not_full until p

@@ -3,7 +3,6 @@
 #define LJA_INTERNAL_H
 
 #include <pthread.h>
-#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <time.h>
@@ -69,23 +68,61 @@ int lja_thread_sleep(double seconds);
 void lja_thread_attach(lja_thread *t, void *L);
 void lja_thread_set_cancelled(lja_thread *t);
 
-/* The i-th poll of a spin-wait: a CPU pause for the first LJA_SPIN_PAUSES
- * polls, then a yield of the CPU.  Waiting this way a little before a
- * condition variable makes a wake-up that comes within microseconds cost no
- * futex sleep and wake. */
-#define LJA_SPIN_PAUSES 200
+/* The wait policy (README "Benchmarks", waits that adapt).  A waiter polls
+ * its condition for a while, then parks on its condition variable.  A spin
+ * pays only while the other side runs on another core and answers within
+ * it; on a busy machine it burns time the other side may need, and a
+ * sched_yield would hand the core to whatever else runs.  So each waitable
+ * keeps a spin budget, in polls, learned from its last waits: a spin that
+ * succeeded after i polls raises the budget at once to 2i (plus the floor),
+ * or lowers it slowly toward that; one that failed halves it, down to a
+ * floor of polls that costs less than a futex sleep and wake even when it
+ * fails.  The spin never yields the CPU. */
+#define LJA_SPIN_MIN 32     /* polls (~ a microsecond) */
+#define LJA_SPIN_MAX 4096   /* polls (~ 100 microseconds) */
 
-static inline void lja_spin_pause(int i)
+typedef struct lja_spin {
+    atomic_int budget;
+} lja_spin;
+
+#define LJA_SPIN_INIT {LJA_SPIN_MAX / 4}
+
+static inline void lja_spin_init(lja_spin *sp)
 {
-    if (i >= LJA_SPIN_PAUSES)
-        sched_yield();
+    atomic_init(&sp->budget, LJA_SPIN_MAX / 4);
+}
+
+static inline void lja_cpu_relax(void)
+{
 #if defined(__x86_64__) || defined(__i386__)
-    else
-        __builtin_ia32_pause();
+    __builtin_ia32_pause();
 #elif defined(__aarch64__)
-    else
-        __asm__ __volatile__("yield");
+    __asm__ __volatile__("yield");
 #endif
+}
+
+/* Polls ready(arg) within sp's budget: 1 once it holds, 0 if the caller
+ * should park (and check again under its lock, as always). */
+static inline int lja_spin_until(lja_spin *sp, int (*ready)(void *), void *arg)
+{
+    int budget = atomic_load_explicit(&sp->budget, memory_order_relaxed), want;
+    for (int i = 0; i <= budget; i++) {
+        if (ready(arg)) {
+            want = 2 * i + LJA_SPIN_MIN;
+            if (want > LJA_SPIN_MAX)
+                want = LJA_SPIN_MAX;
+            if (want < budget)
+                want = budget - ((budget - want) >> 4);
+            if (want != budget)
+                atomic_store_explicit(&sp->budget, want, memory_order_relaxed);
+            return 1;
+        }
+        lja_cpu_relax();
+    }
+    want = budget / 2 < LJA_SPIN_MIN ? LJA_SPIN_MIN : budget / 2;
+    if (want != budget)
+        atomic_store_explicit(&sp->budget, want, memory_order_relaxed);
+    return 0;
 }
 
 /* A stack of spare memory blocks of one size, recycled between threads

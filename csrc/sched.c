@@ -15,7 +15,6 @@
 #include "queue.h"
 
 #define SLOT_SPAN 16777216ULL  /* address = slot + generation * SLOT_SPAN */
-#define SPIN_ROUNDS 400         /* an idle worker's polls of the run queue before it parks */
 #define SMALL_BLOCK 256         /* message blocks this small are recycled... */
 #define SPARE_BLOCKS 1024       /* ...up to a default inbox's worth per receiver */
 
@@ -57,6 +56,7 @@ struct lja_sched {
     int64_t max_services, nslots, alive;
     struct cell *cells;         /* the policy's (ltask/worker.lua: next slots, ticks) */
     int ncells, nwatched;
+    lja_spin spin;              /* idle workers' (lja_sched_spin) */
 };
 
 /* ---- messages -------------------------------------------------------------
@@ -368,8 +368,9 @@ double lja_sched_cell(lja_sched *s, int i, double v)
     return old;
 }
 
-static int anything(lja_sched *s)
+static int anything(void *p)
 {
+    lja_sched *s = p;
     if (atomic_load_explicit(&s->runnable, memory_order_relaxed))
         return 1;
     for (int i = 0; i < s->nwatched; i++)
@@ -380,12 +381,7 @@ static int anything(lja_sched *s)
 
 int lja_sched_spin(lja_sched *s)
 {
-    for (int i = 0; i < SPIN_ROUNDS; i++) {
-        if (anything(s))
-            return 1;
-        lja_spin_pause(i);
-    }
-    return anything(s);
+    return anything(s) || lja_spin_until(&s->spin, anything, s);
 }
 
 double lja_sched_next(lja_sched *s, double timeout)
@@ -433,6 +429,7 @@ lja_sched *lja_sched_new(int64_t max_services, int ncells, int nwatched)
     s->max_services = max_services;
     s->ncells = ncells;
     s->nwatched = nwatched;
+    lja_spin_init(&s->spin);
     for (int i = 0; i < ncells; i++)
         atomic_init(&s->cells[i].v, 0.0);
     pthread_mutex_init(&s->lock, NULL);

@@ -9,7 +9,9 @@ struct lja_state {
     pthread_mutex_t lock;
     pthread_cond_t left;
     void *L;          /* NULL once closed */
-    int inside, waiters;
+    atomic_int inside;   /* written under lock; read without it to spin */
+    int waiters;
+    lja_spin spin;
 };
 
 static void state_destroy(void *obj)
@@ -31,6 +33,8 @@ lja_state *lja_state_new(void *L)
         return NULL;
     }
     st->L = L;
+    atomic_init(&st->inside, 0);
+    lja_spin_init(&st->spin);
     pthread_mutex_init(&st->lock, NULL);
     if (lja_cond_init(&st->left) != LJA_OK) {
         pthread_mutex_destroy(&st->lock);
@@ -53,12 +57,21 @@ void *lja_state_lua(lja_state *st)
     return L;
 }
 
+/* What a spinning caller waits for (a cancel or pause ends the spin). */
+static int left(void *p)
+{
+    lja_state *st = p;
+    return !atomic_load(&st->inside) || lja_thread_poll();
+}
+
 int lja_state_enter(lja_state *st, double timeout)
 {
     struct timespec deadline;
     if (timeout > 0)
         deadline = lja_deadline(timeout);
     int rc = LJA_OK;
+    if (timeout != 0 && !left(st))
+        lja_spin_until(&st->spin, left, st);
     pthread_mutex_lock(&st->lock);
     while (st->L && st->inside && rc == LJA_OK) {
         if (timeout == 0) {

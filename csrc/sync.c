@@ -13,7 +13,9 @@ struct lja_mutex {
     lja_object hdr;
     pthread_mutex_t lock;
     pthread_cond_t unlocked;
-    int locked, waiters;
+    atomic_int locked;          /* written under lock; read without it to spin */
+    int waiters;
+    lja_spin spin;
 };
 
 static void mutex_destroy(void *obj)
@@ -29,6 +31,8 @@ lja_mutex *lja_mutex_new(void)
     lja_mutex *m = calloc(1, sizeof *m);
     if (!m)
         return NULL;
+    atomic_init(&m->locked, 0);
+    lja_spin_init(&m->spin);
     pthread_mutex_init(&m->lock, NULL);
     if (lja_cond_init(&m->unlocked) != LJA_OK) {
         pthread_mutex_destroy(&m->lock);
@@ -42,12 +46,21 @@ lja_mutex *lja_mutex_new(void)
     return m;
 }
 
+/* What a spinning locker waits for (a cancel or pause ends the spin). */
+static int mutex_free(void *p)
+{
+    lja_mutex *m = p;
+    return !atomic_load(&m->locked) || lja_thread_poll();
+}
+
 /* A cancellable lock is a cancellation point of lj-async threads (it
  * returns LJA_ETIMEDOUT once the thread is cancelled). */
 static int mutex_lock(lja_mutex *m, double timeout, int cancellable)
 {
     struct timespec deadline;
     int have = 0, rc = LJA_OK;
+    if (timeout != 0 && !mutex_free(m))
+        lja_spin_until(&m->spin, mutex_free, m);
     pthread_mutex_lock(&m->lock);
     m->waiters++;
     while (m->locked && rc == LJA_OK)
@@ -196,7 +209,8 @@ struct lja_semaphore {
     lja_object hdr;
     pthread_mutex_t lock;
     pthread_cond_t posted;
-    int64_t count;
+    _Atomic int64_t count;      /* written under lock; read without it to spin */
+    lja_spin spin;
 };
 
 static void semaphore_destroy(void *obj)
@@ -214,7 +228,8 @@ lja_semaphore *lja_semaphore_new(int64_t count)
         free(s);
         return NULL;
     }
-    s->count = count;
+    atomic_init(&s->count, count);
+    lja_spin_init(&s->spin);
     pthread_mutex_init(&s->lock, NULL);
     if (lja_cond_init(&s->posted) != LJA_OK) {
         pthread_mutex_destroy(&s->lock);
@@ -228,10 +243,19 @@ lja_semaphore *lja_semaphore_new(int64_t count)
     return s;
 }
 
+/* What a spinning waiter waits for (a cancel or pause ends the spin). */
+static int posted(void *p)
+{
+    lja_semaphore *s = p;
+    return atomic_load(&s->count) > 0 || lja_thread_poll();
+}
+
 int lja_semaphore_wait(lja_semaphore *s, double timeout)
 {
     struct timespec deadline;
     int have = 0, rc = LJA_OK;
+    if (timeout != 0 && !posted(s))
+        lja_spin_until(&s->spin, posted, s);
     pthread_mutex_lock(&s->lock);
     while (s->count == 0 && rc == LJA_OK)
         rc = lja_wait_timeout(&s->posted, &s->lock, timeout, &deadline, &have);
@@ -248,7 +272,8 @@ void lja_semaphore_post(lja_semaphore *s, int64_t n)
     if (n <= 0)
         return;
     pthread_mutex_lock(&s->lock);
-    s->count = n > INT64_MAX - s->count ? INT64_MAX : s->count + n;   /* saturates */
+    int64_t count = atomic_load(&s->count);
+    atomic_store(&s->count, n > INT64_MAX - count ? INT64_MAX : count + n);   /* saturates */
     if (n == 1)
         pthread_cond_signal(&s->posted);
     else

@@ -23,7 +23,7 @@
 struct lja_thread {
     pthread_mutex_t lock;
     pthread_cond_t changed;   /* finished, paused, resumed or cancelled */
-    int finished;             /* guarded by lock */
+    atomic_int finished;      /* written under lock; read without it to spin */
     int paused;               /* guarded by lock: stopped at a point */
     int cancelled;            /* guarded by lock: a cancel stopped it (set by the runner) */
     atomic_int ctl;           /* LJA_THREAD_CANCEL | LJA_THREAD_PAUSE: requests */
@@ -146,6 +146,7 @@ int lja_thread_start(lja_thread **out, lja_thread_fn run, void *arg,
     t->step = opts ? opts->step : 0;
     t->id = atomic_fetch_add(&next_id, 1);
     atomic_init(&t->ctl, 0);
+    atomic_init(&t->finished, 0);
     atomic_init(&t->refs, 2);
     pthread_mutex_init(&t->lock, NULL);
     if (lja_cond_init(&t->changed) != LJA_OK) {
@@ -196,12 +197,24 @@ int lja_thread_start(lja_thread **out, lja_thread_fn run, void *arg,
     return LJA_OK;
 }
 
+/* What a spinning join waits for (a cancel or pause ends the spin).  One
+ * budget serves all joins: a thread is joined once. */
+static int finished(void *p)
+{
+    lja_thread *t = p;
+    return atomic_load(&t->finished) || lja_thread_poll();
+}
+
+static lja_spin join_spin = {LJA_SPIN_MIN};
+
 int lja_thread_join(lja_thread *t, double timeout)
 {
     struct timespec deadline;
     if (timeout >= 0)
         deadline = lja_deadline(timeout);
     int rc = LJA_OK;
+    if (timeout != 0 && !finished(t))
+        lja_spin_until(&join_spin, finished, t);
     pthread_mutex_lock(&t->lock);
     while (!t->finished && rc == LJA_OK)
         rc = lja_wait_until(&t->changed, &t->lock, timeout >= 0 ? &deadline : NULL);

@@ -380,4 +380,11 @@ function TestLtask:test_service_api_outside_a_service()
     lu.assertErrorMsgContains("only inside a service", ltask.call, 1, "x")
 end
 
+-- Timers, log lines and calls while the threads park and wake often: every
+-- wake-up reaches its waiter (a lost one left the services waiting forever).
+function TestLtask:test_parking_often_loses_no_wake_up()
+    local n = SANITIZED and 100 or 300
+    lu.assertEquals(run_test({ timeout = 60 }, "sleeps", n), n)
+end
+
 os.exit(lu.LuaUnit.run())
