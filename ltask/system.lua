@@ -45,6 +45,10 @@ local function heap_push(t)
     end
     heap[i] = t
 end
+-- Interpreted: compiled into the loop's trace below (LuaJIT 2.1), a push
+-- onto a heap of one timer was seen to be lost at the next pop, and the
+-- service waiting on that timer (a sleep, a call's timeout) never woke.
+jit.off(heap_push)
 
 local function heap_pop()
     local top, n = heap[1], #heap
