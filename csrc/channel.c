@@ -18,7 +18,8 @@
  * send_waiters) never takes the lock.  A receiver that finds the channel
  * empty, or a sender that finds it full, spins without the lock before it
  * sleeps, as long as spinning pays (internal.h): a reply that comes
- * within microseconds then costs no futex wake, which is what makes ping-pong between two threads fast. */
+ * within microseconds then costs no futex wake, which is what makes
+ * ping-pong between two threads fast. */
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
