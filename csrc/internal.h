@@ -76,20 +76,25 @@ void lja_thread_set_cancelled(lja_thread *t);
  * keeps a spin budget, in polls, learned from its last waits: a spin that
  * succeeded after i polls raises the budget at once to 2i (plus the floor),
  * or lowers it slowly toward that; one that failed halves it, down to a
- * floor of polls that costs less than a futex sleep and wake even when it
- * fails.  The spin never yields the CPU. */
-#define LJA_SPIN_MIN 32     /* polls (~ a microsecond) */
+ * floor of polls that costs about what a futex sleep and wake cost (a
+ * lower floor let both ends of a ping-pong fall into parking every wait,
+ * each too late for the other's spin: 87k round trips/s on a quiet machine
+ * instead of 1.2M).  Every 8th wait probes 8 times as far, so that a budget that fell
+ * while the other side could not run grows again once it can (otherwise a
+ * floor shorter than the other side's answer would park every wait).  The
+ * spin never yields the CPU. */
+#define LJA_SPIN_MIN 256    /* polls (~ 7 microseconds, about a futex sleep and wake) */
 #define LJA_SPIN_MAX 4096   /* polls (~ 100 microseconds) */
 
 typedef struct lja_spin {
     atomic_int budget;
+    atomic_uint waits;
 } lja_spin;
-
-#define LJA_SPIN_INIT {LJA_SPIN_MAX / 4}
 
 static inline void lja_spin_init(lja_spin *sp)
 {
     atomic_init(&sp->budget, LJA_SPIN_MAX / 4);
+    atomic_init(&sp->waits, 0);
 }
 
 static inline void lja_cpu_relax(void)
@@ -106,7 +111,10 @@ static inline void lja_cpu_relax(void)
 static inline int lja_spin_until(lja_spin *sp, int (*ready)(void *), void *arg)
 {
     int budget = atomic_load_explicit(&sp->budget, memory_order_relaxed), want;
-    for (int i = 0; i <= budget; i++) {
+    unsigned waits = atomic_load_explicit(&sp->waits, memory_order_relaxed) + 1;
+    atomic_store_explicit(&sp->waits, waits, memory_order_relaxed);   /* a count, not exact */
+    int limit = waits % 8 ? budget : budget < LJA_SPIN_MAX / 8 ? 8 * budget : LJA_SPIN_MAX;
+    for (int i = 0; i <= limit; i++) {
         if (ready(arg)) {
             want = 2 * i + LJA_SPIN_MIN;
             if (want > LJA_SPIN_MAX)
