@@ -360,23 +360,6 @@ end
 
 -- n timers and log lines while a fork calls a service that sleeps n times:
 -- the threads park and wake often (the system thread on its channel, the
--- workers on the run queue).
-function T.sleeps(n)
-    local e = ltask.spawn("echo")
-    local calls = 0
-    ltask.fork(function()
-        for _ = 1, n do calls = calls + ltask.call(e, "sleep", 1, 1) end
-    end)
-    for i = 1, n do
-        ltask.log("sleep", i)
-        ltask.sleep(i % 2)
-    end
-    until_true(function() return calls == n end)
-    out:send("ok", calls)
-end
-
--- n timers and log lines while a fork calls a service that sleeps n times:
--- the threads park and wake often (the system thread on its channel, the
 -- workers on the run queue), and the system thread's heap holds two timers
 -- at a time.
 function T.sleeps(n)
