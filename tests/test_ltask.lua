@@ -381,7 +381,8 @@ function TestLtask:test_service_api_outside_a_service()
 end
 
 -- Timers, log lines and calls while the threads park and wake often: every
--- wake-up reaches its waiter (a lost one left the services waiting forever).
+-- timer fires (the system thread's compiled loop lost a timer pushed onto a
+-- heap of one, ltask/system.lua, and its sleeper waited forever).
 function TestLtask:test_parking_often_loses_no_wake_up()
     local n = SANITIZED and 100 or 300
     lu.assertEquals(run_test({ timeout = 60 }, "sleeps", n), n)
