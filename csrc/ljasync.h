@@ -355,8 +355,9 @@ LJA_API void lja_gate_free(lja_gate *g);
  * The run queue: push appends an address and wakes a parked worker; next
  * takes the first one, parked up to `timeout` if there is none (0 when it
  * timed out or a watched cell woke it, -1 once shut down).  spin polls
- * briefly (tens of microseconds) until the queue or one of the first
- * `nwatched` cells is not empty, and says whether it is.  Cells are
+ * while the wait policy allows (7 to ~100 us, README "Benchmarks") until
+ * the queue or one of the first `nwatched` cells is not empty, and says
+ * whether it is.  Cells are
  * `ncells` doubles that the workers share as they like: cell sets cell i
  * to v (v < 0: only reads) and returns its old value, atomically; setting
  * a watched cell that was 0 also wakes one worker parked with no deadline,
