@@ -269,9 +269,21 @@ function M.encode_string_after(hidden, n, ...)
     return enc:tostring()
 end
 
+-- (Messages of one to three values, the most, are decoded without the
+-- recursion, which ends a trace where it returns.)
 local function decode_n(n)
     if n == 0 then return end
     return dec:decode(), decode_n(n - 1)
+end
+
+local function decode_values(n)
+    local a = dec:decode()
+    if n == 1 then return a end
+    local b = dec:decode()
+    if n == 2 then return a, b end
+    local c = dec:decode()
+    if n == 3 then return a, b, c end
+    return a, b, c, decode_n(n - 3)
 end
 
 local function decode(p, len)
@@ -282,7 +294,8 @@ local function decode(p, len)
         FFI()  -- pointers need the FFI
         return decode_special(-n - 1)
     end
-    return n, decode_n(n)
+    if n == 0 then return 0 end
+    return n, decode_values(n)
 end
 
 local function pack(...)
