@@ -59,8 +59,11 @@ local function new_runtime()
         room_wait = {},      -- address -> coroutines waiting (in order) for room in its inbox
         tokens = {},         -- token -> coroutine in ltask.wait
         ready = {}, ready_args = {},   -- coroutines to resume, and what with
-        inflight = {},       -- coroutine -> caller of the request it serves
-        inflight_session = {},
+        -- The message the message loop serves now (kind nil: none); a
+        -- handler's error answers it.  When its handler waits, it moves to
+        -- `held` under the handler's coroutine.
+        kind = nil, from = 0, in_session = 0, cmd = nil,
+        held = {},           -- coroutine -> { kind, from, session, cmd } it serves
         pending = 0,         -- suspended coroutines and unfired timeouts
         claims = 0,          -- names this service spawns for uniqueservice
         loop_co = nil,       -- the coroutine running the message loop, or nil
@@ -110,9 +113,11 @@ local function new_task()
     return co
 end
 
+local answer, failed   -- (below)
+
 local function resume(co, ...)
     local ok, err = co_resume(co, ...)
-    if not ok then log("ltask: a coroutine of " .. who() .. " failed: " .. tostring(err)) end
+    if not ok then failed(co, err) end
 end
 
 local function resumed(...)
@@ -147,7 +152,7 @@ local function traceback(e)
     return debug.traceback(tostring(e), 2)
 end
 
-local function answer(kind, from, session, cmd, ok, ...)
+function answer(kind, from, session, cmd, ok, ...)
     if kind == REQUEST then
         if ok then
             reply(from, RESPONSE, session, select("#", ...), ...)
@@ -159,20 +164,49 @@ local function answer(kind, from, session, cmd, ok, ...)
     end
 end
 
-local function serve(kind, from, session, cmd, ...)
-    local co = co_running()
-    local r = R
-    if kind == REQUEST then
-        r.inflight[co], r.inflight_session[co] = from, session
+-- A message served: the loop's, or (kind nil after the handler waited) a
+-- held coroutine's.
+local function served(r)
+    if r.kind == nil then
+        r.held[co_running()] = nil
+    else
+        r.kind, r.cmd = nil, nil
     end
+end
+
+-- A handler is called directly, not under xpcall: its error kills the
+-- coroutine that serves it (the loop, which the dispatcher replaces), and
+-- `failed` answers the message from that coroutine's stack.  So a handler
+-- returns into compiled code (a return into xpcall ends a trace).
+local function serve(kind, from, session, cmd, ...)
+    local r = R
+    r.kind, r.from, r.in_session, r.cmd = kind, from, session, cmd
     local handlers = r.handlers
     local f = handlers and handlers[cmd]
     if type(f) ~= "function" then
         answer(kind, from, session, cmd, false, "ltask: unknown command '" .. tostring(cmd) .. "' in " .. who())
     else
-        answer(kind, from, session, cmd, xpcall(f, traceback, ...))
+        answer(kind, from, session, cmd, true, f(...))
     end
-    r.inflight[co], r.inflight_session[co] = nil, nil
+    served(r)
+end
+
+-- Coroutine co raised err: the message it served is answered with the
+-- error and its traceback, else the error is logged.
+function failed(co, err)
+    local r = R
+    local h = r.held[co]
+    if h then
+        r.held[co] = nil
+    elseif r.kind ~= nil and co == r.loop_co then
+        h = { r.kind, r.from, r.in_session, r.cmd }
+        r.kind, r.cmd = nil, nil
+    end
+    if h and h[1] ~= INIT then
+        answer(h[1], h[2], h[3], h[4], false, debug.traceback(co, tostring(err)))
+    else
+        log("ltask: a coroutine of " .. who() .. " failed: " .. tostring(err))
+    end
 end
 
 -- The rest of the API (ltask/api.lua) loads when a service first uses a
@@ -198,9 +232,8 @@ end })
 -- has returned its handlers.  The spawner is answered like a caller ("dead"
 -- if the service quits while its file waits).
 local function init(from, session, name, file, code, exclusive, ...)
-    local co = co_running()
     local r = R
-    r.inflight[co], r.inflight_session[co] = from, session
+    r.kind, r.from, r.in_session, r.cmd = INIT, from, session, nil
     r.name = name
     package.loaded["lj-async.asio.driver"] = exclusive and load_api() or nil
     local main, err = load(code, "@" .. file)
@@ -210,7 +243,7 @@ local function init(from, session, name, file, code, exclusive, ...)
     else
         ok, result = false, err
     end
-    r.inflight[co], r.inflight_session[co] = nil, nil
+    served(r)
     r.started = true
     if ok then
         r.handlers = type(result) == "table" and result or nil
@@ -294,8 +327,8 @@ end
 local function finish()
     local r = R
     close_io()
-    for co, from in pairs(r.inflight) do
-        if from >= 1 then signal(sched, r.self, from, DEAD, r.inflight_session[co], r.slot) end
+    for _, h in pairs(r.held) do
+        if h[1] ~= POST and h[2] >= 1 then signal(sched, r.self, h[2], DEAD, h[3], r.slot) end
     end
     if r.claims > 0 then system(core.SYS_DROP, r.self, 0, nil) end   -- those names fail
     return DISPATCH_QUIT
@@ -327,6 +360,29 @@ local function idle_end(r)
     return r.started and r.handlers == nil and r.pending == 0 and #r.ready == 0 and not r.io_busy
 end
 
+-- Runs the batch's messages on the message loop, which returns (LOOP_DONE)
+-- when it is done or gives up its coroutine to a handler that waits (then
+-- another loop goes on).  A tail call, not a loop: the dispatch is entered
+-- from C each time, and a loop in it would abort its trace.
+local function run_batch(r)
+    local co, ok, res = r.loop_co, nil, nil
+    if co == nil then
+        co = new_task()
+        r.loop_co = co
+        ok, res = co_resume(co, message_loop)
+    else
+        ok, res = co_resume(co)
+    end
+    if not ok then
+        failed(co, res)
+    elseif r.kind ~= nil then   -- its handler waits: the coroutine holds the message
+        r.held[co] = { r.kind, r.from, r.in_session, r.cmd }
+        r.kind, r.cmd = nil, nil
+    end
+    if res ~= LOOP_DONE then r.loop_co = nil end   -- a handler waits on it, or it ended
+    if r.batch_m ~= nil and not r.quitting then return run_batch(r) end
+end
+
 -- Called by the worker (ltask/worker.lua) with this service's address and
 -- the worker's next slot (-1: none); returns a DISPATCH_ code.
 local function dispatch(self_addr, slot)
@@ -334,17 +390,7 @@ local function dispatch(self_addr, slot)
     r.self, r.slot = self_addr, slot
     r.batch_m = pop_c(sched, self_addr, config.batch, room_out)
     if room_out[0] ~= 0 then core.tell_room(sched, self_addr, slot) end
-    while r.batch_m ~= nil and not r.quitting do
-        local ok, res
-        if r.loop_co == nil then
-            r.loop_co = new_task()
-            ok, res = co_resume(r.loop_co, message_loop)
-        else
-            ok, res = co_resume(r.loop_co)
-        end
-        if not ok then log("ltask: the message loop of " .. who() .. " failed: " .. tostring(res)) end
-        if res ~= LOOP_DONE then r.loop_co = nil end   -- a handler waits on it, or it ended
-    end
+    if r.batch_m ~= nil and not r.quitting then run_batch(r) end
     local m = r.batch_m
     r.batch_m = nil
     while m ~= nil do   -- popped after a quit: never served
