@@ -306,6 +306,7 @@ M.pack = pack
 -- Decode a message from memory (pointer, length) or a string: returns n,
 -- then the n values.
 function M.decode(p, len)
+    if not ffi and type(p) == "cdata" then FFI() end   -- a pointer: the FFI is in already
     if ffi then return decode(p, len) end
     -- Without the FFI loaded, string.buffer cannot make int64 cdata: such a
     -- message fails, and is decoded again once the FFI is in.
