@@ -304,8 +304,9 @@ local function handle(m)
     elseif kind == ROOM then
         local list = R.room_wait[from]
         R.room_wait[from] = nil
-        if list then
-            for i = 1, #list do resume(list[i], ROOM) end
+        if list then   -- (the first apart: a loop of one turn would end the trace)
+            resume(list[1], ROOM)
+            for i = 2, #list do resume(list[i], ROOM) end
         end
     elseif kind == KILL then
         R.quitting = true
