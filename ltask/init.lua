@@ -59,10 +59,10 @@ local function new_runtime()
         room_wait = {},      -- address -> coroutines waiting (in order) for room in its inbox
         tokens = {},         -- token -> coroutine in ltask.wait
         ready = {}, ready_args = {},   -- coroutines to resume, and what with
-        -- The message the message loop serves now (kind nil: none); a
-        -- handler's error answers it.  When its handler waits, it moves to
-        -- `held` under the handler's coroutine.
-        kind = nil, from = 0, in_session = 0, cmd = nil,
+        -- The message the message loop serves now (serving: its serial, 0
+        -- for none); a handler's error answers it.  When its handler waits,
+        -- it moves to `held` under the handler's coroutine.
+        serial = 0, serving = 0, kind = nil, from = 0, in_session = 0, cmd = nil,
         held = {},           -- coroutine -> { kind, from, session, cmd } it serves
         pending = 0,         -- suspended coroutines and unfired timeouts
         claims = 0,          -- names this service spawns for uniqueservice
@@ -164,14 +164,28 @@ function answer(kind, from, session, cmd, ok, ...)
     end
 end
 
--- A message served: the loop's, or (kind nil after the handler waited) a
--- held coroutine's.
-local function served(r)
-    if r.kind == nil then
-        r.held[co_running()] = nil
+-- Message `serial` is served: the loop's, or a held coroutine's (its
+-- handler waited; it may finish while the loop serves another).
+local function serving(r, kind, from, session, cmd)
+    local serial = r.serial + 1
+    r.serial, r.serving = serial, serial
+    r.kind, r.from, r.in_session, r.cmd = kind, from, session, cmd
+    return serial
+end
+
+local function served(r, serial)
+    if r.serving == serial then
+        r.serving, r.kind, r.cmd = 0, nil, nil
     else
-        r.kind, r.cmd = nil, nil
+        r.held[co_running()] = nil
     end
+end
+
+-- The loop's message, taken from it (its handler waits or failed).
+local function take_serving(r)
+    local h = { r.kind, r.from, r.in_session, r.cmd }
+    r.serving, r.kind, r.cmd = 0, nil, nil
+    return h
 end
 
 -- A handler is called directly, not under xpcall: its error kills the
@@ -180,7 +194,7 @@ end
 -- returns into compiled code (a return into xpcall ends a trace).
 local function serve(kind, from, session, cmd, ...)
     local r = R
-    r.kind, r.from, r.in_session, r.cmd = kind, from, session, cmd
+    local serial = serving(r, kind, from, session, cmd)
     local handlers = r.handlers
     local f = handlers and handlers[cmd]
     if type(f) ~= "function" then
@@ -188,7 +202,7 @@ local function serve(kind, from, session, cmd, ...)
     else
         answer(kind, from, session, cmd, true, f(...))
     end
-    served(r)
+    served(r, serial)
 end
 
 -- Coroutine co raised err: the message it served is answered with the
@@ -198,9 +212,8 @@ function failed(co, err)
     local h = r.held[co]
     if h then
         r.held[co] = nil
-    elseif r.kind ~= nil and co == r.loop_co then
-        h = { r.kind, r.from, r.in_session, r.cmd }
-        r.kind, r.cmd = nil, nil
+    elseif r.serving ~= 0 and co == r.loop_co then
+        h = take_serving(r)
     end
     if h and h[1] ~= INIT then
         answer(h[1], h[2], h[3], h[4], false, debug.traceback(co, tostring(err)))
@@ -233,7 +246,7 @@ end })
 -- if the service quits while its file waits).
 local function init(from, session, name, file, code, exclusive, ...)
     local r = R
-    r.kind, r.from, r.in_session, r.cmd = INIT, from, session, nil
+    local serial = serving(r, INIT, from, session, nil)
     r.name = name
     package.loaded["lj-async.asio.driver"] = exclusive and load_api() or nil
     local main, err = load(code, "@" .. file)
@@ -243,7 +256,7 @@ local function init(from, session, name, file, code, exclusive, ...)
     else
         ok, result = false, err
     end
-    served(r)
+    served(r, serial)
     r.started = true
     if ok then
         r.handlers = type(result) == "table" and result or nil
@@ -376,9 +389,8 @@ local function run_batch(r)
     end
     if not ok then
         failed(co, res)
-    elseif r.kind ~= nil then   -- its handler waits: the coroutine holds the message
-        r.held[co] = { r.kind, r.from, r.in_session, r.cmd }
-        r.kind, r.cmd = nil, nil
+    elseif r.serving ~= 0 then   -- its handler waits: the coroutine holds the message
+        r.held[co] = take_serving(r)
     end
     if res ~= LOOP_DONE then r.loop_co = nil end   -- a handler waits on it, or it ended
     if r.batch_m ~= nil and not r.quitting then return run_batch(r) end
