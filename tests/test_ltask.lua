@@ -403,4 +403,17 @@ function TestLtask:test_message_path_stays_compiled()
     lu.assertEquals(r.server, {}, "the server's traces aborted")
 end
 
+-- A handler that fails after it waited answers its caller with the error
+-- and its traceback, also when it fails while another request is served;
+-- the service serves on.
+function TestLtask:test_handler_failing_after_a_wait()
+    local r = run_test({ root = "late_errors", timeout = 30 })
+    for _, err in ipairs({ r.alone, r.beside }) do
+        lu.assertStrContains(err, "late boom")
+        lu.assertStrContains(err, "late_failure")
+        lu.assertStrContains(err, "raised by call(")
+    end
+    lu.assertEquals({ r.ok, r.after }, { "fine", "fine" })
+end
+
 os.exit(lu.LuaUnit.run())
