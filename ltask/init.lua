@@ -67,7 +67,6 @@ local function new_runtime()
         pending = 0,         -- suspended coroutines and unfired timeouts
         claims = 0,          -- names this service spawns for uniqueservice
         loop_co = nil,       -- the coroutine running the message loop, or nil
-        batch_m = nil,       -- the next message of the batch
         io = nil,            -- lj-async.asio's loop in an exclusive service: { pump =, close = }
         io_busy = false,     -- its light threads or servers keep the service alive
     }
@@ -354,14 +353,18 @@ end
 -- dispatcher starts another loop for the rest.
 local LOOP_DONE = {}
 
+-- The next message of the batch.  A cdata field, not the runtime's: a
+-- pointer stored in a table is boxed, a garbage object per message.
+local batch = ffi.new("lja_smsg *[1]")
+
 local function message_loop()
     local me, r = co_running(), R
     while r.loop_co == me and not r.quitting do
-        local m = r.batch_m
+        local m = batch[0]
         if m == nil then
             co_yield(LOOP_DONE)   -- resumed with the next batch
         else
-            r.batch_m = m.next
+            batch[0] = m.next
             handle(m)
         end
     end
@@ -393,7 +396,7 @@ local function run_batch(r)
         r.held[co] = take_serving(r)
     end
     if res ~= LOOP_DONE then r.loop_co = nil end   -- a handler waits on it, or it ended
-    if r.batch_m ~= nil and not r.quitting then return run_batch(r) end
+    if batch[0] ~= nil and not r.quitting then return run_batch(r) end
 end
 
 -- Called by the worker (ltask/worker.lua) with this service's address and
@@ -401,11 +404,11 @@ end
 local function dispatch(self_addr, slot)
     local r = R
     r.self, r.slot = self_addr, slot
-    r.batch_m = pop_c(sched, self_addr, config.batch, room_out)
+    batch[0] = pop_c(sched, self_addr, config.batch, room_out)
     if room_out[0] ~= 0 then core.tell_room(sched, self_addr, slot) end
-    if r.batch_m ~= nil and not r.quitting then run_batch(r) end
-    local m = r.batch_m
-    r.batch_m = nil
+    if batch[0] ~= nil and not r.quitting then run_batch(r) end
+    local m = batch[0]
+    batch[0] = nil
     while m ~= nil do   -- popped after a quit: never served
         local next_m = m.next
         core.refuse(sched, self_addr, m, slot)
