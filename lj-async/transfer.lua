@@ -286,9 +286,17 @@ local function decode_values(n)
     return a, b, c, decode_n(n - 3)
 end
 
+-- A small message from memory is copied into the decoder: set() anchors
+-- the pointer's cdata in the buffer, a garbage object per message.
+local COPY_MAX = 512
+
 local function decode(p, len)
     for i = #imported, 1, -1 do imported[i], imported_kinds[i] = nil, nil end
-    dec:set(p, len)
+    if type(p) == "cdata" and len <= COPY_MAX then
+        dec:reset():putcdata(p, len)
+    else
+        dec:set(p, len)
+    end
     local n = dec:decode()
     if n < 0 then
         FFI()  -- pointers need the FFI
