@@ -269,20 +269,41 @@ function M.encode_string_after(hidden, n, ...)
     return enc:tostring()
 end
 
+-- (Messages of one to three values, the most, are decoded without the
+-- recursion, which ends a trace where it returns.)
 local function decode_n(n)
     if n == 0 then return end
     return dec:decode(), decode_n(n - 1)
 end
 
+local function decode_values(n)
+    local a = dec:decode()
+    if n == 1 then return a end
+    local b = dec:decode()
+    if n == 2 then return a, b end
+    local c = dec:decode()
+    if n == 3 then return a, b, c end
+    return a, b, c, decode_n(n - 3)
+end
+
+-- A small message from memory is copied into the decoder: set() anchors
+-- the pointer's cdata in the buffer, a garbage object per message.
+local COPY_MAX = 512
+
 local function decode(p, len)
     for i = #imported, 1, -1 do imported[i], imported_kinds[i] = nil, nil end
-    dec:set(p, len)
+    if type(p) == "cdata" and len <= COPY_MAX then
+        dec:reset():putcdata(p, len)
+    else
+        dec:set(p, len)
+    end
     local n = dec:decode()
     if n < 0 then
         FFI()  -- pointers need the FFI
         return decode_special(-n - 1)
     end
-    return n, decode_n(n)
+    if n == 0 then return 0 end
+    return n, decode_values(n)
 end
 
 local function pack(...)
@@ -293,6 +314,7 @@ M.pack = pack
 -- Decode a message from memory (pointer, length) or a string: returns n,
 -- then the n values.
 function M.decode(p, len)
+    if not ffi and type(p) == "cdata" then FFI() end   -- a pointer: the FFI is in already
     if ffi then return decode(p, len) end
     -- Without the FFI loaded, string.buffer cannot make int64 cdata: such a
     -- message fails, and is decoded again once the FFI is in.

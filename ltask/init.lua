@@ -59,12 +59,14 @@ local function new_runtime()
         room_wait = {},      -- address -> coroutines waiting (in order) for room in its inbox
         tokens = {},         -- token -> coroutine in ltask.wait
         ready = {}, ready_args = {},   -- coroutines to resume, and what with
-        inflight = {},       -- coroutine -> caller of the request it serves
-        inflight_session = {},
+        -- The message the message loop serves now (serving: its serial, 0
+        -- for none); a handler's error answers it.  When its handler waits,
+        -- it moves to `held` under the handler's coroutine.
+        serial = 0, serving = 0, kind = nil, from = 0, in_session = 0, cmd = nil,
+        held = {},           -- coroutine -> { kind, from, session, cmd } it serves
         pending = 0,         -- suspended coroutines and unfired timeouts
         claims = 0,          -- names this service spawns for uniqueservice
         loop_co = nil,       -- the coroutine running the message loop, or nil
-        batch_m = nil,       -- the next message of the batch
         io = nil,            -- lj-async.asio's loop in an exclusive service: { pump =, close = }
         io_busy = false,     -- its light threads or servers keep the service alive
     }
@@ -110,9 +112,11 @@ local function new_task()
     return co
 end
 
+local answer, failed   -- (below)
+
 local function resume(co, ...)
     local ok, err = co_resume(co, ...)
-    if not ok then log("ltask: a coroutine of " .. who() .. " failed: " .. tostring(err)) end
+    if not ok then failed(co, err) end
 end
 
 local function resumed(...)
@@ -147,7 +151,7 @@ local function traceback(e)
     return debug.traceback(tostring(e), 2)
 end
 
-local function answer(kind, from, session, cmd, ok, ...)
+function answer(kind, from, session, cmd, ok, ...)
     if kind == REQUEST then
         if ok then
             reply(from, RESPONSE, session, select("#", ...), ...)
@@ -159,20 +163,62 @@ local function answer(kind, from, session, cmd, ok, ...)
     end
 end
 
-local function serve(kind, from, session, cmd, ...)
-    local co = co_running()
-    local r = R
-    if kind == REQUEST then
-        r.inflight[co], r.inflight_session[co] = from, session
+-- Message `serial` is served: the loop's, or a held coroutine's (its
+-- handler waited; it may finish while the loop serves another).
+local function serving(r, kind, from, session, cmd)
+    local serial = r.serial + 1
+    r.serial, r.serving = serial, serial
+    r.kind, r.from, r.in_session, r.cmd = kind, from, session, cmd
+    return serial
+end
+
+local function served(r, serial)
+    if r.serving == serial then
+        r.serving, r.kind, r.cmd = 0, nil, nil
+    else
+        r.held[co_running()] = nil
     end
+end
+
+-- The loop's message, taken from it (its handler waits or failed).
+local function take_serving(r)
+    local h = { r.kind, r.from, r.in_session, r.cmd }
+    r.serving, r.kind, r.cmd = 0, nil, nil
+    return h
+end
+
+-- A handler is called directly, not under xpcall: its error kills the
+-- coroutine that serves it (the loop, which the dispatcher replaces), and
+-- `failed` answers the message from that coroutine's stack.  So a handler
+-- returns into compiled code (a return into xpcall ends a trace).
+local function serve(kind, from, session, cmd, ...)
+    local r = R
+    local serial = serving(r, kind, from, session, cmd)
     local handlers = r.handlers
     local f = handlers and handlers[cmd]
     if type(f) ~= "function" then
         answer(kind, from, session, cmd, false, "ltask: unknown command '" .. tostring(cmd) .. "' in " .. who())
     else
-        answer(kind, from, session, cmd, xpcall(f, traceback, ...))
+        answer(kind, from, session, cmd, true, f(...))
     end
-    r.inflight[co], r.inflight_session[co] = nil, nil
+    served(r, serial)
+end
+
+-- Coroutine co raised err: the message it served is answered with the
+-- error and its traceback, else the error is logged.
+function failed(co, err)
+    local r = R
+    local h = r.held[co]
+    if h then
+        r.held[co] = nil
+    elseif r.serving ~= 0 and co == r.loop_co then
+        h = take_serving(r)
+    end
+    if h and h[1] ~= INIT then
+        answer(h[1], h[2], h[3], h[4], false, debug.traceback(co, tostring(err)))
+    else
+        log("ltask: a coroutine of " .. who() .. " failed: " .. tostring(err))
+    end
 end
 
 -- The rest of the API (ltask/api.lua) loads when a service first uses a
@@ -198,9 +244,8 @@ end })
 -- has returned its handlers.  The spawner is answered like a caller ("dead"
 -- if the service quits while its file waits).
 local function init(from, session, name, file, code, exclusive, ...)
-    local co = co_running()
     local r = R
-    r.inflight[co], r.inflight_session[co] = from, session
+    local serial = serving(r, INIT, from, session, nil)
     r.name = name
     package.loaded["lj-async.asio.driver"] = exclusive and load_api() or nil
     local main, err = load(code, "@" .. file)
@@ -210,7 +255,7 @@ local function init(from, session, name, file, code, exclusive, ...)
     else
         ok, result = false, err
     end
-    r.inflight[co], r.inflight_session[co] = nil, nil
+    served(r, serial)
     r.started = true
     if ok then
         r.handlers = type(result) == "table" and result or nil
@@ -271,8 +316,9 @@ local function handle(m)
     elseif kind == ROOM then
         local list = R.room_wait[from]
         R.room_wait[from] = nil
-        if list then
-            for i = 1, #list do resume(list[i], ROOM) end
+        if list then   -- (the first apart: a loop of one turn would end the trace)
+            resume(list[1], ROOM)
+            for i = 2, #list do resume(list[i], ROOM) end
         end
     elseif kind == KILL then
         R.quitting = true
@@ -294,8 +340,8 @@ end
 local function finish()
     local r = R
     close_io()
-    for co, from in pairs(r.inflight) do
-        if from >= 1 then signal(sched, r.self, from, DEAD, r.inflight_session[co], r.slot) end
+    for _, h in pairs(r.held) do
+        if h[1] ~= POST and h[2] >= 1 then signal(sched, r.self, h[2], DEAD, h[3], r.slot) end
     end
     if r.claims > 0 then system(core.SYS_DROP, r.self, 0, nil) end   -- those names fail
     return DISPATCH_QUIT
@@ -307,14 +353,18 @@ end
 -- dispatcher starts another loop for the rest.
 local LOOP_DONE = {}
 
+-- The next message of the batch.  A cdata field, not the runtime's: a
+-- pointer stored in a table is boxed, a garbage object per message.
+local batch = ffi.new("lja_smsg *[1]")
+
 local function message_loop()
     local me, r = co_running(), R
     while r.loop_co == me and not r.quitting do
-        local m = r.batch_m
+        local m = batch[0]
         if m == nil then
             co_yield(LOOP_DONE)   -- resumed with the next batch
         else
-            r.batch_m = m.next
+            batch[0] = m.next
             handle(m)
         end
     end
@@ -327,26 +377,38 @@ local function idle_end(r)
     return r.started and r.handlers == nil and r.pending == 0 and #r.ready == 0 and not r.io_busy
 end
 
+-- Runs the batch's messages on the message loop, which returns (LOOP_DONE)
+-- when it is done or gives up its coroutine to a handler that waits (then
+-- another loop goes on).  A tail call, not a loop: the dispatch is entered
+-- from C each time, and a loop in it would abort its trace.
+local function run_batch(r)
+    local co, ok, res = r.loop_co, nil, nil
+    if co == nil then
+        co = new_task()
+        r.loop_co = co
+        ok, res = co_resume(co, message_loop)
+    else
+        ok, res = co_resume(co)
+    end
+    if not ok then
+        failed(co, res)
+    elseif r.serving ~= 0 then   -- its handler waits: the coroutine holds the message
+        r.held[co] = take_serving(r)
+    end
+    if res ~= LOOP_DONE then r.loop_co = nil end   -- a handler waits on it, or it ended
+    if batch[0] ~= nil and not r.quitting then return run_batch(r) end
+end
+
 -- Called by the worker (ltask/worker.lua) with this service's address and
 -- the worker's next slot (-1: none); returns a DISPATCH_ code.
 local function dispatch(self_addr, slot)
     local r = R
     r.self, r.slot = self_addr, slot
-    r.batch_m = pop_c(sched, self_addr, config.batch, room_out)
+    batch[0] = pop_c(sched, self_addr, config.batch, room_out)
     if room_out[0] ~= 0 then core.tell_room(sched, self_addr, slot) end
-    while r.batch_m ~= nil and not r.quitting do
-        local ok, res
-        if r.loop_co == nil then
-            r.loop_co = new_task()
-            ok, res = co_resume(r.loop_co, message_loop)
-        else
-            ok, res = co_resume(r.loop_co)
-        end
-        if not ok then log("ltask: the message loop of " .. who() .. " failed: " .. tostring(res)) end
-        if res ~= LOOP_DONE then r.loop_co = nil end   -- a handler waits on it, or it ended
-    end
-    local m = r.batch_m
-    r.batch_m = nil
+    if batch[0] ~= nil and not r.quitting then run_batch(r) end
+    local m = batch[0]
+    batch[0] = nil
     while m ~= nil do   -- popped after a quit: never served
         local next_m = m.next
         core.refuse(sched, self_addr, m, slot)

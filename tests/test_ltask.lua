@@ -388,4 +388,32 @@ function TestLtask:test_parking_often_loses_no_wake_up()
     lu.assertEquals(run_test({ timeout = 60 }, "sleeps", n), n)
 end
 
+
+-- The path of a message in a service compiles: calls and sends run on
+-- traces in both the caller's and the server's state, with no abort that
+-- repeats (a handler that returned into xpcall, a loop in the dispatch
+-- entered from C, a recursive decode: each left the path interpreted, at
+-- a third of the speed).
+function TestLtask:test_message_path_stays_compiled()
+    if not (jit and jit.status()) then lu.skip("the JIT is off") end
+    local n = 20000
+    local r = run_test({ root = "traced", timeout = 60 }, n)
+    lu.assertEquals(r.calls, n)
+    lu.assertEquals(r.caller, {}, "the caller's traces aborted")
+    lu.assertEquals(r.server, {}, "the server's traces aborted")
+end
+
+-- A handler that fails after it waited answers its caller with the error
+-- and its traceback, also when it fails while another request is served;
+-- the service serves on.
+function TestLtask:test_handler_failing_after_a_wait()
+    local r = run_test({ root = "late_errors", timeout = 30 })
+    for _, err in ipairs({ r.alone, r.beside }) do
+        lu.assertStrContains(err, "late boom")
+        lu.assertStrContains(err, "late_failure")
+        lu.assertStrContains(err, "raised by call(")
+    end
+    lu.assertEquals({ r.ok, r.after }, { "fine", "fine" })
+end
+
 os.exit(lu.LuaUnit.run())
