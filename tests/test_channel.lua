@@ -413,7 +413,8 @@ end
 -- Waits adapt (README "Benchmarks"): a ping-pong whose two threads share one
 -- core with a busy thread parks instead of yielding that core in rounds (each
 -- yield handed the busy thread a time slice: some 450 round trips/s here,
--- against tens of thousands with the waits that park).
+-- against ~17k with the waits that park, ~3.8k under TSan).  The bound sits
+-- between the collapse and the TSan build, so a loaded machine does not fail it.
 function TestChannel:test_ping_pong_beside_a_busy_thread_on_one_core()
     pcall(ffi.cdef, "int sched_getcpu(void);")
     local cpu = ffi.C.sched_getcpu()
@@ -443,7 +444,7 @@ function TestChannel:test_ping_pong_beside_a_busy_thread_on_one_core()
     lu.assertTrue(ok, rate)
     lu.assertTrue((busy:join(30)))
     lu.assertTrue((ponger:join(30)))
-    lu.assertTrue(rate >= 5000, ("%.0f round trips/s"):format(rate))
+    lu.assertTrue(rate >= 1500, ("%.0f round trips/s"):format(rate))
 end
 
 os.exit(lu.LuaUnit.run())
