@@ -410,6 +410,41 @@ function TestChannel:test_stress_8x8_close_races_senders()
     end
 end
 
+-- The edges of the queue designs (README "lj-async.channel"): capacity 1 and
+-- above 16384 are lists, 2..16384 rings; messages up to 48 encoded bytes
+-- without objects live in a ring's slot.  At each capacity a channel fills
+-- exactly to it, refuses one more, and gives back every message in order:
+-- strings whose bytes straddle the slot size, one that starts with the
+-- one-number message's tag byte (1), numbers, and a message with an object.
+function TestChannel:test_capacity_and_slot_edges()
+    local obj = channel.new()
+    local function message(i)
+        local k = i % 5
+        if k == 0 then return i end
+        if k == 1 then return "\1" .. string.rep("n", i % 12) end
+        if k == 2 then return string.rep("s", 40 + i % 16) end
+        if k == 3 then return { i, obj } end
+        return i, string.rep("m", 30 + i % 30)
+    end
+    for _, cap in ipairs { 1, 2, 3, 16384, 16385 } do
+        local ch = channel.new(cap)
+        for i = 1, cap do lu.assertTrue(ch:send_timeout(0, message(i)), cap .. ": send " .. i) end
+        lu.assertEquals(ch:len(), cap)
+        lu.assertEquals({ ch:send_timeout(0, "one more") }, { nil, "timeout" }, cap)
+        for i = 1, cap do
+            local want, got = { message(i) }, { ch:recv(0) }
+            if type(want[1]) == "table" then
+                lu.assertEquals(got[1][1], i)
+                lu.assertEquals(got[1][2]:id(), obj:id())
+            else
+                lu.assertEquals(got, want, cap .. ": message " .. i)
+            end
+        end
+        lu.assertEquals({ ch:recv(0) }, { nil, "timeout" })
+        ch:close()
+    end
+end
+
 -- Waits adapt (README "Benchmarks"): a ping-pong whose two threads share one
 -- core with a busy thread parks instead of yielding that core in rounds (each
 -- yield handed the busy thread a time slice: some 450 round trips/s here,
