@@ -59,16 +59,13 @@ LJA_API void lja_sleep(double seconds);
  * A thread runs run(arg); when run returns (or calls lja_thread_finish),
  * joiners wake; then cleanup(cleanup_arg) runs on the same thread, so
  * cleanup costs nobody a wait.  A thread carries an input message (copied at
- * create) and a result message (copied by lja_thread_set_result).  The handle
- * returned by create holds one reference; lja_thread_release drops it (a
+ * start) and a result message (copied by lja_thread_set_result).  The handle
+ * returned by start holds one reference; lja_thread_release drops it (a
  * running thread goes on, detached, and frees itself at its end).
  */
 typedef struct lja_thread lja_thread;
 typedef void (*lja_thread_fn)(void *arg);
 
-LJA_API int lja_thread_create(lja_thread **out, lja_thread_fn run, void *arg,
-                              lja_thread_fn cleanup, void *cleanup_arg,
-                              const char *input, size_t input_len);
 LJA_API int lja_thread_join(lja_thread *t, double timeout);
 LJA_API void lja_thread_release(lja_thread *t);
 LJA_API const char *lja_thread_input(lja_thread *t, size_t *len);

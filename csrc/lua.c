@@ -187,13 +187,34 @@ static int in_lj_async(void *L, void *ar)
            strncmp(slash + 1 - n, dir, n) == 0 && (slash - n == src || slash[-(ptrdiff_t)n] == '/');
 }
 
-static void interrupt_hook(void *L, void *ar)
+/* Raises msg in L at the hook, outside lj-async's own code (else the hook
+ * stays set: the next instruction checks again).  An interrupt is raised
+ * once.  A cancel stays set, at every instruction: a job that catches the
+ * error meets it again at its next instruction, so no pcall loop can
+ * swallow it (README: lj-async.thread). */
+static void raise_at_hook(void *L, void *ar, const char *msg, int once)
 {
     if (in_lj_async(L, ar))
-        return;   /* stays set: the next instruction checks again */
-    api.sethook(L, NULL, 0, 0);
-    api.pushlstring(L, "interrupted", 11);
+        return;
+    if (once)
+        api.sethook(L, NULL, 0, 0);
+    api.pushlstring(L, msg, strlen(msg));
     api.error(L);
+}
+
+static void interrupt_hook(void *L, void *ar)
+{
+    raise_at_hook(L, ar, "interrupted", 1);
+}
+
+static void cancel_hook(void *L, void *ar)
+{
+    raise_at_hook(L, ar, "lj-async: job cancelled", 0);
+}
+
+static void thread_cancel_hook(void *L, void *ar)
+{
+    raise_at_hook(L, ar, "lj-async: thread cancelled", 0);
 }
 
 void lja_lua_interrupt(void *L)
@@ -201,31 +222,9 @@ void lja_lua_interrupt(void *L)
     api.sethook(L, interrupt_hook, LUA_MASKCOUNT, 1);
 }
 
-/* Stays set, at every instruction: a job that catches the error meets it
- * again at its next instruction, so no pcall loop can swallow it.  Like an
- * interrupt, it waits while lj-async's own code runs (a received message
- * is not lost).  The same for a thread (README: lj-async.thread). */
-static void raise_cancel(void *L, void *ar, const char *msg, size_t len)
-{
-    if (in_lj_async(L, ar))
-        return;
-    api.pushlstring(L, msg, len);
-    api.error(L);
-}
-
-static void cancel_hook(void *L, void *ar)
-{
-    raise_cancel(L, ar, "lj-async: job cancelled", 23);
-}
-
 void lja_lua_cancel(void *L)
 {
     api.sethook(L, cancel_hook, LUA_MASKCOUNT, 1);
-}
-
-static void thread_cancel_hook(void *L, void *ar)
-{
-    raise_cancel(L, ar, "lj-async: thread cancelled", 26);
 }
 
 void lja_lua_cancel_thread(void *L)
@@ -243,27 +242,6 @@ static void step_hook(void *L, void *ar)
 void lja_lua_step(void *L, int step)
 {
     api.sethook(L, step_hook, LUA_MASKCOUNT, step);
-}
-
-int lja_lua_call_registry(void *L, const char *name, int as_integer, ptrdiff_t *result,
-                          char *err, size_t errcap)
-{
-    api.getfield(L, api.registry_index, name);
-    int ran = api.pcall(L, 0, 1, 0) == 0;
-    if (ran && result)
-        *result = as_integer ? api.tointeger(L, -1) : api.toboolean(L, -1);
-    if (!ran && err && errcap) {
-        size_t len = 0;
-        const char *msg = api.tolstring(L, -1, &len);
-        if (!msg)
-            msg = "?", len = 1;
-        if (len >= errcap)
-            len = errcap - 1;
-        memcpy(err, msg, len);
-        err[len] = '\0';
-    }
-    api.settop(L, 0);
-    return ran;
 }
 
 void lja_lua_clear_hook(void *L)
@@ -343,8 +321,9 @@ static void run_thread(void *L)
 
 static void finish_thread(void *L)
 {
-    ptrdiff_t reusable = 0;
-    lja_lua_call_registry(L, "lj-async.reset", 0, &reusable, NULL, 0);
+    api.getfield(L, api.registry_index, "lj-async.reset");
+    int reusable = api.pcall(L, 0, 1, 0) == 0 && api.toboolean(L, -1);
+    api.settop(L, 0);
     if (reusable)
         lja_states_push(&spare, L);
     else
