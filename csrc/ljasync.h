@@ -126,16 +126,17 @@ LJA_API int lja_thread_list(lja_thread **out, int cap);
  * bytecode) called with the string arguments.  On failure it returns NULL
  * and, if err is not NULL, a message to free with lja_free.
  *
- * Threads that run Lua: lja_lua_spawn starts a thread in a spare state, or
- * in a new one made from the recipe (a chunk and its arguments, set once per
- * process with lja_lua_set_recipe).  The recipe leaves two functions in the
- * registry: "lj-async.run" takes the thread's input string and returns its
- * result string, and true when a cancel stopped the thread (its state is then
- * LJA_THREAD_CANCELLED; the cancel and step hooks are set on the state only
- * during this call); "lj-async.reset", called after joiners were woken, puts the
- * state back as it was and returns true when the state may serve another
- * thread (it then goes on the spare stack, up to spare_limit states),
- * false when it must be closed.  opts (or NULL) are lja_thread_start's.
+ * Threads that run Lua: lja_lua_spawn starts a thread in L (taken over,
+ * closed if the thread cannot start), a spare thread state or a new one whose
+ * chunk left two functions in the registry: "lj-async.run" takes the
+ * thread's input string and returns its result string, and true when a
+ * cancel stopped the thread (its state is then LJA_THREAD_CANCELLED; the
+ * cancel and step hooks are set on the state only during this call);
+ * "lj-async.reset", called after joiners were woken, puts the state back as
+ * it was and returns true when the state may serve another thread (it then
+ * goes on the spare stack of thread states, lja_lua_spares, whose limit the
+ * first call sets), false when it must be closed.  opts (or NULL) are
+ * lja_thread_start's.
  */
 typedef struct lja_lua_api {
     void *(*newstate)(void);
@@ -172,9 +173,8 @@ LJA_API void lja_states_push(lja_states *st, void *L);
 LJA_API void *lja_states_pop(lja_states *st);
 LJA_API void lja_states_free(lja_states *st);
 
-LJA_API int lja_lua_set_recipe(const char *chunk, size_t len, int nargs,
-                               const char *const *args, const size_t *lens, int spare_limit);
-LJA_API int lja_lua_spawn(lja_thread **out, const char *input, size_t len,
+LJA_API lja_states *lja_lua_spares(int limit);
+LJA_API int lja_lua_spawn(lja_thread **out, void *L, const char *input, size_t len,
                           const lja_thread_opts *opts);
 
 /* ---- 64-bit atomics on caller-owned memory (sequentially consistent) --- */

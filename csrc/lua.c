@@ -1,10 +1,10 @@
 /* lua.c: making Lua states and running them on threads, through Lua C API
  * functions that the host hands over (the shim never links LuaJIT).
  *
- * Documented global state: the bound API, the recipe for thread states, and
- * a stack of spare states: made from the recipe and reset after each thread,
- * so that a thread's start costs no state making (~60 us here, most of it in
- * luaL_openlibs) and its end no lua_close. */
+ * Documented global state: the bound API, and a stack of spare thread
+ * states, reset after each thread, so that a thread's start costs no state
+ * making (~60 us here, most of it in luaL_openlibs) and its end no
+ * lua_close. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -23,15 +23,8 @@ struct lja_states {
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static lja_lua_api api;           /* set once, before any state exists */
 
-static struct {
-    char *chunk;
-    size_t len;
-    int nargs;
-    char **args;
-    size_t *lens;
-} recipe;                         /* guarded by lock */
-
-static lja_states spare = { PTHREAD_MUTEX_INITIALIZER, 0, 0, { NULL } };   /* of thread states */
+/* Of thread states; its limit is set by the first lja_lua_spares. */
+static lja_states spare = { PTHREAD_MUTEX_INITIALIZER, 0, -1, { NULL } };
 
 void lja_lua_bind(const lja_lua_api *a)
 {
@@ -117,14 +110,28 @@ void lja_lua_close(void *L)
         api.close(L);
 }
 
+static int spare_limit(int limit)
+{
+    return limit < 0 ? 0 : limit > SPARE_MAX ? SPARE_MAX : limit;
+}
+
 lja_states *lja_states_new(int limit)
 {
     lja_states *st = calloc(1, sizeof *st);
     if (st) {
         pthread_mutex_init(&st->lock, NULL);
-        st->limit = limit < 0 ? 0 : limit > SPARE_MAX ? SPARE_MAX : limit;
+        st->limit = spare_limit(limit);
     }
     return st;
+}
+
+lja_states *lja_lua_spares(int limit)
+{
+    pthread_mutex_lock(&spare.lock);
+    if (spare.limit < 0)
+        spare.limit = spare_limit(limit);
+    pthread_mutex_unlock(&spare.lock);
+    return &spare;
 }
 
 void lja_states_push(lja_states *st, void *L)
@@ -250,51 +257,6 @@ void lja_lua_clear_hook(void *L)
         api.sethook(L, NULL, 0, 0);
 }
 
-int lja_lua_set_recipe(const char *chunk, size_t len, int nargs, const char *const *args,
-                       const size_t *lens, int spare_limit)
-{
-    if (!chunk || nargs < 0)
-        return LJA_EINVAL;
-    pthread_mutex_lock(&lock);
-    if (recipe.chunk) {        /* set once per process: the first wins */
-        pthread_mutex_unlock(&lock);
-        return LJA_OK;
-    }
-    recipe.chunk = copy_bytes(chunk, len);
-    recipe.args = calloc((size_t)nargs + 1, sizeof *recipe.args);
-    recipe.lens = calloc((size_t)nargs + 1, sizeof *recipe.lens);
-    int rc = recipe.chunk && recipe.args && recipe.lens ? LJA_OK : LJA_ENOMEM;
-    for (int i = 0; i < nargs && rc == LJA_OK; i++) {
-        recipe.lens[i] = lens[i];
-        if (!(recipe.args[i] = copy_bytes(args[i], lens[i])))
-            rc = LJA_ENOMEM;
-    }
-    if (rc != LJA_OK) {
-        for (int i = 0; recipe.args && i < nargs; i++)
-            free(recipe.args[i]);
-        free(recipe.chunk);
-        free(recipe.args);
-        free(recipe.lens);
-        memset(&recipe, 0, sizeof recipe);
-    } else {
-        recipe.len = len;
-        recipe.nargs = nargs;
-        pthread_mutex_lock(&spare.lock);
-        spare.limit = spare_limit < 0 ? 0 : spare_limit > SPARE_MAX ? SPARE_MAX : spare_limit;
-        pthread_mutex_unlock(&spare.lock);
-    }
-    pthread_mutex_unlock(&lock);
-    return rc;
-}
-
-/* The recipe never changes once set, so it is read without the lock after
- * a locked check that it exists. */
-static void *new_thread_state(void)
-{
-    return lja_lua_new(recipe.chunk, recipe.len, recipe.nargs,
-                       (const char *const *)recipe.args, recipe.lens, NULL);
-}
-
 /* registry["lj-async.run"](input) returns the result message, and true
  * when a cancel stopped the thread's function.  The cancel and step hooks
  * are on L only during that call. */
@@ -330,20 +292,11 @@ static void finish_thread(void *L)
         api.close(L);
 }
 
-int lja_lua_spawn(lja_thread **out, const char *input, size_t len, const lja_thread_opts *opts)
+int lja_lua_spawn(lja_thread **out, void *L, const char *input, size_t len,
+                  const lja_thread_opts *opts)
 {
-    if (!out)
+    if (!L)
         return LJA_EINVAL;
-    void *L = lja_states_pop(&spare);
-    if (!L) {
-        pthread_mutex_lock(&lock);
-        int ready = recipe.chunk != NULL;
-        pthread_mutex_unlock(&lock);
-        if (!ready)
-            return LJA_EINVAL;
-        if (!(L = new_thread_state()))
-            return LJA_ENOMEM;
-    }
     int rc = lja_thread_start(out, run_thread, L, finish_thread, L, input, len, opts);
     if (rc != LJA_OK)
         api.close(L);
