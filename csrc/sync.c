@@ -6,13 +6,15 @@
 #include <stdlib.h>
 
 #include "object.h"
+#include "queue.h"
 
 
 /* ---- counter ----
  * What semaphores, mutexes and callable states are: a count that a wait
  * takes one from (waiting while it is 0) and a post adds to.  A mutex is
  * free at 1 and locked at 0; a callable state is a mutex around its
- * lua_State, with the caller inside holding it. */
+ * lua_State, with the caller inside holding it.  A condition uses its lock,
+ * its condition variable and its queue. */
 
 typedef struct counter {
     lja_object hdr;
@@ -22,10 +24,12 @@ typedef struct counter {
     int waiters;
     lja_spin spin;
     void *L;                    /* a state's lua_State; NULL once closed */
+    lja_fifo queue;             /* a condition's waiters (struct cond_waiter) */
 } counter;
 
 struct lja_mutex { counter c; };
 struct lja_semaphore { counter c; };
+struct lja_cond { counter c; };
 struct lja_state { counter c; };
 
 static void counter_destroy(void *obj)
@@ -134,45 +138,18 @@ int lja_mutex_unlock(lja_mutex *m)
  * (a later waiter cannot take it).  A waiter that times out leaves the queue. */
 
 struct cond_waiter {
-    struct cond_waiter *next;
+    struct cond_waiter *next;   /* first: the queue links through it */
     int signaled;
 };
 
-struct lja_cond {
-    lja_object hdr;
-    pthread_mutex_t lock;
-    pthread_cond_t cv;
-    struct cond_waiter *head, *tail;
-};
-
-static void cond_destroy(void *obj)
-{
-    lja_cond *c = obj;
-    pthread_cond_destroy(&c->cv);
-    pthread_mutex_destroy(&c->lock);
-    free(c);
-}
-
 lja_cond *lja_cond_new(void)
 {
-    lja_cond *c = calloc(1, sizeof *c);
-    if (!c)
-        return NULL;
-    pthread_mutex_init(&c->lock, NULL);
-    if (lja_cond_init(&c->cv) != LJA_OK) {
-        pthread_mutex_destroy(&c->lock);
-        free(c);
-        return NULL;
-    }
-    if (lja_object_init(&c->hdr, LJA_KIND_COND, cond_destroy) != LJA_OK) {
-        cond_destroy(c);
-        return NULL;
-    }
-    return c;
+    return counter_new(LJA_KIND_COND, 0, NULL);
 }
 
-int lja_cond_wait(lja_cond *c, lja_mutex *m, double timeout)
+int lja_cond_wait(lja_cond *cv, lja_mutex *m, double timeout)
 {
+    counter *c = &cv->c;
     struct timespec deadline;
     int have = 0, rc = LJA_OK;
     struct cond_waiter self = {NULL, 0};
@@ -181,24 +158,21 @@ int lja_cond_wait(lja_cond *c, lja_mutex *m, double timeout)
         pthread_mutex_unlock(&c->lock);
         return LJA_EINVAL;
     }
-    if (c->tail)
-        c->tail->next = &self;
-    else
-        c->head = &self;
-    c->tail = &self;
+    lja_fifo_push(&c->queue, &self);
     while (!self.signaled && rc == LJA_OK)
-        rc = lja_wait_timeout(&c->cv, &c->lock, timeout, &deadline, &have);
+        rc = lja_wait_timeout(&c->posted, &c->lock, timeout, &deadline, &have);
     if (self.signaled) {
         rc = LJA_OK;      /* a signal given before the timeout counts */
     } else {              /* timed out: leave the queue */
-        struct cond_waiter **p = &c->head, *prev = NULL;
-        while (*p != &self) {
-            prev = *p;
-            p = &(*p)->next;
-        }
-        *p = self.next;
-        if (c->tail == &self)
-            c->tail = prev;
+        struct cond_waiter *prev = NULL, *w = c->queue.head;
+        while (w != &self)
+            prev = w, w = w->next;
+        if (prev)
+            prev->next = self.next;
+        else
+            c->queue.head = self.next;
+        if (c->queue.tail == &self)
+            c->queue.tail = prev;
     }
     pthread_mutex_unlock(&c->lock);
     take(&m->c, -1, 0);   /* m is locked again on return, even in a cancelled thread */
@@ -206,35 +180,31 @@ int lja_cond_wait(lja_cond *c, lja_mutex *m, double timeout)
 }
 
 /* Wakes the first waiter; called with c->lock held. */
-static int wake_one(lja_cond *c)
+static int wake_one(counter *c)
 {
-    struct cond_waiter *w = c->head;
-    if (!w)
-        return 0;
-    c->head = w->next;
-    if (!c->head)
-        c->tail = NULL;
-    w->signaled = 1;
-    return 1;
+    struct cond_waiter *w = lja_fifo_shift(&c->queue);
+    if (w)
+        w->signaled = 1;
+    return w != NULL;
 }
 
-void lja_cond_signal(lja_cond *c)
+void lja_cond_signal(lja_cond *cv)
 {
-    pthread_mutex_lock(&c->lock);
-    if (wake_one(c))
-        pthread_cond_broadcast(&c->cv);   /* the one signaled finds its flag */
-    pthread_mutex_unlock(&c->lock);
+    pthread_mutex_lock(&cv->c.lock);
+    if (wake_one(&cv->c))
+        pthread_cond_broadcast(&cv->c.posted);   /* the one signaled finds its flag */
+    pthread_mutex_unlock(&cv->c.lock);
 }
 
-void lja_cond_broadcast(lja_cond *c)
+void lja_cond_broadcast(lja_cond *cv)
 {
-    pthread_mutex_lock(&c->lock);
-    int woken = 0;
-    while (wake_one(c))
-        woken = 1;
-    if (woken)
-        pthread_cond_broadcast(&c->cv);
-    pthread_mutex_unlock(&c->lock);
+    pthread_mutex_lock(&cv->c.lock);
+    if (wake_one(&cv->c)) {
+        while (wake_one(&cv->c)) {
+        }
+        pthread_cond_broadcast(&cv->c.posted);
+    }
+    pthread_mutex_unlock(&cv->c.lock);
 }
 
 /* ---- semaphore ---- */

@@ -463,13 +463,6 @@ uint64_t lja_thread_id(void)
 
 int lja_cpu_count(void)
 {
-    /* sysconf reads /sys each time; the answer is taken once. */
-    static atomic_int cached;
-    int n = atomic_load(&cached);
-    if (n == 0) {
-        long online = sysconf(_SC_NPROCESSORS_ONLN);
-        n = online > 0 ? (int)online : 1;
-        atomic_store(&cached, n);
-    }
-    return n;
+    long online = sysconf(_SC_NPROCESSORS_ONLN);   /* lj-async/thread.lua keeps it */
+    return online > 0 ? (int)online : 1;
 }
