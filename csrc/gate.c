@@ -210,11 +210,9 @@ int lja_gate_quiesce(lja_gate *g, double timeout)
 
 void lja_gate_set_error(lja_gate *g, const char *msg, size_t len)
 {
-    char *copy = malloc(len + 1);
+    char *copy = lja_copy(msg, len);
     if (!copy)
         return;
-    memcpy(copy, msg, len);
-    copy[len] = '\0';
     pthread_mutex_lock(&g->lock);
     free(g->error);
     g->error = copy;

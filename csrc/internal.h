@@ -30,8 +30,9 @@ int lja_cond_wait_timeout(pthread_cond_t *c, pthread_mutex_t *m, double timeout,
 void lja_lua_interrupt(void *L);
 void lja_lua_clear_hook(void *L);
 
-/* lua.c: the Lua C API the host bound (read only after a state exists). */
-const lja_lua_api *lja_lua_api_bound(void);
+/* lua.c: a NUL-terminated copy of len bytes (s may be NULL when len is 0),
+ * to free with free(); NULL when out of memory. */
+char *lja_copy(const char *s, size_t len);
 
 /* lua.c: makes the code running in L raise "lj-async: job cancelled" at
  * every VM instruction until lja_lua_clear_hook. */

@@ -34,21 +34,17 @@ void lja_lua_bind(const lja_lua_api *a)
     pthread_mutex_unlock(&lock);
 }
 
-const lja_lua_api *lja_lua_api_bound(void)
-{
-    return &api;
-}
-
 void lja_free(void *p)
 {
     free(p);
 }
 
-static char *copy_bytes(const char *s, size_t len)
+char *lja_copy(const char *s, size_t len)
 {
     char *c = malloc(len + 1);
     if (c) {
-        memcpy(c, s, len);
+        if (len)
+            memcpy(c, s, len);
         c[len] = '\0';
     }
     return c;
@@ -61,13 +57,13 @@ void *lja_lua_new(const char *chunk, size_t len, int nargs, const char *const *a
         *err = NULL;
     if (!api.newstate || !chunk || nargs < 0) {
         if (err)
-            *err = copy_bytes("the Lua API is not bound", 24);
+            *err = lja_copy("the Lua API is not bound", 24);
         return NULL;
     }
     void *L = api.newstate();
     if (!L) {
         if (err)
-            *err = copy_bytes("out of memory", 13);
+            *err = lja_copy("out of memory", 13);
         return NULL;
     }
     api.openlibs(L);
@@ -81,7 +77,7 @@ void *lja_lua_new(const char *chunk, size_t len, int nargs, const char *const *a
         if (err) {
             size_t mlen = 0;
             const char *msg = api.tolstring(L, -1, &mlen);
-            *err = msg ? copy_bytes(msg, mlen) : copy_bytes("error", 5);
+            *err = msg ? lja_copy(msg, mlen) : lja_copy("error", 5);
         }
         api.close(L);
         return NULL;

@@ -41,15 +41,6 @@ struct lja_thread {
     size_t input_len, result_len;
 };
 
-/* A thread's input or result message: its own copy (never NULL when in memory). */
-static char *copy(const char *data, size_t len)
-{
-    char *c = malloc(len ? len : 1);
-    if (c && len)
-        memcpy(c, data, len);
-    return c;
-}
-
 static void thread_unref(lja_thread *t)
 {
     if (atomic_fetch_sub(&t->refs, 1) != 1)
@@ -137,7 +128,7 @@ int lja_thread_start(lja_thread **out, lja_thread_fn run, void *arg,
         return LJA_ESYS;
     }
     atomic_init(&t->refs, 1);   /* the handle's */
-    t->input = copy(input, input_len);
+    t->input = lja_copy(input, input_len);
     t->name = opts && opts->name ? strdup(opts->name) : NULL;
     if (!t->input || (opts && opts->name && !t->name)) {
         thread_unref(t);
@@ -234,7 +225,7 @@ const char *lja_thread_input(lja_thread *t, size_t *len)
 
 int lja_thread_set_result(lja_thread *t, const char *data, size_t len)
 {
-    char *result = copy(data, len);
+    char *result = lja_copy(data, len);
     if (!result)
         return LJA_ENOMEM;
     pthread_mutex_lock(&t->lock);
