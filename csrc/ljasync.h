@@ -73,7 +73,6 @@ LJA_API int lja_thread_set_result(lja_thread *t, const char *data, size_t len);
 LJA_API const char *lja_thread_result(lja_thread *t, size_t *len);
 LJA_API void lja_thread_finish(lja_thread *t);
 LJA_API lja_thread *lja_thread_self(void);  /* inside run: its thread; else NULL */
-LJA_API void lja_thread_yield(void);
 LJA_API uint64_t lja_thread_id(void);  /* small, unique per OS thread, from 1 */
 LJA_API int lja_cpu_count(void);
 

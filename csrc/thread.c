@@ -245,11 +245,6 @@ const char *lja_thread_result(lja_thread *t, size_t *len)
     return r;
 }
 
-void lja_thread_yield(void)
-{
-    sched_yield();
-}
-
 /* ---- control ---------------------------------------------------------------- */
 
 /* Wakes t where it waits, after a request changed t->ctl; called with

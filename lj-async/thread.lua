@@ -36,7 +36,7 @@ int lja_lua_spawn(lja_thread **out, void *L, const char *input, size_t len,
 int lja_thread_join(lja_thread *t, double timeout);
 void lja_thread_release(lja_thread *t);
 const char *lja_thread_result(lja_thread *t, size_t *len);
-void lja_thread_yield(void);
+int sched_yield(void);
 uint64_t lja_thread_id(void);
 int lja_cpu_count(void);
 void lja_sleep(double seconds);
@@ -390,7 +390,7 @@ end
 
 function Thread.yield()
     if C.lja_thread_checkpoint() ~= 0 then error(shim.CANCELLED, 0) end
-    C.lja_thread_yield()
+    ffi.C.sched_yield()
 end
 
 function Thread.id()
