@@ -14,7 +14,7 @@
  * takes one from (waiting while it is 0) and a post adds to.  A mutex is
  * free at 1 and locked at 0; a callable state is a mutex around its
  * lua_State, with the caller inside holding it.  A condition uses its lock,
- * its condition variable and its queue. */
+ * its condition variable and its queue; an atomic is the count alone. */
 
 typedef struct counter {
     lja_object hdr;
@@ -30,6 +30,7 @@ typedef struct counter {
 struct lja_mutex { counter c; };
 struct lja_semaphore { counter c; };
 struct lja_cond { counter c; };
+struct lja_atomic { counter c; };
 struct lja_state { counter c; };
 
 static void counter_destroy(void *obj)
@@ -230,32 +231,14 @@ void lja_semaphore_post(lja_semaphore *s, int64_t n)
 
 /* ---- atomic ---- */
 
-struct lja_atomic {
-    lja_object hdr;
-    int64_t cell;   /* only through lja_atomic_load & co. */
-};
-
-static void atomic_destroy(void *obj)
-{
-    free(obj);
-}
-
 lja_atomic *lja_atomic_new(int64_t value)
 {
-    lja_atomic *a = calloc(1, sizeof *a);
-    if (!a)
-        return NULL;
-    lja_atomic_store(&a->cell, value);
-    if (lja_object_init(&a->hdr, LJA_KIND_ATOMIC, atomic_destroy) != LJA_OK) {
-        free(a);
-        return NULL;
-    }
-    return a;
+    return counter_new(LJA_KIND_ATOMIC, value, NULL);
 }
 
 int64_t *lja_atomic_cell(lja_atomic *a)
 {
-    return &a->cell;
+    return (int64_t *)&a->c.n;   /* only through lja_atomic_load & co. */
 }
 
 /* ---- callable state ----
