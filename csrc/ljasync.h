@@ -56,12 +56,12 @@ LJA_API double lja_now(void);          /* seconds on the monotonic clock */
 LJA_API void lja_sleep(double seconds);
 
 /* ---- Threads ------------------------------------------------------------
- * A thread runs run(arg); when run returns (or calls lja_thread_finish),
- * joiners wake; then cleanup(cleanup_arg) runs on the same thread, so
- * cleanup costs nobody a wait.  A thread carries an input message (copied at
- * start) and a result message (copied by lja_thread_set_result).  The handle
- * returned by start holds one reference; lja_thread_release drops it (a
- * running thread goes on, detached, and frees itself at its end).
+ * A thread runs run(arg); when run returns, joiners wake; then
+ * cleanup(cleanup_arg) runs on the same thread, so cleanup costs nobody a
+ * wait.  A thread carries an input message (copied at start) and a result
+ * message (copied by lja_thread_set_result).  The handle returned by start
+ * holds one reference; lja_thread_release drops it (a running thread goes
+ * on, detached, and frees itself at its end).
  */
 typedef struct lja_thread lja_thread;
 typedef void (*lja_thread_fn)(void *arg);
@@ -71,7 +71,6 @@ LJA_API void lja_thread_release(lja_thread *t);
 LJA_API const char *lja_thread_input(lja_thread *t, size_t *len);
 LJA_API int lja_thread_set_result(lja_thread *t, const char *data, size_t len);
 LJA_API const char *lja_thread_result(lja_thread *t, size_t *len);
-LJA_API void lja_thread_finish(lja_thread *t);
 LJA_API lja_thread *lja_thread_self(void);  /* inside run: its thread; else NULL */
 LJA_API uint64_t lja_thread_id(void);  /* small, unique per OS thread, from 1 */
 LJA_API int lja_cpu_count(void);

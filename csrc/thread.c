@@ -72,15 +72,6 @@ static void list_remove(lja_thread *t)
     pthread_mutex_unlock(&list_lock);
 }
 
-void lja_thread_finish(lja_thread *t)
-{
-    list_remove(t);
-    pthread_mutex_lock(&t->lock);
-    t->finished = 1;
-    pthread_cond_broadcast(&t->changed);
-    pthread_mutex_unlock(&t->lock);
-}
-
 /* Initial-exec: in the thread's static TLS, read without __tls_get_addr
  * (lja_thread_poll runs in every loop of source code), and not a block
  * that glibc mallocs per thread and frees from another thread. */
@@ -105,7 +96,11 @@ static void *thread_main(void *p)
         pthread_setname_np(pthread_self(), os_name);
     }
     t->run(t->arg);
-    lja_thread_finish(t);
+    list_remove(t);
+    pthread_mutex_lock(&t->lock);
+    t->finished = 1;
+    pthread_cond_broadcast(&t->changed);
+    pthread_mutex_unlock(&t->lock);
     if (t->cleanup)
         t->cleanup(t->cleanup_arg);
     thread_unref(t);
