@@ -154,25 +154,18 @@ int lja_gate_new(lja_gate **out, const char *sig, int n)
     for (size_t i = 0; i < nargs && rc == LJA_OK; i++)
         if (sig[i + 1] == 'v' || !(g->args[i] = sig_type(sig[i + 1])))
             rc = LJA_EINVAL;
-    if (rc != LJA_OK) {
-        gate_struct_free(g);
-        return rc;
-    }
-    g->targets = calloc((size_t)n, sizeof *g->targets);
-    g->busy = calloc((size_t)n, sizeof *g->busy);
-    g->closure = ffi_closure_alloc(sizeof(ffi_closure), &g->code);
-    if (!g->targets || !g->busy || !g->closure) {
-        rc = LJA_ENOMEM;
-    } else if (ffi_prep_cif(&g->cif, FFI_DEFAULT_ABI, (unsigned)nargs, rtype, g->args) != FFI_OK ||
-               ffi_prep_closure_loc(g->closure, &g->cif, gate_entry, g, g->code) != FFI_OK) {
-        rc = LJA_EINVAL;
+    if (rc == LJA_OK) {
+        g->targets = calloc((size_t)n, sizeof *g->targets);
+        g->busy = calloc((size_t)n, sizeof *g->busy);
+        g->closure = ffi_closure_alloc(sizeof(ffi_closure), &g->code);
+        if (!g->targets || !g->busy || !g->closure)
+            rc = LJA_ENOMEM;
+        else if (ffi_prep_cif(&g->cif, FFI_DEFAULT_ABI, (unsigned)nargs, rtype, g->args) != FFI_OK ||
+                 ffi_prep_closure_loc(g->closure, &g->cif, gate_entry, g, g->code) != FFI_OK)
+            rc = LJA_EINVAL;
     }
     if (rc != LJA_OK) {
-        if (g->closure)
-            ffi_closure_free(g->closure);
-        free(g->targets);
-        free((void *)g->busy);
-        gate_struct_free(g);
+        lja_gate_free(g);
         return rc;
     }
     g->n = n;
@@ -210,11 +203,9 @@ int lja_gate_quiesce(lja_gate *g, double timeout)
 
 void lja_gate_set_error(lja_gate *g, const char *msg, size_t len)
 {
-    char *copy = malloc(len + 1);
+    char *copy = lja_copy(msg, len);
     if (!copy)
         return;
-    memcpy(copy, msg, len);
-    copy[len] = '\0';
     pthread_mutex_lock(&g->lock);
     free(g->error);
     g->error = copy;
@@ -236,7 +227,8 @@ void lja_gate_free(lja_gate *g)
 {
     if (!g)
         return;
-    ffi_closure_free(g->closure);
+    if (g->closure)
+        ffi_closure_free(g->closure);
     free(g->targets);
     free((void *)g->busy);
     pthread_mutex_lock(&g->lock);

@@ -30,15 +30,9 @@ int lja_cond_wait_timeout(pthread_cond_t *c, pthread_mutex_t *m, double timeout,
 void lja_lua_interrupt(void *L);
 void lja_lua_clear_hook(void *L);
 
-/* lua.c: the Lua C API the host bound (read only after a state exists). */
-const lja_lua_api *lja_lua_api_bound(void);
-
-/* lua.c: calls registry[name]() in L.  Returns 1 if it ran, with its result
- * in *result (if not NULL) as an integer or, unless as_integer, a boolean
- * (0/1); returns 0 if it raised, with the message in err (if not NULL,
- * truncated to errcap bytes and NUL-terminated).  The stack is left empty. */
-int lja_lua_call_registry(void *L, const char *name, int as_integer, ptrdiff_t *result,
-                          char *err, size_t errcap);
+/* lua.c: a NUL-terminated copy of len bytes (s may be NULL when len is 0),
+ * to free with free(); NULL when out of memory. */
+char *lja_copy(const char *s, size_t len);
 
 /* lua.c: makes the code running in L raise "lj-async: job cancelled" at
  * every VM instruction until lja_lua_clear_hook. */
@@ -50,17 +44,13 @@ void lja_lua_cancel(void *L);
 void lja_lua_cancel_thread(void *L);
 void lja_lua_step(void *L, int step);
 
-/* thread.c: the cancellation points of the calling lja_thread thread.
- * lja_wait_until and lja_wait_timeout wait as lja_cond_wait_until and
- * lja_cond_wait_timeout do, and also return at once (LJA_ETIMEDOUT) once
- * the thread is cancelled, and pause while it is paused (then LJA_OK: the
- * caller checks again); the caller holds m, and m lives while it waits.
- * lja_thread_sleep sleeps until the deadline or a cancel; it returns 0
- * (without sleeping) outside lja_thread threads. */
-int lja_wait_until(pthread_cond_t *c, pthread_mutex_t *m, const struct timespec *deadline);
+/* thread.c: the cancellation point of the calling lja_thread thread:
+ * lja_wait_timeout waits as lja_cond_wait_timeout does, and also returns at
+ * once (LJA_ETIMEDOUT) once the thread is cancelled, and pauses while it is
+ * paused (then LJA_OK: the caller checks again); the caller holds m, and m
+ * lives while it waits. */
 int lja_wait_timeout(pthread_cond_t *c, pthread_mutex_t *m, double timeout,
                      struct timespec *deadline, int *have_deadline);
-int lja_thread_sleep(double seconds);
 
 /* thread.c: L runs t's Lua (NULL: no more): a cancel then sets the cancel
  * hook on L (lja_lua_cancel_thread); the step hook is set or cleared.  And

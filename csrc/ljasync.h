@@ -56,27 +56,22 @@ LJA_API double lja_now(void);          /* seconds on the monotonic clock */
 LJA_API void lja_sleep(double seconds);
 
 /* ---- Threads ------------------------------------------------------------
- * A thread runs run(arg); when run returns (or calls lja_thread_finish),
- * joiners wake; then cleanup(cleanup_arg) runs on the same thread, so
- * cleanup costs nobody a wait.  A thread carries an input message (copied at
- * create) and a result message (copied by lja_thread_set_result).  The handle
- * returned by create holds one reference; lja_thread_release drops it (a
- * running thread goes on, detached, and frees itself at its end).
+ * A thread runs run(arg); when run returns, joiners wake; then
+ * cleanup(cleanup_arg) runs on the same thread, so cleanup costs nobody a
+ * wait.  A thread carries an input message (copied at start) and a result
+ * message (copied by lja_thread_set_result).  The handle returned by start
+ * holds one reference; lja_thread_release drops it (a running thread goes
+ * on, detached, and frees itself at its end).
  */
 typedef struct lja_thread lja_thread;
 typedef void (*lja_thread_fn)(void *arg);
 
-LJA_API int lja_thread_create(lja_thread **out, lja_thread_fn run, void *arg,
-                              lja_thread_fn cleanup, void *cleanup_arg,
-                              const char *input, size_t input_len);
 LJA_API int lja_thread_join(lja_thread *t, double timeout);
 LJA_API void lja_thread_release(lja_thread *t);
 LJA_API const char *lja_thread_input(lja_thread *t, size_t *len);
 LJA_API int lja_thread_set_result(lja_thread *t, const char *data, size_t len);
 LJA_API const char *lja_thread_result(lja_thread *t, size_t *len);
-LJA_API void lja_thread_finish(lja_thread *t);
 LJA_API lja_thread *lja_thread_self(void);  /* inside run: its thread; else NULL */
-LJA_API void lja_thread_yield(void);
 LJA_API uint64_t lja_thread_id(void);  /* small, unique per OS thread, from 1 */
 LJA_API int lja_cpu_count(void);
 
@@ -129,16 +124,17 @@ LJA_API int lja_thread_list(lja_thread **out, int cap);
  * bytecode) called with the string arguments.  On failure it returns NULL
  * and, if err is not NULL, a message to free with lja_free.
  *
- * Threads that run Lua: lja_lua_spawn starts a thread in a spare state, or
- * in a new one made from the recipe (a chunk and its arguments, set once per
- * process with lja_lua_set_recipe).  The recipe leaves two functions in the
- * registry: "lj-async.run" takes the thread's input string and returns its
- * result string, and true when a cancel stopped the thread (its state is then
- * LJA_THREAD_CANCELLED; the cancel and step hooks are set on the state only
- * during this call); "lj-async.reset", called after joiners were woken, puts the
- * state back as it was and returns true when the state may serve another
- * thread (it then goes on the spare stack, up to spare_limit states),
- * false when it must be closed.  opts (or NULL) are lja_thread_start's.
+ * Threads that run Lua: lja_lua_spawn starts a thread in L (taken over,
+ * closed if the thread cannot start), a spare thread state or a new one whose
+ * chunk left two functions in the registry: "lj-async.run" takes the
+ * thread's input string and returns its result string, and true when a
+ * cancel stopped the thread (its state is then LJA_THREAD_CANCELLED; the
+ * cancel and step hooks are set on the state only during this call);
+ * "lj-async.reset", called after joiners were woken, puts the state back as
+ * it was and returns true when the state may serve another thread (it then
+ * goes on the spare stack of thread states, lja_lua_spares, whose limit the
+ * first call sets), false when it must be closed.  opts (or NULL) are
+ * lja_thread_start's.
  */
 typedef struct lja_lua_api {
     void *(*newstate)(void);
@@ -175,9 +171,8 @@ LJA_API void lja_states_push(lja_states *st, void *L);
 LJA_API void *lja_states_pop(lja_states *st);
 LJA_API void lja_states_free(lja_states *st);
 
-LJA_API int lja_lua_set_recipe(const char *chunk, size_t len, int nargs,
-                               const char *const *args, const size_t *lens, int spare_limit);
-LJA_API int lja_lua_spawn(lja_thread **out, const char *input, size_t len,
+LJA_API lja_states *lja_lua_spares(int limit);
+LJA_API int lja_lua_spawn(lja_thread **out, void *L, const char *input, size_t len,
                           const lja_thread_opts *opts);
 
 /* ---- 64-bit atomics on caller-owned memory (sequentially consistent) --- */

@@ -1,10 +1,10 @@
 /* lua.c: making Lua states and running them on threads, through Lua C API
  * functions that the host hands over (the shim never links LuaJIT).
  *
- * Documented global state: the bound API, the recipe for thread states, and
- * a stack of spare states: made from the recipe and reset after each thread,
- * so that a thread's start costs no state making (~60 us here, most of it in
- * luaL_openlibs) and its end no lua_close. */
+ * Documented global state: the bound API, and a stack of spare thread
+ * states, reset after each thread, so that a thread's start costs no state
+ * making (~60 us here, most of it in luaL_openlibs) and its end no
+ * lua_close. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -23,15 +23,8 @@ struct lja_states {
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static lja_lua_api api;           /* set once, before any state exists */
 
-static struct {
-    char *chunk;
-    size_t len;
-    int nargs;
-    char **args;
-    size_t *lens;
-} recipe;                         /* guarded by lock */
-
-static lja_states spare = { PTHREAD_MUTEX_INITIALIZER, 0, 0, { NULL } };   /* of thread states */
+/* Of thread states; its limit is set by the first lja_lua_spares. */
+static lja_states spare = { PTHREAD_MUTEX_INITIALIZER, 0, -1, { NULL } };
 
 void lja_lua_bind(const lja_lua_api *a)
 {
@@ -41,21 +34,17 @@ void lja_lua_bind(const lja_lua_api *a)
     pthread_mutex_unlock(&lock);
 }
 
-const lja_lua_api *lja_lua_api_bound(void)
-{
-    return &api;
-}
-
 void lja_free(void *p)
 {
     free(p);
 }
 
-static char *copy_bytes(const char *s, size_t len)
+char *lja_copy(const char *s, size_t len)
 {
     char *c = malloc(len + 1);
     if (c) {
-        memcpy(c, s, len);
+        if (len)
+            memcpy(c, s, len);
         c[len] = '\0';
     }
     return c;
@@ -68,13 +57,13 @@ void *lja_lua_new(const char *chunk, size_t len, int nargs, const char *const *a
         *err = NULL;
     if (!api.newstate || !chunk || nargs < 0) {
         if (err)
-            *err = copy_bytes("the Lua API is not bound", 24);
+            *err = lja_copy("the Lua API is not bound", 24);
         return NULL;
     }
     void *L = api.newstate();
     if (!L) {
         if (err)
-            *err = copy_bytes("out of memory", 13);
+            *err = lja_copy("out of memory", 13);
         return NULL;
     }
     api.openlibs(L);
@@ -88,7 +77,7 @@ void *lja_lua_new(const char *chunk, size_t len, int nargs, const char *const *a
         if (err) {
             size_t mlen = 0;
             const char *msg = api.tolstring(L, -1, &mlen);
-            *err = msg ? copy_bytes(msg, mlen) : copy_bytes("error", 5);
+            *err = msg ? lja_copy(msg, mlen) : lja_copy("error", 5);
         }
         api.close(L);
         return NULL;
@@ -117,14 +106,28 @@ void lja_lua_close(void *L)
         api.close(L);
 }
 
+static int spare_limit(int limit)
+{
+    return limit < 0 ? 0 : limit > SPARE_MAX ? SPARE_MAX : limit;
+}
+
 lja_states *lja_states_new(int limit)
 {
     lja_states *st = calloc(1, sizeof *st);
     if (st) {
         pthread_mutex_init(&st->lock, NULL);
-        st->limit = limit < 0 ? 0 : limit > SPARE_MAX ? SPARE_MAX : limit;
+        st->limit = spare_limit(limit);
     }
     return st;
+}
+
+lja_states *lja_lua_spares(int limit)
+{
+    pthread_mutex_lock(&spare.lock);
+    if (spare.limit < 0)
+        spare.limit = spare_limit(limit);
+    pthread_mutex_unlock(&spare.lock);
+    return &spare;
 }
 
 void lja_states_push(lja_states *st, void *L)
@@ -187,13 +190,34 @@ static int in_lj_async(void *L, void *ar)
            strncmp(slash + 1 - n, dir, n) == 0 && (slash - n == src || slash[-(ptrdiff_t)n] == '/');
 }
 
-static void interrupt_hook(void *L, void *ar)
+/* Raises msg in L at the hook, outside lj-async's own code (else the hook
+ * stays set: the next instruction checks again).  An interrupt is raised
+ * once.  A cancel stays set, at every instruction: a job that catches the
+ * error meets it again at its next instruction, so no pcall loop can
+ * swallow it (README: lj-async.thread). */
+static void raise_at_hook(void *L, void *ar, const char *msg, int once)
 {
     if (in_lj_async(L, ar))
-        return;   /* stays set: the next instruction checks again */
-    api.sethook(L, NULL, 0, 0);
-    api.pushlstring(L, "interrupted", 11);
+        return;
+    if (once)
+        api.sethook(L, NULL, 0, 0);
+    api.pushlstring(L, msg, strlen(msg));
     api.error(L);
+}
+
+static void interrupt_hook(void *L, void *ar)
+{
+    raise_at_hook(L, ar, "interrupted", 1);
+}
+
+static void cancel_hook(void *L, void *ar)
+{
+    raise_at_hook(L, ar, "lj-async: job cancelled", 0);
+}
+
+static void thread_cancel_hook(void *L, void *ar)
+{
+    raise_at_hook(L, ar, "lj-async: thread cancelled", 0);
 }
 
 void lja_lua_interrupt(void *L)
@@ -201,31 +225,9 @@ void lja_lua_interrupt(void *L)
     api.sethook(L, interrupt_hook, LUA_MASKCOUNT, 1);
 }
 
-/* Stays set, at every instruction: a job that catches the error meets it
- * again at its next instruction, so no pcall loop can swallow it.  Like an
- * interrupt, it waits while lj-async's own code runs (a received message
- * is not lost).  The same for a thread (README: lj-async.thread). */
-static void raise_cancel(void *L, void *ar, const char *msg, size_t len)
-{
-    if (in_lj_async(L, ar))
-        return;
-    api.pushlstring(L, msg, len);
-    api.error(L);
-}
-
-static void cancel_hook(void *L, void *ar)
-{
-    raise_cancel(L, ar, "lj-async: job cancelled", 23);
-}
-
 void lja_lua_cancel(void *L)
 {
     api.sethook(L, cancel_hook, LUA_MASKCOUNT, 1);
-}
-
-static void thread_cancel_hook(void *L, void *ar)
-{
-    raise_cancel(L, ar, "lj-async: thread cancelled", 26);
 }
 
 void lja_lua_cancel_thread(void *L)
@@ -245,76 +247,10 @@ void lja_lua_step(void *L, int step)
     api.sethook(L, step_hook, LUA_MASKCOUNT, step);
 }
 
-int lja_lua_call_registry(void *L, const char *name, int as_integer, ptrdiff_t *result,
-                          char *err, size_t errcap)
-{
-    api.getfield(L, api.registry_index, name);
-    int ran = api.pcall(L, 0, 1, 0) == 0;
-    if (ran && result)
-        *result = as_integer ? api.tointeger(L, -1) : api.toboolean(L, -1);
-    if (!ran && err && errcap) {
-        size_t len = 0;
-        const char *msg = api.tolstring(L, -1, &len);
-        if (!msg)
-            msg = "?", len = 1;
-        if (len >= errcap)
-            len = errcap - 1;
-        memcpy(err, msg, len);
-        err[len] = '\0';
-    }
-    api.settop(L, 0);
-    return ran;
-}
-
 void lja_lua_clear_hook(void *L)
 {
     if (L)
         api.sethook(L, NULL, 0, 0);
-}
-
-int lja_lua_set_recipe(const char *chunk, size_t len, int nargs, const char *const *args,
-                       const size_t *lens, int spare_limit)
-{
-    if (!chunk || nargs < 0)
-        return LJA_EINVAL;
-    pthread_mutex_lock(&lock);
-    if (recipe.chunk) {        /* set once per process: the first wins */
-        pthread_mutex_unlock(&lock);
-        return LJA_OK;
-    }
-    recipe.chunk = copy_bytes(chunk, len);
-    recipe.args = calloc((size_t)nargs + 1, sizeof *recipe.args);
-    recipe.lens = calloc((size_t)nargs + 1, sizeof *recipe.lens);
-    int rc = recipe.chunk && recipe.args && recipe.lens ? LJA_OK : LJA_ENOMEM;
-    for (int i = 0; i < nargs && rc == LJA_OK; i++) {
-        recipe.lens[i] = lens[i];
-        if (!(recipe.args[i] = copy_bytes(args[i], lens[i])))
-            rc = LJA_ENOMEM;
-    }
-    if (rc != LJA_OK) {
-        for (int i = 0; recipe.args && i < nargs; i++)
-            free(recipe.args[i]);
-        free(recipe.chunk);
-        free(recipe.args);
-        free(recipe.lens);
-        memset(&recipe, 0, sizeof recipe);
-    } else {
-        recipe.len = len;
-        recipe.nargs = nargs;
-        pthread_mutex_lock(&spare.lock);
-        spare.limit = spare_limit < 0 ? 0 : spare_limit > SPARE_MAX ? SPARE_MAX : spare_limit;
-        pthread_mutex_unlock(&spare.lock);
-    }
-    pthread_mutex_unlock(&lock);
-    return rc;
-}
-
-/* The recipe never changes once set, so it is read without the lock after
- * a locked check that it exists. */
-static void *new_thread_state(void)
-{
-    return lja_lua_new(recipe.chunk, recipe.len, recipe.nargs,
-                       (const char *const *)recipe.args, recipe.lens, NULL);
 }
 
 /* registry["lj-async.run"](input) returns the result message, and true
@@ -343,28 +279,20 @@ static void run_thread(void *L)
 
 static void finish_thread(void *L)
 {
-    ptrdiff_t reusable = 0;
-    lja_lua_call_registry(L, "lj-async.reset", 0, &reusable, NULL, 0);
+    api.getfield(L, api.registry_index, "lj-async.reset");
+    int reusable = api.pcall(L, 0, 1, 0) == 0 && api.toboolean(L, -1);
+    api.settop(L, 0);
     if (reusable)
         lja_states_push(&spare, L);
     else
         api.close(L);
 }
 
-int lja_lua_spawn(lja_thread **out, const char *input, size_t len, const lja_thread_opts *opts)
+int lja_lua_spawn(lja_thread **out, void *L, const char *input, size_t len,
+                  const lja_thread_opts *opts)
 {
-    if (!out)
+    if (!L)
         return LJA_EINVAL;
-    void *L = lja_states_pop(&spare);
-    if (!L) {
-        pthread_mutex_lock(&lock);
-        int ready = recipe.chunk != NULL;
-        pthread_mutex_unlock(&lock);
-        if (!ready)
-            return LJA_EINVAL;
-        if (!(L = new_thread_state()))
-            return LJA_ENOMEM;
-    }
     int rc = lja_thread_start(out, run_thread, L, finish_thread, L, input, len, opts);
     if (rc != LJA_OK)
         api.close(L);

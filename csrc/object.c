@@ -117,10 +117,16 @@ void lja_object_release(void *obj)
     o->destroy(o);
 }
 
-/* Called with registry_lock held. */
-static int has_name(const lja_object *o, const char *name)
+/* The live object named `name`, or NULL (names are unique among live
+ * objects).  Called with registry_lock held. */
+static lja_object *named(const char *name)
 {
-    return o->name && !o->name_dropped && strcmp(o->name, name) == 0;
+    for (size_t i = 0; i < nbuckets; i++)
+        for (lja_object *x = buckets[i]; x; x = x->next)
+            if (x->name && !x->name_dropped && strcmp(x->name, name) == 0 &&
+                atomic_load(&x->refs) > 0)
+                return x;
+    return NULL;
 }
 
 int lja_object_set_name(void *obj, const char *name)
@@ -129,14 +135,8 @@ int lja_object_set_name(void *obj, const char *name)
     char *copy = name ? strdup(name) : NULL;
     if (!name || !copy)
         return name ? LJA_ENOMEM : LJA_EINVAL;
-    int rc = LJA_OK;
     pthread_mutex_lock(&registry_lock);
-    for (size_t i = 0; i < nbuckets && rc == LJA_OK; i++)
-        for (lja_object *x = buckets[i]; x; x = x->next)
-            if (has_name(x, name) && atomic_load(&x->refs) > 0) {
-                rc = LJA_EBUSY;
-                break;
-            }
+    int rc = named(name) ? LJA_EBUSY : LJA_OK;
     if (rc == LJA_OK) {
         free(o->name);
         o->name = copy;
@@ -166,12 +166,8 @@ void lja_object_drop_name(lja_object *o)
 
 void *lja_object_find(const char *name, int kind)
 {
-    void *found = NULL;
     pthread_mutex_lock(&registry_lock);
-    for (size_t i = 0; i < nbuckets && !found; i++)
-        for (lja_object *x = buckets[i]; x && !found; x = x->next)
-            if (has_name(x, name))
-                found = acquire(x, kind);
+    void *found = acquire(named(name), kind);
     pthread_mutex_unlock(&registry_lock);
     return found;
 }

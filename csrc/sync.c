@@ -1,96 +1,135 @@
 /* sync.c: mutexes, conditions, semaphores and atomics that any thread or
- * state may share (README: lj-async.sync).  Waits use monotonic deadlines, so the
- * mutex is a flag under an internal lock rather than a pthread mutex
+ * state may share (README: lj-async.sync), and who is inside a callable
+ * state (README: lj-async.state).  Waits use monotonic deadlines, so the
+ * mutex is a count under an internal lock rather than a pthread mutex
  * (whose timed lock measures the wall clock). */
 #include <stdlib.h>
 
 #include "object.h"
+#include "queue.h"
 
 
-/* ---- mutex ---- */
+/* ---- counter ----
+ * What semaphores, mutexes and callable states are: a count that a wait
+ * takes one from (waiting while it is 0) and a post adds to.  A mutex is
+ * free at 1 and locked at 0; a callable state is a mutex around its
+ * lua_State, with the caller inside holding it.  A condition uses its lock,
+ * its condition variable and its queue; an atomic is the count alone. */
 
-struct lja_mutex {
+typedef struct counter {
     lja_object hdr;
     pthread_mutex_t lock;
-    pthread_cond_t unlocked;
-    atomic_int locked;          /* written under lock; read without it to spin */
+    pthread_cond_t posted;
+    _Atomic int64_t n;          /* written under lock; read without it to spin */
     int waiters;
     lja_spin spin;
-};
+    void *L;                    /* a state's lua_State; NULL once closed */
+    lja_fifo queue;             /* a condition's waiters (struct cond_waiter) */
+} counter;
 
-static void mutex_destroy(void *obj)
+struct lja_mutex { counter c; };
+struct lja_semaphore { counter c; };
+struct lja_cond { counter c; };
+struct lja_atomic { counter c; };
+struct lja_state { counter c; };
+
+static void counter_destroy(void *obj)
 {
-    lja_mutex *m = obj;
-    pthread_cond_destroy(&m->unlocked);
-    pthread_mutex_destroy(&m->lock);
-    free(m);
+    counter *c = obj;
+    /* A state still open when its last handle goes is closed here. */
+    if (c->L)
+        lja_lua_close(c->L);
+    pthread_cond_destroy(&c->posted);
+    pthread_mutex_destroy(&c->lock);
+    free(c);
 }
 
-lja_mutex *lja_mutex_new(void)
+static void *counter_new(int kind, int64_t n, void *L)
 {
-    lja_mutex *m = calloc(1, sizeof *m);
-    if (!m)
+    counter *c = calloc(1, sizeof *c);
+    if (!c)
         return NULL;
-    atomic_init(&m->locked, 0);
-    lja_spin_init(&m->spin);
-    pthread_mutex_init(&m->lock, NULL);
-    if (lja_cond_init(&m->unlocked) != LJA_OK) {
-        pthread_mutex_destroy(&m->lock);
-        free(m);
+    atomic_init(&c->n, n);
+    lja_spin_init(&c->spin);
+    pthread_mutex_init(&c->lock, NULL);
+    if (lja_cond_init(&c->posted) != LJA_OK) {
+        pthread_mutex_destroy(&c->lock);
+        free(c);
         return NULL;
     }
-    if (lja_object_init(&m->hdr, LJA_KIND_MUTEX, mutex_destroy) != LJA_OK) {
-        mutex_destroy(m);
+    if (lja_object_init(&c->hdr, kind, counter_destroy) != LJA_OK) {
+        counter_destroy(c);
         return NULL;
     }
-    return m;
+    c->L = L;   /* only now: on failure the caller still owns L */
+    return c;
 }
 
-/* What a spinning locker waits for (a cancel or pause ends the spin). */
-static int mutex_free(void *p)
+/* What a spinning waiter waits for (a cancel or pause ends the spin). */
+static int positive(void *p)
 {
-    lja_mutex *m = p;
-    return !atomic_load(&m->locked) || lja_thread_poll();
+    counter *c = p;
+    return atomic_load(&c->n) > 0 || lja_thread_poll();
 }
 
-/* A cancellable lock is a cancellation point of lj-async threads (it
- * returns LJA_ETIMEDOUT once the thread is cancelled). */
-static int mutex_lock(lja_mutex *m, double timeout, int cancellable)
+/* Takes one, waiting up to timeout.  A cancellable wait is a cancellation
+ * point of lj-async threads (it returns LJA_ETIMEDOUT once the thread is
+ * cancelled). */
+static int take(counter *c, double timeout, int cancellable)
 {
     struct timespec deadline;
     int have = 0, rc = LJA_OK;
-    if (timeout != 0 && !mutex_free(m))
-        lja_spin_until(&m->spin, mutex_free, m);
-    pthread_mutex_lock(&m->lock);
-    m->waiters++;
-    while (m->locked && rc == LJA_OK)
-        rc = cancellable ? lja_wait_timeout(&m->unlocked, &m->lock, timeout, &deadline, &have)
-                         : lja_cond_wait_timeout(&m->unlocked, &m->lock, timeout, &deadline, &have);
-    m->waiters--;
-    if (!m->locked) {
-        m->locked = 1;
+    if (timeout != 0 && !positive(c))
+        lja_spin_until(&c->spin, positive, c);
+    pthread_mutex_lock(&c->lock);
+    c->waiters++;
+    while (c->n == 0 && rc == LJA_OK)
+        rc = cancellable ? lja_wait_timeout(&c->posted, &c->lock, timeout, &deadline, &have)
+                         : lja_cond_wait_timeout(&c->posted, &c->lock, timeout, &deadline, &have);
+    c->waiters--;
+    if (c->n > 0) {
+        c->n--;
         rc = LJA_OK;
     } else {
         rc = LJA_ETIMEDOUT;
     }
-    pthread_mutex_unlock(&m->lock);
+    pthread_mutex_unlock(&c->lock);
     return rc;
+}
+
+/* Adds d, up to max (saturating), and wakes as many waiters; called with
+ * c->lock held.  Returns the count before. */
+static int64_t post_locked(counter *c, int64_t d, int64_t max)
+{
+    int64_t was = c->n;
+    c->n = d > max - was ? max : was + d;
+    if (c->waiters && c->n > was) {
+        if (d == 1)
+            pthread_cond_signal(&c->posted);
+        else
+            pthread_cond_broadcast(&c->posted);
+    }
+    return was;
+}
+
+/* ---- mutex ---- */
+
+lja_mutex *lja_mutex_new(void)
+{
+    return counter_new(LJA_KIND_MUTEX, 1, NULL);
 }
 
 int lja_mutex_lock(lja_mutex *m, double timeout)
 {
-    return mutex_lock(m, timeout, 1);
+    return take(&m->c, timeout, 1);
 }
 
 int lja_mutex_unlock(lja_mutex *m)
 {
-    pthread_mutex_lock(&m->lock);
-    int was = m->locked;
-    m->locked = 0;
-    if (was && m->waiters)
-        pthread_cond_signal(&m->unlocked);
-    pthread_mutex_unlock(&m->lock);
-    return was ? LJA_OK : LJA_EINVAL;
+    pthread_mutex_lock(&m->c.lock);
+    int64_t was = post_locked(&m->c, 1, 1);
+    pthread_mutex_unlock(&m->c.lock);
+    return was == 0 ? LJA_OK : LJA_EINVAL;
 }
 
 /* ---- condition ----
@@ -100,45 +139,18 @@ int lja_mutex_unlock(lja_mutex *m)
  * (a later waiter cannot take it).  A waiter that times out leaves the queue. */
 
 struct cond_waiter {
-    struct cond_waiter *next;
+    struct cond_waiter *next;   /* first: the queue links through it */
     int signaled;
 };
 
-struct lja_cond {
-    lja_object hdr;
-    pthread_mutex_t lock;
-    pthread_cond_t cv;
-    struct cond_waiter *head, *tail;
-};
-
-static void cond_destroy(void *obj)
-{
-    lja_cond *c = obj;
-    pthread_cond_destroy(&c->cv);
-    pthread_mutex_destroy(&c->lock);
-    free(c);
-}
-
 lja_cond *lja_cond_new(void)
 {
-    lja_cond *c = calloc(1, sizeof *c);
-    if (!c)
-        return NULL;
-    pthread_mutex_init(&c->lock, NULL);
-    if (lja_cond_init(&c->cv) != LJA_OK) {
-        pthread_mutex_destroy(&c->lock);
-        free(c);
-        return NULL;
-    }
-    if (lja_object_init(&c->hdr, LJA_KIND_COND, cond_destroy) != LJA_OK) {
-        cond_destroy(c);
-        return NULL;
-    }
-    return c;
+    return counter_new(LJA_KIND_COND, 0, NULL);
 }
 
-int lja_cond_wait(lja_cond *c, lja_mutex *m, double timeout)
+int lja_cond_wait(lja_cond *cv, lja_mutex *m, double timeout)
 {
+    counter *c = &cv->c;
     struct timespec deadline;
     int have = 0, rc = LJA_OK;
     struct cond_waiter self = {NULL, 0};
@@ -147,166 +159,143 @@ int lja_cond_wait(lja_cond *c, lja_mutex *m, double timeout)
         pthread_mutex_unlock(&c->lock);
         return LJA_EINVAL;
     }
-    if (c->tail)
-        c->tail->next = &self;
-    else
-        c->head = &self;
-    c->tail = &self;
+    lja_fifo_push(&c->queue, &self);
     while (!self.signaled && rc == LJA_OK)
-        rc = lja_wait_timeout(&c->cv, &c->lock, timeout, &deadline, &have);
+        rc = lja_wait_timeout(&c->posted, &c->lock, timeout, &deadline, &have);
     if (self.signaled) {
         rc = LJA_OK;      /* a signal given before the timeout counts */
     } else {              /* timed out: leave the queue */
-        struct cond_waiter **p = &c->head, *prev = NULL;
-        while (*p != &self) {
-            prev = *p;
-            p = &(*p)->next;
-        }
-        *p = self.next;
-        if (c->tail == &self)
-            c->tail = prev;
+        struct cond_waiter *prev = NULL, *w = c->queue.head;
+        while (w != &self)
+            prev = w, w = w->next;
+        if (prev)
+            prev->next = self.next;
+        else
+            c->queue.head = self.next;
+        if (c->queue.tail == &self)
+            c->queue.tail = prev;
     }
     pthread_mutex_unlock(&c->lock);
-    mutex_lock(m, -1, 0);   /* m is locked again on return, even in a cancelled thread */
+    take(&m->c, -1, 0);   /* m is locked again on return, even in a cancelled thread */
     return rc;
 }
 
 /* Wakes the first waiter; called with c->lock held. */
-static int wake_one(lja_cond *c)
+static int wake_one(counter *c)
 {
-    struct cond_waiter *w = c->head;
-    if (!w)
-        return 0;
-    c->head = w->next;
-    if (!c->head)
-        c->tail = NULL;
-    w->signaled = 1;
-    return 1;
+    struct cond_waiter *w = lja_fifo_shift(&c->queue);
+    if (w)
+        w->signaled = 1;
+    return w != NULL;
 }
 
-void lja_cond_signal(lja_cond *c)
+void lja_cond_signal(lja_cond *cv)
 {
-    pthread_mutex_lock(&c->lock);
-    if (wake_one(c))
-        pthread_cond_broadcast(&c->cv);   /* the one signaled finds its flag */
-    pthread_mutex_unlock(&c->lock);
+    pthread_mutex_lock(&cv->c.lock);
+    if (wake_one(&cv->c))
+        pthread_cond_broadcast(&cv->c.posted);   /* the one signaled finds its flag */
+    pthread_mutex_unlock(&cv->c.lock);
 }
 
-void lja_cond_broadcast(lja_cond *c)
+void lja_cond_broadcast(lja_cond *cv)
 {
-    pthread_mutex_lock(&c->lock);
-    int woken = 0;
-    while (wake_one(c))
-        woken = 1;
-    if (woken)
-        pthread_cond_broadcast(&c->cv);
-    pthread_mutex_unlock(&c->lock);
+    pthread_mutex_lock(&cv->c.lock);
+    if (wake_one(&cv->c)) {
+        while (wake_one(&cv->c)) {
+        }
+        pthread_cond_broadcast(&cv->c.posted);
+    }
+    pthread_mutex_unlock(&cv->c.lock);
 }
 
 /* ---- semaphore ---- */
 
-struct lja_semaphore {
-    lja_object hdr;
-    pthread_mutex_t lock;
-    pthread_cond_t posted;
-    _Atomic int64_t count;      /* written under lock; read without it to spin */
-    lja_spin spin;
-};
-
-static void semaphore_destroy(void *obj)
-{
-    lja_semaphore *s = obj;
-    pthread_cond_destroy(&s->posted);
-    pthread_mutex_destroy(&s->lock);
-    free(s);
-}
-
 lja_semaphore *lja_semaphore_new(int64_t count)
 {
-    lja_semaphore *s = calloc(1, sizeof *s);
-    if (!s || count < 0) {
-        free(s);
-        return NULL;
-    }
-    atomic_init(&s->count, count);
-    lja_spin_init(&s->spin);
-    pthread_mutex_init(&s->lock, NULL);
-    if (lja_cond_init(&s->posted) != LJA_OK) {
-        pthread_mutex_destroy(&s->lock);
-        free(s);
-        return NULL;
-    }
-    if (lja_object_init(&s->hdr, LJA_KIND_SEMAPHORE, semaphore_destroy) != LJA_OK) {
-        semaphore_destroy(s);
-        return NULL;
-    }
-    return s;
-}
-
-/* What a spinning waiter waits for (a cancel or pause ends the spin). */
-static int posted(void *p)
-{
-    lja_semaphore *s = p;
-    return atomic_load(&s->count) > 0 || lja_thread_poll();
+    return count < 0 ? NULL : counter_new(LJA_KIND_SEMAPHORE, count, NULL);
 }
 
 int lja_semaphore_wait(lja_semaphore *s, double timeout)
 {
-    struct timespec deadline;
-    int have = 0, rc = LJA_OK;
-    if (timeout != 0 && !posted(s))
-        lja_spin_until(&s->spin, posted, s);
-    pthread_mutex_lock(&s->lock);
-    while (s->count == 0 && rc == LJA_OK)
-        rc = lja_wait_timeout(&s->posted, &s->lock, timeout, &deadline, &have);
-    if (s->count > 0) {
-        s->count--;
-        rc = LJA_OK;
-    }
-    pthread_mutex_unlock(&s->lock);
-    return rc;
+    return take(&s->c, timeout, 1);
 }
 
 void lja_semaphore_post(lja_semaphore *s, int64_t n)
 {
     if (n <= 0)
         return;
-    pthread_mutex_lock(&s->lock);
-    int64_t count = atomic_load(&s->count);
-    atomic_store(&s->count, n > INT64_MAX - count ? INT64_MAX : count + n);   /* saturates */
-    if (n == 1)
-        pthread_cond_signal(&s->posted);
-    else
-        pthread_cond_broadcast(&s->posted);
-    pthread_mutex_unlock(&s->lock);
+    pthread_mutex_lock(&s->c.lock);
+    post_locked(&s->c, n, INT64_MAX);
+    pthread_mutex_unlock(&s->c.lock);
 }
 
 /* ---- atomic ---- */
 
-struct lja_atomic {
-    lja_object hdr;
-    int64_t cell;   /* only through lja_atomic_load & co. */
-};
-
-static void atomic_destroy(void *obj)
-{
-    free(obj);
-}
-
 lja_atomic *lja_atomic_new(int64_t value)
 {
-    lja_atomic *a = calloc(1, sizeof *a);
-    if (!a)
-        return NULL;
-    lja_atomic_store(&a->cell, value);
-    if (lja_object_init(&a->hdr, LJA_KIND_ATOMIC, atomic_destroy) != LJA_OK) {
-        free(a);
-        return NULL;
-    }
-    return a;
+    return counter_new(LJA_KIND_ATOMIC, value, NULL);
 }
 
 int64_t *lja_atomic_cell(lja_atomic *a)
 {
-    return &a->cell;
+    return (int64_t *)&a->c.n;   /* only through lja_atomic_load & co. */
+}
+
+/* ---- callable state ----
+ * The lua_State itself is driven from Lua (lj-async/state.lua). */
+
+lja_state *lja_state_new(void *L)
+{
+    return L ? counter_new(LJA_KIND_STATE, 1, L) : NULL;
+}
+
+void *lja_state_lua(lja_state *st)
+{
+    pthread_mutex_lock(&st->c.lock);
+    void *L = st->c.L;
+    pthread_mutex_unlock(&st->c.lock);
+    return L;
+}
+
+int lja_state_enter(lja_state *st, double timeout)
+{
+    int rc = take(&st->c, timeout, 1);
+    if (rc == LJA_OK && st->c.L)   /* inside: only a close, from inside, sets L */
+        return LJA_OK;
+    if (rc == LJA_OK)
+        lja_state_leave(st);   /* closed: the next waiter finds out too */
+    return !lja_state_lua(st) ? LJA_ECLOSED : timeout == 0 ? LJA_EBUSY : rc;
+}
+
+/* The hook goes under the lock that interrupt takes: a late interrupt
+ * cannot hook the next caller. */
+void lja_state_leave(lja_state *st)
+{
+    pthread_mutex_lock(&st->c.lock);
+    lja_lua_clear_hook(st->c.L);
+    post_locked(&st->c, 1, 1);
+    pthread_mutex_unlock(&st->c.lock);
+}
+
+void *lja_state_close(lja_state *st, double timeout)
+{
+    if (lja_state_enter(st, timeout) != LJA_OK)
+        return NULL;
+    pthread_mutex_lock(&st->c.lock);
+    void *L = st->c.L;
+    st->c.L = NULL;
+    lja_object_drop_name(&st->c.hdr);   /* free at once for a new state (README) */
+    post_locked(&st->c, 1, 1);
+    pthread_mutex_unlock(&st->c.lock);
+    return L;
+}
+
+int lja_state_interrupt(lja_state *st)
+{
+    pthread_mutex_lock(&st->c.lock);
+    int rc = !st->c.L ? LJA_ECLOSED : st->c.n ? LJA_EAGAIN : LJA_OK;
+    if (rc == LJA_OK)
+        lja_lua_interrupt(st->c.L);
+    pthread_mutex_unlock(&st->c.lock);
+    return rc;
 }

@@ -4,7 +4,7 @@
  * Control: t->ctl holds the requests (LJA_THREAD_CANCEL, LJA_THREAD_PAUSE).
  * The thread meets them at its cancellation points: lja_thread_poll (the
  * safepoints of source code and the step hook read it), lja_thread_checkpoint
- * (pauses there), and the waits of lja_wait_until.  A thread blocked in such a
+ * (pauses there), and the waits of lja_wait_timeout.  A thread blocked in such a
  * wait registers the wait's mutex and condition; a request broadcasts that
  * condition under its mutex, so the wait wakes at once and its caller sees
  * a timeout, with whatever it had taken (a message, a lock) kept.  While the
@@ -72,15 +72,6 @@ static void list_remove(lja_thread *t)
     pthread_mutex_unlock(&list_lock);
 }
 
-void lja_thread_finish(lja_thread *t)
-{
-    list_remove(t);
-    pthread_mutex_lock(&t->lock);
-    t->finished = 1;
-    pthread_cond_broadcast(&t->changed);
-    pthread_mutex_unlock(&t->lock);
-}
-
 /* Initial-exec: in the thread's static TLS, read without __tls_get_addr
  * (lja_thread_poll runs in every loop of source code), and not a block
  * that glibc mallocs per thread and frees from another thread. */
@@ -105,18 +96,15 @@ static void *thread_main(void *p)
         pthread_setname_np(pthread_self(), os_name);
     }
     t->run(t->arg);
-    lja_thread_finish(t);
+    list_remove(t);
+    pthread_mutex_lock(&t->lock);
+    t->finished = 1;
+    pthread_cond_broadcast(&t->changed);
+    pthread_mutex_unlock(&t->lock);
     if (t->cleanup)
         t->cleanup(t->cleanup_arg);
     thread_unref(t);
     return NULL;
-}
-
-int lja_thread_create(lja_thread **out, lja_thread_fn run, void *arg,
-                      lja_thread_fn cleanup, void *cleanup_arg,
-                      const char *input, size_t input_len)
-{
-    return lja_thread_start(out, run, arg, cleanup, cleanup_arg, input, input_len, NULL);
 }
 
 int lja_thread_start(lja_thread **out, lja_thread_fn run, void *arg,
@@ -128,16 +116,19 @@ int lja_thread_start(lja_thread **out, lja_thread_fn run, void *arg,
     lja_thread *t = calloc(1, sizeof *t);
     if (!t)
         return LJA_ENOMEM;
-    t->input = malloc(input_len ? input_len : 1);
+    pthread_mutex_init(&t->lock, NULL);
+    if (lja_cond_init(&t->changed) != LJA_OK) {
+        pthread_mutex_destroy(&t->lock);
+        free(t);
+        return LJA_ESYS;
+    }
+    atomic_init(&t->refs, 1);   /* the handle's */
+    t->input = lja_copy(input, input_len);
     t->name = opts && opts->name ? strdup(opts->name) : NULL;
     if (!t->input || (opts && opts->name && !t->name)) {
-        free(t->input);
-        free(t->name);
-        free(t);
+        thread_unref(t);
         return LJA_ENOMEM;
     }
-    if (input_len)
-        memcpy(t->input, input, input_len);
     t->input_len = input_len;
     t->run = run;
     t->arg = arg;
@@ -147,15 +138,6 @@ int lja_thread_start(lja_thread **out, lja_thread_fn run, void *arg,
     t->id = atomic_fetch_add(&next_id, 1);
     atomic_init(&t->ctl, 0);
     atomic_init(&t->finished, 0);
-    atomic_init(&t->refs, 2);
-    pthread_mutex_init(&t->lock, NULL);
-    if (lja_cond_init(&t->changed) != LJA_OK) {
-        pthread_mutex_destroy(&t->lock);
-        free(t->name);
-        free(t->input);
-        free(t);
-        return LJA_ESYS;
-    }
 
     /* Detached from the start: join waits on `finished`, and the last
      * reference frees the object, so no pthread_join is ever owed. */
@@ -183,13 +165,14 @@ int lja_thread_start(lja_thread **out, lja_thread_fn run, void *arg,
         live->prev = t;
     live = t;
     pthread_mutex_unlock(&list_lock);
+    atomic_fetch_add(&t->refs, 1);   /* the running thread's */
     pthread_t tid;
     if (rc == 0)
         rc = pthread_create(&tid, &attr, thread_main, t);
     pthread_attr_destroy(&attr);
     if (rc != 0) {
         list_remove(t);
-        atomic_store(&t->refs, 1);
+        thread_unref(t);   /* the thread's, then the handle's */
         thread_unref(t);
         return rc == EAGAIN ? LJA_EAGAIN : rc == EINVAL ? LJA_EINVAL : LJA_ESYS;
     }
@@ -210,14 +193,14 @@ static lja_spin join_spin = {LJA_SPIN_MIN, 0};
 int lja_thread_join(lja_thread *t, double timeout)
 {
     struct timespec deadline;
-    if (timeout >= 0)
+    int have = timeout > 0, rc = LJA_OK;
+    if (have)   /* from now, not after the spin */
         deadline = lja_deadline(timeout);
-    int rc = LJA_OK;
     if (timeout != 0 && !finished(t))
         lja_spin_until(&join_spin, finished, t);
     pthread_mutex_lock(&t->lock);
     while (!t->finished && rc == LJA_OK)
-        rc = lja_wait_until(&t->changed, &t->lock, timeout >= 0 ? &deadline : NULL);
+        rc = lja_wait_timeout(&t->changed, &t->lock, timeout, &deadline, &have);
     rc = t->finished ? LJA_OK : LJA_ETIMEDOUT;
     pthread_mutex_unlock(&t->lock);
     return rc;
@@ -237,14 +220,12 @@ const char *lja_thread_input(lja_thread *t, size_t *len)
 
 int lja_thread_set_result(lja_thread *t, const char *data, size_t len)
 {
-    char *copy = malloc(len ? len : 1);
-    if (!copy)
+    char *result = lja_copy(data, len);
+    if (!result)
         return LJA_ENOMEM;
-    if (len)
-        memcpy(copy, data, len);
     pthread_mutex_lock(&t->lock);
     free(t->result);
-    t->result = copy;
+    t->result = result;
     t->result_len = len;
     pthread_mutex_unlock(&t->lock);
     return LJA_OK;
@@ -259,17 +240,12 @@ const char *lja_thread_result(lja_thread *t, size_t *len)
     return r;
 }
 
-void lja_thread_yield(void)
-{
-    sched_yield();
-}
-
 /* ---- control ---------------------------------------------------------------- */
 
 /* Wakes t where it waits, after a request changed t->ctl; called with
  * t->lock held.  The registered wait's mutex is only tried: its owner may
  * be t itself, between taking it and waiting, and t then meets the request
- * before it waits (lja_wait_until checks after registering). */
+ * before it waits (lja_wait_timeout checks after registering). */
 static void wake(lja_thread *t)
 {
     pthread_cond_broadcast(&t->changed);   /* a pause or a sleep */
@@ -410,15 +386,18 @@ void lja_thread_set_cancelled(lja_thread *t)
     pthread_mutex_unlock(&t->lock);
 }
 
-int lja_wait_until(pthread_cond_t *c, pthread_mutex_t *m, const struct timespec *deadline)
+int lja_wait_timeout(pthread_cond_t *c, pthread_mutex_t *m, double timeout,
+                     struct timespec *deadline, int *have_deadline)
 {
     lja_thread *t = current;
-    if (!t)
-        return lja_cond_wait_until(c, m, deadline);
+    if (!t || timeout == 0)
+        return lja_cond_wait_timeout(c, m, timeout, deadline, have_deadline);
     int ctl = atomic_load(&t->ctl);
     if (ctl & LJA_THREAD_CANCEL)
         return LJA_ETIMEDOUT;   /* the caller returns what it has; the Lua side raises */
     if (ctl & LJA_THREAD_PAUSE) {   /* as a long spurious wake-up: the caller checks again */
+        if (timeout > 0 && !*have_deadline)   /* the timeout counts the pause */
+            *deadline = lja_deadline(timeout), *have_deadline = 1;
         pthread_mutex_unlock(m);
         lja_thread_checkpoint();
         pthread_mutex_lock(m);
@@ -430,7 +409,7 @@ int lja_wait_until(pthread_cond_t *c, pthread_mutex_t *m, const struct timespec 
     pthread_mutex_unlock(&t->lock);
     int rc = LJA_OK;
     if (!atomic_load(&t->ctl))   /* else a request came in between: the caller comes back */
-        rc = lja_cond_wait_until(c, m, deadline);
+        rc = lja_cond_wait_timeout(c, m, timeout, deadline, have_deadline);
     pthread_mutex_lock(&t->lock);
     t->wait_m = NULL;
     t->wait_c = NULL;
@@ -438,18 +417,22 @@ int lja_wait_until(pthread_cond_t *c, pthread_mutex_t *m, const struct timespec 
     return rc;
 }
 
-int lja_thread_sleep(double seconds)
+void lja_sleep(double seconds)
 {
-    lja_thread *t = current;
-    if (!t)
-        return 0;
+    if (!(seconds > 0))  /* also rejects NaN */
+        return;
     struct timespec deadline = lja_deadline(seconds);
-    int rc = LJA_OK;
+    lja_thread *t = current;
+    if (!t) {
+        while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &deadline, NULL) == EINTR) {
+        }
+        return;
+    }
+    int rc = LJA_OK;   /* an lj-async thread: a cancel wakes it */
     pthread_mutex_lock(&t->lock);
     while (!(atomic_load(&t->ctl) & LJA_THREAD_CANCEL) && rc == LJA_OK)
         rc = lja_cond_wait_until(&t->changed, &t->lock, &deadline);
     pthread_mutex_unlock(&t->lock);
-    return 1;
 }
 
 uint64_t lja_thread_id(void)
@@ -461,13 +444,6 @@ uint64_t lja_thread_id(void)
 
 int lja_cpu_count(void)
 {
-    /* sysconf reads /sys each time; the answer is taken once. */
-    static atomic_int cached;
-    int n = atomic_load(&cached);
-    if (n == 0) {
-        long online = sysconf(_SC_NPROCESSORS_ONLN);
-        n = online > 0 ? (int)online : 1;
-        atomic_store(&cached, n);
-    }
-    return n;
+    long online = sysconf(_SC_NPROCESSORS_ONLN);   /* lj-async/thread.lua keeps it */
+    return online > 0 ? (int)online : 1;
 }

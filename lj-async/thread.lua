@@ -1,8 +1,8 @@
 -- lj-async.thread: OS threads, each running a function in its own lua_State
 -- (README: `lj-async.thread`).
 --
--- The shim starts the thread in a spare state, or one made from a recipe
--- set once per process (csrc/lua.c).  After a thread, its state is reset
+-- The shim starts the thread in a spare state, or in a new one that this
+-- module makes (csrc/lua.c).  After a thread, its state is reset
 -- (lj-async.reset: globals and standard library as they were) and kept for
 -- the next thread, unless the thread loaded the FFI or a C module, whose
 -- effects no reset undoes: then the state is closed.
@@ -21,8 +21,9 @@ local vm = require "lj-async.vm"
 
 ffi.cdef [[
 typedef struct lja_thread lja_thread;
-int lja_lua_set_recipe(const char *chunk, size_t len, int nargs,
-                       const char *const *args, const size_t *lens, int spare_limit);
+typedef struct lja_states lja_states;
+lja_states *lja_lua_spares(int limit);
+void *lja_states_pop(lja_states *st);
 typedef struct lja_thread_opts {
     const char *name;
     size_t stack;
@@ -30,11 +31,12 @@ typedef struct lja_thread_opts {
     int ncpus;
     int step;
 } lja_thread_opts;
-int lja_lua_spawn(lja_thread **out, const char *input, size_t len, const lja_thread_opts *opts);
+int lja_lua_spawn(lja_thread **out, void *L, const char *input, size_t len,
+                  const lja_thread_opts *opts);
 int lja_thread_join(lja_thread *t, double timeout);
 void lja_thread_release(lja_thread *t);
 const char *lja_thread_result(lja_thread *t, size_t *len);
-void lja_thread_yield(void);
+int sched_yield(void);
 uint64_t lja_thread_id(void);
 int lja_cpu_count(void);
 void lja_sleep(double seconds);
@@ -103,11 +105,17 @@ end
 registry["lj-async.reset"] = require("lj-async.reset").snapshot()
 ]], "lj-async.thread runtime")
 
-do
-    local chunk, args = vm.args(RUNTIME)
-    local n, ptrs, lens = vm.c_strings(args)
-    local rc = C.lja_lua_set_recipe(chunk, #chunk, n, ptrs, lens, math.min(math.max(2, CPU_COUNT), 8))
-    if rc ~= LJA_OK then error("lj-async: cannot set up threads: " .. shim.strerror(rc)) end
+-- A thread's state: a spare one (the spare stack is the process's), or a
+-- new one that runs RUNTIME.  The recipe's arrays point into its strings.
+local spares = C.lja_lua_spares(math.min(math.max(2, CPU_COUNT), 8))
+local recipe = {}
+recipe.chunk, recipe.args = vm.args(RUNTIME)
+recipe.n, recipe.ptrs, recipe.lens = vm.c_strings(recipe.args)
+
+local function thread_state()
+    local L = C.lja_states_pop(spares)
+    if L ~= nil then return L end
+    return C.lja_lua_new(recipe.chunk, #recipe.chunk, recipe.n, recipe.ptrs, recipe.lens, nil)
 end
 
 local handle_out = ffi.new("lja_thread *[1]")
@@ -213,7 +221,8 @@ local function start(options, level, func, ...)
     local code = transfer.code_of(func, level)
     local p, len = transfer.encode_at(level, 4, select("#", ...) + 4, package.path, package.cpath, step, code, ...)
     local anchors = transfer.take_anchors()
-    local rc = C.lja_lua_spawn(handle_out, p, len, opts)
+    local L = thread_state()
+    local rc = L ~= nil and C.lja_lua_spawn(handle_out, L, p, len, opts) or C.LJA_ENOMEM
     anchored = nil
     if rc ~= LJA_OK then
         transfer.drop_exported()
@@ -381,7 +390,7 @@ end
 
 function Thread.yield()
     if C.lja_thread_checkpoint() ~= 0 then error(shim.CANCELLED, 0) end
-    C.lja_thread_yield()
+    ffi.C.sched_yield()
 end
 
 function Thread.id()

@@ -125,14 +125,20 @@ function M.compile(source, name)
 end
 
 -- The prelude's arguments for a state whose boot chunk is `boot`.
+-- A state ships what it was shipped (its bytecode table), so that the
+-- states that a thread makes get what the thread's state got.
 function M.args(boot, ...)
     local args = { package.path, package.cpath, shim.path, 0 }
-    for name in pairs(package.loaded) do
+    local function add(name)
         if name:sub(1, 9) == "lj-async." and name ~= "lj-async.libpath" and name ~= "lj-async.bytecode"
             and name ~= "lj-async.shipped" and not shipped[name] then
             args[#args + 1] = name
             args[#args + 1] = module_bytecode(name)
         end
+    end
+    for name in pairs(package.loaded) do add(name) end
+    for name in pairs(bytecode) do
+        if not package.loaded[name] then add(name) end
     end
     for name in pairs(shipped) do
         args[#args + 1] = name

@@ -39,7 +39,7 @@ static void test_thread_join(void)
 {
     double delay = 0.2;
     lja_thread *t;
-    CHECK(lja_thread_create(&t, slow_run, &delay, cleanup, NULL, "hello", 5) == LJA_OK);
+    CHECK(lja_thread_start(&t, slow_run, &delay, cleanup, NULL, "hello", 5, NULL) == LJA_OK);
     double t0 = lja_now();
     CHECK(lja_thread_join(t, 0) == LJA_ETIMEDOUT);
     CHECK(lja_thread_join(t, 0.05) == LJA_ETIMEDOUT);
@@ -62,13 +62,13 @@ static void test_thread_detached(void)
     int64_t before = lja_atomic_load(&cleaned);
     for (int i = 0; i < 20; i++) {
         lja_thread *t;
-        CHECK(lja_thread_create(&t, slow_run, &delay, cleanup, NULL, "hello", 5) == LJA_OK);
+        CHECK(lja_thread_start(&t, slow_run, &delay, cleanup, NULL, "hello", 5, NULL) == LJA_OK);
         lja_thread_release(t);
     }
     for (int i = 0; i < 200 && lja_atomic_load(&cleaned) < before + 20; i++)
         lja_sleep(0.01);
     CHECK(lja_atomic_load(&cleaned) == before + 20);
-    CHECK(lja_thread_create(NULL, slow_run, &delay, NULL, NULL, "", 0) == LJA_EINVAL);
+    CHECK(lja_thread_start(NULL, slow_run, &delay, NULL, NULL, "", 0, NULL) == LJA_EINVAL);
 }
 
 /* ---- gates ---- */
