@@ -1,42 +1,48 @@
 /* channel.c: MPMC channels of messages (README: lj-async.channel).
  *
- * A bounded channel (capacity up to RING_MAX) is a ring of `capacity`
- * slots, a cache line each, that senders and receivers claim without a
- * lock (D. Vyukov's bounded MPMC queue: a slot's sequence number says
- * whether it waits for a sender or a receiver).  A message of at most
- * LJA_MSG_INLINE bytes and no objects is copied into its slot and out to
- * the receiver's buffer: no allocation.  Any other message is one
- * allocation (header, the objects it holds references to, then the bytes),
- * made before it is queued; the slot holds its address.  Unbounded
- * channels (and other capacities) keep such allocations in a list of two
- * halves: senders append to `in` under tail_lock, receivers take from `out`
- * under head_lock and, when it is empty, move all of `in` there at once,
- * so that the two ends meet once a batch, not once a message.
+ * Every channel is a ring of slots, a cache line each, that senders and
+ * receivers claim without a lock (D. Vyukov's bounded MPMC queue: a slot's
+ * sequence number says whether it waits for a sender or a receiver).  A
+ * message of at most LJA_MSG_INLINE bytes and no objects is copied into its
+ * slot and out to the receiver's buffer: no allocation.  Any other message is
+ * one allocation (header, the objects it holds references to, then the
+ * bytes), made before it is queued; the slot holds its address.
  *
- * On a ring the mutex and condition variables serve only the waits: a
+ * A channel with a capacity up to RING_MAX has a ring of that many slots.
+ * Any other starts small and grows its ring (twice as large, at most its
+ * capacity) when a sender finds it full: under the lock, the grower freezes
+ * both ends (FROZEN_BIT: whoever meets it waits on the lock), waits for
+ * those that had claimed a slot to finish with it, copies the messages into
+ * the new ring and moves both positions on by the new size, so that a
+ * thread still holding an old position fails its claim and reads again.  An
+ * old ring is freed with the channel: a late thread may still read a
+ * sequence number there, and every one of them is behind every new position.
+ *
+ * The mutex and condition variables serve only the waits and the growth: a
  * sender or receiver that finds nobody waiting (recv_waiters,
  * send_waiters) never takes the lock.  A receiver that finds the channel
- * empty, or a sender that finds it full, spins without the lock before it
- * sleeps, as long as spinning pays (internal.h): a reply that comes
- * within microseconds then costs no futex wake, which is what makes
- * ping-pong between two threads fast. */
+ * empty, or a sender that finds a full ring that cannot grow, spins without
+ * the lock before it sleeps, as long as spinning pays (internal.h): a reply
+ * that comes within microseconds then costs no futex wake, which is what
+ * makes ping-pong between two threads fast. */
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
 
 #include "object.h"
-#include "queue.h"
 
-/* Rings of 2 to RING_MAX slots, 64 bytes each, allocated with the channel
- * (at most 1 MiB); other capacities use the list (in a ring of one slot,
- * "full at pos" and "free at pos + 1" would be the same sequence number). */
+/* Rings made whole when the channel is (at most 1 MiB), and the first size
+ * of a growing one. */
 #define RING_MAX 16384
+#define RING_FIRST 4
 #define MSG_IN_SLOT ((size_t)-1)   /* slot.len of a slot that holds an lja_msg */
 /* Set in tail by close: no sender claims a slot after it. */
 #define CLOSED_BIT ((size_t)1 << (sizeof(size_t) * 8 - 1))
+/* Set in tail and head while the ring grows. */
+#define FROZEN_BIT (CLOSED_BIT >> 1)
 
 struct lja_msg {
-    struct lja_msg *next;
+    struct lja_msg *next;       /* in the spare stack */
     struct lja_channel *home;   /* small messages: the channel that recycles them */
     size_t len;
     int nobjs;
@@ -44,8 +50,10 @@ struct lja_msg {
     void *objs[];
 };
 
+/* Sequence numbers count in twos, so that a ring of one slot works too:
+ * 2 pos: free for the sender of pos; 2 pos + 1: holds message pos. */
 struct slot {
-    atomic_size_t seq;   /* pos: free for the sender at pos; pos + 1: full */
+    _Alignas(64) atomic_size_t seq;
     size_t len;          /* bytes in data, or MSG_IN_SLOT */
     union {
         char data[LJA_MSG_INLINE];
@@ -54,16 +62,17 @@ struct slot {
 };
 _Static_assert(sizeof(struct slot) == 64, "a slot is one cache line");
 
-/* Small list messages are blocks of one size, recycled through their
- * channel's spare stack (popped under tail_lock); a message links
- * there through `next`, its first word. */
+struct ring {
+    size_t size;
+    struct ring *older;   /* the ring this one replaced */
+    struct slot slots[];
+};
+
+/* Small messages are blocks of one size, recycled through their channel's
+ * spare stack (popped under spare_lock). */
 #define SMALL_BLOCK 256
 #define SPARE_MAX 256
-
-static int is_small(size_t len, int nobjs)
-{
-    return sizeof(lja_msg) + (size_t)nobjs * sizeof(void *) + len <= SMALL_BLOCK;
-}
+_Static_assert(sizeof(lja_msg) + LJA_MSG_INLINE <= SMALL_BLOCK, "lja_channel_recv copies into one");
 
 /* A select in progress, registered on each channel it waits on. */
 struct selector {
@@ -86,33 +95,29 @@ struct fd_watch {
 
 struct lja_channel {
     lja_object hdr;
-    struct slot *slots;          /* the ring; NULL: the list */
-    size_t size;                 /* slots in the ring */
-    int64_t capacity;            /* 0: unbounded */
+    _Atomic(struct ring *) ring;
+    size_t limit;                /* the largest ring: the capacity (unbounded: SIZE_MAX) */
     /* The counts of messages sent (tail, with CLOSED_BIT) and received
-     * (head), each on its own line with its end of the queue: on a ring
-     * also the positions where senders and receivers claim slots.  Beside
-     * each, the count of those who wait to hear of that end's progress
-     * (changed under lock): each send reads recv_waiters (receivers
-     * asleep, selects, watches), each receive send_waiters (senders
-     * asleep), by a read-modify-write that orders it after the queue's
-     * change: either the waiter counted itself first, or its check after
-     * counting sees the change (TSan knows no fences). */
+     * (head), each on its own line with its end of the queue: also the
+     * positions where senders and receivers claim slots.  Beside each, the
+     * count of those who wait to hear of that end's progress (changed under
+     * lock): each send reads recv_waiters (receivers asleep, selects,
+     * watches), each receive send_waiters (senders asleep), by a
+     * read-modify-write that orders it after the queue's change: either the
+     * waiter counted itself first, or its check after counting sees the
+     * change (TSan knows no fences). */
     _Alignas(64) atomic_size_t tail;
     atomic_int recv_waiters;
     lja_spin send_spin;          /* senders' on a full channel (internal.h) */
-    pthread_mutex_t tail_lock;   /* the list's senders; also spare's pops */
-    lja_fifo in;                 /* the list's newer half: lja_msg linked through next */
     _Alignas(64) atomic_size_t head;
     atomic_int send_waiters;
     lja_spin recv_spin;          /* receivers' on an empty channel */
-    pthread_mutex_t head_lock;   /* the list's receivers */
-    lja_fifo out;                /* the list's older half */
-    _Alignas(64) pthread_mutex_t lock;   /* the waits, selectors and watches */
+    _Alignas(64) pthread_mutex_t lock;   /* the waits, growth, selectors and watches */
     pthread_cond_t not_empty, not_full;
     atomic_int closed;
     struct selector_link *selectors;
     struct fd_watch *watches;
+    pthread_mutex_t spare_lock;  /* spare's pops */
     lja_spare_stack spare;       /* recycled small blocks */
 };
 
@@ -135,9 +140,20 @@ void lja_msg_free(lja_msg *msg)
         free(msg);
 }
 
-static void fill(lja_msg *msg, const char *data, size_t len, void *const *objs, int nobjs)
+/* A message of len bytes and nobjs objects, copied in; NULL when out of
+ * memory. */
+static lja_msg *msg_new(lja_channel *ch, const char *data, size_t len, void *const *objs, int nobjs)
 {
-    msg->next = NULL;
+    size_t bytes = sizeof(lja_msg) + (size_t)nobjs * sizeof(void *) + len;
+    lja_msg *msg = NULL;
+    if (bytes <= SMALL_BLOCK) {
+        pthread_mutex_lock(&ch->spare_lock);
+        msg = lja_spare_pop(&ch->spare);
+        pthread_mutex_unlock(&ch->spare_lock);
+    }
+    if (!msg && !(msg = malloc(bytes <= SMALL_BLOCK ? SMALL_BLOCK : bytes)))
+        return NULL;
+    msg->home = bytes <= SMALL_BLOCK ? ch : NULL;
     msg->len = len;
     msg->nobjs = nobjs;
     msg->data = (char *)(msg->objs + nobjs);
@@ -145,6 +161,7 @@ static void fill(lja_msg *msg, const char *data, size_t len, void *const *objs, 
         memcpy(msg->objs, objs, (size_t)nobjs * sizeof(void *));
     if (len)
         memcpy(msg->data, data, len);
+    return msg;
 }
 
 const char *lja_msg_data(lja_msg *msg, size_t *len)
@@ -153,16 +170,39 @@ const char *lja_msg_data(lja_msg *msg, size_t *len)
     return msg->data;
 }
 
-static struct slot *slot_at(lja_channel *ch, size_t pos)
+static struct ring *ring_new(size_t size)
 {
-    return &ch->slots[pos % ch->size];
+    struct ring *r = aligned_alloc(64, sizeof *r + size * sizeof(struct slot));
+    if (r) {
+        r->size = size;
+        r->older = NULL;
+    }
+    return r;
+}
+
+static struct slot *slot_at(struct ring *r, size_t pos)
+{
+    return &r->slots[pos % r->size];
+}
+
+/* While a grow has the ring frozen, it holds the lock: wait for it there
+ * (never called with the lock held: nobody who holds it sees a freeze). */
+static void wait_growth(lja_channel *ch)
+{
+    pthread_mutex_lock(&ch->lock);
+    pthread_mutex_unlock(&ch->lock);
 }
 
 /* Messages queued (also those a sender is still putting in). */
 static int64_t length(lja_channel *ch)
 {
-    size_t head = atomic_load(&ch->head);   /* first: tail only grows */
-    return (int64_t)((atomic_load(&ch->tail) & ~CLOSED_BIT) - head);
+    for (;;) {
+        size_t head = atomic_load(&ch->head), tail = atomic_load(&ch->tail);   /* head first: tail only grows */
+        if ((head | tail) & FROZEN_BIT)
+            wait_growth(ch);
+        else if (atomic_load(&ch->head) == head)   /* no growth moved it since */
+            return (int64_t)((tail & ~CLOSED_BIT) - head);
+    }
 }
 
 /* Closed and drained: recv returns LJA_ECLOSED.  closed is set after
@@ -175,18 +215,14 @@ static int finished(lja_channel *ch)
 static void channel_destroy(void *obj)
 {
     lja_channel *ch = obj;
-    lja_fifo_concat(&ch->out, &ch->in);
-    for (lja_msg *m = ch->out.head, *next; m; m = next) {
-        next = m->next;
-        release_objects(m);
-        free(m);
-    }
-    if (ch->slots) {
-        size_t tail = atomic_load(&ch->tail) & ~CLOSED_BIT;
-        for (size_t pos = atomic_load(&ch->head); pos != tail; pos++)
-            if (slot_at(ch, pos)->len == MSG_IN_SLOT)
-                lja_msg_free(slot_at(ch, pos)->u.msg);
-        free(ch->slots);
+    struct ring *r = atomic_load(&ch->ring);
+    size_t tail = atomic_load(&ch->tail) & ~CLOSED_BIT;
+    for (size_t pos = atomic_load(&ch->head); r && pos != tail; pos++)
+        if (slot_at(r, pos)->len == MSG_IN_SLOT)
+            lja_msg_free(slot_at(r, pos)->u.msg);
+    for (struct ring *older; r; r = older) {
+        older = r->older;
+        free(r);
     }
     lja_spare_free_all(&ch->spare);
     for (struct fd_watch *w = ch->watches, *next; w; w = next) {
@@ -196,8 +232,7 @@ static void channel_destroy(void *obj)
     pthread_cond_destroy(&ch->not_empty);
     pthread_cond_destroy(&ch->not_full);
     pthread_mutex_destroy(&ch->lock);
-    pthread_mutex_destroy(&ch->head_lock);
-    pthread_mutex_destroy(&ch->tail_lock);
+    pthread_mutex_destroy(&ch->spare_lock);
     free(ch);
 }
 
@@ -210,7 +245,7 @@ lja_channel *lja_channel_new(int64_t capacity)
     if (!ch)
         return NULL;
     memset(ch, 0, bytes);
-    ch->capacity = capacity;
+    ch->limit = capacity ? (size_t)capacity : SIZE_MAX;
     atomic_init(&ch->tail, 0);
     atomic_init(&ch->head, 0);
     atomic_init(&ch->recv_waiters, 0);
@@ -227,18 +262,14 @@ lja_channel *lja_channel_new(int64_t capacity)
     pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_ADAPTIVE_NP);
 #endif
     pthread_mutex_init(&ch->lock, &attr);
-    pthread_mutex_init(&ch->head_lock, &attr);
-    pthread_mutex_init(&ch->tail_lock, &attr);
+    pthread_mutex_init(&ch->spare_lock, &attr);
     pthread_mutexattr_destroy(&attr);
-    int ok = lja_cond_init(&ch->not_empty) == LJA_OK && lja_cond_init(&ch->not_full) == LJA_OK;
-    if (ok && capacity >= 2 && capacity <= RING_MAX) {
-        ch->size = (size_t)capacity;
-        ch->slots = aligned_alloc(64, ch->size * sizeof(struct slot));
-        ok = ch->slots != NULL;
-        for (size_t i = 0; ok && i < ch->size; i++)
-            atomic_init(&ch->slots[i].seq, i);
-    }
-    if (!ok || lja_object_init(&ch->hdr, LJA_KIND_CHANNEL, channel_destroy) != LJA_OK) {
+    struct ring *r = ring_new(capacity && capacity <= RING_MAX ? (size_t)capacity : RING_FIRST);
+    for (size_t i = 0; r && i < r->size; i++)
+        atomic_init(&r->slots[i].seq, 2 * i);
+    atomic_init(&ch->ring, r);
+    if (!r || lja_cond_init(&ch->not_empty) != LJA_OK || lja_cond_init(&ch->not_full) != LJA_OK ||
+        lja_object_init(&ch->hdr, LJA_KIND_CHANNEL, channel_destroy) != LJA_OK) {
         channel_destroy(ch);
         return NULL;
     }
@@ -325,38 +356,29 @@ struct parcel {
     lja_msg *msg;
 };
 
-/* Queues p: LJA_OK, LJA_EAGAIN (full) or LJA_ECLOSED. */
+/* Queues p: LJA_OK, LJA_EAGAIN (the ring is full) or LJA_ECLOSED. */
 static int push(lja_channel *ch, const struct parcel *p)
 {
-    if (!ch->slots) {
-        int rc = LJA_OK;
-        pthread_mutex_lock(&ch->tail_lock);
-        size_t t = atomic_load(&ch->tail);
-        if (t & CLOSED_BIT)
-            rc = LJA_ECLOSED;
-        else if (ch->capacity && (int64_t)(t - atomic_load(&ch->head)) >= ch->capacity)
-            rc = LJA_EAGAIN;
-        else if (!atomic_compare_exchange_strong(&ch->tail, &t, t + 1))
-            rc = LJA_ECLOSED;   /* only close changes tail outside tail_lock */
-        else
-            lja_fifo_push(&ch->in, p->msg);
-        pthread_mutex_unlock(&ch->tail_lock);
-        return rc;
-    }
-    size_t pos = atomic_load_explicit(&ch->tail, memory_order_relaxed);
+    size_t pos = atomic_load_explicit(&ch->tail, memory_order_acquire);
     struct slot *s;
     for (;;) {
         if (pos & CLOSED_BIT)
             return LJA_ECLOSED;
-        s = slot_at(ch, pos);
-        intptr_t d = (intptr_t)(atomic_load_explicit(&s->seq, memory_order_acquire) - pos);
-        if (d == 0 && atomic_compare_exchange_weak_explicit(&ch->tail, &pos, pos + 1, memory_order_relaxed,
-                                                             memory_order_relaxed))
+        if (pos & FROZEN_BIT) {
+            wait_growth(ch);
+            pos = atomic_load_explicit(&ch->tail, memory_order_acquire);
+            continue;
+        }
+        /* The ring that pos counts in: the grower publishes a new one before it moves tail. */
+        s = slot_at(atomic_load_explicit(&ch->ring, memory_order_relaxed), pos);
+        intptr_t d = (intptr_t)(atomic_load_explicit(&s->seq, memory_order_acquire) - 2 * pos);
+        if (d == 0 && atomic_compare_exchange_weak_explicit(&ch->tail, &pos, pos + 1, memory_order_acquire,
+                                                             memory_order_acquire))
             break;
         if (d < 0)
             return LJA_EAGAIN;   /* the slot still holds the message of pos - size */
         if (d > 0)
-            pos = atomic_load_explicit(&ch->tail, memory_order_relaxed);
+            pos = atomic_load_explicit(&ch->tail, memory_order_acquire);
     }
     if (p->msg) {
         s->len = MSG_IN_SLOT;
@@ -365,7 +387,7 @@ static int push(lja_channel *ch, const struct parcel *p)
         s->len = p->len;
         memcpy(s->u.data, p->data, p->len);
     }
-    atomic_store_explicit(&s->seq, pos + 1, memory_order_release);
+    atomic_store_explicit(&s->seq, 2 * pos + 1, memory_order_release);
     return LJA_OK;
 }
 
@@ -373,30 +395,25 @@ static int push(lja_channel *ch, const struct parcel *p)
  * to buf and *len set; 0 if there is none. */
 static int pop(lja_channel *ch, lja_msg **msg, char *buf, size_t *len)
 {
-    if (!ch->slots) {
-        pthread_mutex_lock(&ch->head_lock);
-        if (!ch->out.head) {
-            pthread_mutex_lock(&ch->tail_lock);
-            lja_fifo_concat(&ch->out, &ch->in);
-            pthread_mutex_unlock(&ch->tail_lock);
-        }
-        if ((*msg = lja_fifo_shift(&ch->out)))
-            atomic_fetch_add(&ch->head, 1);
-        pthread_mutex_unlock(&ch->head_lock);
-        return *msg != NULL;
-    }
-    size_t pos = atomic_load_explicit(&ch->head, memory_order_relaxed);
+    size_t pos = atomic_load_explicit(&ch->head, memory_order_acquire), size;
     struct slot *s;
     for (;;) {
-        s = slot_at(ch, pos);
-        intptr_t d = (intptr_t)(atomic_load_explicit(&s->seq, memory_order_acquire) - (pos + 1));
-        if (d == 0 && atomic_compare_exchange_weak_explicit(&ch->head, &pos, pos + 1, memory_order_relaxed,
-                                                             memory_order_relaxed))
+        if (pos & FROZEN_BIT) {
+            wait_growth(ch);
+            pos = atomic_load_explicit(&ch->head, memory_order_acquire);
+            continue;
+        }
+        struct ring *r = atomic_load_explicit(&ch->ring, memory_order_relaxed);
+        size = r->size;
+        s = slot_at(r, pos);
+        intptr_t d = (intptr_t)(atomic_load_explicit(&s->seq, memory_order_acquire) - (2 * pos + 1));
+        if (d == 0 && atomic_compare_exchange_weak_explicit(&ch->head, &pos, pos + 1, memory_order_acquire,
+                                                             memory_order_acquire))
             break;
         if (d < 0)
             return 0;   /* empty, or its sender is still copying */
         if (d > 0)
-            pos = atomic_load_explicit(&ch->head, memory_order_relaxed);
+            pos = atomic_load_explicit(&ch->head, memory_order_acquire);
     }
     if (s->len == MSG_IN_SLOT) {
         *msg = s->u.msg;
@@ -405,20 +422,59 @@ static int pop(lja_channel *ch, lja_msg **msg, char *buf, size_t *len)
         *len = s->len;
         memcpy(buf, s->u.data, s->len);
     }
-    atomic_store_explicit(&s->seq, pos + ch->size, memory_order_release);
+    atomic_store_explicit(&s->seq, 2 * (pos + size), memory_order_release);
     return 1;
 }
 
-/* Whether the channel has a message (room: room for one).  On a ring this
- * reads the slot where that end goes next, not the other end's count: a
- * spinning receiver then leaves the senders' line alone (and a sender the
+static int can_grow(lja_channel *ch)
+{
+    return atomic_load_explicit(&ch->ring, memory_order_relaxed)->size < ch->limit;
+}
+
+/* With ch->lock held, by a sender that found the ring full (so not closed:
+ * close takes the lock) and below its limit: moves the messages to a ring
+ * twice as large (at most the limit), as the top of this file says. */
+static int grow(lja_channel *ch)
+{
+    struct ring *old = atomic_load_explicit(&ch->ring, memory_order_relaxed);
+    size_t size = old->size < ch->limit / 2 ? old->size * 2 : ch->limit;
+    struct ring *r = ring_new(size);
+    if (!r)
+        return LJA_ENOMEM;
+    size_t tail = atomic_fetch_or(&ch->tail, FROZEN_BIT), head = atomic_fetch_or(&ch->head, FROZEN_BIT);
+    /* Those that claimed a slot before the freeze finish with it: a sender
+     * fills it, a receiver frees it. */
+    for (size_t pos = tail - old->size; pos != tail; pos++) {
+        size_t done = pos - head < tail - head ? 2 * pos + 1 : 2 * (pos + old->size);
+        while (atomic_load_explicit(&slot_at(old, pos)->seq, memory_order_acquire) != done)
+            lja_cpu_relax();
+    }
+    for (size_t pos = head; pos != head + size; pos++) {   /* each new slot once */
+        struct slot *s = slot_at(r, pos + size), *o = slot_at(old, pos);
+        int full = pos - head < tail - head;
+        if (full) {
+            s->len = o->len;
+            s->u = o->u;
+        }
+        atomic_init(&s->seq, 2 * (pos + size) + full);
+    }
+    r->older = old;
+    atomic_store_explicit(&ch->ring, r, memory_order_relaxed);
+    atomic_store_explicit(&ch->head, head + size, memory_order_release);
+    atomic_store_explicit(&ch->tail, tail + size, memory_order_release);
+    return LJA_OK;
+}
+
+/* Whether the channel has a message (room: room for one).  This reads the
+ * slot where that end goes next, not the other end's count: a spinning
+ * receiver then leaves the senders' line alone (and a sender the
  * receivers'), and reads the slot it would fetch anyway. */
 static int ready(lja_channel *ch, int room)
 {
-    if (!ch->slots)
-        return room ? length(ch) < ch->capacity : length(ch) > 0;
-    size_t pos = atomic_load_explicit(room ? &ch->tail : &ch->head, memory_order_relaxed) & ~CLOSED_BIT;
-    return atomic_load_explicit(&slot_at(ch, pos)->seq, memory_order_relaxed) == (room ? pos : pos + 1);
+    size_t pos = atomic_load_explicit(room ? &ch->tail : &ch->head, memory_order_acquire) &
+                 ~(CLOSED_BIT | FROZEN_BIT);
+    struct slot *s = slot_at(atomic_load_explicit(&ch->ring, memory_order_relaxed), pos);
+    return atomic_load_explicit(&s->seq, memory_order_relaxed) == 2 * pos + !room;
 }
 
 /* What a spinning sender (room) or receiver waits for: the channel ready
@@ -434,24 +490,23 @@ static int can_recv(void *ch)
     return ready(ch, 0) || atomic_load(&((lja_channel *)ch)->closed) || lja_thread_poll();
 }
 
-/* The spin before a wait, as long as spinning pays (internal.h). */
-static void spin_until_ready(lja_channel *ch, int room)
-{
-    if (room)
-        lja_spin_until(&ch->send_spin, can_send, ch);
-    else
-        lja_spin_until(&ch->recv_spin, can_recv, ch);
-}
-
-/* The waiting part of send: with ch->lock held, sleeps on not_full until p
- * goes in, the channel closes or the timeout passes. */
+/* The waiting part of send: with ch->lock held, grows the ring or sleeps
+ * on not_full until p goes in, the channel closes or the timeout passes. */
 static int wait_push(lja_channel *ch, const struct parcel *p, double timeout)
 {
     struct timespec deadline;
     int have = 0, rc, waited = LJA_OK;
     atomic_fetch_add(&ch->send_waiters, 1);
-    while ((rc = push(ch, p)) == LJA_EAGAIN && waited == LJA_OK)
-        waited = lja_wait_timeout(&ch->not_full, &ch->lock, timeout, &deadline, &have);
+    while ((rc = push(ch, p)) == LJA_EAGAIN) {
+        if (can_grow(ch)) {
+            if ((rc = grow(ch)) != LJA_OK)
+                break;
+        } else if (waited != LJA_OK) {
+            break;
+        } else {
+            waited = lja_wait_timeout(&ch->not_full, &ch->lock, timeout, &deadline, &have);
+        }
+    }
     atomic_fetch_sub(&ch->send_waiters, 1);
     return rc;
 }
@@ -462,30 +517,17 @@ int lja_channel_send(lja_channel *ch, const char *data, size_t len, void *const 
     if (nobjs < 0 || (nobjs > 0 && !objs))
         return LJA_EINVAL;
     struct parcel p = {data, len, NULL};
-    int ring = ch->slots != NULL;
-    if (!ring || nobjs || len > LJA_MSG_INLINE) {
-        int small = !ring && is_small(len, nobjs);
-        if (small) {
-            pthread_mutex_lock(&ch->tail_lock);
-            p.msg = lja_spare_pop(&ch->spare);
-            pthread_mutex_unlock(&ch->tail_lock);
-        }
-        if (!p.msg)
-            p.msg = malloc(small ? SMALL_BLOCK : sizeof *p.msg + (size_t)nobjs * sizeof(void *) + len);
-        if (!p.msg) {
-            for (int i = 0; i < nobjs; i++)   /* not sent: its references go (ljasync.h) */
-                lja_object_release(objs[i]);
-            return LJA_ENOMEM;
-        }
-        p.msg->home = small ? ch : NULL;
-        fill(p.msg, data, len, objs, nobjs);
+    if ((nobjs || len > LJA_MSG_INLINE) && !(p.msg = msg_new(ch, data, len, objs, nobjs))) {
+        for (int i = 0; i < nobjs; i++)   /* not sent: its references go (ljasync.h) */
+            lja_object_release(objs[i]);
+        return LJA_ENOMEM;
     }
     int rc = push(ch, &p);
-    if (rc == LJA_EAGAIN && timeout != 0) {
-        spin_until_ready(ch, 1);
+    if (rc == LJA_EAGAIN && timeout != 0 && !can_grow(ch)) {
+        lja_spin_until(&ch->send_spin, can_send, ch);
         rc = push(ch, &p);
     }
-    if (rc == LJA_EAGAIN && timeout != 0) {
+    if (rc == LJA_EAGAIN && (timeout != 0 || can_grow(ch))) {
         pthread_mutex_lock(&ch->lock);
         rc = wait_push(ch, &p, timeout);
         pthread_mutex_unlock(&ch->lock);
@@ -517,7 +559,7 @@ int lja_channel_recv_into(lja_channel *ch, lja_msg **msg, char *buf, size_t *len
     *msg = NULL;
     int got = pop(ch, msg, buf, len);   /* ch->lock only to wait */
     if (!got && timeout != 0) {
-        spin_until_ready(ch, 0);
+        lja_spin_until(&ch->recv_spin, can_recv, ch);
         got = pop(ch, msg, buf, len);
     }
     if (!got && timeout != 0) {
@@ -538,20 +580,16 @@ int lja_channel_recv_into(lja_channel *ch, lja_msg **msg, char *buf, size_t *len
 int lja_channel_recv(lja_channel *ch, lja_msg **msg, double timeout)
 {
     *msg = NULL;
-    if (!ch->slots)   /* a list holds every message as an lja_msg */
-        return lja_channel_recv_into(ch, msg, NULL, NULL, timeout);
-    lja_msg *block = malloc(sizeof *block + LJA_MSG_INLINE);
+    lja_msg *block = msg_new(ch, NULL, 0, NULL, 0);   /* a small block: room for LJA_MSG_INLINE */
     if (!block)
         return LJA_ENOMEM;
-    char buf[LJA_MSG_INLINE];
     size_t len = 0;
-    int rc = lja_channel_recv_into(ch, msg, buf, &len, timeout);
+    int rc = lja_channel_recv_into(ch, msg, block->data, &len, timeout);
     if (rc == LJA_OK && !*msg) {
-        block->home = NULL;
-        fill(block, buf, len, NULL, 0);
+        block->len = len;
         *msg = block;
     } else {
-        free(block);
+        lja_msg_free(block);
     }
     return rc;
 }
