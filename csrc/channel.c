@@ -295,27 +295,17 @@ static void notify_watches(lja_channel *ch)
 }
 
 /* After a message went in (no lock held): wake a receiver, the selects and
- * the watches, if any. */
-static void after_push(lja_channel *ch)
+ * the watches, if any; after one came out (room), a sender waiting for room. */
+static void after(lja_channel *ch, int room)
 {
-    if (!atomic_fetch_add(&ch->recv_waiters, 0))
+    if (!atomic_fetch_add(room ? &ch->send_waiters : &ch->recv_waiters, 0))
         return;
     pthread_mutex_lock(&ch->lock);
-    pthread_cond_signal(&ch->not_empty);
-    if (ch->selectors)
+    pthread_cond_signal(room ? &ch->not_full : &ch->not_empty);
+    if (!room) {
         notify_selectors(ch);
-    if (ch->watches)
         notify_watches(ch);
-    pthread_mutex_unlock(&ch->lock);
-}
-
-/* After a message came out (no lock held): wake a sender waiting for room. */
-static void after_pop(lja_channel *ch)
-{
-    if (!atomic_fetch_add(&ch->send_waiters, 0))
-        return;
-    pthread_mutex_lock(&ch->lock);
-    pthread_cond_signal(&ch->not_full);
+    }
     pthread_mutex_unlock(&ch->lock);
 }
 
@@ -349,15 +339,18 @@ int lja_channel_watch_fd(lja_channel *ch, int fd, int on)
     return rc;
 }
 
-/* What a sender queues: the bytes inline in a slot, or msg. */
-struct parcel {
+/* One end's operation: a send (room) of the bytes inline or of msg, or a
+ * receive of msg or (then NULL) of the bytes copied to buf and *len. */
+struct op {
+    int room;
     const char *data;
-    size_t len;
-    lja_msg *msg;
+    size_t *len;
+    char *buf;
+    lja_msg **msg;
 };
 
-/* Queues p: LJA_OK, LJA_EAGAIN (the ring is full) or LJA_ECLOSED. */
-static int push(lja_channel *ch, const struct parcel *p)
+/* Queues o's message: LJA_OK, LJA_EAGAIN (the ring is full) or LJA_ECLOSED. */
+static int push(lja_channel *ch, const struct op *o)
 {
     size_t pos = atomic_load_explicit(&ch->tail, memory_order_acquire);
     struct slot *s;
@@ -380,20 +373,19 @@ static int push(lja_channel *ch, const struct parcel *p)
         if (d > 0)
             pos = atomic_load_explicit(&ch->tail, memory_order_acquire);
     }
-    if (p->msg) {
+    if (*o->msg) {
         s->len = MSG_IN_SLOT;
-        s->u.msg = p->msg;
+        s->u.msg = *o->msg;
     } else {
-        s->len = p->len;
-        memcpy(s->u.data, p->data, p->len);
+        s->len = *o->len;
+        memcpy(s->u.data, o->data, *o->len);
     }
     atomic_store_explicit(&s->seq, 2 * pos + 1, memory_order_release);
     return LJA_OK;
 }
 
-/* Takes the first message: 1, with *msg set or (msg NULL) the bytes copied
- * to buf and *len set; 0 if there is none. */
-static int pop(lja_channel *ch, lja_msg **msg, char *buf, size_t *len)
+/* Takes the first message into o: 1, or 0 if there is none. */
+static int pop(lja_channel *ch, const struct op *o)
 {
     size_t pos = atomic_load_explicit(&ch->head, memory_order_acquire), size;
     struct slot *s;
@@ -416,14 +408,23 @@ static int pop(lja_channel *ch, lja_msg **msg, char *buf, size_t *len)
             pos = atomic_load_explicit(&ch->head, memory_order_acquire);
     }
     if (s->len == MSG_IN_SLOT) {
-        *msg = s->u.msg;
+        *o->msg = s->u.msg;
     } else {
-        *msg = NULL;
-        *len = s->len;
-        memcpy(buf, s->u.data, s->len);
+        *o->msg = NULL;
+        *o->len = s->len;
+        memcpy(o->buf, s->u.data, s->len);
     }
     atomic_store_explicit(&s->seq, 2 * (pos + size), memory_order_release);
     return 1;
+}
+
+/* Tries o once: LJA_OK, LJA_EAGAIN, or LJA_ECLOSED (a send on a closed
+ * channel, a receive on a closed and drained one). */
+static int try_op(lja_channel *ch, const struct op *o)
+{
+    if (o->room)
+        return push(ch, o);
+    return pop(ch, o) ? LJA_OK : finished(ch) ? LJA_ECLOSED : LJA_EAGAIN;
 }
 
 static int can_grow(lja_channel *ch)
@@ -490,25 +491,40 @@ static int can_recv(void *ch)
     return ready(ch, 0) || atomic_load(&((lja_channel *)ch)->closed) || lja_thread_poll();
 }
 
-/* The waiting part of send: with ch->lock held, grows the ring or sleeps
- * on not_full until p goes in, the channel closes or the timeout passes. */
-static int wait_push(lja_channel *ch, const struct parcel *p, double timeout)
+/* Does o: tries it, spins while spinning pays (internal.h), then waits
+ * under the lock, growing the ring when a sender finds it full below its
+ * limit or sleeping until o is done, the channel closes or the timeout
+ * passes.  Returns try_op's code, LJA_ETIMEDOUT for LJA_EAGAIN. */
+static int run(lja_channel *ch, const struct op *o, double timeout)
 {
-    struct timespec deadline;
-    int have = 0, rc, waited = LJA_OK;
-    atomic_fetch_add(&ch->send_waiters, 1);
-    while ((rc = push(ch, p)) == LJA_EAGAIN) {
-        if (can_grow(ch)) {
-            if ((rc = grow(ch)) != LJA_OK)
-                break;
-        } else if (waited != LJA_OK) {
-            break;
-        } else {
-            waited = lja_wait_timeout(&ch->not_full, &ch->lock, timeout, &deadline, &have);
-        }
+    int rc = try_op(ch, o);
+    if (rc == LJA_EAGAIN && timeout != 0 && !(o->room && can_grow(ch))) {
+        lja_spin_until(o->room ? &ch->send_spin : &ch->recv_spin, o->room ? can_send : can_recv, ch);
+        rc = try_op(ch, o);
     }
-    atomic_fetch_sub(&ch->send_waiters, 1);
-    return rc;
+    if (rc == LJA_EAGAIN && (timeout != 0 || (o->room && can_grow(ch)))) {
+        atomic_int *waiters = o->room ? &ch->send_waiters : &ch->recv_waiters;
+        struct timespec deadline;
+        int have = 0, waited = LJA_OK;
+        pthread_mutex_lock(&ch->lock);
+        atomic_fetch_add(waiters, 1);
+        while ((rc = try_op(ch, o)) == LJA_EAGAIN) {
+            if (o->room && can_grow(ch)) {
+                if ((rc = grow(ch)) != LJA_OK)
+                    break;
+            } else if (waited != LJA_OK) {
+                break;
+            } else {
+                waited = lja_wait_timeout(o->room ? &ch->not_full : &ch->not_empty, &ch->lock, timeout,
+                                          &deadline, &have);
+            }
+        }
+        atomic_fetch_sub(waiters, 1);
+        pthread_mutex_unlock(&ch->lock);
+    }
+    if (rc == LJA_OK)
+        after(ch, !o->room);
+    return rc == LJA_EAGAIN ? LJA_ETIMEDOUT : rc;
 }
 
 int lja_channel_send(lja_channel *ch, const char *data, size_t len, void *const *objs, int nobjs,
@@ -516,62 +532,22 @@ int lja_channel_send(lja_channel *ch, const char *data, size_t len, void *const 
 {
     if (nobjs < 0 || (nobjs > 0 && !objs))
         return LJA_EINVAL;
-    struct parcel p = {data, len, NULL};
-    if ((nobjs || len > LJA_MSG_INLINE) && !(p.msg = msg_new(ch, data, len, objs, nobjs))) {
+    lja_msg *msg = NULL;
+    if ((nobjs || len > LJA_MSG_INLINE) && !(msg = msg_new(ch, data, len, objs, nobjs))) {
         for (int i = 0; i < nobjs; i++)   /* not sent: its references go (ljasync.h) */
             lja_object_release(objs[i]);
         return LJA_ENOMEM;
     }
-    int rc = push(ch, &p);
-    if (rc == LJA_EAGAIN && timeout != 0 && !can_grow(ch)) {
-        lja_spin_until(&ch->send_spin, can_send, ch);
-        rc = push(ch, &p);
-    }
-    if (rc == LJA_EAGAIN && (timeout != 0 || can_grow(ch))) {
-        pthread_mutex_lock(&ch->lock);
-        rc = wait_push(ch, &p, timeout);
-        pthread_mutex_unlock(&ch->lock);
-    }
-    if (rc == LJA_OK) {
-        after_push(ch);
-        return LJA_OK;
-    }
-    lja_msg_free(p.msg);   /* not sent: its references go too */
-    return rc == LJA_EAGAIN ? LJA_ETIMEDOUT : rc;
-}
-
-/* The waiting part of recv: with ch->lock held, takes a message, sleeping
- * on not_empty until one comes, the channel is closed and drained or the
- * timeout passes.  Returns pop's result. */
-static int wait_pop(lja_channel *ch, lja_msg **msg, char *buf, size_t *len, double timeout)
-{
-    struct timespec deadline;
-    int have = 0, got, waited = LJA_OK;
-    atomic_fetch_add(&ch->recv_waiters, 1);
-    while (!(got = pop(ch, msg, buf, len)) && !finished(ch) && waited == LJA_OK)
-        waited = lja_wait_timeout(&ch->not_empty, &ch->lock, timeout, &deadline, &have);
-    atomic_fetch_sub(&ch->recv_waiters, 1);
-    return got;
+    int rc = run(ch, &(struct op){1, data, &len, NULL, &msg}, timeout);
+    if (rc != LJA_OK)
+        lja_msg_free(msg);   /* not sent: its references go too */
+    return rc;
 }
 
 int lja_channel_recv_into(lja_channel *ch, lja_msg **msg, char *buf, size_t *len, double timeout)
 {
     *msg = NULL;
-    int got = pop(ch, msg, buf, len);   /* ch->lock only to wait */
-    if (!got && timeout != 0) {
-        lja_spin_until(&ch->recv_spin, can_recv, ch);
-        got = pop(ch, msg, buf, len);
-    }
-    if (!got && timeout != 0) {
-        pthread_mutex_lock(&ch->lock);
-        got = wait_pop(ch, msg, buf, len, timeout);
-        pthread_mutex_unlock(&ch->lock);
-    }
-    if (got) {
-        after_pop(ch);
-        return LJA_OK;
-    }
-    return finished(ch) ? LJA_ECLOSED : LJA_ETIMEDOUT;
+    return run(ch, &(struct op){0, NULL, len, buf, msg}, timeout);
 }
 
 /* For callers that want every message as an lja_msg: one whose bytes came
@@ -583,14 +559,11 @@ int lja_channel_recv(lja_channel *ch, lja_msg **msg, double timeout)
     lja_msg *block = msg_new(ch, NULL, 0, NULL, 0);   /* a small block: room for LJA_MSG_INLINE */
     if (!block)
         return LJA_ENOMEM;
-    size_t len = 0;
-    int rc = lja_channel_recv_into(ch, msg, block->data, &len, timeout);
-    if (rc == LJA_OK && !*msg) {
-        block->len = len;
+    int rc = lja_channel_recv_into(ch, msg, block->data, &block->len, timeout);
+    if (rc == LJA_OK && !*msg)
         *msg = block;
-    } else {
+    else
         lja_msg_free(block);
-    }
     return rc;
 }
 
@@ -611,21 +584,17 @@ int64_t lja_channel_len(lja_channel *ch)
     return length(ch);
 }
 
-/* Takes a message from the first ready channel: LJA_OK, or LJA_ECLOSED
- * for a closed and drained one; LJA_EAGAIN if none is ready. */
-static int take_ready(lja_channel *const *chs, int n, int *index, lja_msg **msg, char *buf, size_t *len)
+/* Takes a message from the first ready channel into o: LJA_OK, or
+ * LJA_ECLOSED for a closed and drained one; LJA_EAGAIN if none is ready. */
+static int take_ready(lja_channel *const *chs, int n, int *index, const struct op *o)
 {
     for (int i = 0; i < n; i++) {
-        lja_channel *ch = chs[i];
-        if (length(ch) == 0 && !atomic_load(&ch->closed))
-            continue;
-        int got = pop(ch, msg, buf, len);
-        if (got || finished(ch)) {
+        int rc = try_op(chs[i], o);
+        if (rc != LJA_EAGAIN) {
             *index = i;
-            if (!got)
-                return LJA_ECLOSED;
-            after_pop(ch);
-            return LJA_OK;
+            if (rc == LJA_OK)
+                after(chs[i], 1);
+            return rc;
         }
     }
     return LJA_EAGAIN;
@@ -659,7 +628,8 @@ int lja_channel_select(lja_channel *const *chs, int n, int *index, lja_msg **msg
     *index = -1;
     if (n < 1 || !chs)
         return LJA_EINVAL;
-    int rc = take_ready(chs, n, index, msg, buf, len);
+    const struct op o = {0, NULL, len, buf, msg};
+    int rc = take_ready(chs, n, index, &o);
     if (rc != LJA_EAGAIN)
         return rc;
     if (timeout == 0)
@@ -674,7 +644,7 @@ int lja_channel_select(lja_channel *const *chs, int n, int *index, lja_msg **msg
     struct timespec deadline;
     int have = 0, waited = LJA_OK;
     watch(chs, n, links, &sel, 1);
-    while ((rc = take_ready(chs, n, index, msg, buf, len)) == LJA_EAGAIN && waited == LJA_OK) {
+    while ((rc = take_ready(chs, n, index, &o)) == LJA_EAGAIN && waited == LJA_OK) {
         pthread_mutex_lock(&sel.lock);
         while (!sel.signaled && waited == LJA_OK)
             waited = lja_wait_timeout(&sel.ready, &sel.lock, timeout, &deadline, &have);
@@ -683,7 +653,7 @@ int lja_channel_select(lja_channel *const *chs, int n, int *index, lja_msg **msg
     }
     watch(chs, n, links, &sel, 0);
     if (rc == LJA_EAGAIN)
-        rc = take_ready(chs, n, index, msg, buf, len);
+        rc = take_ready(chs, n, index, &o);
     pthread_cond_destroy(&sel.ready);
     pthread_mutex_destroy(&sel.lock);
     free(links);
