@@ -85,16 +85,13 @@ struct selector {
     int signaled;
 };
 
-struct selector_link {
-    struct selector *sel;
-    struct selector_link *next;
-};
-
-/* An eventfd signaled at every send and at close (lja_channel_watch_fd):
- * how an event loop (lj-async.asio) waits on a channel without a thread. */
-struct fd_watch {
+/* Who hears of every send and of the close, besides the receivers asleep:
+ * a select in progress (sel), or an eventfd (lja_channel_watch_fd: how an
+ * event loop, lj-async.asio, waits on a channel without a thread). */
+struct watcher {
+    struct watcher *next;
+    struct selector *sel;   /* NULL: fd */
     int fd;
-    struct fd_watch *next;
 };
 
 struct lja_channel {
@@ -116,11 +113,10 @@ struct lja_channel {
     _Alignas(64) atomic_size_t head;
     atomic_int send_waiters;
     lja_spin recv_spin;          /* receivers' on an empty channel */
-    _Alignas(64) pthread_mutex_t lock;   /* the waits, growth, selectors and watches */
+    _Alignas(64) pthread_mutex_t lock;   /* the waits, growth and watchers */
     pthread_cond_t not_empty, not_full;
     atomic_int closed;
-    struct selector_link *selectors;
-    struct fd_watch *watches;
+    struct watcher *watchers;
     pthread_mutex_t spare_lock;  /* spare's pops */
     lja_spare_stack spare;       /* recycled small blocks */
 };
@@ -198,7 +194,7 @@ static void wait_growth(lja_channel *ch)
 }
 
 /* Messages queued (also those a sender is still putting in). */
-static int64_t length(lja_channel *ch)
+int64_t lja_channel_len(lja_channel *ch)
 {
     for (;;) {
         size_t head = atomic_load(&ch->head), tail = atomic_load(&ch->tail);   /* head first: tail only grows */
@@ -207,13 +203,6 @@ static int64_t length(lja_channel *ch)
         else if (atomic_load(&ch->head) == head)   /* no growth moved it since */
             return (int64_t)((tail & ~CLOSED_BIT) - head);
     }
-}
-
-/* Closed and drained: recv returns LJA_ECLOSED.  closed is set after
- * CLOSED_BIT, so the length read after it counts every message. */
-static int finished(lja_channel *ch)
-{
-    return atomic_load(&ch->closed) && length(ch) == 0;
 }
 
 static void channel_destroy(void *obj)
@@ -229,7 +218,7 @@ static void channel_destroy(void *obj)
         free(r);
     }
     lja_spare_free_all(&ch->spare);
-    for (struct fd_watch *w = ch->watches, *next; w; w = next) {
+    for (struct watcher *w = ch->watchers, *next; w; w = next) {   /* eventfds: selects are gone */
         next = w->next;
         free(w);
     }
@@ -280,22 +269,41 @@ lja_channel *lja_channel_new(int64_t capacity)
     return ch;
 }
 
-/* Wake selects waiting on ch; called with ch->lock held. */
-static void notify_selectors(lja_channel *ch)
+/* Wake the watchers; called with ch->lock held. */
+static void notify_watchers(lja_channel *ch)
 {
-    for (struct selector_link *l = ch->selectors; l; l = l->next) {
-        pthread_mutex_lock(&l->sel->lock);
-        l->sel->signaled = 1;
-        pthread_cond_signal(&l->sel->ready);
-        pthread_mutex_unlock(&l->sel->lock);
+    for (struct watcher *w = ch->watchers; w; w = w->next) {
+        if (!w->sel) {
+            eventfd_write(w->fd, 1);
+            continue;
+        }
+        pthread_mutex_lock(&w->sel->lock);
+        w->sel->signaled = 1;
+        pthread_cond_signal(&w->sel->ready);
+        pthread_mutex_unlock(&w->sel->lock);
     }
 }
 
-/* Signal the watching eventfds; called with ch->lock held. */
-static void notify_watches(lja_channel *ch)
+/* Where w is among ch's watchers (for an fd: the one with w's fd), or
+ * would go at the end (the link is NULL); called with ch->lock held. */
+static struct watcher **find_watcher(lja_channel *ch, const struct watcher *w)
 {
-    for (struct fd_watch *w = ch->watches; w; w = w->next)
-        eventfd_write(w->fd, 1);
+    struct watcher **p = &ch->watchers;
+    while (*p && *p != w && ((*p)->sel || w->sel || (*p)->fd != w->fd))
+        p = &(*p)->next;
+    return p;
+}
+
+/* Puts w at *p (on), or takes *p out; called with ch->lock held. */
+static void link_watcher(lja_channel *ch, struct watcher **p, struct watcher *w, int on)
+{
+    if (on) {
+        w->next = NULL;
+        *p = w;
+    } else {
+        *p = (*p)->next;
+    }
+    atomic_fetch_add(&ch->recv_waiters, on ? 1 : -1);
 }
 
 /* After a message went in (no lock held): wake a receiver, the selects and
@@ -306,10 +314,8 @@ HOT void after(lja_channel *ch, int room)
         return;
     pthread_mutex_lock(&ch->lock);
     pthread_cond_signal(room ? &ch->not_full : &ch->not_empty);
-    if (!room) {
-        notify_selectors(ch);
-        notify_watches(ch);
-    }
+    if (!room)
+        notify_watchers(ch);
     pthread_mutex_unlock(&ch->lock);
 }
 
@@ -317,26 +323,19 @@ int lja_channel_watch_fd(lja_channel *ch, int fd, int on)
 {
     if (fd < 0)
         return LJA_EINVAL;
-    struct fd_watch *w = NULL;
+    struct watcher like = {NULL, NULL, fd}, *w = NULL;
     if (on && !(w = malloc(sizeof *w)))
         return LJA_ENOMEM;
-    int rc = LJA_OK;
     pthread_mutex_lock(&ch->lock);
-    struct fd_watch **p = &ch->watches;
-    while (*p && (*p)->fd != fd)
-        p = &(*p)->next;
-    if (on && !*p) {
-        w->fd = fd;
-        w->next = NULL;
-        *p = w;
+    struct watcher **p = find_watcher(ch, &like);
+    int rc = !*p == !!on ? LJA_OK : on ? LJA_EBUSY : LJA_ENOTFOUND;
+    if (rc == LJA_OK && on) {
+        *w = like;
+        link_watcher(ch, p, w, 1);
         w = NULL;
-        atomic_fetch_add(&ch->recv_waiters, 1);
-    } else if (!on && *p) {
+    } else if (rc == LJA_OK) {
         w = *p;
-        *p = w->next;
-        atomic_fetch_sub(&ch->recv_waiters, 1);
-    } else {
-        rc = on ? LJA_EBUSY : LJA_ENOTFOUND;
+        link_watcher(ch, p, w, 0);
     }
     pthread_mutex_unlock(&ch->lock);
     free(w);
@@ -353,30 +352,43 @@ struct op {
     lja_msg **msg;
 };
 
+/* Claims the next slot at `end` (tail: a sender's, want 0; head: a
+ * receiver's, want 1): the slot whose sequence number is 2 pos + want, with
+ * *pos and *size (its ring's) set.  NULL when the ring is full (empty), or
+ * for a sender on a closed channel (then *pos has CLOSED_BIT). */
+HOT struct slot *claim(lja_channel *ch, atomic_size_t *end, int want, size_t *pos, size_t *size)
+{
+    *pos = atomic_load_explicit(end, memory_order_acquire);
+    for (;;) {
+        if (*pos & CLOSED_BIT)
+            return NULL;
+        if (*pos & FROZEN_BIT) {
+            wait_growth(ch);
+            *pos = atomic_load_explicit(end, memory_order_acquire);
+            continue;
+        }
+        /* The ring that pos counts in: a grower publishes its new one before it moves the ends. */
+        struct ring *r = atomic_load_explicit(&ch->ring, memory_order_relaxed);
+        struct slot *s = slot_at(r, *pos);
+        intptr_t d = (intptr_t)(atomic_load_explicit(&s->seq, memory_order_acquire) - (2 * *pos + want));
+        *size = r->size;
+        if (d == 0 && atomic_compare_exchange_weak_explicit(end, pos, *pos + 1, memory_order_acquire,
+                                                             memory_order_acquire))
+            return s;
+        if (d < 0)
+            return NULL;   /* a sender: the slot holds message pos - size; a receiver: not yet filled */
+        if (d > 0)
+            *pos = atomic_load_explicit(end, memory_order_acquire);
+    }
+}
+
 /* Queues o's message: LJA_OK, LJA_EAGAIN (the ring is full) or LJA_ECLOSED. */
 HOT int push(lja_channel *ch, const struct op *o)
 {
-    size_t pos = atomic_load_explicit(&ch->tail, memory_order_acquire);
-    struct slot *s;
-    for (;;) {
-        if (pos & CLOSED_BIT)
-            return LJA_ECLOSED;
-        if (pos & FROZEN_BIT) {
-            wait_growth(ch);
-            pos = atomic_load_explicit(&ch->tail, memory_order_acquire);
-            continue;
-        }
-        /* The ring that pos counts in: the grower publishes a new one before it moves tail. */
-        s = slot_at(atomic_load_explicit(&ch->ring, memory_order_relaxed), pos);
-        intptr_t d = (intptr_t)(atomic_load_explicit(&s->seq, memory_order_acquire) - 2 * pos);
-        if (d == 0 && atomic_compare_exchange_weak_explicit(&ch->tail, &pos, pos + 1, memory_order_acquire,
-                                                             memory_order_acquire))
-            break;
-        if (d < 0)
-            return LJA_EAGAIN;   /* the slot still holds the message of pos - size */
-        if (d > 0)
-            pos = atomic_load_explicit(&ch->tail, memory_order_acquire);
-    }
+    size_t pos, size;
+    struct slot *s = claim(ch, &ch->tail, 0, &pos, &size);
+    if (!s)
+        return pos & CLOSED_BIT ? LJA_ECLOSED : LJA_EAGAIN;
     if (*o->msg) {
         s->len = MSG_IN_SLOT;
         s->u.msg = *o->msg;
@@ -391,26 +403,10 @@ HOT int push(lja_channel *ch, const struct op *o)
 /* Takes the first message into o: 1, or 0 if there is none. */
 HOT int pop(lja_channel *ch, const struct op *o)
 {
-    size_t pos = atomic_load_explicit(&ch->head, memory_order_acquire), size;
-    struct slot *s;
-    for (;;) {
-        if (pos & FROZEN_BIT) {
-            wait_growth(ch);
-            pos = atomic_load_explicit(&ch->head, memory_order_acquire);
-            continue;
-        }
-        struct ring *r = atomic_load_explicit(&ch->ring, memory_order_relaxed);
-        size = r->size;
-        s = slot_at(r, pos);
-        intptr_t d = (intptr_t)(atomic_load_explicit(&s->seq, memory_order_acquire) - (2 * pos + 1));
-        if (d == 0 && atomic_compare_exchange_weak_explicit(&ch->head, &pos, pos + 1, memory_order_acquire,
-                                                             memory_order_acquire))
-            break;
-        if (d < 0)
-            return 0;   /* empty, or its sender is still copying */
-        if (d > 0)
-            pos = atomic_load_explicit(&ch->head, memory_order_acquire);
-    }
+    size_t pos, size;
+    struct slot *s = claim(ch, &ch->head, 1, &pos, &size);
+    if (!s)
+        return 0;
     if (s->len == MSG_IN_SLOT) {
         *o->msg = s->u.msg;
     } else {
@@ -423,12 +419,15 @@ HOT int pop(lja_channel *ch, const struct op *o)
 }
 
 /* Tries o once: LJA_OK, LJA_EAGAIN, or LJA_ECLOSED (a send on a closed
- * channel, a receive on a closed and drained one). */
+ * channel, a receive on a closed and drained one: closed is set after
+ * CLOSED_BIT, so the length read after it counts every message). */
 HOT int try_op(lja_channel *ch, const struct op *o)
 {
     if (o->room)
         return push(ch, o);
-    return pop(ch, o) ? LJA_OK : finished(ch) ? LJA_ECLOSED : LJA_EAGAIN;
+    if (pop(ch, o))
+        return LJA_OK;
+    return atomic_load(&ch->closed) && lja_channel_len(ch) == 0 ? LJA_ECLOSED : LJA_EAGAIN;
 }
 
 static int can_grow(lja_channel *ch)
@@ -470,29 +469,28 @@ static int grow(lja_channel *ch)
     return LJA_OK;
 }
 
-/* Whether the channel has a message (room: room for one).  This reads the
- * slot where that end goes next, not the other end's count: a spinning
- * receiver then leaves the senders' line alone (and a sender the
- * receivers'), and reads the slot it would fetch anyway. */
+/* What a spinning sender (room) or receiver waits for: the slot where it
+ * goes next ready (not the other end's count: a spinning receiver then
+ * leaves the senders' line alone, and reads the slot it would fetch
+ * anyway), the channel closed, or a cancel or pause of the calling thread
+ * (the wait under the lock meets it). */
 static int ready(lja_channel *ch, int room)
 {
     size_t pos = atomic_load_explicit(room ? &ch->tail : &ch->head, memory_order_acquire) &
                  ~(CLOSED_BIT | FROZEN_BIT);
     struct slot *s = slot_at(atomic_load_explicit(&ch->ring, memory_order_relaxed), pos);
-    return atomic_load_explicit(&s->seq, memory_order_relaxed) == 2 * pos + !room;
+    return atomic_load_explicit(&s->seq, memory_order_relaxed) == 2 * pos + !room ||
+           atomic_load(&ch->closed) || lja_thread_poll();
 }
 
-/* What a spinning sender (room) or receiver waits for: the channel ready
- * (see ready) or closed, or a cancel or pause of the calling thread (the
- * wait under the lock meets it). */
 static int can_send(void *ch)
 {
-    return ready(ch, 1) || atomic_load(&((lja_channel *)ch)->closed) || lja_thread_poll();
+    return ready(ch, 1);
 }
 
 static int can_recv(void *ch)
 {
-    return ready(ch, 0) || atomic_load(&((lja_channel *)ch)->closed) || lja_thread_poll();
+    return ready(ch, 0);
 }
 
 /* Does o: tries it, spins while spinning pays (internal.h), then waits
@@ -551,18 +549,12 @@ int lja_channel_send(lja_channel *ch, const char *data, size_t len, void *const 
 void lja_channel_close(lja_channel *ch)
 {
     pthread_mutex_lock(&ch->lock);
-    atomic_fetch_or(&ch->tail, CLOSED_BIT);   /* before closed: see finished */
+    atomic_fetch_or(&ch->tail, CLOSED_BIT);   /* before closed: see try_op */
     atomic_store(&ch->closed, 1);
     pthread_cond_broadcast(&ch->not_empty);
     pthread_cond_broadcast(&ch->not_full);
-    notify_selectors(ch);
-    notify_watches(ch);
+    notify_watchers(ch);
     pthread_mutex_unlock(&ch->lock);
-}
-
-int64_t lja_channel_len(lja_channel *ch)
-{
-    return length(ch);
 }
 
 /* Takes a message from the first ready channel into o: LJA_OK, or
@@ -581,24 +573,13 @@ static int take_ready(lja_channel *const *chs, int n, int *index, const struct o
     return LJA_EAGAIN;
 }
 
-static void watch(lja_channel *const *chs, int n, struct selector_link *links, struct selector *sel, int on)
+/* Registers (on) or removes select's watchers, one on each channel. */
+static void watch(lja_channel *const *chs, int n, struct watcher *links, int on)
 {
     for (int i = 0; i < n; i++) {
-        lja_channel *ch = chs[i];
-        pthread_mutex_lock(&ch->lock);
-        if (on) {
-            links[i].sel = sel;
-            links[i].next = ch->selectors;
-            ch->selectors = &links[i];
-            atomic_fetch_add(&ch->recv_waiters, 1);
-        } else {
-            struct selector_link **p = &ch->selectors;
-            while (*p != &links[i])
-                p = &(*p)->next;
-            *p = links[i].next;
-            atomic_fetch_sub(&ch->recv_waiters, 1);
-        }
-        pthread_mutex_unlock(&ch->lock);
+        pthread_mutex_lock(&chs[i]->lock);
+        link_watcher(chs[i], find_watcher(chs[i], &links[i]), &links[i], on);
+        pthread_mutex_unlock(&chs[i]->lock);
     }
 }
 
@@ -611,7 +592,7 @@ static int select_op(lja_channel *const *chs, int n, int *index, const struct op
         return rc;
     if (timeout == 0)
         return LJA_ETIMEDOUT;
-    struct selector_link *links = calloc((size_t)n, sizeof *links);
+    struct watcher *links = malloc((size_t)n * sizeof *links);
     if (!links)
         return LJA_ENOMEM;
     struct selector sel;
@@ -620,7 +601,9 @@ static int select_op(lja_channel *const *chs, int n, int *index, const struct op
     sel.signaled = 0;
     struct timespec deadline;
     int have = 0, waited = LJA_OK;
-    watch(chs, n, links, &sel, 1);
+    for (int i = 0; i < n; i++)
+        links[i] = (struct watcher){NULL, &sel, -1};
+    watch(chs, n, links, 1);
     while ((rc = take_ready(chs, n, index, o)) == LJA_EAGAIN && waited == LJA_OK) {
         pthread_mutex_lock(&sel.lock);
         while (!sel.signaled && waited == LJA_OK)
@@ -628,7 +611,7 @@ static int select_op(lja_channel *const *chs, int n, int *index, const struct op
         sel.signaled = 0;
         pthread_mutex_unlock(&sel.lock);
     }
-    watch(chs, n, links, &sel, 0);
+    watch(chs, n, links, 0);
     if (rc == LJA_EAGAIN)
         rc = take_ready(chs, n, index, o);
     pthread_cond_destroy(&sel.ready);
