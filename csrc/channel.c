@@ -121,19 +121,14 @@ struct lja_channel {
     lja_spare_stack spare;       /* recycled small blocks */
 };
 
-static void release_objects(lja_msg *msg)
-{
-    for (int i = 0; i < msg->nobjs; i++)
-        lja_object_release(msg->objs[i]);
-}
-
 /* A message goes back to its channel: the caller must still hold a
  * reference to that channel (the Lua side frees inside recv). */
 void lja_msg_free(lja_msg *msg)
 {
     if (!msg)
         return;
-    release_objects(msg);
+    for (int i = 0; i < msg->nobjs; i++)
+        lja_object_release(msg->objs[i]);
     if (msg->home)
         lja_spare_push(&msg->home->spare, msg, SPARE_MAX);
     else
@@ -237,16 +232,10 @@ lja_channel *lja_channel_new(int64_t capacity)
     lja_channel *ch = aligned_alloc(64, bytes);
     if (!ch)
         return NULL;
-    memset(ch, 0, bytes);
+    memset(ch, 0, bytes);   /* every count, flag and list starts at zero */
     ch->limit = capacity ? (size_t)capacity : SIZE_MAX;
-    atomic_init(&ch->tail, 0);
-    atomic_init(&ch->head, 0);
-    atomic_init(&ch->recv_waiters, 0);
-    atomic_init(&ch->send_waiters, 0);
-    lja_spare_init(&ch->spare);
     lja_spin_init(&ch->send_spin);
     lja_spin_init(&ch->recv_spin);
-    atomic_init(&ch->closed, 0);
     /* Held for a few instructions at a time by both ends: an adaptive mutex
      * spins briefly instead of sleeping in the kernel under contention. */
     pthread_mutexattr_t attr;
@@ -342,9 +331,10 @@ int lja_channel_watch_fd(lja_channel *ch, int fd, int on)
     return rc;
 }
 
-/* One end's operation: a send (room) of the bytes inline or of msg, or a
- * receive of msg or (then NULL) of the bytes copied to buf and *len. */
+/* One end's operation on ch: a send (room) of the bytes inline or of msg,
+ * or a receive of msg or (then NULL) of the bytes copied to buf and *len. */
 struct op {
+    lja_channel *ch;
     int room;
     const char *data;
     size_t *len;
@@ -383,8 +373,9 @@ HOT struct slot *claim(lja_channel *ch, atomic_size_t *end, int want, size_t *po
 }
 
 /* Queues o's message: LJA_OK, LJA_EAGAIN (the ring is full) or LJA_ECLOSED. */
-HOT int push(lja_channel *ch, const struct op *o)
+HOT int push(const struct op *o)
 {
+    lja_channel *ch = o->ch;
     size_t pos, size;
     struct slot *s = claim(ch, &ch->tail, 0, &pos, &size);
     if (!s)
@@ -401,8 +392,9 @@ HOT int push(lja_channel *ch, const struct op *o)
 }
 
 /* Takes the first message into o: 1, or 0 if there is none. */
-HOT int pop(lja_channel *ch, const struct op *o)
+HOT int pop(const struct op *o)
 {
+    lja_channel *ch = o->ch;
     size_t pos, size;
     struct slot *s = claim(ch, &ch->head, 1, &pos, &size);
     if (!s)
@@ -421,13 +413,13 @@ HOT int pop(lja_channel *ch, const struct op *o)
 /* Tries o once: LJA_OK, LJA_EAGAIN, or LJA_ECLOSED (a send on a closed
  * channel, a receive on a closed and drained one: closed is set after
  * CLOSED_BIT, so the length read after it counts every message). */
-HOT int try_op(lja_channel *ch, const struct op *o)
+HOT int try_op(const struct op *o)
 {
     if (o->room)
-        return push(ch, o);
-    if (pop(ch, o))
+        return push(o);
+    if (pop(o))
         return LJA_OK;
-    return atomic_load(&ch->closed) && lja_channel_len(ch) == 0 ? LJA_ECLOSED : LJA_EAGAIN;
+    return atomic_load(&o->ch->closed) && lja_channel_len(o->ch) == 0 ? LJA_ECLOSED : LJA_EAGAIN;
 }
 
 static int can_grow(lja_channel *ch)
@@ -474,35 +466,27 @@ static int grow(lja_channel *ch)
  * leaves the senders' line alone, and reads the slot it would fetch
  * anyway), the channel closed, or a cancel or pause of the calling thread
  * (the wait under the lock meets it). */
-static int ready(lja_channel *ch, int room)
+static int ready(void *op)
 {
-    size_t pos = atomic_load_explicit(room ? &ch->tail : &ch->head, memory_order_acquire) &
+    const struct op *o = op;
+    size_t pos = atomic_load_explicit(o->room ? &o->ch->tail : &o->ch->head, memory_order_acquire) &
                  ~(CLOSED_BIT | FROZEN_BIT);
-    struct slot *s = slot_at(atomic_load_explicit(&ch->ring, memory_order_relaxed), pos);
-    return atomic_load_explicit(&s->seq, memory_order_relaxed) == 2 * pos + !room ||
-           atomic_load(&ch->closed) || lja_thread_poll();
-}
-
-static int can_send(void *ch)
-{
-    return ready(ch, 1);
-}
-
-static int can_recv(void *ch)
-{
-    return ready(ch, 0);
+    struct slot *s = slot_at(atomic_load_explicit(&o->ch->ring, memory_order_relaxed), pos);
+    return atomic_load_explicit(&s->seq, memory_order_relaxed) == 2 * pos + !o->room ||
+           atomic_load(&o->ch->closed) || lja_thread_poll();
 }
 
 /* Does o: tries it, spins while spinning pays (internal.h), then waits
  * under the lock, growing the ring when a sender finds it full below its
  * limit or sleeping until o is done, the channel closes or the timeout
  * passes.  Returns try_op's code, LJA_ETIMEDOUT for LJA_EAGAIN. */
-HOT int run(lja_channel *ch, const struct op *o, double timeout)
+HOT int run(const struct op *o, double timeout)
 {
-    int rc = try_op(ch, o);
+    lja_channel *ch = o->ch;
+    int rc = try_op(o);
     if (rc == LJA_EAGAIN && timeout != 0 && !(o->room && can_grow(ch))) {
-        lja_spin_until(o->room ? &ch->send_spin : &ch->recv_spin, o->room ? can_send : can_recv, ch);
-        rc = try_op(ch, o);
+        lja_spin_until(o->room ? &ch->send_spin : &ch->recv_spin, ready, (void *)o);
+        rc = try_op(o);
     }
     if (rc == LJA_EAGAIN && (timeout != 0 || (o->room && can_grow(ch)))) {
         atomic_int *waiters = o->room ? &ch->send_waiters : &ch->recv_waiters;
@@ -510,7 +494,7 @@ HOT int run(lja_channel *ch, const struct op *o, double timeout)
         int have = 0, waited = LJA_OK;
         pthread_mutex_lock(&ch->lock);
         atomic_fetch_add(waiters, 1);
-        while ((rc = try_op(ch, o)) == LJA_EAGAIN) {
+        while ((rc = try_op(o)) == LJA_EAGAIN) {
             if (o->room && can_grow(ch)) {
                 if ((rc = grow(ch)) != LJA_OK)
                     break;
@@ -540,7 +524,7 @@ int lja_channel_send(lja_channel *ch, const char *data, size_t len, void *const 
             lja_object_release(objs[i]);
         return LJA_ENOMEM;
     }
-    int rc = run(ch, &(struct op){1, data, &len, NULL, &msg}, timeout);
+    int rc = run(&(struct op){ch, 1, data, &len, NULL, &msg}, timeout);
     if (rc != LJA_OK)
         lja_msg_free(msg);   /* not sent: its references go too */
     return rc;
@@ -559,10 +543,11 @@ void lja_channel_close(lja_channel *ch)
 
 /* Takes a message from the first ready channel into o: LJA_OK, or
  * LJA_ECLOSED for a closed and drained one; LJA_EAGAIN if none is ready. */
-static int take_ready(lja_channel *const *chs, int n, int *index, const struct op *o)
+static int take_ready(lja_channel *const *chs, int n, int *index, struct op *o)
 {
     for (int i = 0; i < n; i++) {
-        int rc = try_op(chs[i], o);
+        o->ch = chs[i];
+        int rc = try_op(o);
         if (rc != LJA_EAGAIN) {
             *index = i;
             if (rc == LJA_OK)
@@ -585,7 +570,7 @@ static void watch(lja_channel *const *chs, int n, struct watcher *links, int on)
 
 /* select's waits: on its own condition variable, woken by any of the
  * channels (no spin: a select waits on channels that are seldom busy). */
-static int select_op(lja_channel *const *chs, int n, int *index, const struct op *o, double timeout)
+static int select_op(lja_channel *const *chs, int n, int *index, struct op *o, double timeout)
 {
     int rc = take_ready(chs, n, index, o);
     if (rc != LJA_EAGAIN)
@@ -634,8 +619,8 @@ HOT int receive(lja_channel *const *chs, int n, int *index, lja_msg **msg, char 
         buf = block->data;
         len = &block->len;
     }
-    const struct op o = {0, NULL, len, buf, msg};
-    int rc = n ? select_op(chs, n, index, &o, timeout) : run(chs[0], &o, timeout);
+    struct op o = {chs[0], 0, NULL, len, buf, msg};
+    int rc = n ? select_op(chs, n, index, &o, timeout) : run(&o, timeout);
     if (block && rc == LJA_OK && !*msg) {
         block->home = chs[n ? *index : 0];   /* blocks of one size recycle anywhere */
         *msg = block;
