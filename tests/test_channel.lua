@@ -267,7 +267,7 @@ function TestChannel:test_stress_mpmc_exact_counts_and_order()
 end
 
 -- A message of one number takes a path of its own (no string.buffer): every
--- double crosses bit for bit, by recv and by select, ring or list.
+-- double crosses bit for bit, by recv and by select, bounded or unbounded.
 function TestChannel:test_one_number_crosses_exactly()
     local values = { 0, -0.0, 1 / 0, -1 / 0, 0 / 0, 2 ^ 53, -2 ^ 63, 0.1, math.pi, 5e-324 }
     local function same(a, b)
@@ -410,9 +410,9 @@ function TestChannel:test_stress_8x8_close_races_senders()
     end
 end
 
--- The edges of the queue designs (README "lj-async.channel"): capacity 1 and
--- above 16384 are lists, 2..16384 rings; messages up to 48 encoded bytes
--- without objects live in a ring's slot.  At each capacity a channel fills
+-- The edges of the queue design (README "lj-async.channel"): capacities up to
+-- 16384 are whole rings, above that a ring that grows up to the capacity;
+-- messages up to 48 encoded bytes without objects live in a slot.  At each capacity a channel fills
 -- exactly to it, refuses one more, and gives back every message in order:
 -- strings whose bytes straddle the slot size, one that starts with the
 -- one-number message's tag byte (1), numbers, and a message with an object.
