@@ -385,7 +385,8 @@ HOT int push(const struct op *o)
         s->u.msg = *o->msg;
     } else {
         s->len = *o->len;
-        memcpy(s->u.data, o->data, *o->len);
+        if (s->len)   /* data may be NULL then */
+            memcpy(s->u.data, o->data, s->len);
     }
     atomic_store_explicit(&s->seq, 2 * pos + 1, memory_order_release);
     return LJA_OK;
