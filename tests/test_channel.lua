@@ -517,43 +517,58 @@ function TestChannel:test_unbounded_ping_pong_as_fast_as_a_ring()
     lu.assertTrue(unbounded >= 0.4 * ring, says)
 end
 
--- An unbounded channel grows its ring while senders burst into it and
--- receivers and len() read it (both ends wait out each growth): every
--- message once, in its sender's order, and len() always between 0 and the
--- number sent.
+-- Unbounded channels grow their rings while senders burst into them and
+-- receivers and len() read them (both ends wait out each growth, and a
+-- growth waits for the sends and receives under way): 30 fresh channels one
+-- after another, some 10 growths each, every message once, in its sender's
+-- order, and len() always between 0 and the number sent.
 function TestChannel:test_growth_races_receivers_and_len()
-    local SENDERS, RECEIVERS, PER = 4, 3, 30000
-    local ch, results, stop = channel.new(), channel.new(), channel.new()
+    local SENDERS, RECEIVERS, ROUNDS, PER = 4, 3, 30, 1000
+    local chs, done, results, stop = {}, channel.new(), channel.new(), channel.new()
+    for k = 1, ROUNDS do chs[k] = channel.new() end
     local threads = {}
     for r = 1, RECEIVERS do
-        threads[r] = Thread.new(function(ch, results, senders)
-            local last, count, bad = {}, 0, 0
-            for p = 1, senders do last[p] = 0 end
-            for p, seq in function() return ch:recv(60) end do
-                if seq <= last[p] then bad = bad + 1 end
-                last[p], count = seq, count + 1
+        threads[r] = Thread.new(function(chs, results, senders)
+            local count, bad = 0, 0
+            for k = 1, #chs do
+                local last = {}
+                for p = 1, senders do last[p] = 0 end
+                for p, seq in function() return chs[k]:recv(60) end do
+                    if seq <= last[p] then bad = bad + 1 end
+                    last[p], count = seq, count + 1
+                end
             end
             results:send(count, bad)
             return true
-        end, ch, results, SENDERS)
+        end, chs, results, SENDERS)
     end
-    local watcher = Thread.new(function(ch, stop, most)
-        local bad = 0
+    local watcher = Thread.new(function(chs, stop, most)
+        local bad, k = 0, 0
         while stop:len() == 0 do
-            local n = ch:len()
+            k = k % #chs + 1
+            local n = chs[k]:len()
             if n < 0 or n > most then bad = bad + 1 end
         end
         return bad
-    end, ch, stop, SENDERS * PER)
+    end, chs, stop, SENDERS * PER)
     for p = 1, SENDERS do
-        threads[RECEIVERS + p] = Thread.new(function(ch, p, n)
-            for seq = 1, n do ch:send(p, seq) end
+        threads[RECEIVERS + p] = Thread.new(function(chs, done, p, n)
+            for k = 1, #chs do
+                for seq = 1, n do chs[k]:send(p, seq) end
+                done:send(k)
+            end
             return true
-        end, ch, p, PER)
+        end, chs, done, p, PER)
     end
-    for p = 1, SENDERS do lu.assertEquals({ threads[RECEIVERS + p]:join(120) }, { true, true }) end
+    local finished = {}
+    for _ = 1, SENDERS * ROUNDS do   -- a channel closes once its senders are through
+        local k = done:recv(60)
+        lu.assertNotNil(k, "a sender stalled")
+        finished[k] = (finished[k] or 0) + 1
+        if finished[k] == SENDERS then chs[k]:close() end
+    end
+    for p = 1, SENDERS do lu.assertEquals({ threads[RECEIVERS + p]:join(60) }, { true, true }) end
     stop:send(true)
-    ch:close()
     lu.assertEquals({ watcher:join(60) }, { true, 0 })
     local total = 0
     for _ = 1, RECEIVERS do
@@ -563,7 +578,7 @@ function TestChannel:test_growth_races_receivers_and_len()
         total = total + count
     end
     for r = 1, RECEIVERS do lu.assertEquals({ threads[r]:join(60) }, { true, true }) end
-    lu.assertEquals(total, SENDERS * PER)
+    lu.assertEquals(total, SENDERS * PER * ROUNDS)
 end
 
 os.exit(lu.LuaUnit.run())
