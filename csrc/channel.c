@@ -1,42 +1,52 @@
 /* channel.c: MPMC channels of messages (README: lj-async.channel).
  *
- * A bounded channel (capacity up to RING_MAX) is a ring of `capacity`
- * slots, a cache line each, that senders and receivers claim without a
- * lock (D. Vyukov's bounded MPMC queue: a slot's sequence number says
- * whether it waits for a sender or a receiver).  A message of at most
- * LJA_MSG_INLINE bytes and no objects is copied into its slot and out to
- * the receiver's buffer: no allocation.  Any other message is one
- * allocation (header, the objects it holds references to, then the bytes),
- * made before it is queued; the slot holds its address.  Unbounded
- * channels (and other capacities) keep such allocations in a list of two
- * halves: senders append to `in` under tail_lock, receivers take from `out`
- * under head_lock and, when it is empty, move all of `in` there at once,
- * so that the two ends meet once a batch, not once a message.
+ * Every channel is a ring of slots, a cache line each, that senders and
+ * receivers claim without a lock (D. Vyukov's bounded MPMC queue: a slot's
+ * sequence number says whether it waits for a sender or a receiver).  A
+ * message of at most LJA_MSG_INLINE bytes and no objects is copied into its
+ * slot and out to the receiver's buffer: no allocation.  Any other message is
+ * one allocation (header, the objects it holds references to, then the
+ * bytes), made before it is queued; the slot holds its address.
  *
- * On a ring the mutex and condition variables serve only the waits: a
+ * A channel with a capacity up to RING_MAX has a ring of that many slots.
+ * Any other starts small and grows its ring (twice as large, at most its
+ * capacity) when a sender finds it full: under the lock, the grower freezes
+ * both ends (FROZEN_BIT: whoever meets it waits on the lock), waits for
+ * those that had claimed a slot to finish with it, copies the messages into
+ * the new ring and moves both positions on by the new size, so that a
+ * thread still holding an old position fails its claim and reads again.  An
+ * old ring is freed with the channel: a late thread may still read a
+ * sequence number there, and every one of them is behind every new position.
+ *
+ * The mutex and condition variables serve only the waits and the growth: a
  * sender or receiver that finds nobody waiting (recv_waiters,
  * send_waiters) never takes the lock.  A receiver that finds the channel
- * empty, or a sender that finds it full, spins without the lock before it
- * sleeps, as long as spinning pays (internal.h): a reply that comes
- * within microseconds then costs no futex wake, which is what makes
- * ping-pong between two threads fast. */
+ * empty, or a sender that finds a full ring that cannot grow, spins without
+ * the lock before it sleeps, as long as spinning pays (internal.h): a reply
+ * that comes within microseconds then costs no futex wake, which is what
+ * makes ping-pong between two threads fast. */
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
 
 #include "object.h"
-#include "queue.h"
 
-/* Rings of 2 to RING_MAX slots, 64 bytes each, allocated with the channel
- * (at most 1 MiB); other capacities use the list (in a ring of one slot,
- * "full at pos" and "free at pos + 1" would be the same sequence number). */
+/* Rings made whole when the channel is (at most 1 MiB), and the first size
+ * of a growing one. */
 #define RING_MAX 16384
+#define RING_FIRST 4
+/* The path of every message, inlined where the operation is known, so that
+ * send and receive each run only their own half, without calls (a send and
+ * a receive took some 60 instructions more as calls). */
+#define HOT static inline __attribute__((always_inline))
 #define MSG_IN_SLOT ((size_t)-1)   /* slot.len of a slot that holds an lja_msg */
 /* Set in tail by close: no sender claims a slot after it. */
 #define CLOSED_BIT ((size_t)1 << (sizeof(size_t) * 8 - 1))
+/* Set in tail and head while the ring grows. */
+#define FROZEN_BIT (CLOSED_BIT >> 1)
 
 struct lja_msg {
-    struct lja_msg *next;
+    struct lja_msg *next;       /* in the spare stack */
     struct lja_channel *home;   /* small messages: the channel that recycles them */
     size_t len;
     int nobjs;
@@ -44,8 +54,10 @@ struct lja_msg {
     void *objs[];
 };
 
+/* Sequence numbers count in twos, so that a ring of one slot works too:
+ * 2 pos: free for the sender of pos; 2 pos + 1: holds message pos. */
 struct slot {
-    atomic_size_t seq;   /* pos: free for the sender at pos; pos + 1: full */
+    _Alignas(64) atomic_size_t seq;
     size_t len;          /* bytes in data, or MSG_IN_SLOT */
     union {
         char data[LJA_MSG_INLINE];
@@ -54,16 +66,17 @@ struct slot {
 };
 _Static_assert(sizeof(struct slot) == 64, "a slot is one cache line");
 
-/* Small list messages are blocks of one size, recycled through their
- * channel's spare stack (popped under tail_lock); a message links
- * there through `next`, its first word. */
+struct ring {
+    size_t size;
+    struct ring *older;   /* the ring this one replaced */
+    struct slot slots[];
+};
+
+/* Small messages are blocks of one size, recycled through their channel's
+ * spare stack (popped under spare_lock). */
 #define SMALL_BLOCK 256
 #define SPARE_MAX 256
-
-static int is_small(size_t len, int nobjs)
-{
-    return sizeof(lja_msg) + (size_t)nobjs * sizeof(void *) + len <= SMALL_BLOCK;
-}
+_Static_assert(sizeof(lja_msg) + LJA_MSG_INLINE <= SMALL_BLOCK, "lja_channel_recv copies into one");
 
 /* A select in progress, registered on each channel it waits on. */
 struct selector {
@@ -72,55 +85,41 @@ struct selector {
     int signaled;
 };
 
-struct selector_link {
-    struct selector *sel;
-    struct selector_link *next;
-};
-
-/* An eventfd signaled at every send and at close (lja_channel_watch_fd):
- * how an event loop (lj-async.asio) waits on a channel without a thread. */
-struct fd_watch {
+/* Who hears of every send and of the close, besides the receivers asleep:
+ * a select in progress (sel), or an eventfd (lja_channel_watch_fd: how an
+ * event loop, lj-async.asio, waits on a channel without a thread). */
+struct watcher {
+    struct watcher *next;
+    struct selector *sel;   /* NULL: fd */
     int fd;
-    struct fd_watch *next;
 };
 
 struct lja_channel {
     lja_object hdr;
-    struct slot *slots;          /* the ring; NULL: the list */
-    size_t size;                 /* slots in the ring */
-    int64_t capacity;            /* 0: unbounded */
+    _Atomic(struct ring *) ring;
+    size_t limit;                /* the largest ring: the capacity (unbounded: SIZE_MAX) */
     /* The counts of messages sent (tail, with CLOSED_BIT) and received
-     * (head), each on its own line with its end of the queue: on a ring
-     * also the positions where senders and receivers claim slots.  Beside
-     * each, the count of those who wait to hear of that end's progress
-     * (changed under lock): each send reads recv_waiters (receivers
-     * asleep, selects, watches), each receive send_waiters (senders
-     * asleep), by a read-modify-write that orders it after the queue's
-     * change: either the waiter counted itself first, or its check after
-     * counting sees the change (TSan knows no fences). */
+     * (head), each on its own line with its end of the queue: also the
+     * positions where senders and receivers claim slots.  Beside each, the
+     * count of those who wait to hear of that end's progress (changed under
+     * lock): each send reads recv_waiters (receivers asleep, selects,
+     * watches), each receive send_waiters (senders asleep), by a
+     * read-modify-write that orders it after the queue's change: either the
+     * waiter counted itself first, or its check after counting sees the
+     * change (TSan knows no fences). */
     _Alignas(64) atomic_size_t tail;
     atomic_int recv_waiters;
     lja_spin send_spin;          /* senders' on a full channel (internal.h) */
-    pthread_mutex_t tail_lock;   /* the list's senders; also spare's pops */
-    lja_fifo in;                 /* the list's newer half: lja_msg linked through next */
     _Alignas(64) atomic_size_t head;
     atomic_int send_waiters;
     lja_spin recv_spin;          /* receivers' on an empty channel */
-    pthread_mutex_t head_lock;   /* the list's receivers */
-    lja_fifo out;                /* the list's older half */
-    _Alignas(64) pthread_mutex_t lock;   /* the waits, selectors and watches */
+    _Alignas(64) pthread_mutex_t lock;   /* the waits, growth and watchers */
     pthread_cond_t not_empty, not_full;
     atomic_int closed;
-    struct selector_link *selectors;
-    struct fd_watch *watches;
+    struct watcher *watchers;
+    pthread_mutex_t spare_lock;  /* spare's pops */
     lja_spare_stack spare;       /* recycled small blocks */
 };
-
-static void release_objects(lja_msg *msg)
-{
-    for (int i = 0; i < msg->nobjs; i++)
-        lja_object_release(msg->objs[i]);
-}
 
 /* A message goes back to its channel: the caller must still hold a
  * reference to that channel (the Lua side frees inside recv). */
@@ -128,16 +127,28 @@ void lja_msg_free(lja_msg *msg)
 {
     if (!msg)
         return;
-    release_objects(msg);
+    for (int i = 0; i < msg->nobjs; i++)
+        lja_object_release(msg->objs[i]);
     if (msg->home)
         lja_spare_push(&msg->home->spare, msg, SPARE_MAX);
     else
         free(msg);
 }
 
-static void fill(lja_msg *msg, const char *data, size_t len, void *const *objs, int nobjs)
+/* A message of len bytes and nobjs objects, copied in; NULL when out of
+ * memory. */
+static lja_msg *msg_new(lja_channel *ch, const char *data, size_t len, void *const *objs, int nobjs)
 {
-    msg->next = NULL;
+    size_t bytes = sizeof(lja_msg) + (size_t)nobjs * sizeof(void *) + len;
+    lja_msg *msg = NULL;
+    if (bytes <= SMALL_BLOCK) {
+        pthread_mutex_lock(&ch->spare_lock);
+        msg = lja_spare_pop(&ch->spare);
+        pthread_mutex_unlock(&ch->spare_lock);
+    }
+    if (!msg && !(msg = malloc(bytes <= SMALL_BLOCK ? SMALL_BLOCK : bytes)))
+        return NULL;
+    msg->home = bytes <= SMALL_BLOCK ? ch : NULL;
     msg->len = len;
     msg->nobjs = nobjs;
     msg->data = (char *)(msg->objs + nobjs);
@@ -145,6 +156,7 @@ static void fill(lja_msg *msg, const char *data, size_t len, void *const *objs, 
         memcpy(msg->objs, objs, (size_t)nobjs * sizeof(void *));
     if (len)
         memcpy(msg->data, data, len);
+    return msg;
 }
 
 const char *lja_msg_data(lja_msg *msg, size_t *len)
@@ -153,51 +165,62 @@ const char *lja_msg_data(lja_msg *msg, size_t *len)
     return msg->data;
 }
 
-static struct slot *slot_at(lja_channel *ch, size_t pos)
+static struct ring *ring_new(size_t size)
 {
-    return &ch->slots[pos % ch->size];
+    struct ring *r = aligned_alloc(64, sizeof *r + size * sizeof(struct slot));
+    if (r) {
+        r->size = size;
+        r->older = NULL;
+    }
+    return r;
+}
+
+static struct slot *slot_at(struct ring *r, size_t pos)
+{
+    return &r->slots[pos % r->size];
+}
+
+/* While a grow has the ring frozen, it holds the lock: wait for it there
+ * (never called with the lock held: nobody who holds it sees a freeze). */
+static void wait_growth(lja_channel *ch)
+{
+    pthread_mutex_lock(&ch->lock);
+    pthread_mutex_unlock(&ch->lock);
 }
 
 /* Messages queued (also those a sender is still putting in). */
-static int64_t length(lja_channel *ch)
+int64_t lja_channel_len(lja_channel *ch)
 {
-    size_t head = atomic_load(&ch->head);   /* first: tail only grows */
-    return (int64_t)((atomic_load(&ch->tail) & ~CLOSED_BIT) - head);
-}
-
-/* Closed and drained: recv returns LJA_ECLOSED.  closed is set after
- * CLOSED_BIT, so the length read after it counts every message. */
-static int finished(lja_channel *ch)
-{
-    return atomic_load(&ch->closed) && length(ch) == 0;
+    for (;;) {
+        size_t head = atomic_load(&ch->head), tail = atomic_load(&ch->tail);   /* head first: tail only grows */
+        if ((head | tail) & FROZEN_BIT)
+            wait_growth(ch);
+        else if (atomic_load(&ch->head) == head)   /* no growth moved it since */
+            return (int64_t)((tail & ~CLOSED_BIT) - head);
+    }
 }
 
 static void channel_destroy(void *obj)
 {
     lja_channel *ch = obj;
-    lja_fifo_concat(&ch->out, &ch->in);
-    for (lja_msg *m = ch->out.head, *next; m; m = next) {
-        next = m->next;
-        release_objects(m);
-        free(m);
-    }
-    if (ch->slots) {
-        size_t tail = atomic_load(&ch->tail) & ~CLOSED_BIT;
-        for (size_t pos = atomic_load(&ch->head); pos != tail; pos++)
-            if (slot_at(ch, pos)->len == MSG_IN_SLOT)
-                lja_msg_free(slot_at(ch, pos)->u.msg);
-        free(ch->slots);
+    struct ring *r = atomic_load(&ch->ring);
+    size_t tail = atomic_load(&ch->tail) & ~CLOSED_BIT;
+    for (size_t pos = atomic_load(&ch->head); r && pos != tail; pos++)
+        if (slot_at(r, pos)->len == MSG_IN_SLOT)
+            lja_msg_free(slot_at(r, pos)->u.msg);
+    for (struct ring *older; r; r = older) {
+        older = r->older;
+        free(r);
     }
     lja_spare_free_all(&ch->spare);
-    for (struct fd_watch *w = ch->watches, *next; w; w = next) {
+    for (struct watcher *w = ch->watchers, *next; w; w = next) {   /* eventfds: selects are gone */
         next = w->next;
         free(w);
     }
     pthread_cond_destroy(&ch->not_empty);
     pthread_cond_destroy(&ch->not_full);
     pthread_mutex_destroy(&ch->lock);
-    pthread_mutex_destroy(&ch->head_lock);
-    pthread_mutex_destroy(&ch->tail_lock);
+    pthread_mutex_destroy(&ch->spare_lock);
     free(ch);
 }
 
@@ -209,16 +232,10 @@ lja_channel *lja_channel_new(int64_t capacity)
     lja_channel *ch = aligned_alloc(64, bytes);
     if (!ch)
         return NULL;
-    memset(ch, 0, bytes);
-    ch->capacity = capacity;
-    atomic_init(&ch->tail, 0);
-    atomic_init(&ch->head, 0);
-    atomic_init(&ch->recv_waiters, 0);
-    atomic_init(&ch->send_waiters, 0);
-    lja_spare_init(&ch->spare);
+    memset(ch, 0, bytes);   /* every count, flag and list starts at zero */
+    ch->limit = capacity ? (size_t)capacity : SIZE_MAX;
     lja_spin_init(&ch->send_spin);
     lja_spin_init(&ch->recv_spin);
-    atomic_init(&ch->closed, 0);
     /* Held for a few instructions at a time by both ends: an adaptive mutex
      * spins briefly instead of sleeping in the kernel under contention. */
     pthread_mutexattr_t attr;
@@ -227,64 +244,67 @@ lja_channel *lja_channel_new(int64_t capacity)
     pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_ADAPTIVE_NP);
 #endif
     pthread_mutex_init(&ch->lock, &attr);
-    pthread_mutex_init(&ch->head_lock, &attr);
-    pthread_mutex_init(&ch->tail_lock, &attr);
+    pthread_mutex_init(&ch->spare_lock, &attr);
     pthread_mutexattr_destroy(&attr);
-    int ok = lja_cond_init(&ch->not_empty) == LJA_OK && lja_cond_init(&ch->not_full) == LJA_OK;
-    if (ok && capacity >= 2 && capacity <= RING_MAX) {
-        ch->size = (size_t)capacity;
-        ch->slots = aligned_alloc(64, ch->size * sizeof(struct slot));
-        ok = ch->slots != NULL;
-        for (size_t i = 0; ok && i < ch->size; i++)
-            atomic_init(&ch->slots[i].seq, i);
-    }
-    if (!ok || lja_object_init(&ch->hdr, LJA_KIND_CHANNEL, channel_destroy) != LJA_OK) {
+    struct ring *r = ring_new(capacity && capacity <= RING_MAX ? (size_t)capacity : RING_FIRST);
+    for (size_t i = 0; r && i < r->size; i++)
+        atomic_init(&r->slots[i].seq, 2 * i);
+    atomic_init(&ch->ring, r);
+    if (!r || lja_cond_init(&ch->not_empty) != LJA_OK || lja_cond_init(&ch->not_full) != LJA_OK ||
+        lja_object_init(&ch->hdr, LJA_KIND_CHANNEL, channel_destroy) != LJA_OK) {
         channel_destroy(ch);
         return NULL;
     }
     return ch;
 }
 
-/* Wake selects waiting on ch; called with ch->lock held. */
-static void notify_selectors(lja_channel *ch)
+/* Wake the watchers; called with ch->lock held. */
+static void notify_watchers(lja_channel *ch)
 {
-    for (struct selector_link *l = ch->selectors; l; l = l->next) {
-        pthread_mutex_lock(&l->sel->lock);
-        l->sel->signaled = 1;
-        pthread_cond_signal(&l->sel->ready);
-        pthread_mutex_unlock(&l->sel->lock);
+    for (struct watcher *w = ch->watchers; w; w = w->next) {
+        if (!w->sel) {
+            eventfd_write(w->fd, 1);
+            continue;
+        }
+        pthread_mutex_lock(&w->sel->lock);
+        w->sel->signaled = 1;
+        pthread_cond_signal(&w->sel->ready);
+        pthread_mutex_unlock(&w->sel->lock);
     }
 }
 
-/* Signal the watching eventfds; called with ch->lock held. */
-static void notify_watches(lja_channel *ch)
+/* Where w is among ch's watchers (for an fd: the one with w's fd), or
+ * would go at the end (the link is NULL); called with ch->lock held. */
+static struct watcher **find_watcher(lja_channel *ch, const struct watcher *w)
 {
-    for (struct fd_watch *w = ch->watches; w; w = w->next)
-        eventfd_write(w->fd, 1);
+    struct watcher **p = &ch->watchers;
+    while (*p && *p != w && ((*p)->sel || w->sel || (*p)->fd != w->fd))
+        p = &(*p)->next;
+    return p;
+}
+
+/* Puts w at *p (on), or takes *p out; called with ch->lock held. */
+static void link_watcher(lja_channel *ch, struct watcher **p, struct watcher *w, int on)
+{
+    if (on) {
+        w->next = NULL;
+        *p = w;
+    } else {
+        *p = (*p)->next;
+    }
+    atomic_fetch_add(&ch->recv_waiters, on ? 1 : -1);
 }
 
 /* After a message went in (no lock held): wake a receiver, the selects and
- * the watches, if any. */
-static void after_push(lja_channel *ch)
+ * the watches, if any; after one came out (room), a sender waiting for room. */
+HOT void after(lja_channel *ch, int room)
 {
-    if (!atomic_fetch_add(&ch->recv_waiters, 0))
+    if (!atomic_fetch_add(room ? &ch->send_waiters : &ch->recv_waiters, 0))
         return;
     pthread_mutex_lock(&ch->lock);
-    pthread_cond_signal(&ch->not_empty);
-    if (ch->selectors)
-        notify_selectors(ch);
-    if (ch->watches)
-        notify_watches(ch);
-    pthread_mutex_unlock(&ch->lock);
-}
-
-/* After a message came out (no lock held): wake a sender waiting for room. */
-static void after_pop(lja_channel *ch)
-{
-    if (!atomic_fetch_add(&ch->send_waiters, 0))
-        return;
-    pthread_mutex_lock(&ch->lock);
-    pthread_cond_signal(&ch->not_full);
+    pthread_cond_signal(room ? &ch->not_full : &ch->not_empty);
+    if (!room)
+        notify_watchers(ch);
     pthread_mutex_unlock(&ch->lock);
 }
 
@@ -292,168 +312,206 @@ int lja_channel_watch_fd(lja_channel *ch, int fd, int on)
 {
     if (fd < 0)
         return LJA_EINVAL;
-    struct fd_watch *w = NULL;
+    struct watcher like = {NULL, NULL, fd}, *w = NULL;
     if (on && !(w = malloc(sizeof *w)))
         return LJA_ENOMEM;
-    int rc = LJA_OK;
     pthread_mutex_lock(&ch->lock);
-    struct fd_watch **p = &ch->watches;
-    while (*p && (*p)->fd != fd)
-        p = &(*p)->next;
-    if (on && !*p) {
-        w->fd = fd;
-        w->next = NULL;
-        *p = w;
+    struct watcher **p = find_watcher(ch, &like);
+    int rc = !*p == !!on ? LJA_OK : on ? LJA_EBUSY : LJA_ENOTFOUND;
+    if (rc == LJA_OK && on) {
+        *w = like;
+        link_watcher(ch, p, w, 1);
         w = NULL;
-        atomic_fetch_add(&ch->recv_waiters, 1);
-    } else if (!on && *p) {
+    } else if (rc == LJA_OK) {
         w = *p;
-        *p = w->next;
-        atomic_fetch_sub(&ch->recv_waiters, 1);
-    } else {
-        rc = on ? LJA_EBUSY : LJA_ENOTFOUND;
+        link_watcher(ch, p, w, 0);
     }
     pthread_mutex_unlock(&ch->lock);
     free(w);
     return rc;
 }
 
-/* What a sender queues: the bytes inline in a slot, or msg. */
-struct parcel {
+/* One end's operation on ch: a send (room) of the bytes inline or of msg,
+ * or a receive of msg or (then NULL) of the bytes copied to buf and *len. */
+struct op {
+    lja_channel *ch;
+    int room;
     const char *data;
-    size_t len;
-    lja_msg *msg;
+    size_t *len;
+    char *buf;
+    lja_msg **msg;
 };
 
-/* Queues p: LJA_OK, LJA_EAGAIN (full) or LJA_ECLOSED. */
-static int push(lja_channel *ch, const struct parcel *p)
+/* Claims the next slot at `end` (tail: a sender's, want 0; head: a
+ * receiver's, want 1): the slot whose sequence number is 2 pos + want, with
+ * *pos and *size (its ring's) set.  NULL when the ring is full (empty), or
+ * for a sender on a closed channel (then *pos has CLOSED_BIT). */
+HOT struct slot *claim(lja_channel *ch, atomic_size_t *end, int want, size_t *pos, size_t *size)
 {
-    if (!ch->slots) {
-        int rc = LJA_OK;
-        pthread_mutex_lock(&ch->tail_lock);
-        size_t t = atomic_load(&ch->tail);
-        if (t & CLOSED_BIT)
-            rc = LJA_ECLOSED;
-        else if (ch->capacity && (int64_t)(t - atomic_load(&ch->head)) >= ch->capacity)
-            rc = LJA_EAGAIN;
-        else if (!atomic_compare_exchange_strong(&ch->tail, &t, t + 1))
-            rc = LJA_ECLOSED;   /* only close changes tail outside tail_lock */
-        else
-            lja_fifo_push(&ch->in, p->msg);
-        pthread_mutex_unlock(&ch->tail_lock);
-        return rc;
-    }
-    size_t pos = atomic_load_explicit(&ch->tail, memory_order_relaxed);
-    struct slot *s;
+    *pos = atomic_load_explicit(end, memory_order_acquire);
     for (;;) {
-        if (pos & CLOSED_BIT)
-            return LJA_ECLOSED;
-        s = slot_at(ch, pos);
-        intptr_t d = (intptr_t)(atomic_load_explicit(&s->seq, memory_order_acquire) - pos);
-        if (d == 0 && atomic_compare_exchange_weak_explicit(&ch->tail, &pos, pos + 1, memory_order_relaxed,
-                                                             memory_order_relaxed))
-            break;
+        if (*pos & CLOSED_BIT)
+            return NULL;
+        if (*pos & FROZEN_BIT) {
+            wait_growth(ch);
+            *pos = atomic_load_explicit(end, memory_order_acquire);
+            continue;
+        }
+        /* The ring that pos counts in: a grower publishes its new one before it moves the ends. */
+        struct ring *r = atomic_load_explicit(&ch->ring, memory_order_relaxed);
+        struct slot *s = slot_at(r, *pos);
+        intptr_t d = (intptr_t)(atomic_load_explicit(&s->seq, memory_order_acquire) - (2 * *pos + want));
+        *size = r->size;
+        if (d == 0 && atomic_compare_exchange_weak_explicit(end, pos, *pos + 1, memory_order_acquire,
+                                                             memory_order_acquire))
+            return s;
         if (d < 0)
-            return LJA_EAGAIN;   /* the slot still holds the message of pos - size */
+            return NULL;   /* a sender: the slot holds message pos - size; a receiver: not yet filled */
         if (d > 0)
-            pos = atomic_load_explicit(&ch->tail, memory_order_relaxed);
+            *pos = atomic_load_explicit(end, memory_order_acquire);
     }
-    if (p->msg) {
+}
+
+/* Queues o's message: LJA_OK, LJA_EAGAIN (the ring is full) or LJA_ECLOSED. */
+HOT int push(const struct op *o)
+{
+    lja_channel *ch = o->ch;
+    size_t pos, size;
+    struct slot *s = claim(ch, &ch->tail, 0, &pos, &size);
+    if (!s)
+        return pos & CLOSED_BIT ? LJA_ECLOSED : LJA_EAGAIN;
+    if (*o->msg) {
         s->len = MSG_IN_SLOT;
-        s->u.msg = p->msg;
+        s->u.msg = *o->msg;
     } else {
-        s->len = p->len;
-        memcpy(s->u.data, p->data, p->len);
+        s->len = *o->len;
+        if (s->len)   /* data may be NULL then */
+            memcpy(s->u.data, o->data, s->len);
     }
-    atomic_store_explicit(&s->seq, pos + 1, memory_order_release);
+    atomic_store_explicit(&s->seq, 2 * pos + 1, memory_order_release);
     return LJA_OK;
 }
 
-/* Takes the first message: 1, with *msg set or (msg NULL) the bytes copied
- * to buf and *len set; 0 if there is none. */
-static int pop(lja_channel *ch, lja_msg **msg, char *buf, size_t *len)
+/* Takes the first message into o: 1, or 0 if there is none. */
+HOT int pop(const struct op *o)
 {
-    if (!ch->slots) {
-        pthread_mutex_lock(&ch->head_lock);
-        if (!ch->out.head) {
-            pthread_mutex_lock(&ch->tail_lock);
-            lja_fifo_concat(&ch->out, &ch->in);
-            pthread_mutex_unlock(&ch->tail_lock);
-        }
-        if ((*msg = lja_fifo_shift(&ch->out)))
-            atomic_fetch_add(&ch->head, 1);
-        pthread_mutex_unlock(&ch->head_lock);
-        return *msg != NULL;
-    }
-    size_t pos = atomic_load_explicit(&ch->head, memory_order_relaxed);
-    struct slot *s;
-    for (;;) {
-        s = slot_at(ch, pos);
-        intptr_t d = (intptr_t)(atomic_load_explicit(&s->seq, memory_order_acquire) - (pos + 1));
-        if (d == 0 && atomic_compare_exchange_weak_explicit(&ch->head, &pos, pos + 1, memory_order_relaxed,
-                                                             memory_order_relaxed))
-            break;
-        if (d < 0)
-            return 0;   /* empty, or its sender is still copying */
-        if (d > 0)
-            pos = atomic_load_explicit(&ch->head, memory_order_relaxed);
-    }
+    lja_channel *ch = o->ch;
+    size_t pos, size;
+    struct slot *s = claim(ch, &ch->head, 1, &pos, &size);
+    if (!s)
+        return 0;
     if (s->len == MSG_IN_SLOT) {
-        *msg = s->u.msg;
+        *o->msg = s->u.msg;
     } else {
-        *msg = NULL;
-        *len = s->len;
-        memcpy(buf, s->u.data, s->len);
+        *o->msg = NULL;
+        *o->len = s->len;
+        memcpy(o->buf, s->u.data, LJA_MSG_INLINE);   /* all of it: a few moves, no call */
     }
-    atomic_store_explicit(&s->seq, pos + ch->size, memory_order_release);
+    atomic_store_explicit(&s->seq, 2 * (pos + size), memory_order_release);
     return 1;
 }
 
-/* Whether the channel has a message (room: room for one).  On a ring this
- * reads the slot where that end goes next, not the other end's count: a
- * spinning receiver then leaves the senders' line alone (and a sender the
- * receivers'), and reads the slot it would fetch anyway. */
-static int ready(lja_channel *ch, int room)
+/* Tries o once: LJA_OK, LJA_EAGAIN, or LJA_ECLOSED (a send on a closed
+ * channel, a receive on a closed and drained one: closed is set after
+ * CLOSED_BIT, so the length read after it counts every message). */
+HOT int try_op(const struct op *o)
 {
-    if (!ch->slots)
-        return room ? length(ch) < ch->capacity : length(ch) > 0;
-    size_t pos = atomic_load_explicit(room ? &ch->tail : &ch->head, memory_order_relaxed) & ~CLOSED_BIT;
-    return atomic_load_explicit(&slot_at(ch, pos)->seq, memory_order_relaxed) == (room ? pos : pos + 1);
+    if (o->room)
+        return push(o);
+    if (pop(o))
+        return LJA_OK;
+    return atomic_load(&o->ch->closed) && lja_channel_len(o->ch) == 0 ? LJA_ECLOSED : LJA_EAGAIN;
 }
 
-/* What a spinning sender (room) or receiver waits for: the channel ready
- * (see ready) or closed, or a cancel or pause of the calling thread (the
- * wait under the lock meets it). */
-static int can_send(void *ch)
+static int can_grow(lja_channel *ch)
 {
-    return ready(ch, 1) || atomic_load(&((lja_channel *)ch)->closed) || lja_thread_poll();
+    return atomic_load_explicit(&ch->ring, memory_order_relaxed)->size < ch->limit;
 }
 
-static int can_recv(void *ch)
+/* With ch->lock held, by a sender that found the ring full (so not closed:
+ * close takes the lock) and below its limit: moves the messages to a ring
+ * twice as large (at most the limit), as the top of this file says. */
+static int grow(lja_channel *ch)
 {
-    return ready(ch, 0) || atomic_load(&((lja_channel *)ch)->closed) || lja_thread_poll();
+    struct ring *old = atomic_load_explicit(&ch->ring, memory_order_relaxed);
+    size_t size = old->size < ch->limit / 2 ? old->size * 2 : ch->limit;
+    struct ring *r = ring_new(size);
+    if (!r)
+        return LJA_ENOMEM;
+    size_t tail = atomic_fetch_or(&ch->tail, FROZEN_BIT), head = atomic_fetch_or(&ch->head, FROZEN_BIT);
+    /* Those that claimed a slot before the freeze finish with it: a sender
+     * fills it, a receiver frees it. */
+    for (size_t pos = tail - old->size; pos != tail; pos++) {
+        size_t done = pos - head < tail - head ? 2 * pos + 1 : 2 * (pos + old->size);
+        while (atomic_load_explicit(&slot_at(old, pos)->seq, memory_order_acquire) != done)
+            lja_cpu_relax();
+    }
+    for (size_t pos = head; pos != head + size; pos++) {   /* each new slot once */
+        struct slot *s = slot_at(r, pos + size), *o = slot_at(old, pos);
+        int full = pos - head < tail - head;
+        if (full) {
+            s->len = o->len;
+            s->u = o->u;
+        }
+        atomic_init(&s->seq, 2 * (pos + size) + full);
+    }
+    r->older = old;
+    atomic_store_explicit(&ch->ring, r, memory_order_relaxed);
+    atomic_store_explicit(&ch->head, head + size, memory_order_release);
+    atomic_store_explicit(&ch->tail, tail + size, memory_order_release);
+    return LJA_OK;
 }
 
-/* The spin before a wait, as long as spinning pays (internal.h). */
-static void spin_until_ready(lja_channel *ch, int room)
+/* What a spinning sender (room) or receiver waits for: the slot where it
+ * goes next ready (not the other end's count: a spinning receiver then
+ * leaves the senders' line alone, and reads the slot it would fetch
+ * anyway), the channel closed, or a cancel or pause of the calling thread
+ * (the wait under the lock meets it). */
+static int ready(void *op)
 {
-    if (room)
-        lja_spin_until(&ch->send_spin, can_send, ch);
-    else
-        lja_spin_until(&ch->recv_spin, can_recv, ch);
+    const struct op *o = op;
+    size_t pos = atomic_load_explicit(o->room ? &o->ch->tail : &o->ch->head, memory_order_acquire) &
+                 ~(CLOSED_BIT | FROZEN_BIT);
+    struct slot *s = slot_at(atomic_load_explicit(&o->ch->ring, memory_order_relaxed), pos);
+    return atomic_load_explicit(&s->seq, memory_order_relaxed) == 2 * pos + !o->room ||
+           atomic_load(&o->ch->closed) || lja_thread_poll();
 }
 
-/* The waiting part of send: with ch->lock held, sleeps on not_full until p
- * goes in, the channel closes or the timeout passes. */
-static int wait_push(lja_channel *ch, const struct parcel *p, double timeout)
+/* Does o: tries it, spins while spinning pays (internal.h), then waits
+ * under the lock, growing the ring when a sender finds it full below its
+ * limit or sleeping until o is done, the channel closes or the timeout
+ * passes.  Returns try_op's code, LJA_ETIMEDOUT for LJA_EAGAIN. */
+HOT int run(const struct op *o, double timeout)
 {
-    struct timespec deadline;
-    int have = 0, rc, waited = LJA_OK;
-    atomic_fetch_add(&ch->send_waiters, 1);
-    while ((rc = push(ch, p)) == LJA_EAGAIN && waited == LJA_OK)
-        waited = lja_wait_timeout(&ch->not_full, &ch->lock, timeout, &deadline, &have);
-    atomic_fetch_sub(&ch->send_waiters, 1);
-    return rc;
+    lja_channel *ch = o->ch;
+    int rc = try_op(o);
+    if (rc == LJA_EAGAIN && timeout != 0 && !(o->room && can_grow(ch))) {
+        lja_spin_until(o->room ? &ch->send_spin : &ch->recv_spin, ready, (void *)o);
+        rc = try_op(o);
+    }
+    if (rc == LJA_EAGAIN && (timeout != 0 || (o->room && can_grow(ch)))) {
+        atomic_int *waiters = o->room ? &ch->send_waiters : &ch->recv_waiters;
+        struct timespec deadline;
+        int have = 0, waited = LJA_OK;
+        pthread_mutex_lock(&ch->lock);
+        atomic_fetch_add(waiters, 1);
+        while ((rc = try_op(o)) == LJA_EAGAIN) {
+            if (o->room && can_grow(ch)) {
+                if ((rc = grow(ch)) != LJA_OK)
+                    break;
+            } else if (waited != LJA_OK) {
+                break;
+            } else {
+                waited = lja_wait_timeout(o->room ? &ch->not_full : &ch->not_empty, &ch->lock, timeout,
+                                          &deadline, &have);
+            }
+        }
+        atomic_fetch_sub(waiters, 1);
+        pthread_mutex_unlock(&ch->lock);
+    }
+    if (rc == LJA_OK)
+        after(ch, !o->room);
+    return rc == LJA_EAGAIN ? LJA_ETIMEDOUT : rc;
 }
 
 int lja_channel_send(lja_channel *ch, const char *data, size_t len, void *const *objs, int nobjs,
@@ -461,157 +519,126 @@ int lja_channel_send(lja_channel *ch, const char *data, size_t len, void *const 
 {
     if (nobjs < 0 || (nobjs > 0 && !objs))
         return LJA_EINVAL;
-    struct parcel p = {data, len, NULL};
-    int ring = ch->slots != NULL;
-    if (!ring || nobjs || len > LJA_MSG_INLINE) {
-        int small = !ring && is_small(len, nobjs);
-        if (small) {
-            pthread_mutex_lock(&ch->tail_lock);
-            p.msg = lja_spare_pop(&ch->spare);
-            pthread_mutex_unlock(&ch->tail_lock);
-        }
-        if (!p.msg)
-            p.msg = malloc(small ? SMALL_BLOCK : sizeof *p.msg + (size_t)nobjs * sizeof(void *) + len);
-        if (!p.msg) {
-            for (int i = 0; i < nobjs; i++)   /* not sent: its references go (ljasync.h) */
-                lja_object_release(objs[i]);
-            return LJA_ENOMEM;
-        }
-        p.msg->home = small ? ch : NULL;
-        fill(p.msg, data, len, objs, nobjs);
-    }
-    int rc = push(ch, &p);
-    if (rc == LJA_EAGAIN && timeout != 0) {
-        spin_until_ready(ch, 1);
-        rc = push(ch, &p);
-    }
-    if (rc == LJA_EAGAIN && timeout != 0) {
-        pthread_mutex_lock(&ch->lock);
-        rc = wait_push(ch, &p, timeout);
-        pthread_mutex_unlock(&ch->lock);
-    }
-    if (rc == LJA_OK) {
-        after_push(ch);
-        return LJA_OK;
-    }
-    lja_msg_free(p.msg);   /* not sent: its references go too */
-    return rc == LJA_EAGAIN ? LJA_ETIMEDOUT : rc;
-}
-
-/* The waiting part of recv: with ch->lock held, takes a message, sleeping
- * on not_empty until one comes, the channel is closed and drained or the
- * timeout passes.  Returns pop's result. */
-static int wait_pop(lja_channel *ch, lja_msg **msg, char *buf, size_t *len, double timeout)
-{
-    struct timespec deadline;
-    int have = 0, got, waited = LJA_OK;
-    atomic_fetch_add(&ch->recv_waiters, 1);
-    while (!(got = pop(ch, msg, buf, len)) && !finished(ch) && waited == LJA_OK)
-        waited = lja_wait_timeout(&ch->not_empty, &ch->lock, timeout, &deadline, &have);
-    atomic_fetch_sub(&ch->recv_waiters, 1);
-    return got;
-}
-
-int lja_channel_recv_into(lja_channel *ch, lja_msg **msg, char *buf, size_t *len, double timeout)
-{
-    *msg = NULL;
-    int got = pop(ch, msg, buf, len);   /* ch->lock only to wait */
-    if (!got && timeout != 0) {
-        spin_until_ready(ch, 0);
-        got = pop(ch, msg, buf, len);
-    }
-    if (!got && timeout != 0) {
-        pthread_mutex_lock(&ch->lock);
-        got = wait_pop(ch, msg, buf, len, timeout);
-        pthread_mutex_unlock(&ch->lock);
-    }
-    if (got) {
-        after_pop(ch);
-        return LJA_OK;
-    }
-    return finished(ch) ? LJA_ECLOSED : LJA_ETIMEDOUT;
-}
-
-/* For callers that want every message as an lja_msg: one whose bytes came
- * inline is copied to a block taken before the message is, so that no
- * message is lost to a failed malloc. */
-int lja_channel_recv(lja_channel *ch, lja_msg **msg, double timeout)
-{
-    *msg = NULL;
-    if (!ch->slots)   /* a list holds every message as an lja_msg */
-        return lja_channel_recv_into(ch, msg, NULL, NULL, timeout);
-    lja_msg *block = malloc(sizeof *block + LJA_MSG_INLINE);
-    if (!block)
+    lja_msg *msg = NULL;
+    if ((nobjs || len > LJA_MSG_INLINE) && !(msg = msg_new(ch, data, len, objs, nobjs))) {
+        for (int i = 0; i < nobjs; i++)   /* not sent: its references go (ljasync.h) */
+            lja_object_release(objs[i]);
         return LJA_ENOMEM;
-    char buf[LJA_MSG_INLINE];
-    size_t len = 0;
-    int rc = lja_channel_recv_into(ch, msg, buf, &len, timeout);
-    if (rc == LJA_OK && !*msg) {
-        block->home = NULL;
-        fill(block, buf, len, NULL, 0);
-        *msg = block;
-    } else {
-        free(block);
     }
+    int rc = run(&(struct op){ch, 1, data, &len, NULL, &msg}, timeout);
+    if (rc != LJA_OK)
+        lja_msg_free(msg);   /* not sent: its references go too */
     return rc;
 }
 
 void lja_channel_close(lja_channel *ch)
 {
     pthread_mutex_lock(&ch->lock);
-    atomic_fetch_or(&ch->tail, CLOSED_BIT);   /* before closed: see finished */
+    atomic_fetch_or(&ch->tail, CLOSED_BIT);   /* before closed: see try_op */
     atomic_store(&ch->closed, 1);
     pthread_cond_broadcast(&ch->not_empty);
     pthread_cond_broadcast(&ch->not_full);
-    notify_selectors(ch);
-    notify_watches(ch);
+    notify_watchers(ch);
     pthread_mutex_unlock(&ch->lock);
 }
 
-int64_t lja_channel_len(lja_channel *ch)
-{
-    return length(ch);
-}
-
-/* Takes a message from the first ready channel: LJA_OK, or LJA_ECLOSED
- * for a closed and drained one; LJA_EAGAIN if none is ready. */
-static int take_ready(lja_channel *const *chs, int n, int *index, lja_msg **msg, char *buf, size_t *len)
+/* Takes a message from the first ready channel into o: LJA_OK, or
+ * LJA_ECLOSED for a closed and drained one; LJA_EAGAIN if none is ready. */
+static int take_ready(lja_channel *const *chs, int n, int *index, struct op *o)
 {
     for (int i = 0; i < n; i++) {
-        lja_channel *ch = chs[i];
-        if (length(ch) == 0 && !atomic_load(&ch->closed))
-            continue;
-        int got = pop(ch, msg, buf, len);
-        if (got || finished(ch)) {
+        o->ch = chs[i];
+        int rc = try_op(o);
+        if (rc != LJA_EAGAIN) {
             *index = i;
-            if (!got)
-                return LJA_ECLOSED;
-            after_pop(ch);
-            return LJA_OK;
+            if (rc == LJA_OK)
+                after(chs[i], 1);
+            return rc;
         }
     }
     return LJA_EAGAIN;
 }
 
-static void watch(lja_channel *const *chs, int n, struct selector_link *links, struct selector *sel, int on)
+/* Registers (on) or removes select's watchers, one on each channel. */
+static void watch(lja_channel *const *chs, int n, struct watcher *links, int on)
 {
     for (int i = 0; i < n; i++) {
-        lja_channel *ch = chs[i];
-        pthread_mutex_lock(&ch->lock);
-        if (on) {
-            links[i].sel = sel;
-            links[i].next = ch->selectors;
-            ch->selectors = &links[i];
-            atomic_fetch_add(&ch->recv_waiters, 1);
-        } else {
-            struct selector_link **p = &ch->selectors;
-            while (*p != &links[i])
-                p = &(*p)->next;
-            *p = links[i].next;
-            atomic_fetch_sub(&ch->recv_waiters, 1);
-        }
-        pthread_mutex_unlock(&ch->lock);
+        pthread_mutex_lock(&chs[i]->lock);
+        link_watcher(chs[i], find_watcher(chs[i], &links[i]), &links[i], on);
+        pthread_mutex_unlock(&chs[i]->lock);
     }
+}
+
+/* select's waits: on its own condition variable, woken by any of the
+ * channels (no spin: a select waits on channels that are seldom busy). */
+static int select_op(lja_channel *const *chs, int n, int *index, struct op *o, double timeout)
+{
+    int rc = take_ready(chs, n, index, o);
+    if (rc != LJA_EAGAIN)
+        return rc;
+    if (timeout == 0)
+        return LJA_ETIMEDOUT;
+    struct watcher *links = malloc((size_t)n * sizeof *links);
+    if (!links)
+        return LJA_ENOMEM;
+    struct selector sel;
+    pthread_mutex_init(&sel.lock, NULL);
+    lja_cond_init(&sel.ready);
+    sel.signaled = 0;
+    struct timespec deadline;
+    int have = 0, waited = LJA_OK;
+    for (int i = 0; i < n; i++)
+        links[i] = (struct watcher){NULL, &sel, -1};
+    watch(chs, n, links, 1);
+    while ((rc = take_ready(chs, n, index, o)) == LJA_EAGAIN && waited == LJA_OK) {
+        pthread_mutex_lock(&sel.lock);
+        while (!sel.signaled && waited == LJA_OK)
+            waited = lja_wait_timeout(&sel.ready, &sel.lock, timeout, &deadline, &have);
+        sel.signaled = 0;
+        pthread_mutex_unlock(&sel.lock);
+    }
+    watch(chs, n, links, 0);
+    if (rc == LJA_EAGAIN)
+        rc = take_ready(chs, n, index, o);
+    pthread_cond_destroy(&sel.ready);
+    pthread_mutex_destroy(&sel.lock);
+    free(links);
+    return rc == LJA_EAGAIN ? LJA_ETIMEDOUT : rc;
+}
+
+/* A receive from ch (n 0) or select's from chs.  With buf NULL, every
+ * message comes as an lja_msg: one whose bytes came inline is copied to a
+ * block taken first, so that no message is lost to a failed malloc. */
+HOT int receive(lja_channel *const *chs, int n, int *index, lja_msg **msg, char *buf, size_t *len,
+                   double timeout)
+{
+    *msg = NULL;
+    lja_msg *block = NULL;
+    if (!buf) {
+        if (!(block = msg_new(chs[0], NULL, 0, NULL, 0)))   /* a small block: room for LJA_MSG_INLINE */
+            return LJA_ENOMEM;
+        buf = block->data;
+        len = &block->len;
+    }
+    struct op o = {chs[0], 0, NULL, len, buf, msg};
+    int rc = n ? select_op(chs, n, index, &o, timeout) : run(&o, timeout);
+    if (block && rc == LJA_OK && !*msg) {
+        block->home = chs[n ? *index : 0];   /* blocks of one size recycle anywhere */
+        *msg = block;
+    } else if (block) {
+        lja_msg_free(block);
+    }
+    return rc;
+}
+
+int lja_channel_recv_into(lja_channel *ch, lja_msg **msg, char *buf, size_t *len, double timeout)
+{
+    return receive(&ch, 0, NULL, msg, buf, len, timeout);
+}
+
+int lja_channel_recv(lja_channel *ch, lja_msg **msg, double timeout)
+{
+    return receive(&ch, 0, NULL, msg, NULL, NULL, timeout);
 }
 
 int lja_channel_select(lja_channel *const *chs, int n, int *index, lja_msg **msg, char *buf, size_t *len,
@@ -621,33 +648,5 @@ int lja_channel_select(lja_channel *const *chs, int n, int *index, lja_msg **msg
     *index = -1;
     if (n < 1 || !chs)
         return LJA_EINVAL;
-    int rc = take_ready(chs, n, index, msg, buf, len);
-    if (rc != LJA_EAGAIN)
-        return rc;
-    if (timeout == 0)
-        return LJA_ETIMEDOUT;
-    struct selector_link *links = calloc((size_t)n, sizeof *links);
-    if (!links)
-        return LJA_ENOMEM;
-    struct selector sel;
-    pthread_mutex_init(&sel.lock, NULL);
-    lja_cond_init(&sel.ready);
-    sel.signaled = 0;
-    struct timespec deadline;
-    int have = 0, waited = LJA_OK;
-    watch(chs, n, links, &sel, 1);
-    while ((rc = take_ready(chs, n, index, msg, buf, len)) == LJA_EAGAIN && waited == LJA_OK) {
-        pthread_mutex_lock(&sel.lock);
-        while (!sel.signaled && waited == LJA_OK)
-            waited = lja_wait_timeout(&sel.ready, &sel.lock, timeout, &deadline, &have);
-        sel.signaled = 0;
-        pthread_mutex_unlock(&sel.lock);
-    }
-    watch(chs, n, links, &sel, 0);
-    if (rc == LJA_EAGAIN)
-        rc = take_ready(chs, n, index, msg, buf, len);
-    pthread_cond_destroy(&sel.ready);
-    pthread_mutex_destroy(&sel.lock);
-    free(links);
-    return rc == LJA_EAGAIN ? LJA_ETIMEDOUT : rc;
+    return receive(chs, n, index, msg, buf, len, timeout);
 }

@@ -248,10 +248,11 @@ LJA_API int64_t *lja_atomic_cell(lja_atomic *a);  /* use with lja_atomic_load & 
  * lja_msg_data and then free with lja_msg_free (which releases its objects),
  * or returns LJA_ETIMEDOUT, or LJA_ECLOSED once closed and drained.
  * recv_into is recv that copies a message of at most LJA_MSG_INLINE bytes
- * without objects into buf instead (then *msg is NULL and *len its
- * length): no allocation.  select receives as recv_into from the first of
- * n channels with a message, or returns LJA_ECLOSED for the first closed
- * and drained one, and sets *index.
+ * without objects into buf (which holds LJA_MSG_INLINE bytes) instead (then
+ * *msg is NULL and *len its length): no allocation; with buf NULL it is
+ * recv.  select receives as recv_into from the first of n channels with a
+ * message, or returns LJA_ECLOSED for the first closed and drained one,
+ * and sets *index.
  */
 typedef struct lja_channel lja_channel;
 typedef struct lja_msg lja_msg;
