@@ -57,12 +57,6 @@ local dec = buffer.new(options)
 -- it is decoded (decode_transient does) or dropped.
 local kinds_by_ctype, kinds_by_name = {}, {}
 
-function M.register(ct, kind)
-    FFI()
-    kinds_by_ctype[tonumber(ct)] = kind
-    kinds_by_name[kind.name] = kind
-end
-
 -- The references taken by the last encode, and their kinds.
 local exported, exported_kinds = {}, {}
 -- The cdata that the last encode sent by address (take_anchors).
@@ -98,10 +92,10 @@ end
 
 -- The encoder's encode_values, and the functions it adds to the module
 -- (a metatable loads them at their first use).
-local encode_values
+local encode_values, encode
 local function load_encoder()
     local t = shared()
-    t.slow = load_slow
+    t.slow, t.encode = load_slow, encode
     encode_values = require("lj-async.transfer_encode")(t, M)
     setmetatable(M, nil)
 end
@@ -115,7 +109,7 @@ end })
 -- cannot cross (at `level`, or with no position for 0), and then nothing
 -- was sent.  The encoder, and from it the slow path, are tail calls: the
 -- error levels count no frame of either, nor of this.
-local function encode(hidden, level, n, ...)
+function encode(hidden, level, n, ...)
     if #exported > 0 then M.forget_exported() end
     if anchors[1] ~= nil then clear(anchors) end
     enc:reset()
@@ -127,22 +121,10 @@ local function encode(hidden, level, n, ...)
     return encode_values(hidden, level, n, ...)
 end
 
-function M.encode(n, ...)
-    encode(0, 0, n, ...)
-    return enc:ref()
-end
-
 -- As encode, for a message whose first `hidden` values are lj-async's own:
 -- errors number the values after them from 1.
 function M.encode_after(hidden, n, ...)
     encode(hidden, 0, n, ...)
-    return enc:ref()
-end
-
--- As encode_after, raising at `level` as error() counts it in the caller
--- (for senders that let the error through to the user's line).
-function M.encode_at(level, hidden, n, ...)
-    encode(hidden, level + 2, n, ...)   -- the slow path's encode, here, the caller
     return enc:ref()
 end
 
@@ -169,37 +151,6 @@ end
 
 function M.forget_exported()
     for i = #exported, 1, -1 do exported[i], exported_kinds[i] = nil, nil end
-end
-
-function M.drop_exported()
-    release_all(exported, exported_kinds)
-end
-
--- The last encode's references, kept apart from later encodes (nil when
--- there are none); objs_array and release take the result.
-function M.take_exported()
-    local n = #exported
-    if n == 0 then return nil end
-    local list = { kinds = {} }
-    for i = 1, n do list[i], list.kinds[i] = exported[i], exported_kinds[i] end
-    M.forget_exported()
-    return list
-end
-
-function M.release(list)
-    if list then release_all(list, list.kinds) end
-end
-
--- Encode into a Lua string (same errors as encode).
-function M.encode_string(n, ...)
-    encode(0, 0, n, ...)
-    return enc:tostring()
-end
-
--- As encode_string, with encode_after's hidden values.
-function M.encode_string_after(hidden, n, ...)
-    encode(hidden, 0, n, ...)
-    return enc:tostring()
 end
 
 -- (Messages of one to three values, the most, are decoded without the
@@ -256,18 +207,6 @@ function M.decode(p, len)
     if ffi then error(r[2], 0) end   -- the slow path loaded it: another failure
     FFI()
     return decode(p, len)
-end
-
-local function release_imports(...)
-    release_all(imported, imported_kinds)
-    return ...
-end
-
--- Decode a message whose object references travel inside it (thread
--- arguments and results, state calls): once the objects have handles here,
--- the message's own references are released.
-function M.decode_transient(p, len)
-    return release_imports(M.decode(p, len))
 end
 
 return M

@@ -1,7 +1,9 @@
 -- lj-async.transfer_encode: the encoding side of lj-async.transfer (see
 -- there): which values string.buffer takes as they are, the values of a
--- message, and what runs code in another state needs (code_of, load_code,
--- encode_outcome, results, traceback, take_anchors).  lj-async.transfer
+-- message, the rest of the module's encoders and references (encode,
+-- encode_at, encode_string, take_exported, register...), and what runs code
+-- in another state needs (code_of, load_code, encode_outcome, results,
+-- traceback, take_anchors, decode_transient).  lj-async.transfer
 -- loads it at the first message with values or the first use of one of
 -- those functions, and calls what this returns with what the two share;
 -- that puts the functions into the module and gives back encode_values.
@@ -13,7 +15,8 @@ local clear = require "table.clear"
 
 -- lj-async.transfer's, set by the function this returns (slow() loads the
 -- slow path and gives its encode, decode and cdata classifier).
-local FFI, enc, SIMPLE, kinds_by_ctype, anchors, slow
+local FFI, enc, SIMPLE, kinds_by_ctype, kinds_by_name, anchors, slow, encode
+local exported, exported_kinds, imported, imported_kinds, release_all
 local transfer   -- the module, which gets the functions of M
 local M = {}
 
@@ -135,6 +138,71 @@ function M.load_code(code, chunkname)
     return assert(load(code, chunkname))
 end
 
+-- Registers a kind of lj-async object (see kinds_by_ctype in
+-- lj-async.transfer).
+function M.register(ct, kind)
+    FFI()
+    kinds_by_ctype[tonumber(ct)] = kind
+    kinds_by_name[kind.name] = kind
+end
+
+-- lj-async.transfer's encode (see there) and the pointer and length of
+-- its message.
+function M.encode(n, ...)
+    encode(0, 0, n, ...)
+    return enc:ref()
+end
+
+-- As encode_after, raising at `level` as error() counts it in the caller
+-- (for senders that let the error through to the user's line).
+function M.encode_at(level, hidden, n, ...)
+    encode(hidden, level + 2, n, ...)   -- the slow path's encode, here, the caller
+    return enc:ref()
+end
+
+function M.drop_exported()
+    release_all(exported, exported_kinds)
+end
+
+-- The last encode's references, kept apart from later encodes (nil when
+-- there are none); objs_array and release take the result.
+function M.take_exported()
+    local n = #exported
+    if n == 0 then return nil end
+    local list = { kinds = {} }
+    for i = 1, n do list[i], list.kinds[i] = exported[i], exported_kinds[i] end
+    transfer.forget_exported()
+    return list
+end
+
+function M.release(list)
+    if list then release_all(list, list.kinds) end
+end
+
+-- Encode into a Lua string (same errors as encode).
+function M.encode_string(n, ...)
+    encode(0, 0, n, ...)
+    return enc:tostring()
+end
+
+-- As encode_string, with encode_after's hidden values.
+function M.encode_string_after(hidden, n, ...)
+    encode(hidden, 0, n, ...)
+    return enc:tostring()
+end
+
+local function release_imports(...)
+    release_all(imported, imported_kinds)
+    return ...
+end
+
+-- Decode a message whose object references travel inside it (thread
+-- arguments and results, state calls): once the objects have handles here,
+-- the message's own references are released.
+function M.decode_transient(p, len)
+    return release_imports(transfer.decode(p, len))
+end
+
 -- The reply of a run in another state (a thread, a state call): the
 -- results of xpcall as one message, or, when a result cannot cross, a
 -- failure that says so (numbering the results from 1).
@@ -161,7 +229,10 @@ function M.traceback(e)
 end
 
 return function(t, module)
-    FFI, enc, SIMPLE, kinds_by_ctype, anchors, slow = t.FFI, t.enc, t.SIMPLE, t.kinds_by_ctype, t.anchors, t.slow
+    FFI, enc, SIMPLE, anchors, slow, encode = t.FFI, t.enc, t.SIMPLE, t.anchors, t.slow, t.encode
+    kinds_by_ctype, kinds_by_name = t.kinds_by_ctype, t.kinds_by_name
+    exported, exported_kinds, imported, imported_kinds = t.exported, t.exported_kinds, t.imported, t.imported_kinds
+    release_all = t.release_all
     transfer = module
     for k, v in next, M do module[k] = v end
     return encode_values
