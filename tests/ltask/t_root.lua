@@ -397,6 +397,18 @@ function T.idle_memory(n)
     out:send("ok", { kb = (rss_mib() - before) * 1024 / n, elapsed = elapsed })
 end
 
+-- What a service's state has loaded as it starts, takes a first call, then
+-- a second (README "ltask": an idle service loads neither the encoder nor
+-- the shim's search).
+function T.lazy_loads()
+    local e = ltask.spawn("echo")
+    local function loaded(name) return ltask.call(e, "loaded", name) end
+    local r = { encoder_first = loaded("lj-async.transfer_encode"), encoder_then = loaded("lj-async.transfer_encode"),
+        search = loaded("lj-async.shim_find"), slow = loaded("lj-async.transfer_slow") }
+    r.echo = { ltask.call(e, "echo", 1, "two", { 3 }) }
+    out:send("ok", r)
+end
+
 -- A send waiting for room in a full inbox returns false once the receiver
 -- is killed, instead of waiting forever.  The receiver's file sleeps: what
 -- is sent to it is held, counted against its inbox of 4, until the kill.
