@@ -77,7 +77,7 @@ local PRELUDE = string.dump(assert(load([==[
 local path, cpath, libpath, shared, config, mods = ...
 local collectgarbage = collectgarbage   -- not the one lj-async.reset watches from _boot on
 jit.off()   -- booting runs once: compiling it would cost time and machine code
-if not os.getenv("NOSTOP") then collectgarbage("stop") end
+collectgarbage("stop")   -- booting makes little garbage: a collection would walk the new heap for it
 package.path, package.cpath = path, cpath
 package.loaded["lj-async.libpath"] = libpath
 local load_at = package.loadlib(libpath, "lja_lua_load")   -- in place: no copy (csrc/lua.c)
@@ -93,7 +93,6 @@ setmetatable(package.preload, { __index = function(_, name)
     return f
 end })
 require("ltask.core").attach(tonumber(shared), config)
-if os.getenv("MIDGC") then collectgarbage() if not os.getenv("NOSTOP") then collectgarbage("stop") end end
 require("ltask")._boot()
 collectgarbage("restart")
 jit.on()   -- for the service's own code (and again at each recycle: ltask/init.lua)
