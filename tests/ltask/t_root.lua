@@ -385,9 +385,15 @@ function T.calls(n)
 end
 
 -- n echo services that stay idle: the resident memory each takes (KB),
--- and the seconds their spawns took.
-function T.idle_memory(n)
+-- and the seconds their spawns took.  After a quit (`after_quit`), fresh
+-- states take the snapshot that recycling needs (ltask/init.lua).
+function T.idle_memory(n, after_quit)
     local rss_mib = require("tests.helpers").rss_mib
+    if after_quit then
+        local q = ltask.spawn("echo")
+        ltask.send(q, "quit")
+        assert(until_true(function() return not ltask.send(q, "add", 1) end, 300), "the service did not quit")
+    end
     local list = { ltask.spawn("echo") }   -- what the first spawn loads once
     collectgarbage()
     local before, t0 = rss_mib(), ltask.now()
