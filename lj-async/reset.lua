@@ -93,11 +93,16 @@ function M.snapshot()
     for _, t in ipairs { loaded, package.preload, package.loaders, getmetatable(""), ffi or nil } do
         tables[t] = copy(t)
     end
+    -- The functions' environments: only those that are not the globals
+    -- (a dozen of some two hundred) are kept; a restore checks them all.
     local metatables, envs = {}, {}
     for t, saved in pairs(tables) do
         metatables[t] = getmetatable(t) or false
         for _, v in next, saved do
-            if type(v) == "function" then envs[v] = debug_getfenv(v) end
+            if type(v) == "function" then
+                local env = debug_getfenv(v)
+                if env ~= G then envs[v] = env end
+            end
         end
     end
     local thread_env = getfenv(0)
@@ -137,8 +142,13 @@ function M.snapshot()
             if jit_on and not jit.status() then jit.on() end
             -- setfenv(0, t) changes the globals of all code loaded after it.
             if getfenv(0) ~= thread_env then setfenv(0, thread_env) end
-            for f, env in next, envs do
-                if debug_getfenv(f) ~= env then debug_setfenv(f, env) end
+            for _, saved in next, tables do
+                for _, f in next, saved do
+                    if type(f) == "function" then
+                        local env = envs[f] or G
+                        if debug_getfenv(f) ~= env then debug_setfenv(f, env) end
+                    end
+                end
             end
             for f, env in next, kept do
                 if debug_getfenv(f) ~= env then debug_setfenv(f, env) end

@@ -39,70 +39,17 @@ const char *lja_version(void);
 int lja_thread_poll(void);
 ]]
 
-local function exists(path)
-    local f = io.open(path, "rb")
-    if f then f:close() end
-    return f ~= nil
-end
-
-local function module_root()
-    local src = debug.getinfo(1, "S").source
-    if src:sub(1, 1) ~= "@" then return nil end
-    local dir = src:sub(2):match("^(.*)[/\\]lj%-async[/\\]shim%.lua$")
-    if dir == nil and src:match("^@lj%-async[/\\]shim%.lua$") then dir = "." end
-    return dir
-end
-
--- The shim's path and where it was found, or nil and the places searched.
-local function find()
-    local env = os.getenv("LJ_ASYNC_LIB")
-    if env and env ~= "" then return env, "LJ_ASYNC_LIB" end
-    local path, tried = package.searchpath(C_NAME, package.cpath)
-    if path then return path, "package.cpath" end
-    local searched = { "$LJ_ASYNC_LIB (not set)" }
-    for p in tried:gmatch("no file '([^']*)'") do searched[#searched + 1] = "package.cpath: " .. p end
-    local root = module_root()
-    if root then
-        for _, p in ipairs { root .. "/" .. C_NAME .. ".so", root .. "/build/" .. C_NAME .. ".so" } do
-            if exists(p) then return p, "next to the modules" end
-            searched[#searched + 1] = "next to the modules: " .. p
-        end
-    end
-    return nil, searched
-end
-
--- A state made by lj-async.vm is told the path its creator found and checked.
+-- A state made by lj-async.vm is told the path its creator found and
+-- checked; the first state finds the shim and checks its version
+-- (lj-async/shim_find.lua, which the others never load).
 local path, found = package.loaded["lj-async.libpath"], nil
-if not path then
-    path, found = find()
-    if not path then
-        error("lj-async: cannot find the C shim '" .. C_NAME .. ".so'; searched:\n\t"
-            .. table.concat(found, "\n\t") .. "\nSet LJ_ASYNC_LIB to its path, add its directory to "
-            .. "package.cpath, or build it: cmake -S . -B build && cmake --build build", 2)
-    end
-end
+local first = not path and require "lj-async.shim_find"
+if first then path, found = first.find(C_NAME) end
 local ok, lib = pcall(ffi.load, path)
 if not ok then
     error("lj-async: cannot load the C shim '" .. path .. "': " .. tostring(lib), 2)
 end
-
-if found then
-    -- The modules and the shim must come from one release: an old shim
-    -- first on package.cpath would otherwise fail later, at its first
-    -- missing symbol.
-    local expected = ("ABI %d (lj-async %s) for the modules in %s"):format(M.ABI, M.VERSION, module_root() or "?")
-    local has, abi_version = pcall(function() return lib.lja_abi_version end)
-    if not has then
-        error(("lj-async: '%s' (from %s) is not the C shim these modules need: it has no "
-            .. "lja_abi_version (an lj-async shim from before 0.1.0, or another library); expected %s")
-            :format(path, found, expected), 2)
-    end
-    local abi = abi_version()
-    if abi ~= M.ABI then
-        error(("lj-async: the C shim '%s' (from %s) is lj-async %s (ABI %d); expected %s")
-            :format(path, found, ffi.string(lib.lja_version()), abi, expected), 2)
-    end
-end
+if first then first.check(lib, path, found, M) end
 
 M.C, M.path = lib, path
 

@@ -23,15 +23,16 @@
 -- table of such values built when first needed and again when
 -- package.loaded has changed: functions without upvalues never use it.
 --
--- Thread states load this module on every run, so it needs only
--- string.buffer until a value takes the slow path; then it loads the FFI
--- and the slow path itself (lj-async/transfer_slow.lua), which a state
--- that only sends plain values never loads (an ltask service is smaller).
+-- Thread states load this module on every run, and each ltask service, so
+-- it holds only the decoder and the references: the encoder
+-- (lj-async/transfer_encode.lua) loads at the first message with values,
+-- which an idle service never sends (its start is answered with none); the
+-- slow path (lj-async/transfer_slow.lua), with the FFI, at the first value
+-- that needs it, which a state that only sends plain values never loads.
 local buffer = require "string.buffer"
 local clear = require "table.clear"
 
-local type, select, pcall, error, tostring, tonumber = type, select, pcall, error, tostring, tonumber
-local string_dump, getupvalue, getinfo = string.dump, debug.getupvalue, debug.getinfo
+local type, select, pcall, error, tonumber = type, select, pcall, error, tonumber
 
 local ffi
 local function FFI()
@@ -56,12 +57,6 @@ local dec = buffer.new(options)
 -- it is decoded (decode_transient does) or dropped.
 local kinds_by_ctype, kinds_by_name = {}, {}
 
-function M.register(ct, kind)
-    FFI()
-    kinds_by_ctype[tonumber(ct)] = kind
-    kinds_by_name[kind.name] = kind
-end
-
 -- The references taken by the last encode, and their kinds.
 local exported, exported_kinds = {}, {}
 -- The cdata that the last encode sent by address (take_anchors).
@@ -70,58 +65,6 @@ local anchors = {}
 local imported, imported_kinds = {}, {}
 local SIMPLE = { number = true, string = true, boolean = true, ["nil"] = true }
 
--- Whether string.buffer encodes v as it is (the fast path), decided
--- before encoding: a caught error out of a compiled caller's encode
--- corrupted that caller's frame on Debian's LuaJIT 2.1 (2022).  It refuses
--- functions, coroutines, full userdata, cdata other than int64, uint64 and
--- complex (classify, cached per ctype) and tables nested past 100 levels
--- (which also ends a cycle); lj-async objects cross as handles.
-local PLAIN_DEPTH = 100
-local getfenv = debug.getfenv
-local plain
--- The slow path (lj-async/transfer_slow.lua), loaded when a message first
--- needs it: its encode, decode and cdata classifier.
-local slow_encode, slow_decode, cdata_class, load_slow
-local function plain_entry(k, x, depth)
-    local tx, tk = type(x), type(k)
-    return (tx == "number" or tx == "string" or tx == "boolean" or plain(x, tx, depth))
-        and (tk == "number" or tk == "string" or tk == "boolean" or plain(k, tk, depth))
-end
--- Whether table t's entries are plain.  Tables of one or two entries are
--- checked without a loop: a loop that ends after a turn or two is never
--- compiled, and knocks every caller off its trace.
-local function plain_table(t, depth)
-    local k, x = next(t)
-    if k == nil then return true end
-    if not plain_entry(k, x, depth) then return false end
-    k, x = next(t, k)
-    if k == nil then return true end
-    if not plain_entry(k, x, depth) then return false end
-    if next(t, k) == nil then return true end
-    for key, value in next, t do
-        if not plain_entry(key, value, depth) then return false end
-    end
-    return true
-end
-function plain(v, tv, depth)
-    if SIMPLE[tv] then return true end
-    if tv == "table" then return depth < PLAIN_DEPTH and plain_table(v, depth + 1) end
-    if tv == "cdata" then
-        local id = tonumber(FFI().typeof(v))
-        if not cdata_class then load_slow() end
-        return not kinds_by_ctype[id] and cdata_class(id, v) == "copy"
-    end
-    return tv == "userdata" and getfenv(v) == nil   -- light userdata
-end
-
-local function all_plain(n, ...)
-    for i = 1, n do
-        local v = select(i, ...)
-        if not plain(v, type(v), 0) then return false end
-    end
-    return true
-end
-
 local function release_all(refs, kinds)
     for i = #refs, 1, -1 do
         kinds[i].release(refs[i])
@@ -129,64 +72,53 @@ local function release_all(refs, kinds)
     end
 end
 
--- (encode_special and decode_special tail-call the slow path: the error
--- levels count no frame here.)
-function load_slow()
-    slow_encode, slow_decode, cdata_class = require("lj-async.transfer_slow")({
-        FFI = FFI, enc = enc, dec = dec, SPECIAL = SPECIAL, NODE = NODE, SIMPLE = SIMPLE,
+-- What the encoder and the slow path share with this module.
+local parts
+local function shared()
+    parts = parts or { FFI = FFI, enc = enc, dec = dec, SPECIAL = SPECIAL, NODE = NODE, SIMPLE = SIMPLE,
         kinds_by_ctype = kinds_by_ctype, kinds_by_name = kinds_by_name,
         exported = exported, exported_kinds = exported_kinds, anchors = anchors,
-        imported = imported, imported_kinds = imported_kinds, release_all = release_all,
-    })
+        imported = imported, imported_kinds = imported_kinds, release_all = release_all }
+    return parts
 end
 
-local function encode_special(hidden, level, n, ...)
-    if not slow_encode then load_slow() end
-    return slow_encode(hidden, level, n, ...)
+-- The slow path (lj-async/transfer_slow.lua), loaded when a message first
+-- needs it: { its encode, its decode, its cdata classifier }.
+local slow
+local function load_slow()
+    slow = slow or { require("lj-async.transfer_slow")(shared()) }
+    return slow
 end
 
-local function decode_special(n)
-    if not slow_decode then load_slow() end
-    return slow_decode(n)
+-- The encoder's encode_values, and the functions it adds to the module
+-- (a metatable loads them at their first use).
+local encode_values, encode
+local function load_encoder()
+    local t = shared()
+    t.slow, t.encode = load_slow, encode
+    encode_values = require("lj-async.transfer_encode")(t, M)
+    setmetatable(M, nil)
 end
+setmetatable(M, { __index = function(_, k)
+    if not encode_values then load_encoder() end
+    return rawget(M, k)
+end })
 
 -- Encode n values into one message.  Returns a pointer and length valid
 -- until the next encode in this state; raises an error that names what
 -- cannot cross (at `level`, or with no position for 0), and then nothing
--- was sent.
-local function encode(hidden, level, n, ...)
+-- was sent.  The encoder, and from it the slow path, are tail calls: the
+-- error levels count no frame of either, nor of this.
+function encode(hidden, level, n, ...)
     if #exported > 0 then M.forget_exported() end
     if anchors[1] ~= nil then clear(anchors) end
     enc:reset()
-    if n == 1 then   -- the common one-value message: no vararg loop
-        local v = ...
-        if SIMPLE[type(v)] then
-            enc:encode(1):encode(v)
-            return
-        end
-        if plain(v, type(v), 0) then
-            enc:encode(1):encode(v)
-            return
-        end
-        encode_special(hidden, level, n, ...)
-    elseif n == 2 then   -- a command and its argument (ltask), a key and a value, code and ctx
-        local a, b = ...
-        if plain(a, type(a), 0) and plain(b, type(b), 0) then
-            enc:encode(2):encode(a):encode(b)
-        else
-            encode_special(hidden, level, n, ...)
-        end
-    elseif all_plain(n, ...) then
-        enc:encode(n)
-        for i = 1, n do enc:encode((select(i, ...))) end
-    else
-        encode_special(hidden, level, n, ...)
+    if n == 0 then   -- nothing to check: no need of the encoder
+        enc:encode(0)
+        return
     end
-end
-
-function M.encode(n, ...)
-    encode(0, 0, n, ...)
-    return enc:ref()
+    if not encode_values then load_encoder() end
+    return encode_values(hidden, level, n, ...)
 end
 
 -- As encode, for a message whose first `hidden` values are lj-async's own:
@@ -194,23 +126,6 @@ end
 function M.encode_after(hidden, n, ...)
     encode(hidden, 0, n, ...)
     return enc:ref()
-end
-
--- As encode_after, raising at `level` as error() counts it in the caller
--- (for senders that let the error through to the user's line).
-function M.encode_at(level, hidden, n, ...)
-    encode(hidden, level + 3, n, ...)   -- encode_special, encode, here, the caller
-    return enc:ref()
-end
-
--- The cdata that the last encode sent by address, which must outlive the
--- message's use (Thread.new keeps them until the thread ends); nil for none.
-function M.take_anchors()
-    if anchors[1] == nil then return nil end
-    local list = {}
-    for i = 1, #anchors do list[i] = anchors[i] end
-    clear(anchors)
-    return list
 end
 
 -- The object references the last encode took for its message: the shim's
@@ -236,37 +151,6 @@ end
 
 function M.forget_exported()
     for i = #exported, 1, -1 do exported[i], exported_kinds[i] = nil, nil end
-end
-
-function M.drop_exported()
-    release_all(exported, exported_kinds)
-end
-
--- The last encode's references, kept apart from later encodes (nil when
--- there are none); objs_array and release take the result.
-function M.take_exported()
-    local n = #exported
-    if n == 0 then return nil end
-    local list = { kinds = {} }
-    for i = 1, n do list[i], list.kinds[i] = exported[i], exported_kinds[i] end
-    M.forget_exported()
-    return list
-end
-
-function M.release(list)
-    if list then release_all(list, list.kinds) end
-end
-
--- Encode into a Lua string (same errors as encode).
-function M.encode_string(n, ...)
-    encode(0, 0, n, ...)
-    return enc:tostring()
-end
-
--- As encode_string, with encode_after's hidden values.
-function M.encode_string_after(hidden, n, ...)
-    encode(hidden, 0, n, ...)
-    return enc:tostring()
 end
 
 -- (Messages of one to three values, the most, are decoded without the
@@ -300,7 +184,7 @@ local function decode(p, len)
     local n = dec:decode()
     if n < 0 then
         FFI()  -- pointers need the FFI
-        return decode_special(-n - 1)
+        return load_slow()[2](-n - 1)   -- (a tail call: no frame here in its errors)
     end
     if n == 0 then return 0 end
     return n, decode_values(n)
@@ -323,74 +207,6 @@ function M.decode(p, len)
     if ffi then error(r[2], 0) end   -- the slow path loaded it: another failure
     FFI()
     return decode(p, len)
-end
-
-local function release_imports(...)
-    release_all(imported, imported_kinds)
-    return ...
-end
-
--- Decode a message whose object references travel inside it (thread
--- arguments and results, state calls): once the objects have handles here,
--- the message's own references are released.
-function M.decode_transient(p, len)
-    return release_imports(M.decode(p, len))
-end
-
--- Code that will run in another state, to send in a message before the
--- arguments (as lj-async's own value, see path_of): a function without
--- upvalues as bytecode, a function with upvalues as itself (the message
--- carries them; what cannot cross raises there), Lua source (checked here)
--- or bytecode.  Raises at the caller's level on what cannot cross.
--- load_code makes the function again from what the message carried.
-function M.code_of(func, level)
-    level = level + 1
-    local tf = type(func)
-    if tf == "function" then
-        if getinfo(func, "S").what == "C" then
-            error("lj-async: cannot run a C function in another state", level)
-        end
-        if getupvalue(func, 1) then return func end
-        return string_dump(func)
-    elseif tf == "string" then
-        if func:sub(1, 3) ~= "\27LJ" then
-            local ok, err = load(func, "=(source)")
-            if not ok then error("lj-async: " .. err, level) end
-        end
-        return func
-    end
-    error("lj-async: expected a function, Lua source or bytecode, got " .. tf, level)
-end
-
--- The function of code_of's output, in the receiver.
-function M.load_code(code, chunkname)
-    if type(code) == "function" then return code end
-    return assert(load(code, chunkname))
-end
-
--- The reply of a run in another state (a thread, a state call): the
--- results of xpcall as one message, or, when a result cannot cross, a
--- failure that says so (numbering the results from 1).
-function M.encode_outcome(what, ...)
-    local ok, msg = pcall(M.encode_string_after, 1, select("#", ...), ...)
-    if ok then return msg end
-    return M.encode_string(2, false, "lj-async: the " .. what .. "'s results cannot cross: " .. tostring(msg))
-end
-
--- What a run's outcome (encode_outcome's ok, then its values or its error)
--- gives the caller: the values, after true when `with_true`, or nil and
--- the error.
-function M.results(with_true, ok, ...)
-    if not ok then return nil, ... end
-    if with_true then return true, ... end
-    return ...
-end
-
--- An error handler for xpcall: the message with a traceback that stops
--- where lj-async's own frames begin.
-function M.traceback(e)
-    local tb = debug.traceback(tostring(e), 2)
-    return (tb:gsub("\n\t%[C%]: in function 'xpcall'.*$", ""))
 end
 
 return M

@@ -124,14 +124,18 @@ function M.compile(source, name)
     return string.dump(assert(load(source, "=" .. name)))
 end
 
+-- What a new state does not get of the loaded lj-async.* entries: the
+-- prelude's own, and the shim's search (it is told the shim's path).
+local NOT_SHIPPED = { ["lj-async.libpath"] = true, ["lj-async.bytecode"] = true, ["lj-async.shipped"] = true,
+    ["lj-async.shim_find"] = true }
+
 -- The prelude's arguments for a state whose boot chunk is `boot`.
 -- A state ships what it was shipped (its bytecode table), so that the
 -- states that a thread makes get what the thread's state got.
 function M.args(boot, ...)
     local args = { package.path, package.cpath, shim.path, 0 }
     local function add(name)
-        if name:sub(1, 9) == "lj-async." and name ~= "lj-async.libpath" and name ~= "lj-async.bytecode"
-            and name ~= "lj-async.shipped" and not shipped[name] then
+        if name:sub(1, 9) == "lj-async." and not NOT_SHIPPED[name] and not shipped[name] then
             args[#args + 1] = name
             args[#args + 1] = module_bytecode(name)
         end

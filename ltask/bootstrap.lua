@@ -17,6 +17,7 @@ local core = require "ltask.core"
 -- Loaded here, so that service states get them preloaded (lj-async.vm
 -- ships what is loaded).
 require "lj-async.reset"
+require "lj-async.transfer_encode"
 require "lj-async.transfer_slow"
 
 -- Threads (the workers, the system thread) and services get ltask's modules
@@ -80,13 +81,14 @@ collectgarbage("stop")   -- booting makes little garbage: a collection would wal
 package.path, package.cpath = path, cpath
 package.loaded["lj-async.libpath"] = libpath
 local load_at = package.loadlib(libpath, "lja_lua_load")   -- in place: no copy (csrc/lua.c)
-mods = require("string.buffer").decode(mods)   -- name -> { address, length }
 -- A lookup loads the module's chunk, which require then runs (a loader
--- that loads when called measured ~4 KB more per idle service).
+-- that loads when called measured ~4 KB more per idle service).  mods
+-- lists "\n<name> <address> <length>" lines: one string, no table per module.
 setmetatable(package.preload, { __index = function(_, name)
-    local m = mods[name]
-    if not m then return nil end
-    local f = load_at(m[1], m[2], "=" .. name)
+    local at = mods:find("\n" .. name .. " ", 1, true)
+    if not at then return nil end
+    local p, len = mods:match("^(%d+) (%d+)", at + #name + 2)
+    local f = load_at(p, len, "=" .. name)
     if type(f) ~= "function" then error(f, 0) end
     return f
 end })
@@ -111,10 +113,10 @@ local function service_recipe(shared, shared_addr, config_str)
     for i = 5, 4 + 2 * tonumber(vmargs[4]), 2 do
         local bc = string.dump(assert(load(vmargs[i + 1])), true)
         stripped[#stripped + 1] = bc
-        mods[vmargs[i]] = { address(ffi.cast("const char *", bc)), #bc }
+        mods[#mods + 1] = ("\n%s %.0f %d"):format(vmargs[i], address(ffi.cast("const char *", bc)), #bc)
     end
     local args = { vmargs[1], vmargs[2], vmargs[3], ("%.0f"):format(shared_addr), config_str,
-        buffer.encode(mods) }
+        table.concat(mods) }
     local n, ptrs, lens = vm.c_strings(args)
     shared.chunk, shared.chunk_len = PRELUDE, #PRELUDE
     shared.nargs, shared.args, shared.lens = n, ptrs, lens

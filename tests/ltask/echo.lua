@@ -39,4 +39,5 @@ function S.later(addr, cmd, ...)
     k.result = { pcall(ltask.call, addr, cmd, ...) }
 end
 function S.kept() return kept end
+function S.loaded(name) return package.loaded[name] ~= nil end
 return S

@@ -385,9 +385,15 @@ function T.calls(n)
 end
 
 -- n echo services that stay idle: the resident memory each takes (KB),
--- and the seconds their spawns took.
-function T.idle_memory(n)
+-- and the seconds their spawns took.  After a quit (`after_quit`), fresh
+-- states take the snapshot that recycling needs (ltask/init.lua).
+function T.idle_memory(n, after_quit)
     local rss_mib = require("tests.helpers").rss_mib
+    if after_quit then
+        local q = ltask.spawn("echo")
+        ltask.send(q, "quit")
+        assert(until_true(function() return not ltask.send(q, "add", 1) end, 300), "the service did not quit")
+    end
     local list = { ltask.spawn("echo") }   -- what the first spawn loads once
     collectgarbage()
     local before, t0 = rss_mib(), ltask.now()
@@ -395,6 +401,18 @@ function T.idle_memory(n)
     local elapsed = ltask.now() - t0
     collectgarbage()
     out:send("ok", { kb = (rss_mib() - before) * 1024 / n, elapsed = elapsed })
+end
+
+-- What a service's state has loaded as it starts, takes a first call, then
+-- a second (README "ltask": an idle service loads neither the encoder nor
+-- the shim's search).
+function T.lazy_loads()
+    local e = ltask.spawn("echo")
+    local function loaded(name) return ltask.call(e, "loaded", name) end
+    local r = { encoder_first = loaded("lj-async.transfer_encode"), encoder_then = loaded("lj-async.transfer_encode"),
+        search = loaded("lj-async.shim_find"), slow = loaded("lj-async.transfer_slow") }
+    r.echo = { ltask.call(e, "echo", 1, "two", { 3 }) }
+    out:send("ok", r)
 end
 
 -- A send waiting for room in a full inbox returns false once the receiver
