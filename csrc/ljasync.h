@@ -455,7 +455,8 @@ LJA_API void lja_shared_free(lja_shared *t);
  * unless it was replaced).  Whatever else uses the pool's memory after its
  * last handle (the watchdog, a job) holds it, and leaves uncounted.
  * lja_lua_cancel makes the code running in L raise "lj-async: job
- * cancelled" at every VM instruction until its hook is cleared.
+ * cancelled" at every VM instruction outside lj-async's own code, until
+ * its hook is cleared.
  */
 typedef struct lja_pool lja_pool;
 
