@@ -197,7 +197,7 @@ local pushvalue, lua_pcall, toboolean, settop = lua.lua_pushvalue, lua.lua_pcall
 local RUN, FINISH, RESET = 1, 2, 3   -- where a job state keeps these functions on its stack
 local job_ptr, job_pp, pool_ptr = ffi.typeof("pool_job *"), ffi.typeof("pool_job **"), ffi.typeof("lja_pool *")
 local JOB = ffi.sizeof("pool_job *")   -- a queued message: the job's address, then its input
-local JOB_SIZE = ffi.sizeof("pool_job")
+local JOB_SIZE, calloc = ffi.sizeof("pool_job"), ffi.C.calloc   -- freed by lja_free
 
 -- Drops a reference to job j; the last frees it.
 local function release(j)
@@ -548,7 +548,7 @@ local function submit(pool, code, ctx, opts, level)
     end
     local ok, p, len = pcall(transfer.encode_after, 1, 2, code, ctx)
     if not ok then error((p:gsub("%(argument 1", "(ctx")), level) end
-    local j = ffi.cast(job_ptr, C.calloc(1, JOB_SIZE))
+    local j = ffi.cast(job_ptr, calloc(1, JOB_SIZE))
     local result = j ~= nil and C.lja_channel_new(0) or nil
     if result == nil then
         C.lja_free(j)
