@@ -444,8 +444,8 @@ LJA_API void lja_shared_free(lja_shared *t);
 /* ---- Worker pools (README: `lj-async.pool`) ---------------------------------
  * The shim keeps a pool's memory, its lock and the count of its workers;
  * lj-async/pool.lua keeps the rest: the jobs and their cancel, the running
- * jobs (a list whose head is lja_pool_data's word, under the lock), the
- * worker loop, the watchdog, replacement and shutdown.  lja_pool_channel
+ * jobs, the worker loop, the watchdog, replacement and shutdown.
+ * lja_pool_data gives two words of its own, used under the lock.  lja_pool_channel
  * gives the job queue (0) and the watchdog's wake-ups (1).  lock returns 1
  * once the pool is closed: by lja_pool_close (the queue closes, join fails)
  * or when the last handle goes (the wake-ups close too).

@@ -10,7 +10,7 @@ struct lja_pool {
     lja_object hdr;
     pthread_mutex_t lock;
     lja_channel *queue, *watch;
-    void *data;                 /* lj-async/pool.lua's, under the lock */
+    void *data[2];              /* lj-async/pool.lua's, under the lock */
     int size;                   /* workers that count (not replaced) */
     int shut;                   /* closed: no more jobs nor workers */
     atomic_int holds;           /* the handles (as one), its threads, its jobs */
@@ -34,7 +34,7 @@ void lja_pool_unlock(lja_pool *p)
 
 void **lja_pool_data(lja_pool *p)
 {
-    return &p->data;
+    return p->data;
 }
 
 lja_channel *lja_pool_channel(lja_pool *p, int watch)

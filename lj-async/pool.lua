@@ -70,7 +70,7 @@ typedef struct pool_job {
     void *result;         /* the channel of its outcome */
     void *pool;           /* held by the job */
     void *L;              /* the state running it; the rest under the pool's lock too */
-    struct pool_job *next, *prev;   /* the running list (its head: lja_pool_data) */
+    struct pool_job *next, *prev;   /* the running list (its head: lja_pool_data's first word) */
     int phase, replaced;
 } pool_job;
 ]]
@@ -208,7 +208,8 @@ local function release(j)
     end
 end
 
--- The head of pool p's running list (read and written under its lock).
+-- The head of pool p's running list, then whether its watchdog started
+-- (read and written under its lock).
 local function running(p)
     return ffi.cast(job_pp, pool_data(p))
 end
@@ -297,10 +298,11 @@ end
 
 -- Job j begins in state L on pool p's worker, unless it was cancelled
 -- while queued or the pool closed meanwhile: true if it runs (it is then
--- on the running list, which holds a reference).
+-- on the running list, which holds a reference).  The pool's first job
+-- starts its watchdog, so one runs whenever a job does.
 local function begin(p, j, L)
     if lock(p) ~= 0 then cancel_locked(j, SHUTDOWN) end   -- queued when the pool closed
-    local run = j.phase == QUEUED
+    local run, first = j.phase == QUEUED, false
     if run then
         j.phase, j.L = RUNNING, L
         add_cell(j.refs, 1)
@@ -309,8 +311,14 @@ local function begin(p, j, L)
         j.next, j.prev = head, nil
         if head ~= nil then head.prev = j end
         list[0] = j
+        first = list[1] == nil
+        if first then list[1] = j end   -- not nil from now on
     end
     unlock(p)
+    if first then
+        C.lja_pool_hold(p)
+        if not start(p, "_watchdog") then C.lja_pool_leave(p, 0) end
+    end
     return run
 end
 
@@ -389,14 +397,14 @@ local function work(p)
 end
 Pool._work = work
 
--- The watchdog, one per pool: cancels running jobs past their deadline,
--- and replaces the worker of a job that has not stopped GRACE seconds
--- after it saw its cancel (it is stuck in C: the pool keeps its size, and
--- the old thread leaves when its job returns).  Sleeps until the next of
--- these times, or until woken (a job with a deadline begins, a running job
--- is cancelled); leaves when shutdown tells it (a message of one byte),
--- or when the last handle has gone (the wake-ups are closed): it then
--- cancels the running jobs.
+-- The watchdog, one per pool from its first job on: cancels running jobs
+-- past their deadline, and replaces the worker of a job that has not
+-- stopped GRACE seconds after it saw its cancel (it is stuck in C: the pool
+-- keeps its size, and the old thread leaves when its job returns).  Sleeps
+-- until the next of these times, or until woken (a job with a deadline
+-- begins, a running job is cancelled); leaves when shutdown tells it (a
+-- message that is not empty), or when the last handle has gone (the
+-- wake-ups are closed): it then cancels the running jobs.
 local function watchdog(p)
     local wake = ffi.new("lja_channel *[1]", C.lja_pool_channel(p, 1))
     local msg, index, len = ffi.new("lja_msg *[1]"), ffi.new("int[1]"), ffi.new("size_t[1]")
@@ -472,12 +480,6 @@ function Pool.new(n)
         started = started + 1
     end
     if started == 0 then error("lj-async: cannot make a pool of " .. n .. " workers", 2) end
-    C.lja_pool_hold(p)
-    if not start(p, "_watchdog") then
-        C.lja_pool_leave(p, 0)
-        methods.shutdown(p, 0)
-        error("lj-async: cannot start a pool's watchdog", 2)
-    end
     return p
 end
 

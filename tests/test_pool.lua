@@ -584,4 +584,22 @@ function TestPool:test_last_handle_stops_running_jobs()
     lu.assertTrue(cpu < 0.1, ("%.2f s of CPU over 0.3 s idle: a job still spins"):format(cpu))
 end
 
+-- Pools shut down (and kept) or dropped leave no thread behind (their
+-- workers and their watchdog leave): memory settles over many of them.
+function TestPool:test_pools_leave_no_thread_behind()
+    local code = Pool.compile("return ctx")
+    local n, kept = 0, {}
+    H.assert_memory_settles(lu, function()
+        n = n + 1
+        local pool = Pool.new(1)
+        lu.assertEquals(pool:submit(code, n), n)
+        if n % 2 == 0 then
+            lu.assertTrue(pool:shutdown(1))
+            kept[#kept + 1] = pool
+        end
+        pool = nil
+        collectgarbage()
+    end, 40, 200, 8, "200 pools")
+end
+
 os.exit(lu.LuaUnit.run())
