@@ -41,7 +41,7 @@ local function ns_per_iteration(instrumented, n)
     if instrumented then
         local load_cell, cancel = require("lj-async.shim").C.lja_atomic_load, ffi.new("int64_t[1]")
         local g = assert(load(safepoint.instrument(LOOP)))
-        local function poll() if load_cell(cancel) ~= 0 then error("cancelled") end end   -- a job's
+        local function poll() if load_cell(cancel) ~= 0 then error("cancelled") end end   -- as a job state's poll
         f = function() return g(poll) end
     else
         f = assert(load(LOOP))
