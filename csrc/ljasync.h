@@ -438,54 +438,35 @@ LJA_API lja_shared *lja_shared_dead_pop(int *slot);
 LJA_API void lja_shared_free(lja_shared *t);
 
 /* ---- Worker pools (README: `lj-async.pool`) ---------------------------------
- * The shim keeps a pool's memory and its jobs' cancel; lj-async/pool.lua
- * keeps the rest: the job queue and the watchdog's wake-ups are the pool's
- * channels (lja_pool_channel: 0 the queue, 1 the wake-ups; both closed by
- * lja_pool_close and when the last handle goes, which also cancels the
- * running jobs), the worker loop, the watchdog, replacement and shutdown.
+ * The shim keeps a pool's memory, its lock and the count of its workers;
+ * lj-async/pool.lua keeps the rest: the jobs and their cancel, the running
+ * jobs, the worker loop, the watchdog, replacement and shutdown.
+ * lja_pool_data gives two words of its own, used under the lock.  lja_pool_channel
+ * gives the job queue (0) and the watchdog's wake-ups (1).  lock returns 1
+ * once the pool is closed: by lja_pool_close (the queue closes, join fails)
+ * or when the last handle goes (the wake-ups close too).
  *
  * A worker joins (counted in the size, which lja_pool_size changes by d and
  * returns, 0 once closed; LJA_ECLOSED once closed) and leaves (counted:
- * unless it was replaced).  job_new makes a job of pool p (deadline on
- * lja_now's clock, 0: none) with two references: its submitter's and its
- * queued message's, each released with lja_job_release.  A worker begins a
- * job in state L (0: it was cancelled while queued; else it is among the
- * running jobs, and a cancel hooks L), calls ran once its code has
- * returned (the hook is off: no cancel reaches it any more), then done once
- * its outcome is sent (it runs no more; 1: its worker was replaced, and
- * leaves uncounted).  cancel returns 1 when the
- * job was queued (it is done now), 0 when running (it stops at its next
- * poll or hook check), LJA_EINVAL when done; cancelled gives the reason
- * (0: none).  lja_pool_poll, called by a job's code on its worker, returns
- * the running job's cancel reason (0: go on).  running stores up to max of
- * the running jobs, each with a reference to release, and returns how many
- * there are.  replace returns 1 once, before done: the job's worker is
- * replaced.
+ * unless it was replaced).  Whatever else uses the pool's memory after its
+ * last handle (the watchdog, a job) holds it, and leaves uncounted.
+ * lja_lua_cancel makes the code running in L raise "lj-async: job
+ * cancelled" at every VM instruction outside lj-async's own code, until
+ * its hook is cleared.
  */
 typedef struct lja_pool lja_pool;
-typedef struct lja_job lja_job;
-
-enum { LJA_JOB_CANCELLED = 1, LJA_JOB_TIMEOUT = 2, LJA_JOB_SHUTDOWN = 3 };
 
 LJA_API lja_pool *lja_pool_new(void);
 LJA_API lja_channel *lja_pool_channel(lja_pool *p, int watch);
-LJA_API int lja_pool_watch(lja_pool *p);
+LJA_API void **lja_pool_data(lja_pool *p);
+LJA_API int lja_pool_lock(lja_pool *p);
+LJA_API void lja_pool_unlock(lja_pool *p);
 LJA_API void lja_pool_close(lja_pool *p);
 LJA_API int lja_pool_join(lja_pool *p);
+LJA_API void lja_pool_hold(lja_pool *p);
 LJA_API void lja_pool_leave(lja_pool *p, int counted);
 LJA_API int lja_pool_size(lja_pool *p, int d);
-LJA_API int lja_pool_running(lja_pool *p, lja_job **out, int max);
-LJA_API int lja_pool_poll(void);
-LJA_API lja_job *lja_job_new(lja_pool *p, double deadline);
-LJA_API void lja_job_release(lja_job *j);
-LJA_API int lja_job_cancel(lja_job *j, int reason);
-LJA_API int lja_job_cancelled(lja_job *j);
-LJA_API double lja_job_deadline(lja_job *j);
-LJA_API lja_channel *lja_job_channel(lja_job *j);
-LJA_API int lja_job_begin(lja_job *j, void *L);
-LJA_API void lja_job_ran(lja_job *j);
-LJA_API int lja_job_done(lja_job *j);
-LJA_API int lja_job_replace(lja_job *j);
+LJA_API void lja_lua_cancel(void *L);
 
 #ifdef __cplusplus
 }

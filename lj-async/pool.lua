@@ -1,12 +1,13 @@
 -- lj-async.pool: worker threads, each with its own lua_State, running
 -- precompiled bytecode on a context table (README: `lj-async.pool`).
 --
--- The shim keeps the pool's memory and its jobs' cancel (csrc/pool.c);
--- this module runs the rest on the pool's own threads (lj-async.thread):
--- the worker loop, the watchdog, worker replacement and shutdown.  The job
--- queue is a channel of messages: the job's handle, then its code and
--- context; a job's outcome comes back on a channel of its own, which its
--- worker closes once done with it.  A worker runs its jobs in a
+-- The shim keeps the pool's memory, its lock and its workers' count
+-- (csrc/pool.c); this module keeps the jobs, their cancel and the list of
+-- running jobs, and runs the rest on the pool's own threads
+-- (lj-async.thread): the worker loop, the watchdog, worker replacement and
+-- shutdown.  The job queue is a channel of messages: the job's address,
+-- then its code and context; a job's outcome comes back on a channel of
+-- its own, which its worker closes once done with it.  A worker runs its jobs in a
 -- second state, its job state, through the Lua C API: the loop is a JIT
 -- trace of C calls that no job can knock off (tests/test_pool.lua checks
 -- it stays compiled), and a job's error or cancel stays in the job state.
@@ -16,8 +17,9 @@
 -- globals and standard library (lj-async.reset) for the next job.
 --
 -- Stopping jobs: Pool.compile instruments the source (lj-async.safepoint)
--- so that compiled loops call the shim's poll; plain bytecode runs with the
--- JIT off for its functions, where a count hook stops it.  A job past its
+-- so that compiled loops call a poll, a C call that reads the job's cancel
+-- cell; plain bytecode runs with the JIT off for its functions, where the
+-- count hook that a cancel sets stops it.  A job past its
 -- deadline is cancelled by the watchdog (running), by its worker (queued
 -- past it) or by whoever waits for it, and a worker whose cancelled job has
 -- not stopped within GRACE seconds (stuck in C) is replaced.
@@ -39,31 +41,38 @@ require "lj-async.channel"   -- the channels' declarations
 
 ffi.cdef [[
 typedef struct lja_pool lja_pool;
-typedef struct lja_job lja_job;
-enum { LJA_JOB_CANCELLED = 1, LJA_JOB_TIMEOUT = 2, LJA_JOB_SHUTDOWN = 3 };
 lja_pool *lja_pool_new(void);
 lja_channel *lja_pool_channel(lja_pool *p, int watch);
-int lja_pool_watch(lja_pool *p);
+void **lja_pool_data(lja_pool *p);
+int lja_pool_lock(lja_pool *p);
+void lja_pool_unlock(lja_pool *p);
 void lja_pool_close(lja_pool *p);
 int lja_pool_join(lja_pool *p);
+void lja_pool_hold(lja_pool *p);
 void lja_pool_leave(lja_pool *p, int counted);
 int lja_pool_size(lja_pool *p, int d);
-int lja_pool_running(lja_pool *p, lja_job **out, int max);
-lja_job *lja_job_new(lja_pool *p, double deadline);
-void lja_job_release(lja_job *j);
-int lja_job_cancel(lja_job *j, int reason);
-int lja_job_cancelled(lja_job *j);
-double lja_job_deadline(lja_job *j);
-lja_channel *lja_job_channel(lja_job *j);
+void lja_lua_cancel(void *L);
 int lja_channel_recv(lja_channel *ch, lja_msg **msg, double timeout);
-int lja_job_begin(lja_job *j, void *L);
-void lja_job_ran(lja_job *j);
-int lja_job_done(lja_job *j);
-int lja_job_replace(lja_job *j);
+int64_t lja_atomic_load(const int64_t *p);
+void lja_atomic_store(int64_t *p, int64_t v);
+int64_t lja_atomic_add(int64_t *p, int64_t d);
+void lja_free(void *p);
 double lja_now(void);
 void lja_sleep(double seconds);
 void lua_pushvalue(lua_State *L, int idx);
-typedef struct { const char *data; size_t len; void *result; } pool_input;
+void *calloc(size_t nmemb, size_t size);
+typedef struct { const char *data; size_t len; void *result; int64_t *cancel; } pool_input;
+/* A job, in memory that every state reaches (freed by its last release). */
+typedef struct pool_job {
+    int64_t refs[1];      /* atomic: the submitter's, the queued message's, the running list's */
+    int64_t cancel[1];    /* atomic, written under the pool's lock: 0 or the reason */
+    double deadline;      /* on lja_now's clock; 0: none */
+    void *result;         /* the channel of its outcome */
+    void *pool;           /* held by the job */
+    void *L;              /* the state running it; the rest under the pool's lock too */
+    struct pool_job *next, *prev;   /* the running list (its head: lja_pool_data's first word) */
+    int phase, replaced;
+} pool_job;
 ]]
 
 local C = shim.C
@@ -77,11 +86,9 @@ local LJA_OK, LJA_ETIMEDOUT, LJA_ECLOSED = C.LJA_OK, C.LJA_ETIMEDOUT, C.LJA_ECLO
 local HEADER = "\27lja-pool\2"
 local SKIP = #HEADER + 4   -- bytes before the bytecode
 
-local REASONS = {
-    [C.LJA_JOB_CANCELLED] = "cancelled",
-    [C.LJA_JOB_TIMEOUT] = "timeout",
-    [C.LJA_JOB_SHUTDOWN] = "pool is shut down",
-}
+-- A job's cancel: 0, or one of these reasons.
+local CANCELLED, TIMEOUT, SHUTDOWN = 1, 2, 3
+local REASONS = { "cancelled", "timeout", "pool is shut down" }
 
 -- What every job state runs once (lj-async.vm's prelude gives it the
 -- lj-async modules): it leaves the worker loop's three functions in the
@@ -94,11 +101,24 @@ local transfer = require "lj-async.transfer"
 local safepoint = require "lj-async.safepoint"
 local C = require("lj-async.shim").C
 require "lj-async.channel"
-ffi.cdef "typedef struct { const char *data; size_t len; void *result; } pool_input;"
+ffi.cdef [[
+typedef struct { const char *data; size_t len; void *result; int64_t *cancel; } pool_input;
+int64_t lja_atomic_load(const int64_t *p);
+]]
 -- The worker's word of the current job: its message past the job's
--- handle, and the channel of its outcome.
+-- address, the channel of its outcome, and its cancel cell (a cell of
+-- zero between jobs).
 local input = ffi.cast("pool_input *", require("lj-async.vm").pointer_from_arg(INPUT))
-local poll, rawset, load, xpcall, pcall, unpack = safepoint.poll, rawset, load, xpcall, pcall, unpack
+local load_cell, error = C.lja_atomic_load, error
+
+-- The poll of this state's compiled code: raises once the running job is
+-- cancelled.  A real C call, which the JIT can neither hoist nor drop.
+-- Functions that cross into this state take it by name (lj-async.safepoint).
+local function poll()
+    if load_cell(input.cancel) ~= 0 then error("lj-async: job cancelled", 0) end
+end
+safepoint.poll = poll
+local rawset, load, xpcall, pcall, unpack = rawset, load, xpcall, pcall, unpack
 
 local cache, ncache = {}, 0   -- code -> its main function, per worker
 local reset = require "lj-async.reset"
@@ -166,23 +186,69 @@ local methods = {}
 local wrap = object.define("pool", "lj-async.pool", C.LJA_KIND_POOL, "struct lja_pool", methods)
 
 local GRACE = 0.25   -- seconds a cancelled job has to stop before its worker is replaced
-local TIMEOUT, SHUTDOWN = C.LJA_JOB_TIMEOUT, C.LJA_JOB_SHUTDOWN
-local now, deadline_of, cancel_c, channel_of = C.lja_now, C.lja_job_deadline, C.lja_job_cancel, C.lja_job_channel
-local begin, ran, done, release = C.lja_job_begin, C.lja_job_ran, C.lja_job_done, C.lja_job_release
+local QUEUED, RUNNING, DONE, GONE = 0, 1, 2, 3   -- a job's phase: GONE is off the running list
+local now = C.lja_now
+local lock, unlock, pool_data = C.lja_pool_lock, C.lja_pool_unlock, C.lja_pool_data
+local load_cell, store_cell, add_cell = C.lja_atomic_load, C.lja_atomic_store, C.lja_atomic_add
 local send, recv, close, msg_data, msg_free =
     C.lja_channel_send, C.lja_channel_recv, C.lja_channel_close, C.lja_msg_data, C.lja_msg_free
 local lua = ffi.C   -- the host's Lua C API (lj-async.vm checked that it is there)
 local pushvalue, lua_pcall, toboolean, settop = lua.lua_pushvalue, lua.lua_pcall, lua.lua_toboolean, lua.lua_settop
 local RUN, FINISH, RESET = 1, 2, 3   -- where a job state keeps these functions on its stack
-local job_pp = ffi.typeof("lja_job **")
-local JOB = ffi.sizeof("lja_job *")   -- a queued message: the job's handle, then its input
+local job_ptr, job_pp, pool_ptr = ffi.typeof("pool_job *"), ffi.typeof("pool_job **"), ffi.typeof("lja_pool *")
+local JOB = ffi.sizeof("pool_job *")   -- a queued message: the job's address, then its input
+local JOB_SIZE, calloc = ffi.sizeof("pool_job"), ffi.C.calloc   -- freed by lja_free
 
--- Cancels job j for `reason`: 1 if it was queued (it is done at once, its
--- waiters wake, its worker will skip it), 0 if running, < 0 if done.
+-- Drops a reference to job j; the last frees it.
+local function release(j)
+    if add_cell(j.refs, -1) == 0 then
+        C.lja_object_release(j.result)
+        C.lja_pool_leave(j.pool, 0)
+        C.lja_free(j)
+    end
+end
+
+-- The head of pool p's running list, then whether its watchdog started
+-- (read and written under its lock).
+local function running(p)
+    return ffi.cast(job_pp, pool_data(p))
+end
+
+-- Cancels job j for `reason`, with its pool's lock held: 1 if it was
+-- queued (it is done now: its worker skips it), 0 if running (its cancel
+-- cell stops its compiled code, the hook on its state the rest, until its
+-- worker sees it return: `ran` takes the hook off under the same lock, so
+-- no cancel hooks the worker's next job), -1 if it was done.
+local function cancel_locked(j, reason)
+    local phase = j.phase
+    if phase >= DONE then return -1 end
+    if load_cell(j.cancel) == 0 then
+        store_cell(j.cancel, reason)
+        if phase == QUEUED then j.phase = DONE else C.lja_lua_cancel(j.L) end
+    end
+    return phase == QUEUED and 1 or 0
+end
+
+-- The same, taking the lock; a job cancelled while queued is done at once
+-- (its waiters wake).
 local function cancel(j, reason)
-    local rc = cancel_c(j, reason)
-    if rc == 1 then close(channel_of(j)) end
+    local p = ffi.cast(pool_ptr, j.pool)
+    lock(p)
+    local rc = cancel_locked(j, reason)
+    unlock(p)
+    if rc == 1 then close(j.result) end
     return rc
+end
+
+-- Cancels every running job of pool p.
+local function cancel_running(p, reason)
+    lock(p)
+    local j = running(p)[0]
+    while j ~= nil do
+        cancel_locked(j, reason)
+        j = j.next
+    end
+    unlock(p)
 end
 
 -- A new job state, with RUNTIME's functions at the bottom of its stack,
@@ -207,7 +273,7 @@ end
 
 local Thread   -- lj-async.thread, loaded when the first pool starts (it then ships this module)
 
--- Starts a thread of pool p that runs Pool[role] (p was anchored for it);
+-- Starts a thread of pool p that runs Pool[role] (p was held for it);
 -- false if it cannot.
 local function start(p, role)
     Thread = Thread or require "lj-async.thread"
@@ -225,10 +291,66 @@ local function start_worker(p)
     return false
 end
 
--- Wakes the watchdog of pool p, starting it first if need be.
-local function watch(p)
-    if C.lja_pool_watch(p) == 1 and not start(p, "_watchdog") then C.lja_pool_leave(p, 0) end
+-- Wakes the watchdog of pool p.
+local function wake(p)
     send(C.lja_pool_channel(p, 1), nil, 0, nil, 0, 0)
+end
+
+-- Job j begins in state L on pool p's worker, unless it was cancelled
+-- while queued or the pool closed meanwhile: true if it runs (it is then
+-- on the running list, which holds a reference).  The pool's first job
+-- starts its watchdog, so one runs whenever a job does.
+local function begin(p, j, L)
+    if lock(p) ~= 0 then cancel_locked(j, SHUTDOWN) end   -- queued when the pool closed
+    local run, first = j.phase == QUEUED, false
+    if run then
+        j.phase, j.L = RUNNING, L
+        add_cell(j.refs, 1)
+        local list = running(p)
+        local head = list[0]
+        j.next, j.prev = head, nil
+        if head ~= nil then head.prev = j end
+        list[0] = j
+        first = list[1] == nil
+        if first then list[1] = j end   -- not nil from now on
+    end
+    unlock(p)
+    if first then
+        C.lja_pool_hold(p)
+        if not start(p, "_watchdog") then C.lja_pool_leave(p, 0) end
+    end
+    return run
+end
+
+-- Job j's code has returned: no cancel reaches its state from here on.
+local function ran(p, j)
+    lock(p)
+    lua.lua_sethook(j.L, nil, 0, 0)
+    j.phase = DONE
+    unlock(p)
+end
+
+-- Job j runs no more: off the running list.  True if its worker was
+-- replaced meanwhile (it then leaves, uncounted).
+local function done(p, j)
+    lock(p)
+    local prev, next = j.prev, j.next
+    if prev ~= nil then prev.next = next else running(p)[0] = next end
+    if next ~= nil then next.prev = prev end
+    j.phase = GONE
+    local replaced = j.replaced ~= 0
+    unlock(p)
+    release(j)
+    return replaced
+end
+
+-- True once, for a running job whose worker the watchdog replaces.
+local function replace(p, j)
+    lock(p)
+    local yes = (j.phase == RUNNING or j.phase == DONE) and j.replaced == 0
+    j.replaced = 1
+    unlock(p)
+    return yes
 end
 
 -- A worker: takes jobs from pool p (which it has joined) until the pool
@@ -240,26 +362,28 @@ end
 -- pool's threads run it; tests/test_pool.lua runs it to watch its traces.
 local function work(p)
     local queue, msg, len = C.lja_pool_channel(p, 0), ffi.new("lja_msg *[1]"), ffi.new("size_t[1]")
-    local input = ffi.new("pool_input")
+    local input, idle = ffi.new("pool_input"), ffi.new("int64_t[1]")
+    input.cancel = idle
     local L, counted = job_state(input), 1
     while L ~= nil and recv(queue, msg, -1) == LJA_OK do
         local m = msg[0]
         local data = msg_data(m, len)
         local j = ffi.cast(job_pp, data)[0]
-        local deadline, replaced = deadline_of(j), 0
+        local deadline, replaced = j.deadline, false
         if deadline > 0 and now() >= deadline then cancel(j, TIMEOUT) end   -- begin skips it
-        if begin(j, L) ~= 0 then
-            if deadline > 0 then watch(p) end   -- the watchdog stops it at its deadline
-            input.data, input.len, input.result = data + JOB, len[0] - JOB, channel_of(j)
+        if begin(p, j, L) then
+            if deadline > 0 then wake(p) end   -- the watchdog stops it at its deadline
+            input.data, input.len, input.result, input.cancel = data + JOB, len[0] - JOB, j.result, j.cancel
             call(L, RUN)
-            ran(j)
+            ran(p, j)
+            input.cancel = idle
             call(L, FINISH)   -- sends the outcome; else the job failed
-            replaced = done(j)
+            replaced = done(p, j)
         end
-        close(channel_of(j))
+        close(j.result)
         release(j)   -- the message's reference
         msg_free(m)
-        if replaced ~= 0 then
+        if replaced then
             counted = 0
             break
         end
@@ -273,33 +397,50 @@ local function work(p)
 end
 Pool._work = work
 
--- The watchdog: cancels running jobs past their deadline, and replaces the
--- worker of a job that has not stopped GRACE seconds after it saw its
--- cancel (it is stuck in C: the pool keeps its size, and the old thread
--- leaves when its job returns).  Sleeps until the next of these times, or
--- until woken (a job with a deadline begins, a running job is cancelled);
--- leaves once the pool closes.
+-- The watchdog, one per pool from its first job on: cancels running jobs
+-- past their deadline, and replaces the worker of a job that has not
+-- stopped GRACE seconds after it saw its cancel (it is stuck in C: the pool
+-- keeps its size, and the old thread leaves when its job returns).  Sleeps
+-- until the next of these times, or until woken (a job with a deadline
+-- begins, a running job is cancelled); leaves when shutdown tells it (a
+-- message that is not empty), or when the last handle has gone (the
+-- wake-ups are closed): it then cancels the running jobs.
 local function watchdog(p)
     local wake = ffi.new("lja_channel *[1]", C.lja_pool_channel(p, 1))
-    local msg, index = ffi.new("lja_msg *[1]"), ffi.new("int[1]")
-    local max, seen = 16, {}   -- job address -> when its cancel was seen
-    local jobs = ffi.new("lja_job *[?]", max)
-    local timeout = 0
+    local msg, index, len = ffi.new("lja_msg *[1]"), ffi.new("int[1]"), ffi.new("size_t[1]")
+    local seen = {}   -- job address -> when its cancel was seen
+    local timeout = -1
     while true do
         -- select, not recv: it sleeps at once, where recv would spin first
         -- (wake is a list channel: every message comes as a block, no buffer)
         local rc = C.lja_channel_select(wake, 1, index, msg, nil, nil, timeout)
-        if rc == LJA_ECLOSED then break end   -- the pool closed
+        if rc == LJA_ECLOSED then
+            cancel_running(p, SHUTDOWN)
+            break
+        end
+        local stop = false
         if rc == LJA_OK then
             repeat   -- wake-ups that came meanwhile: this look covers them
+                msg_data(msg[0], len)
+                stop = stop or len[0] > 0
                 msg_free(msg[0])
             until recv(wake[0], msg, 0) ~= LJA_OK
         end
-        local n = C.lja_pool_running(p, jobs, max)
+        if stop then break end
+        local jobs, n = {}, 0   -- the running jobs, each with a reference
+        lock(p)
+        local j = running(p)[0]
+        while j ~= nil do
+            add_cell(j.refs, 1)
+            n = n + 1
+            jobs[n] = j
+            j = j.next
+        end
+        unlock(p)
         local t, next, still = now(), math.huge, {}
-        for i = 0, math.min(n, max) - 1 do
-            local j = jobs[i]
-            local reason, deadline = C.lja_job_cancelled(j), deadline_of(j)
+        for i = 1, n do
+            j = jobs[i]
+            local reason, deadline = tonumber(load_cell(j.cancel)), j.deadline
             if reason == 0 and deadline > 0 then
                 if t >= deadline then
                     cancel(j, TIMEOUT)
@@ -314,7 +455,7 @@ local function watchdog(p)
                 still[key] = since
                 if t < since + GRACE then
                     next = math.min(next, since + GRACE)
-                elseif C.lja_job_replace(j) == 1 then
+                elseif replace(p, j) then
                     C.lja_pool_size(p, -1)
                     start_worker(p)
                 end
@@ -322,13 +463,7 @@ local function watchdog(p)
             release(j)
         end
         seen = still
-        if n > max then   -- look again at once, at all of them
-            max = n * 2
-            jobs = ffi.new("lja_job *[?]", max)
-            timeout = 0
-        else
-            timeout = next == math.huge and -1 or math.max(next - now(), 0)
-        end
+        timeout = next == math.huge and -1 or math.max(next - now(), 0)
     end
     C.lja_pool_leave(p, 0)
 end
@@ -381,7 +516,7 @@ end
 
 local len_out = ffi.new("size_t[1]")
 local msg_out = ffi.new("lja_msg *[1]")
-local head = ffi.new("lja_job *[1]")
+local head = ffi.new("pool_job *[1]")
 local buf = require("string.buffer").new()
 
 local intact, nintact = {}, 0   -- Pool.compile output whose checksum was right
@@ -415,12 +550,16 @@ local function submit(pool, code, ctx, opts, level)
     end
     local ok, p, len = pcall(transfer.encode_after, 1, 2, code, ctx)
     if not ok then error((p:gsub("%(argument 1", "(ctx")), level) end
-    local deadline = timeout > 0 and now() + timeout or 0
-    local j = C.lja_job_new(pool, deadline)
-    if j == nil then
+    local j = ffi.cast(job_ptr, calloc(1, JOB_SIZE))
+    local result = j ~= nil and C.lja_channel_new(0) or nil
+    if result == nil then
+        C.lja_free(j)
         transfer.drop_exported()
         error("lj-async: cannot submit: out of memory", level)
     end
+    j.refs[0], j.result, j.pool = 2, result, pool   -- the submitter's and the queued message's
+    j.deadline = timeout > 0 and now() + timeout or 0
+    C.lja_pool_hold(pool)
     head[0] = j
     local q, qlen = buf:reset():putcdata(head, JOB):putcdata(p, len):ref()
     local objs, nobjs = transfer.objs_array()
@@ -440,7 +579,7 @@ end
 -- its deadline is cancelled (a queued one is then done at once, with no
 -- worker free to see it).
 local function wait(h, timeout)
-    local ch, deadline = channel_of(h), deadline_of(h)
+    local ch, deadline = h.result, h.deadline
     if deadline > 0 then
         local left = math.max(deadline - now(), 0)
         if timeout < 0 or left < timeout then
@@ -468,7 +607,7 @@ end
 -- cancel came too late to stop it: they may hold what it took from a
 -- channel.
 local function outcome(job, rc)
-    local reason = C.lja_job_cancelled(job)
+    local reason = tonumber(load_cell(job.cancel))
     if rc ~= LJA_OK then
         if reason ~= 0 then return nil, REASONS[reason] end
         return nil, "lj-async: the job failed in its worker"
@@ -481,7 +620,7 @@ end
 function methods:submit(code, ctx, opts)
     local job, timeout = submit(self, code, ctx, opts, 2)
     if not job then return nil, timeout end
-    local rc = recv(channel_of(job), msg_out, timeout)
+    local rc = recv(job.result, msg_out, timeout)
     if rc == LJA_ETIMEDOUT then
         cancel(job, TIMEOUT)
         return nil, "timeout"
@@ -492,13 +631,10 @@ end
 local Job = {}
 Job.__index = Job
 
-local pool_ptr = ffi.typeof("lja_pool *")
-
 function methods:submit_async(code, ctx, opts)
     local job, err = submit(self, code, ctx, opts, 2)
     if not job then return nil, err end
-    -- The job anchors its pool's memory, not its handles: a plain pointer.
-    return setmetatable({ handle = job, pool = ffi.cast(pool_ptr, self) }, Job)
+    return setmetatable({ handle = job }, Job)   -- the job holds its pool's memory, not its handles
 end
 
 -- The job's results once it is done (kept: its outcome comes once);
@@ -519,8 +655,8 @@ end
 -- The watchdog replaces its worker if it does not stop (stuck in C).
 function Job:cancel()
     if self.outcome then return false end
-    local rc = cancel(self.handle, C.LJA_JOB_CANCELLED)
-    if rc == 0 then watch(self.pool) end
+    local rc = cancel(self.handle, CANCELLED)
+    if rc == 0 then wake(self.handle.pool) end
     return rc >= 0
 end
 
@@ -532,7 +668,11 @@ end
 -- true once it runs none.  It polls: a shutdown is rare.
 local function settle(p, timeout)
     local deadline, pause = timeout < 0 and math.huge or now() + timeout, 0.0002
-    while C.lja_pool_running(p, nil, 0) > 0 do
+    while true do
+        lock(p)
+        local idle = running(p)[0] == nil
+        unlock(p)
+        if idle then break end
         local left = deadline - now()
         if left <= 0 then return false end
         C.lja_sleep(math.min(pause, left))
@@ -547,23 +687,18 @@ end
 function methods:shutdown(grace)
     grace = shim.timeout_arg(grace, 2)
     C.lja_pool_close(self)
+    send(C.lja_pool_channel(self, 1), "stop", 4, nil, 0, 0)   -- the watchdog leaves
     local queue = C.lja_pool_channel(self, 0)
     while recv(queue, msg_out, 0) == LJA_OK do   -- the workers skip what they take now
         local m = msg_out[0]
         local j = ffi.cast(job_pp, msg_data(m, len_out))[0]
         cancel(j, SHUTDOWN)
-        close(channel_of(j))
+        close(j.result)
         release(j)
         msg_free(m)
     end
     if settle(self, grace) then return true end
-    local n = C.lja_pool_running(self, nil, 0)
-    local jobs = ffi.new("lja_job *[?]", n)
-    n = math.min(C.lja_pool_running(self, jobs, n), n)
-    for i = 0, n - 1 do
-        cancel(jobs[i], SHUTDOWN)
-        release(jobs[i])
-    end
+    cancel_running(self, SHUTDOWN)
     if settle(self, 1) then return true end
     return false, "some jobs did not stop (blocked in C?)"
 end

@@ -18,13 +18,12 @@ local shim = require "lj-async.shim"
 local C = shim.C
 
 ffi.cdef [[
-int lja_pool_poll(void);
 int lja_thread_checkpoint(void);
 ]]
 
 local byte, find, match, sub = string.byte, string.find, string.match, string.sub
 local error, concat = error, table.concat
-local pool_poll_c, thread_poll_c, checkpoint_c = C.lja_pool_poll, C.lja_thread_poll, C.lja_thread_checkpoint
+local thread_poll_c, checkpoint_c = C.lja_thread_poll, C.lja_thread_checkpoint
 local CANCELLED = shim.CANCELLED
 
 local M = {}
@@ -35,12 +34,9 @@ local PREFIX = "local " .. NAME .. " = ...; "
 -- A thread's chunk keeps its arguments: it takes this state's poll itself.
 local PREFIX_THREAD = "local " .. NAME .. " = require('lj-async.safepoint').poll; "
 
--- The poll of a pool worker's state: raises once the job running on this
--- thread is cancelled; does nothing on a thread that runs no job.  A real C
--- call, which the JIT can neither hoist nor drop.
-local function job_poll()
-    if pool_poll_c() ~= 0 then error("lj-async: job cancelled", 0) end
-end
+-- The poll of a state that runs no job nor thread: nothing to stop.  A
+-- pool worker's job state sets its own (lj-async.pool).
+local function no_poll() end
 
 -- The poll of a thread's state: pauses there while the thread is paused,
 -- raises once it is cancelled (README: lj-async.thread).
@@ -48,7 +44,7 @@ local function thread_poll()
     if thread_poll_c() ~= 0 and checkpoint_c() ~= 0 then error(CANCELLED, 0) end
 end
 
-M.poll = job_poll
+M.poll = no_poll
 
 -- Called once by the runtime of thread states (lj-async.thread).
 function M.for_threads()

@@ -538,4 +538,68 @@ function TestPool:test_pool_goes_with_its_last_handle()
     lu.assertErrorMsgContains("no pool with id", Pool.get, id)
 end
 
+-- A cancel that comes as a job ends never reaches the worker's next job:
+-- neither its poll (compiled code) nor its hook (plain bytecode), however
+-- the cancel and the end of the job interleave.
+function TestPool:test_late_cancel_never_stops_the_next_job()
+    local pool = Pool.new(1)
+    local N = SANITIZED and 150 or 400
+    local forms = {
+        compiled = Pool.compile("local s = 0 for i = 1, ctx.n do s = s + i end return ctx.i"),
+        bytecode = string.dump(function() local s = 0 for i = 1, ctx.n do s = s + i end return ctx.i end),
+    }
+    local hits = 0
+    for form, code in pairs(forms) do
+        for i = 1, N do
+            local job = pool:submit_async(code, { n = (i % 7) * 300, i = i })
+            if i % 3 ~= 0 then Thread.sleep(0.00005 * (i % 5)) end
+            if job:cancel() then hits = hits + 1 end
+            local r = { job:wait(5) }
+            lu.assertTrue(r[1] == i or r[2] == "cancelled", form .. ": " .. tostring(r[2]))
+            lu.assertEquals({ pool:submit(code, { n = 50, i = -i }) }, { -i }, form .. ", the job after " .. i)
+        end
+    end
+    lu.assertTrue(hits > 0, "no cancel reached a job")
+    lu.assertEquals(pool:active_workers(), 1)
+    lu.assertTrue(pool:shutdown(1))
+end
+
+-- A pool whose last handle goes stops its running jobs at once (its jobs
+-- hold its memory, not its handles): compiled code and plain bytecode.
+function TestPool:test_last_handle_stops_running_jobs()
+    local jobs = {}
+    for _, code in ipairs { Pool.compile("while true do end"), string.dump(function() while true do end end) } do
+        local pool = Pool.new(1)
+        jobs[#jobs + 1] = pool:submit_async(code, {})
+    end
+    Thread.sleep(0.05)
+    collectgarbage()
+    collectgarbage()
+    for i, job in ipairs(jobs) do
+        local s, res, err = timed(job.wait, job, 5)
+        lu.assertEquals({ res, err }, { nil, "pool is shut down" }, "job " .. i)
+        lu.assertTrue(s < 1, ("job %d stopped after %.3f s"):format(i, s))
+    end
+    local cpu = cpu_while_idle(0.3)
+    lu.assertTrue(cpu < 0.1, ("%.2f s of CPU over 0.3 s idle: a job still spins"):format(cpu))
+end
+
+-- Pools shut down (and kept) or dropped leave no thread behind (their
+-- workers and their watchdog leave): memory settles over many of them.
+function TestPool:test_pools_leave_no_thread_behind()
+    local code = Pool.compile("return ctx")
+    local n, kept = 0, {}
+    H.assert_memory_settles(lu, function()
+        n = n + 1
+        local pool = Pool.new(1)
+        lu.assertEquals(pool:submit(code, n), n)
+        if n % 2 == 0 then
+            lu.assertTrue(pool:shutdown(1))
+            kept[#kept + 1] = pool
+        end
+        pool = nil
+        collectgarbage()
+    end, 40, 200, 8, "200 pools")
+end
+
 os.exit(lu.LuaUnit.run())
