@@ -34,11 +34,8 @@ void lja_lua_clear_hook(void *L);
  * to free with free(); NULL when out of memory. */
 char *lja_copy(const char *s, size_t len);
 
-/* lua.c: makes the code running in L raise "lj-async: job cancelled" at
- * every VM instruction until lja_lua_clear_hook. */
-void lja_lua_cancel(void *L);
-
-/* lua.c: the same for a thread ("lj-async: thread cancelled"), and the
+/* lua.c: lja_lua_cancel (ljasync.h) for a thread ("lj-async: thread
+ * cancelled"), and the
  * count hook of a thread's step option, every `step` VM instructions: it
  * pauses there, or raises once the thread is cancelled. */
 void lja_lua_cancel_thread(void *L);
