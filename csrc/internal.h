@@ -35,9 +35,8 @@ void lja_lua_clear_hook(void *L);
 char *lja_copy(const char *s, size_t len);
 
 /* lua.c: lja_lua_cancel (ljasync.h) for a thread ("lj-async: thread
- * cancelled"), and the
- * count hook of a thread's step option, every `step` VM instructions: it
- * pauses there, or raises once the thread is cancelled. */
+ * cancelled"), and the count hook of a thread's step option, every `step`
+ * VM instructions: it pauses there, or raises once the thread is cancelled. */
 void lja_lua_cancel_thread(void *L);
 void lja_lua_step(void *L, int step);
 
