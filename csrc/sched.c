@@ -34,6 +34,12 @@ struct service {
     lja_fifo inbox, held;
     lja_fifo waiters;           /* refused sends, turned into ROOM notices */
     void *L;
+    /* The receiver's own (pop, rest, close: the thread that runs it), on a
+     * line apart from what senders write: messages moved off the inbox but
+     * not yet handed out, and the counted ones handed out by the last pop,
+     * still in `count` until the receiver next takes the lock. */
+    _Alignas(64) lja_fifo taken;
+    int64_t handed;
     /* Pushed by whoever frees a message (the receiver), popped by senders:
      * a line of its own, apart from the lock and the inbox. */
     _Alignas(64) lja_spare_stack spare;
@@ -93,6 +99,19 @@ void lja_sched_msg_free(lja_smsg *m)
 static int counted(int type)
 {
     return type == LJA_SMSG_REQUEST || type == LJA_SMSG_POST;
+}
+
+/* Locks held for a few instructions: a contended one spins briefly before
+ * it sleeps (a futex sleep and wake cost more than the sender's whole send). */
+static void mutex_init(pthread_mutex_t *m)
+{
+    pthread_mutexattr_t attr;
+    pthread_mutexattr_init(&attr);
+#ifdef PTHREAD_MUTEX_ADAPTIVE_NP
+    pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_ADAPTIVE_NP);
+#endif
+    pthread_mutex_init(m, &attr);
+    pthread_mutexattr_destroy(&attr);
 }
 
 static struct service *lookup(lja_sched *s, double addr)
@@ -195,25 +214,40 @@ int lja_sched_send(lja_sched *s, double from, double to, int type, int32_t sessi
     return rc;
 }
 
+/* With svc locked: what the last pop handed out was handled. */
+static void settle(struct service *svc)
+{
+    svc->count -= svc->handed;
+    svc->handed = 0;
+}
+
+/* The inbox is moved whole under the lock and cut outside it: a walk over
+ * messages just written by senders misses the cache at each one, and
+ * senders would wait on the lock (and sleep on it) meanwhile. */
 lja_smsg *lja_sched_pop(lja_sched *s, double self, int max, int *room)
 {
     *room = 0;
     struct service *svc = max < 1 ? NULL : lock_live(s, self);
     if (!svc)
         return NULL;
-    lja_smsg *first = svc->inbox.head, *last = NULL, *m = first;
+    settle(svc);
+    lja_smsg *kill = svc->inbox.head;
+    if (kill && kill->type == LJA_SMSG_KILL)   /* still before everything */
+        lja_fifo_push_front(&svc->taken, lja_fifo_shift(&svc->inbox));
+    lja_fifo_concat(&svc->taken, &svc->inbox);
+    *room = svc->waiters.head && svc->count <= svc->capacity / 2;
+    pthread_mutex_unlock(&svc->lock);
+    lja_smsg *first = svc->taken.head, *last = NULL, *m = first;
     for (int n = 0; m && n < max; n++, m = m->next) {
-        svc->count -= counted(m->type);
+        svc->handed += counted(m->type);
         last = m;
     }
     if (last) {
         last->next = NULL;
-        svc->inbox.head = m;
+        svc->taken.head = m;
         if (!m)
-            svc->inbox.tail = NULL;
-        *room = svc->waiters.head && svc->count <= svc->capacity / 2;
+            svc->taken.tail = NULL;
     }
-    pthread_mutex_unlock(&svc->lock);
     return first;
 }
 
@@ -253,7 +287,12 @@ int lja_sched_rest(lja_sched *s, double addr, int again, int wait)
     struct service *svc = lock_live(s, addr);
     if (!svc)
         return LJA_ECLOSED;
-    int rc = svc->inbox.head || again ? LJA_SCHED_WOKE : LJA_OK;
+    settle(svc);
+    /* Waiters that the next pop would tell are work too. */
+    int rc = svc->inbox.head || svc->taken.head || again ||
+                     (svc->waiters.head && svc->count <= svc->capacity / 2)
+                 ? LJA_SCHED_WOKE
+                 : LJA_OK;
     if (rc == LJA_OK) {
         svc->status = SVC_IDLE;
         while (wait && !svc->inbox.head)
@@ -283,11 +322,13 @@ lja_smsg *lja_sched_close(lja_sched *s, double addr, void **L)
     lja_smsg *list = NULL;
     if (svc->status != SVC_DEAD) {
         svc->status = SVC_DEAD;
+        lja_fifo_concat(&svc->taken, &svc->inbox);
+        lja_fifo_concat(&svc->inbox, &svc->taken);
         lja_fifo_concat(&svc->inbox, &svc->held);
         lja_fifo_concat(&svc->inbox, &svc->waiters);
         list = svc->inbox.head;
         svc->inbox.head = svc->inbox.tail = NULL;
-        svc->count = 0;
+        svc->count = svc->handed = 0;
         *L = svc->L;
         svc->L = NULL;
     }
@@ -432,7 +473,7 @@ lja_sched *lja_sched_new(int64_t max_services, int ncells, int nwatched)
     lja_spin_init(&s->spin);
     for (int i = 0; i < ncells; i++)
         atomic_init(&s->cells[i].v, 0.0);
-    pthread_mutex_init(&s->lock, NULL);
+    mutex_init(&s->lock);
     lja_cond_init(&s->work);
     return s;
 }
@@ -452,7 +493,7 @@ int lja_sched_add(lja_sched *s, void *L, int exclusive, int64_t capacity, double
         else {
             memset(svc, 0, sizeof *svc);
             lja_spare_init(&svc->spare);
-            pthread_mutex_init(&svc->lock, NULL);
+            mutex_init(&svc->lock);
             pthread_cond_init(&svc->wake, NULL);
             svc->slot = ++s->nslots;
             atomic_store_explicit(&s->slots[svc->slot], svc, memory_order_release);
@@ -494,6 +535,8 @@ void lja_sched_free(lja_sched *s)
         struct service *svc = atomic_load(&s->slots[slot]);
         if (svc->L)
             lja_lua_close(svc->L);
+        lja_fifo_concat(&svc->taken, &svc->inbox);
+        lja_fifo_concat(&svc->inbox, &svc->taken);
         lja_fifo_concat(&svc->inbox, &svc->held);
         lja_fifo_concat(&svc->inbox, &svc->waiters);
         for (lja_smsg *m = svc->inbox.head, *next; m; m = next) {
