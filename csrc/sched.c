@@ -183,7 +183,7 @@ int lja_sched_send(lja_sched *s, double from, double to, int type, int32_t sessi
         rc = LJA_ECLOSED;
     } else if (counted(type) && svc->capacity && svc->count >= svc->capacity) {
         rc = LJA_EAGAIN;
-        if (from >= 1) {   /* `from` is told when there is room (take_waiters) */
+        if (from >= 1) {   /* `from` is told when there is room (pop) */
             release_objs(m->objs, m->nobjs);
             *m = (lja_smsg){ .from = from, .type = LJA_SMSG_ROOM };
             lja_fifo_push(&svc->waiters, m);
@@ -224,9 +224,9 @@ static void settle(struct service *svc)
 /* The inbox is moved whole under the lock and cut outside it: a walk over
  * messages just written by senders misses the cache at each one, and
  * senders would wait on the lock (and sleep on it) meanwhile. */
-lja_smsg *lja_sched_pop(lja_sched *s, double self, int max, int *room)
+lja_smsg *lja_sched_pop(lja_sched *s, double self, int max, lja_smsg **waiters)
 {
-    *room = 0;
+    *waiters = NULL;
     struct service *svc = max < 1 ? NULL : lock_live(s, self);
     if (!svc)
         return NULL;
@@ -235,7 +235,10 @@ lja_smsg *lja_sched_pop(lja_sched *s, double self, int max, int *room)
     if (kill && kill->type == LJA_SMSG_KILL)   /* still before everything */
         lja_fifo_push_front(&svc->taken, lja_fifo_shift(&svc->inbox));
     lja_fifo_concat(&svc->taken, &svc->inbox);
-    *room = svc->waiters.head && svc->count <= svc->capacity / 2;
+    if (svc->waiters.head && svc->count <= svc->capacity / 2) {
+        *waiters = svc->waiters.head;
+        svc->waiters.head = svc->waiters.tail = NULL;
+    }
     pthread_mutex_unlock(&svc->lock);
     lja_smsg *first = svc->taken.head, *last = NULL, *m = first;
     for (int n = 0; m && n < max; n++, m = m->next) {
@@ -249,17 +252,6 @@ lja_smsg *lja_sched_pop(lja_sched *s, double self, int max, int *room)
             svc->taken.tail = NULL;
     }
     return first;
-}
-
-lja_smsg *lja_sched_take_waiters(lja_sched *s, double self)
-{
-    struct service *svc = lock_live(s, self);
-    if (!svc)
-        return NULL;
-    lja_smsg *list = svc->waiters.head;
-    svc->waiters.head = svc->waiters.tail = NULL;
-    pthread_mutex_unlock(&svc->lock);
-    return list;
 }
 
 void lja_sched_started(lja_sched *s, double self)
