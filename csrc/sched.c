@@ -101,19 +101,6 @@ static int counted(int type)
     return type == LJA_SMSG_REQUEST || type == LJA_SMSG_POST;
 }
 
-/* Locks held for a few instructions: a contended one spins briefly before
- * it sleeps (a futex sleep and wake cost more than the sender's whole send). */
-static void mutex_init(pthread_mutex_t *m)
-{
-    pthread_mutexattr_t attr;
-    pthread_mutexattr_init(&attr);
-#ifdef PTHREAD_MUTEX_ADAPTIVE_NP
-    pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_ADAPTIVE_NP);
-#endif
-    pthread_mutex_init(m, &attr);
-    pthread_mutexattr_destroy(&attr);
-}
-
 static struct service *lookup(lja_sched *s, double addr)
 {
     if (!s || !(addr >= 1 && addr < 9007199254740992.0))
@@ -465,7 +452,7 @@ lja_sched *lja_sched_new(int64_t max_services, int ncells, int nwatched)
     lja_spin_init(&s->spin);
     for (int i = 0; i < ncells; i++)
         atomic_init(&s->cells[i].v, 0.0);
-    mutex_init(&s->lock);
+    pthread_mutex_init(&s->lock, NULL);
     lja_cond_init(&s->work);
     return s;
 }
@@ -485,7 +472,7 @@ int lja_sched_add(lja_sched *s, void *L, int exclusive, int64_t capacity, double
         else {
             memset(svc, 0, sizeof *svc);
             lja_spare_init(&svc->spare);
-            mutex_init(&svc->lock);
+            pthread_mutex_init(&svc->lock, NULL);
             pthread_cond_init(&svc->wake, NULL);
             svc->slot = ++s->nslots;
             atomic_store_explicit(&s->slots[svc->slot], svc, memory_order_release);
