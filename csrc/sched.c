@@ -292,6 +292,17 @@ void lja_sched_wake_fd(lja_sched *s, double addr, int fd)
     }
 }
 
+/* Every message svc holds, in order: taken, queued, held, ROOM notices. */
+static lja_smsg *take_all(struct service *svc)
+{
+    lja_fifo_concat(&svc->taken, &svc->inbox);
+    lja_fifo_concat(&svc->taken, &svc->held);
+    lja_fifo_concat(&svc->taken, &svc->waiters);
+    lja_smsg *list = svc->taken.head;
+    svc->taken.head = svc->taken.tail = NULL;
+    return list;
+}
+
 lja_smsg *lja_sched_close(lja_sched *s, double addr, void **L)
 {
     *L = NULL;
@@ -301,12 +312,7 @@ lja_smsg *lja_sched_close(lja_sched *s, double addr, void **L)
     lja_smsg *list = NULL;
     if (svc->status != SVC_DEAD) {
         svc->status = SVC_DEAD;
-        lja_fifo_concat(&svc->taken, &svc->inbox);
-        lja_fifo_concat(&svc->inbox, &svc->taken);
-        lja_fifo_concat(&svc->inbox, &svc->held);
-        lja_fifo_concat(&svc->inbox, &svc->waiters);
-        list = svc->inbox.head;
-        svc->inbox.head = svc->inbox.tail = NULL;
+        list = take_all(svc);
         svc->count = svc->handed = 0;
         *L = svc->L;
         svc->L = NULL;
@@ -514,11 +520,7 @@ void lja_sched_free(lja_sched *s)
         struct service *svc = atomic_load(&s->slots[slot]);
         if (svc->L)
             lja_lua_close(svc->L);
-        lja_fifo_concat(&svc->taken, &svc->inbox);
-        lja_fifo_concat(&svc->inbox, &svc->taken);
-        lja_fifo_concat(&svc->inbox, &svc->held);
-        lja_fifo_concat(&svc->inbox, &svc->waiters);
-        for (lja_smsg *m = svc->inbox.head, *next; m; m = next) {
+        for (lja_smsg *m = take_all(svc), *next; m; m = next) {
             next = m->next;
             release_objs(m->objs, m->nobjs);
             free(BLOCK_OF(m));   /* not to a spare stack: those go next */
