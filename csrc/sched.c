@@ -21,18 +21,14 @@
 enum { SVC_IDLE, SVC_QUEUED, SVC_DEAD };   /* a free slot's struct stays DEAD, with addr 0 */
 
 struct service {
+    /* What every send and dispatch touches, in its first two lines. */
     void *link;                 /* first: the run queue's or the free list's */
     pthread_mutex_t lock;
-    pthread_cond_t wake;        /* an exclusive service's thread waits here */
-    int wake_fd;                /* or on this eventfd, signaled too (-1: none) */
-    uint64_t addr;              /* 0 while the slot is free */
-    uint64_t generation;
-    int64_t slot;
-    int status, exclusive;
-    int starting;               /* its file runs: requests and posts are held */
+    int status, starting;       /* starting: its file runs, requests and posts are held */
     int64_t capacity, count;    /* requests and posts queued (or held) */
-    lja_fifo inbox, held;
+    lja_fifo inbox;
     lja_fifo waiters;           /* refused sends, turned into ROOM notices */
+    uint64_t addr;              /* 0 while the slot is free */
     void *L;
     /* The receiver's own (pop, rest, close: the thread that runs it), on a
      * line apart from what senders write: messages moved off the inbox but
@@ -40,6 +36,12 @@ struct service {
      * still in `count` until the receiver next takes the lock. */
     _Alignas(64) lja_fifo taken;
     int64_t handed;
+    lja_fifo held;
+    pthread_cond_t wake;        /* an exclusive service's thread waits here */
+    int wake_fd;                /* or on this eventfd, signaled too (-1: none) */
+    int exclusive;
+    uint64_t generation;
+    int64_t slot;
     /* Pushed by whoever frees a message (the receiver), popped by senders:
      * a line of its own, apart from the lock and the inbox. */
     _Alignas(64) lja_spare_stack spare;
