@@ -328,10 +328,12 @@ LJA_API void lja_gate_free(lja_gate *g);
  * must put it on a run queue; an exclusive receiver's own thread is woken
  * instead), LJA_EAGAIN (the inbox is full: the message is not queued; if
  * `from` is a service, its block stays as an LJA_SMSG_ROOM notice from
- * `from`, which take_waiters hands to the receiver once its inbox has
- * drained to half) or LJA_ECLOSED (no such service).  pop takes up to max messages off the
- * front of an inbox, linked through next; *room tells that take_waiters
- * has notices to give (to answer with LJA_SMSG_ROOM, then free).
+ * `from`, which pop hands to the receiver once its inbox has drained to
+ * half) or LJA_ECLOSED (no such service).  pop takes up to max messages
+ * off the front of an inbox, linked through next, and hands over in
+ * *waiters the ROOM notices due (to answer with LJA_SMSG_ROOM, then free).
+ * What a pop takes counts against the capacity until the receiver's next
+ * pop or rest.
  *
  * A service's first message is LJA_SMSG_INIT.  Until lja_sched_started,
  * the requests and posts sent to it are held, still counted against its
@@ -368,7 +370,7 @@ enum {
     LJA_SMSG_ERROR = 4,
     LJA_SMSG_DEAD = 5,      /* the request's receiver quit before answering */
     LJA_SMSG_TIMER = 6,     /* a timer fired */
-    LJA_SMSG_ROOM = 7,      /* `from`'s inbox has room again (take_waiters: `from` waits for room) */
+    LJA_SMSG_ROOM = 7,      /* `from`'s inbox has room again (pop's *waiters: `from` waits for room) */
     LJA_SMSG_KILL = 8,      /* the receiver must quit */
     LJA_SMSG_NAME = 9,      /* a name waited for was bound to `from` (0: failed; -1: claim it) */
     LJA_SMSG_INIT = 10      /* a new service's first message: answered as a REQUEST */
@@ -392,8 +394,7 @@ LJA_API int lja_sched_add(lja_sched *s, void *L, int exclusive, int64_t capacity
 LJA_API void *lja_sched_state(lja_sched *s, double addr);
 LJA_API int lja_sched_send(lja_sched *s, double from, double to, int type, int32_t session,
                            const char *data, size_t len, void *const *objs, int nobjs);
-LJA_API lja_smsg *lja_sched_pop(lja_sched *s, double self, int max, int *room);
-LJA_API lja_smsg *lja_sched_take_waiters(lja_sched *s, double self);
+LJA_API lja_smsg *lja_sched_pop(lja_sched *s, double self, int max, lja_smsg **waiters);
 LJA_API void lja_sched_started(lja_sched *s, double self);
 LJA_API void lja_sched_msg_free(lja_smsg *m);
 LJA_API int lja_sched_rest(lja_sched *s, double addr, int again, int wait);

@@ -21,19 +21,27 @@
 enum { SVC_IDLE, SVC_QUEUED, SVC_DEAD };   /* a free slot's struct stays DEAD, with addr 0 */
 
 struct service {
+    /* What every send and dispatch touches, in its first two lines. */
     void *link;                 /* first: the run queue's or the free list's */
     pthread_mutex_t lock;
+    int status, starting;       /* starting: its file runs, requests and posts are held */
+    int64_t capacity, count;    /* requests and posts queued (or held) */
+    lja_fifo inbox;
+    lja_fifo waiters;           /* refused sends, turned into ROOM notices */
+    uint64_t addr;              /* 0 while the slot is free */
+    void *L;
+    /* The receiver's own (pop, rest, close: the thread that runs it), on a
+     * line apart from what senders write: messages moved off the inbox but
+     * not yet handed out, and the counted ones handed out by the last pop,
+     * still in `count` until the receiver next takes the lock. */
+    _Alignas(64) lja_fifo taken;
+    int64_t handed;
+    lja_fifo held;
     pthread_cond_t wake;        /* an exclusive service's thread waits here */
     int wake_fd;                /* or on this eventfd, signaled too (-1: none) */
-    uint64_t addr;              /* 0 while the slot is free */
+    int exclusive;
     uint64_t generation;
     int64_t slot;
-    int status, exclusive;
-    int starting;               /* its file runs: requests and posts are held */
-    int64_t capacity, count;    /* requests and posts queued (or held) */
-    lja_fifo inbox, held;
-    lja_fifo waiters;           /* refused sends, turned into ROOM notices */
-    void *L;
     /* Pushed by whoever frees a message (the receiver), popped by senders:
      * a line of its own, apart from the lock and the inbox. */
     _Alignas(64) lja_spare_stack spare;
@@ -164,7 +172,7 @@ int lja_sched_send(lja_sched *s, double from, double to, int type, int32_t sessi
         rc = LJA_ECLOSED;
     } else if (counted(type) && svc->capacity && svc->count >= svc->capacity) {
         rc = LJA_EAGAIN;
-        if (from >= 1) {   /* `from` is told when there is room (take_waiters) */
+        if (from >= 1) {   /* `from` is told when there is room (pop) */
             release_objs(m->objs, m->nobjs);
             *m = (lja_smsg){ .from = from, .type = LJA_SMSG_ROOM };
             lja_fifo_push(&svc->waiters, m);
@@ -195,37 +203,44 @@ int lja_sched_send(lja_sched *s, double from, double to, int type, int32_t sessi
     return rc;
 }
 
-lja_smsg *lja_sched_pop(lja_sched *s, double self, int max, int *room)
+/* With svc locked: what the last pop handed out was handled. */
+static void settle(struct service *svc)
 {
-    *room = 0;
+    svc->count -= svc->handed;
+    svc->handed = 0;
+}
+
+/* The inbox is moved whole under the lock and cut outside it: a walk over
+ * messages just written by senders misses the cache at each one, and
+ * senders would wait on the lock (and sleep on it) meanwhile. */
+lja_smsg *lja_sched_pop(lja_sched *s, double self, int max, lja_smsg **waiters)
+{
+    *waiters = NULL;
     struct service *svc = max < 1 ? NULL : lock_live(s, self);
     if (!svc)
         return NULL;
-    lja_smsg *first = svc->inbox.head, *last = NULL, *m = first;
+    settle(svc);
+    lja_smsg *kill = svc->inbox.head;
+    if (kill && kill->type == LJA_SMSG_KILL)   /* still before everything */
+        lja_fifo_push_front(&svc->taken, lja_fifo_shift(&svc->inbox));
+    lja_fifo_concat(&svc->taken, &svc->inbox);
+    if (svc->waiters.head && svc->count <= svc->capacity / 2) {
+        *waiters = svc->waiters.head;
+        svc->waiters.head = svc->waiters.tail = NULL;
+    }
+    pthread_mutex_unlock(&svc->lock);
+    lja_smsg *first = svc->taken.head, *last = NULL, *m = first;
     for (int n = 0; m && n < max; n++, m = m->next) {
-        svc->count -= counted(m->type);
+        svc->handed += counted(m->type);
         last = m;
     }
     if (last) {
         last->next = NULL;
-        svc->inbox.head = m;
+        svc->taken.head = m;
         if (!m)
-            svc->inbox.tail = NULL;
-        *room = svc->waiters.head && svc->count <= svc->capacity / 2;
+            svc->taken.tail = NULL;
     }
-    pthread_mutex_unlock(&svc->lock);
     return first;
-}
-
-lja_smsg *lja_sched_take_waiters(lja_sched *s, double self)
-{
-    struct service *svc = lock_live(s, self);
-    if (!svc)
-        return NULL;
-    lja_smsg *list = svc->waiters.head;
-    svc->waiters.head = svc->waiters.tail = NULL;
-    pthread_mutex_unlock(&svc->lock);
-    return list;
 }
 
 void lja_sched_started(lja_sched *s, double self)
@@ -253,7 +268,12 @@ int lja_sched_rest(lja_sched *s, double addr, int again, int wait)
     struct service *svc = lock_live(s, addr);
     if (!svc)
         return LJA_ECLOSED;
-    int rc = svc->inbox.head || again ? LJA_SCHED_WOKE : LJA_OK;
+    settle(svc);
+    /* Waiters that the next pop would tell are work too. */
+    int rc = svc->inbox.head || svc->taken.head || again ||
+                     (svc->waiters.head && svc->count <= svc->capacity / 2)
+                 ? LJA_SCHED_WOKE
+                 : LJA_OK;
     if (rc == LJA_OK) {
         svc->status = SVC_IDLE;
         while (wait && !svc->inbox.head)
@@ -274,6 +294,17 @@ void lja_sched_wake_fd(lja_sched *s, double addr, int fd)
     }
 }
 
+/* Every message svc holds, in order: taken, queued, held, ROOM notices. */
+static lja_smsg *take_all(struct service *svc)
+{
+    lja_fifo_concat(&svc->taken, &svc->inbox);
+    lja_fifo_concat(&svc->taken, &svc->held);
+    lja_fifo_concat(&svc->taken, &svc->waiters);
+    lja_smsg *list = svc->taken.head;
+    svc->taken.head = svc->taken.tail = NULL;
+    return list;
+}
+
 lja_smsg *lja_sched_close(lja_sched *s, double addr, void **L)
 {
     *L = NULL;
@@ -283,11 +314,8 @@ lja_smsg *lja_sched_close(lja_sched *s, double addr, void **L)
     lja_smsg *list = NULL;
     if (svc->status != SVC_DEAD) {
         svc->status = SVC_DEAD;
-        lja_fifo_concat(&svc->inbox, &svc->held);
-        lja_fifo_concat(&svc->inbox, &svc->waiters);
-        list = svc->inbox.head;
-        svc->inbox.head = svc->inbox.tail = NULL;
-        svc->count = 0;
+        list = take_all(svc);
+        svc->count = svc->handed = 0;
         *L = svc->L;
         svc->L = NULL;
     }
@@ -494,9 +522,7 @@ void lja_sched_free(lja_sched *s)
         struct service *svc = atomic_load(&s->slots[slot]);
         if (svc->L)
             lja_lua_close(svc->L);
-        lja_fifo_concat(&svc->inbox, &svc->held);
-        lja_fifo_concat(&svc->inbox, &svc->waiters);
-        for (lja_smsg *m = svc->inbox.head, *next; m; m = next) {
+        for (lja_smsg *m = take_all(svc), *next; m; m = next) {
             next = m->next;
             release_objs(m->objs, m->nobjs);
             free(BLOCK_OF(m));   /* not to a spare stack: those go next */

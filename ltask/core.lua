@@ -46,8 +46,7 @@ typedef struct lja_smsg {
 int lja_sched_add(lja_sched *s, void *L, int exclusive, int64_t capacity, double *addr);
 int lja_sched_send(lja_sched *s, double from, double to, int type, int32_t session,
                    const char *data, size_t len, void *const *objs, int nobjs);
-lja_smsg *lja_sched_pop(lja_sched *s, double self, int max, int *room);
-lja_smsg *lja_sched_take_waiters(lja_sched *s, double self);
+lja_smsg *lja_sched_pop(lja_sched *s, double self, int max, lja_smsg **waiters);
 void lja_sched_started(lja_sched *s, double self);
 void lja_sched_msg_free(lja_smsg *m);
 int lja_sched_push(lja_sched *s, double addr);
@@ -194,9 +193,9 @@ function M.refuse(sched, addr, m, slot)
     C.lja_sched_msg_free(m)
 end
 
--- Tells the services that wait for room in addr's inbox to send again.
-function M.tell_room(sched, addr, slot)
-    local m = C.lja_sched_take_waiters(sched, addr)
+-- Refuses (above) every message of a list linked through next: those
+-- queued for a service that quit, or the ROOM notices of its senders.
+function M.refuse_list(sched, addr, m, slot)
     while m ~= nil do
         local next_m = m.next
         M.refuse(sched, addr, m, slot)

@@ -30,7 +30,7 @@ local concat, format = table.concat, string.format
 local encode_after, decode = transfer.encode_after, transfer.decode
 local objs_array, forget_exported = transfer.objs_array, transfer.forget_exported
 local send_c, pop_c, free_c, rest_c = C.lja_sched_send, C.lja_sched_pop, C.lja_sched_msg_free, C.lja_sched_rest
-local schedule, signal, system = core.schedule, core.signal, core.system
+local schedule, signal, system, refuse_list = core.schedule, core.signal, core.system, core.refuse_list
 
 local REQUEST, POST, RESPONSE, ERROR = C.LJA_SMSG_REQUEST, C.LJA_SMSG_POST, C.LJA_SMSG_RESPONSE, C.LJA_SMSG_ERROR
 local DEAD, TIMER, ROOM, KILL, NAME = C.LJA_SMSG_DEAD, C.LJA_SMSG_TIMER, C.LJA_SMSG_ROOM, C.LJA_SMSG_KILL, C.LJA_SMSG_NAME
@@ -370,7 +370,7 @@ local function message_loop()
     end
 end
 
-local room_out = ffi.new("int[1]")
+local waiters_out = ffi.new("lja_smsg *[1]")
 
 -- A service with no handlers ends once nothing of it waits or runs.
 local function idle_end(r)
@@ -404,16 +404,12 @@ end
 local function dispatch(self_addr, slot)
     local r = R
     r.self, r.slot = self_addr, slot
-    batch[0] = pop_c(sched, self_addr, config.batch, room_out)
-    if room_out[0] ~= 0 then core.tell_room(sched, self_addr, slot) end
+    batch[0] = pop_c(sched, self_addr, config.batch, waiters_out)
+    if waiters_out[0] ~= nil then refuse_list(sched, self_addr, waiters_out[0], slot) end   -- room
     if batch[0] ~= nil and not r.quitting then run_batch(r) end
     local m = batch[0]
     batch[0] = nil
-    while m ~= nil do   -- popped after a quit: never served
-        local next_m = m.next
-        core.refuse(sched, self_addr, m, slot)
-        m = next_m
-    end
+    refuse_list(sched, self_addr, m, slot)   -- popped after a quit: never served
     local n = #r.ready
     if n > 0 and not r.quitting then
         -- What forks and wakeups add now runs at the next dispatch.

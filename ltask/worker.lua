@@ -91,11 +91,7 @@ local state_out = ffi.new("void *[1]")
 local function finish(s, addr, raised)
     local m = C.lja_sched_close(s, addr, state_out)
     local L = state_out[0]
-    while m ~= nil do
-        local next_m = m.next
-        core.refuse(s, addr, m, core.NO_SLOT)
-        m = next_m
-    end
+    core.refuse_list(s, addr, m, core.NO_SLOT)
     core.saw_quit(s)   -- new states take a snapshot to be recycled (ltask/init.lua)
     if L ~= nil then
         settop(L, 1)

@@ -27,6 +27,7 @@ local function run(opts, ...)
     local ctx = boot.start {
         worker = opts.worker or 2, service_path = "tests/ltask/?.lua", root = opts.root or "t_root",
         args = { out, ... }, logfile = logfile, inbox = opts.inbox, max_services = opts.max_services,
+        batch = opts.batch,
     }
     local finished = boot.wait(ctx, opts.timeout or 60)
     local elapsed = H.now() - t0
@@ -177,6 +178,14 @@ function TestLtask:test_send_waiting_for_room_ends_when_the_receiver_is_killed()
     lu.assertTrue(r.waited, "the sender never waited for room")
     lu.assertEquals(r.result, false)
     lu.assertTrue(r.sent >= 2 and r.sent <= 4, "sent " .. r.sent .. " into an inbox of 4")
+end
+
+-- 200 posts of 5 ms each are queued (1 s of work); the kill is served
+-- after the batch of 8 that runs (40 ms), not after all of them.
+function TestLtask:test_kill_overtakes_queued_posts()
+    local r = run_test({ batch = 8, timeout = 20 }, "kill_overtakes", 200)
+    lu.assertFalse(r.answered)
+    lu.assertTrue(r.elapsed < 0.5, "the kill waited " .. r.elapsed .. " s behind queued posts")
 end
 
 function TestLtask:test_kill_during_pending_call()

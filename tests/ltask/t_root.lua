@@ -444,5 +444,19 @@ function T.room_then_killed()
     out:send("ok", r)
 end
 
+-- A kill overtakes what is queued: the receiver quits after the batch it
+-- is in, not after the posts already taken off its inbox (its batch is
+-- `batch`, each post 5 ms of work).
+function T.kill_overtakes(n)
+    local e = ltask.spawn("echo")
+    ltask.call(e, "echo")
+    for _ = 1, n do ltask.send(e, "spin", 0.005) end
+    ltask.sleep(5)
+    local t0 = ltask.now()
+    ltask.kill(e)
+    local ok = pcall(ltask.call, e, "echo")
+    out:send("ok", { answered = ok, elapsed = ltask.now() - t0 })
+end
+
 local ok, err = xpcall(T[test], debug.traceback, select(3, ...))
 if not ok then out:send("error", err) end
