@@ -47,7 +47,7 @@ LJA_API const char *lja_strerror(int err);
  * LJA_ABI_VERSION, and the ABI in lj-async/shim.lua, whenever a declaration
  * in this file changes or is added.
  */
-#define LJA_ABI_VERSION 3
+#define LJA_ABI_VERSION 4
 LJA_API int lja_abi_version(void);     /* LJA_ABI_VERSION when the shim was built */
 LJA_API const char *lja_version(void); /* the release, e.g. "0.1.0" (CMake's project version) */
 

@@ -18,7 +18,7 @@ local C_NAME = "ljasync"
 
 local M = {
     VERSION = "0.1.0",  -- the release: CMakeLists.txt and the rockspecs say the same
-    ABI = 3,            -- LJA_ABI_VERSION of csrc/ljasync.h that these modules are written for
+    ABI = 4,            -- LJA_ABI_VERSION of csrc/ljasync.h that these modules are written for
 }
 
 ffi.cdef [[
