@@ -237,11 +237,12 @@ return function(ltask, rt)
         if type(opts) ~= "table" then error("ltask: spawn_service takes a table", level) end
         local args = opts.args or {}
         if type(args) ~= "table" then error("ltask: spawn_service: args must be a list", level) end
+        local spawn = require "ltask.spawn"   -- (loaded on the first spawn)
         local inbox = opts.inbox
-        if inbox ~= nil and not core.is_count(inbox, core.MAX.inbox) then
+        if inbox ~= nil and not spawn.is_count(inbox, core.MAX.inbox) then
             error(format("ltask: spawn_service: inbox must be a positive integer up to %d", core.MAX.inbox), level)
         end
-        local addr, file, code = core.new_service(core.shared, config, opts.name, opts.exclusive, inbox, level)
+        local addr, file, code = spawn.new_service(core.shared, config, opts.name, opts.exclusive, inbox, level)
         local session = next_session()
         local n = args.n or #args
         local died = "ltask: service '" .. opts.name .. "' died before it started"

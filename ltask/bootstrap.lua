@@ -14,6 +14,7 @@ local transfer = require "lj-async.transfer"
 local channel = require "lj-async.channel"
 local vm = require "lj-async.vm"
 local core = require "ltask.core"
+local spawn = require "ltask.spawn"
 -- Loaded here, so that service states get them preloaded (lj-async.vm
 -- ships what is loaded).
 require "lj-async.reset"
@@ -22,7 +23,7 @@ require "lj-async.transfer_slow"
 
 -- Threads (the workers, the system thread) and services get ltask's modules
 -- preloaded, even where package.path does not find them.
-for _, name in ipairs { "core", "worker", "system", "api" } do vm.ship("ltask." .. name, core.DIR and core.DIR .. name .. ".lua") end
+for _, name in ipairs { "core", "worker", "system", "api", "spawn" } do vm.ship("ltask." .. name, core.DIR and core.DIR .. name .. ".lua") end
 vm.ship("ltask", core.DIR and core.DIR .. "init.lua")
 local Thread = require "lj-async.thread"
 
@@ -43,16 +44,16 @@ M._VERSION = shim.VERSION
 local function configure(opts)
     if type(opts) ~= "table" then error("ltask: start takes a table of options", 3) end
     local config = {}
-    for k, v in pairs(core.DEFAULTS) do config[k] = v end
+    for k, v in pairs(spawn.DEFAULTS) do config[k] = v end
     for k, v in pairs(opts) do
-        if core.DEFAULTS[k] == nil then
+        if spawn.DEFAULTS[k] == nil then
             error("ltask: unknown option '" .. tostring(k) .. "'", 3)
         end
         config[k] = v
     end
     config.worker = config.worker or Thread.cpu_count()
     for _, k in ipairs { "worker", "inbox", "batch", "max_services" } do
-        if not core.is_count(config[k], core.MAX[k]) then
+        if not spawn.is_count(config[k], core.MAX[k]) then
             error(("ltask: option '%s' must be a positive integer up to %d"):format(k, core.MAX[k]), 3)
         end
     end
@@ -151,7 +152,7 @@ function M.start(opts)
     local box = ffi.new("ltask_shared[1]")
     local shared = box[0]   -- a reference into box, which ctx keeps
     local system, done = channel.new(), channel.new()
-    shared.sched = C.lja_sched_new(config.max_services, core.cells(config.worker), config.worker)
+    shared.sched = C.lja_sched_new(config.max_services, spawn.cells(config.worker), config.worker)
     shared.states = C.lja_states_new(SPARE_STATES)
     shared.system, shared.done = system, done
     if shared.sched == nil or shared.states == nil then
@@ -171,7 +172,7 @@ function M.start(opts)
     local shared_addr, config_str = address(box), buffer.encode(config)
     local ctx = { shared = shared, box = box, system_channel = system, done_channel = done, workers = {}, config = config,
         recipe = service_recipe(shared, shared_addr, config_str) }
-    local ok, root, file, code = pcall(core.new_service, shared, config, config.root, false, config.inbox, 1)
+    local ok, root, file, code = pcall(spawn.new_service, shared, config, config.root, false, config.inbox, 1)
     if not ok then
         stop(ctx)
         error(root, 2)
