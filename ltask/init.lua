@@ -33,7 +33,7 @@ local send_c, pop_c, free_c, rest_c = C.lja_sched_send, C.lja_sched_pop, C.lja_s
 local schedule, signal, system = core.schedule, core.signal, core.system
 
 local REQUEST, POST, RESPONSE, ERROR = C.LJA_SMSG_REQUEST, C.LJA_SMSG_POST, C.LJA_SMSG_RESPONSE, C.LJA_SMSG_ERROR
-local DEAD, TIMER, ROOM, KILL, NAME = C.LJA_SMSG_DEAD, C.LJA_SMSG_TIMER, C.LJA_SMSG_ROOM, C.LJA_SMSG_KILL, C.LJA_SMSG_NAME
+local DEAD, KILL = C.LJA_SMSG_DEAD, C.LJA_SMSG_KILL
 local INIT = C.LJA_SMSG_INIT
 local WOKE = C.LJA_SCHED_WOKE
 local DISPATCH_WAIT, DISPATCH_AGAIN, DISPATCH_QUIT = core.DISPATCH_WAIT, core.DISPATCH_AGAIN, core.DISPATCH_QUIT
@@ -117,18 +117,6 @@ local answer, failed   -- (below)
 local function resume(co, ...)
     local ok, err = co_resume(co, ...)
     if not ok then failed(co, err) end
-end
-
-local function resumed(...)
-    R.pending = R.pending - 1
-    return ...
-end
-
--- Suspends the running coroutine until the runtime resumes it; returns
--- what it is resumed with (a message type first).
-local function suspend()
-    R.pending = R.pending + 1
-    return resumed(co_yield())
 end
 
 -- Replies and other messages that are never refused for room.
@@ -224,12 +212,14 @@ end
 -- The rest of the API (ltask/api.lua) loads when a service first uses a
 -- function of it; what it returns is lj-async.asio's driver for an
 -- exclusive service.
-local asio_driver
+local asio_driver, other
+local open   -- (below)
 local function load_api()
     if not asio_driver then
-        asio_driver = require("ltask.api")(ltask, { R = R, sched = sched, config = config, suspend = suspend,
-            resume = resume, new_task = new_task, who = who, addr_text = addr_text, log = log,
-            traceback = traceback })
+        local rt = { R = R, sched = sched, config = config, resume = resume, new_task = new_task, who = who,
+            addr_text = addr_text, log = log, traceback = traceback, open = open }
+        asio_driver = require("ltask.api")(ltask, rt)
+        other = rt.other
         setmetatable(ltask, nil)
     end
     return asio_driver
@@ -275,21 +265,8 @@ local function free_after(m, n, ...)
     return ...
 end
 
-local function open(m)
+function open(m)
     return free_after(m, decode(m.data, m.len))
-end
-
-local function wake(session, ...)
-    local co = R.waiting[session]
-    if co then
-        R.waiting[session] = nil
-        resume(co, ...)
-    end
-end
-
-local function run_timeout(f)
-    local ok, err = xpcall(f, traceback)
-    if not ok then log("ltask: error in a timeout of " .. who() .. ": " .. tostring(err)) end
 end
 
 local function handle(m)
@@ -298,30 +275,11 @@ local function handle(m)
         return serve(kind, from, session, open(m))
     elseif kind == INIT then
         return init(from, session, open(m))
-    elseif kind == RESPONSE or kind == ERROR then
-        if R.waiting[session] then return wake(session, kind, open(m)) end
-    elseif kind == TIMER then
-        if R.waiting[session] then
-            wake(session, TIMER)
-        else
-            local f = R.timeouts[session]
-            if f then
-                R.timeouts[session] = nil
-                R.pending = R.pending - 1
-                resume(new_task(), run_timeout, f)
-            end
-        end
-    elseif kind == DEAD or kind == NAME then
-        wake(session, kind, from)
-    elseif kind == ROOM then
-        local list = R.room_wait[from]
-        R.room_wait[from] = nil
-        if list then   -- (the first apart: a loop of one turn would end the trace)
-            resume(list[1], ROOM)
-            for i = 2, #list do resume(list[i], ROOM) end
-        end
     elseif kind == KILL then
         R.quitting = true
+    else   -- replies, timers, names, room: only to a service that used ltask/api.lua
+        if not other then load_api() end
+        return other(m)
     end
     free_c(m)
 end
