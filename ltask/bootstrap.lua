@@ -23,8 +23,9 @@ require "lj-async.transfer_slow"
 
 -- Threads (the workers, the system thread) and services get ltask's modules
 -- preloaded, even where package.path does not find them.
-for _, name in ipairs { "core", "worker", "system", "api", "spawn" } do vm.ship("ltask." .. name, core.DIR and core.DIR .. name .. ".lua") end
-vm.ship("ltask", core.DIR and core.DIR .. "init.lua")
+local DIR = debug.getinfo(1, "S").source:match("^@(.-)bootstrap%.lua$")
+for _, name in ipairs { "core", "worker", "system", "api", "spawn" } do vm.ship("ltask." .. name, DIR and DIR .. name .. ".lua") end
+vm.ship("ltask", DIR and DIR .. "init.lua")
 local Thread = require "lj-async.thread"
 
 ffi.cdef [[
@@ -74,7 +75,7 @@ end
 -- keeps (one copy per process, not per state: a state loads a module's
 -- bytecode from the host's memory when it requires it), and boots the
 -- service runtime.
-local PRELUDE = string.dump(assert(load([==[
+local PRELUDE = string.dump(assert(load([==[   -- (stripped, as the modules below)
 local path, cpath, libpath, shared, config, mods = ...
 local collectgarbage = collectgarbage   -- not the one lj-async.reset watches from _boot on
 jit.off()   -- booting runs once: compiling it would cost time and machine code
@@ -97,7 +98,7 @@ require("ltask.core").attach(tonumber(shared), config)
 require("ltask")._boot()
 collectgarbage("restart")
 jit.on()   -- for the service's own code (and again at each recycle: ltask/init.lua)
-]==], "=ltask service prelude")))
+]==], "=ltask service prelude")), true)
 
 -- Fills in shared how services' states are made; returns what must live
 -- as long as the scheduler.

@@ -71,14 +71,6 @@ local C = shim.C
 local send_c, push_c, cell_c = C.lja_sched_send, C.lja_sched_push, C.lja_sched_cell
 local WOKE = C.LJA_SCHED_WOKE
 
--- libc's wall clock, for ltask.now and the log (declared once per state;
--- another module may have declared clock_gettime already).
-pcall(ffi.cdef, [[
-typedef struct { long tv_sec; long tv_nsec; } ltask_timespec;
-int clock_gettime(int clock, ltask_timespec *ts);
-]])
-local CLOCK_REALTIME = 0
-
 local M = { C = C }
 
 -- What a service's dispatch returns to its worker.
@@ -100,9 +92,6 @@ function M.saw_quit(sched)
     cell_c(sched, 2 * M.config.worker, 1)
 end
 
--- Where ltask's files are (ltask.bootstrap ships them to new states).
-M.DIR = debug.getinfo(1, "S").source:match("^@(.-)core%.lua$")
-
 -- Upper bounds of the integer options: the scheduler's (csrc/sched.c), or
 -- their C type's.
 M.MAX = { worker = 1024, inbox = 2 ^ 53, batch = 2 ^ 31 - 1, max_services = 2 ^ 24 - 1 }
@@ -117,11 +106,19 @@ function M.attach(shared_addr, config_str)
     M.config = buffer.decode(config_str)
 end
 
-local ts = ffi.new("ltask_timespec")
-
--- Seconds since the epoch, with the clock's resolution.
+-- Seconds since the epoch, with the clock's resolution: libc's wall clock,
+-- declared at the first use (a service that logs nothing never does;
+-- another module may have declared clock_gettime already).
+local ts
 function M.wallclock()
-    ffi.C.clock_gettime(CLOCK_REALTIME, ts)
+    if not ts then
+        pcall(ffi.cdef, [[
+typedef struct { long tv_sec; long tv_nsec; } ltask_timespec;
+int clock_gettime(int clock, ltask_timespec *ts);
+]])
+        ts = ffi.new("ltask_timespec")
+    end
+    ffi.C.clock_gettime(0, ts)   -- CLOCK_REALTIME
     return tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) * 1e-9
 end
 

@@ -23,17 +23,17 @@ local core = require "ltask.core"
 local transfer = require "lj-async.transfer"
 
 local C = core.C
-local type, select, error, tostring, pcall, xpcall, next = type, select, error, tostring, pcall, xpcall, next
-local table_clear = require "table.clear"
+-- Locals cache what the message path calls; colder code looks its functions
+-- up (a cached local is an upvalue, ~56 bytes, in every service's state).
+local type, select, tostring, pcall = type, select, tostring, pcall
 local co_create, co_resume, co_yield, co_running = coroutine.create, coroutine.resume, coroutine.yield, coroutine.running
-local concat, format = table.concat, string.format
 local encode_after, decode = transfer.encode_after, transfer.decode
 local objs_array, forget_exported = transfer.objs_array, transfer.forget_exported
 local send_c, pop_c, free_c, rest_c = C.lja_sched_send, C.lja_sched_pop, C.lja_sched_msg_free, C.lja_sched_rest
-local schedule, signal, system = core.schedule, core.signal, core.system
+local schedule, signal = core.schedule, core.signal
 
 local REQUEST, POST, RESPONSE, ERROR = C.LJA_SMSG_REQUEST, C.LJA_SMSG_POST, C.LJA_SMSG_RESPONSE, C.LJA_SMSG_ERROR
-local DEAD, KILL = C.LJA_SMSG_DEAD, C.LJA_SMSG_KILL
+local KILL = C.LJA_SMSG_KILL
 local INIT = C.LJA_SMSG_INIT
 local WOKE = C.LJA_SCHED_WOKE
 local DISPATCH_WAIT, DISPATCH_AGAIN, DISPATCH_QUIT = core.DISPATCH_WAIT, core.DISPATCH_AGAIN, core.DISPATCH_QUIT
@@ -45,14 +45,18 @@ local sched, config
 
 -- The runtime of the service this state runs, made anew for each service
 -- (a recycled state serves another) in one table that ltask/api.lua keeps.
-local R = {}
+-- Fields that start nil or false are left out of the constructor (a table
+-- of 16 slots, not 32, in every service):
+--   self      this service's address
+--   name, handlers (the table the service's file returned, or nil)
+--   started, quitting
+--   kind, cmd of the message the loop serves (below)
+--   loop_co   the coroutine running the message loop
+--   io        lj-async.asio's loop in an exclusive service: { pump =, close = }
+--   io_busy   its light threads or servers keep the service alive
 local function new_runtime()
     return {
-        self = nil,          -- this service's address
         slot = -1,           -- the next slot of the worker running it (ltask.core.schedule)
-        name = nil,
-        handlers = nil,      -- the table the service's file returned, or nil
-        started = false, quitting = false,
         session = 0,
         waiting = {},        -- session -> coroutine waiting for a reply, timer or name
         timeouts = {},       -- session -> function of ltask.timeout
@@ -62,23 +66,20 @@ local function new_runtime()
         -- The message the message loop serves now (serving: its serial, 0
         -- for none); a handler's error answers it.  When its handler waits,
         -- it moves to `held` under the handler's coroutine.
-        serial = 0, serving = 0, kind = nil, from = 0, in_session = 0, cmd = nil,
+        serial = 0, serving = 0, from = 0, in_session = 0,
         held = {},           -- coroutine -> { kind, from, session, cmd } it serves
         pending = 0,         -- suspended coroutines and unfired timeouts
         claims = 0,          -- names this service spawns for uniqueservice
-        loop_co = nil,       -- the coroutine running the message loop, or nil
-        io = nil,            -- lj-async.asio's loop in an exclusive service: { pump =, close = }
-        io_busy = false,     -- its light threads or servers keep the service alive
     }
 end
+local R = new_runtime()
 local function reset_runtime()
-    table_clear(R)
-    for k, v in next, new_runtime() do R[k] = v end
+    require("table.clear")(R)
+    for k, v in pairs(new_runtime()) do R[k] = v end
 end
-reset_runtime()
 
 local function addr_text(addr)
-    return format(":%08x", addr)
+    return (":%08x"):format(addr)
 end
 
 local function who()
@@ -89,7 +90,7 @@ function ltask.log(...)
     local n = select("#", ...)
     local parts = {}
     for i = 1, n do parts[i] = tostring((select(i, ...))) end
-    core.log(R.self or 0, concat(parts, "\t"))
+    core.log(R.self or 0, table.concat(parts, "\t"))
 end
 local log = ltask.log
 
@@ -299,9 +300,9 @@ local function finish()
     local r = R
     close_io()
     for _, h in pairs(r.held) do
-        if h[1] ~= POST and h[2] >= 1 then signal(sched, r.self, h[2], DEAD, h[3], r.slot) end
+        if h[1] ~= POST and h[2] >= 1 then signal(sched, r.self, h[2], C.LJA_SMSG_DEAD, h[3], r.slot) end
     end
-    if r.claims > 0 then system(core.SYS_DROP, r.self, 0, nil) end   -- those names fail
+    if r.claims > 0 then core.system(core.SYS_DROP, r.self, 0, nil) end   -- those names fail
     return DISPATCH_QUIT
 end
 
