@@ -10,7 +10,7 @@ local transfer = require "lj-async.transfer"
 
 local C = core.C
 local type, select, error, tostring, pcall, xpcall = type, select, error, tostring, pcall, xpcall
-local co_running = coroutine.running
+local co_running, co_yield = coroutine.running, coroutine.yield
 local format = string.format
 local encode_after, objs_array, take_exported = transfer.encode_after, transfer.objs_array, transfer.take_exported
 local send_c = C.lja_sched_send
@@ -18,14 +18,73 @@ local schedule, signal, system = core.schedule, core.signal, core.system
 
 local REQUEST, POST, RESPONSE, ERROR = C.LJA_SMSG_REQUEST, C.LJA_SMSG_POST, C.LJA_SMSG_RESPONSE, C.LJA_SMSG_ERROR
 local DEAD, TIMER, KILL, INIT = C.LJA_SMSG_DEAD, C.LJA_SMSG_TIMER, C.LJA_SMSG_KILL, C.LJA_SMSG_INIT
+local ROOM, NAME = C.LJA_SMSG_ROOM, C.LJA_SMSG_NAME
+local free_c = C.lja_sched_msg_free
 local OK, WOKE, EAGAIN, ECLOSED = C.LJA_OK, C.LJA_SCHED_WOKE, C.LJA_EAGAIN, C.LJA_ECLOSED
 
 -- rt: the runtime's table (R, one for the life of the state), scheduler
 -- and configuration (nil outside a service), and functions.
 return function(ltask, rt)
     local R, sched, config = rt.R, rt.sched, rt.config
-    local suspend, resume, new_task, who, addr_text, log, traceback =
-        rt.suspend, rt.resume, rt.new_task, rt.who, rt.addr_text, rt.log, rt.traceback
+    local resume, new_task, who, addr_text, log, traceback, open =
+        rt.resume, rt.new_task, rt.who, rt.addr_text, rt.log, rt.traceback, rt.open
+
+    local function resumed(...)
+        R.pending = R.pending - 1
+        return ...
+    end
+
+    -- Suspends the running coroutine until the runtime resumes it; returns
+    -- what it is resumed with (a message type first).
+    local function suspend()
+        R.pending = R.pending + 1
+        return resumed(co_yield())
+    end
+
+    -- ---- what wakes the waits (messages only a service that used this API gets) ----
+
+    local function wake(session, ...)
+        local co = R.waiting[session]
+        if co then
+            R.waiting[session] = nil
+            resume(co, ...)
+        end
+    end
+
+    local function run_timeout(f)
+        local ok, err = xpcall(f, traceback)
+        if not ok then log("ltask: error in a timeout of " .. who() .. ": " .. tostring(err)) end
+    end
+
+    -- Handles a reply, timer, name or room notice (ltask/init.lua's handle
+    -- passes them on); frees it.
+    function rt.other(m)
+        local kind, from, session = m.type, m.from, m.session
+        if kind == RESPONSE or kind == ERROR then
+            if R.waiting[session] then return wake(session, kind, open(m)) end
+        elseif kind == TIMER then
+            if R.waiting[session] then
+                wake(session, TIMER)
+            else
+                local f = R.timeouts[session]
+                if f then
+                    R.timeouts[session] = nil
+                    R.pending = R.pending - 1
+                    resume(new_task(), run_timeout, f)
+                end
+            end
+        elseif kind == DEAD or kind == NAME then
+            wake(session, kind, from)
+        elseif kind == ROOM then
+            local list = R.room_wait[from]
+            R.room_wait[from] = nil
+            if list then   -- (the first apart: a loop of one turn would end the trace)
+                resume(list[1], ROOM)
+                for i = 2, #list do resume(list[i], ROOM) end
+            end
+        end
+        free_c(m)
+    end
 
     local function in_service(level)
         if not sched then
@@ -237,11 +296,12 @@ return function(ltask, rt)
         if type(opts) ~= "table" then error("ltask: spawn_service takes a table", level) end
         local args = opts.args or {}
         if type(args) ~= "table" then error("ltask: spawn_service: args must be a list", level) end
+        local spawn = require "ltask.spawn"   -- (loaded on the first spawn)
         local inbox = opts.inbox
-        if inbox ~= nil and not core.is_count(inbox, core.MAX.inbox) then
+        if inbox ~= nil and not spawn.is_count(inbox, core.MAX.inbox) then
             error(format("ltask: spawn_service: inbox must be a positive integer up to %d", core.MAX.inbox), level)
         end
-        local addr, file, code = core.new_service(core.shared, config, opts.name, opts.exclusive, inbox, level)
+        local addr, file, code = spawn.new_service(core.shared, config, opts.name, opts.exclusive, inbox, level)
         local session = next_session()
         local n = args.n or #args
         local died = "ltask: service '" .. opts.name .. "' died before it started"

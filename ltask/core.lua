@@ -2,14 +2,9 @@
 -- workers, the system thread, the services): the shim's ABI for services
 -- (csrc/sched.c), the constants, the configuration, where a woken service
 -- goes (the scheduling policy's one rule that services apply too), the
--- system thread's requests (timers, names, the log), and making a
--- service's state.
---
--- A service state is made by whoever spawns it (a service, or the host for
--- root), on the spawner's thread: the state of a quit service, reset
--- (lj-async.reset), or a fresh lua_State made as ltask.bootstrap says.  The
--- service's file is compiled once per spawner; the state runs it when its
--- first message (LJA_SMSG_INIT) brings it.
+-- system thread's requests (timers, names, the log).  Making a service
+-- (ltask/spawn.lua) loads on first need: a service that spawns none stays
+-- smaller.
 local shim = require "lj-async.shim"
 local ffi = require "ffi"
 local buffer = require "string.buffer"
@@ -43,7 +38,6 @@ typedef struct lja_smsg {
     int32_t nobjs;
     void *objs[];
 } lja_smsg;
-int lja_sched_add(lja_sched *s, void *L, int exclusive, int64_t capacity, double *addr);
 int lja_sched_send(lja_sched *s, double from, double to, int type, int32_t session,
                    const char *data, size_t len, void *const *objs, int nobjs);
 lja_smsg *lja_sched_pop(lja_sched *s, double self, int max, lja_smsg **waiters);
@@ -53,11 +47,7 @@ int lja_sched_push(lja_sched *s, double addr);
 int lja_sched_rest(lja_sched *s, double addr, int again, int wait);
 void lja_sched_wake_fd(lja_sched *s, double addr, int fd);
 double lja_sched_cell(lja_sched *s, int i, double v);
-void *lja_states_pop(lja_states *st);
-void *lja_lua_new(const char *chunk, size_t len, int nargs, const char *const *args,
-                  const size_t *lens, char **err);
 void lja_lua_close(void *L);
-void lja_free(void *p);
 int lja_channel_send(lja_channel *ch, const char *data, size_t len,
                      void *const *objs, int nobjs, double timeout);
 void lja_object_retain(void *obj);
@@ -80,14 +70,6 @@ local C = shim.C
 local send_c, push_c, cell_c = C.lja_sched_send, C.lja_sched_push, C.lja_sched_cell
 local WOKE = C.LJA_SCHED_WOKE
 
--- libc's wall clock, for ltask.now and the log (declared once per state;
--- another module may have declared clock_gettime already).
-pcall(ffi.cdef, [[
-typedef struct { long tv_sec; long tv_nsec; } ltask_timespec;
-int clock_gettime(int clock, ltask_timespec *ts);
-]])
-local CLOCK_REALTIME = 0
-
 local M = { C = C }
 
 -- What a service's dispatch returns to its worker.
@@ -101,10 +83,6 @@ M.SYS_TIMER, M.SYS_LOG, M.SYS_QUERY, M.SYS_UNIQUE, M.SYS_BIND, M.SYS_DROP, M.SYS
 -- dispatches cell nworkers + i; cell 2 * nworkers is 1 once a service quit.
 M.NO_SLOT = -1   -- a service that no worker runs (exclusive): wakes go to the run queue
 
-function M.cells(nworkers)
-    return 2 * nworkers + 1
-end
-
 function M.quits_seen()
     return cell_c(M.sched, 2 * M.config.worker, -1) ~= 0
 end
@@ -113,28 +91,9 @@ function M.saw_quit(sched)
     cell_c(sched, 2 * M.config.worker, 1)
 end
 
--- Where ltask's files are (ltask.bootstrap ships them to new states).
-M.DIR = debug.getinfo(1, "S").source:match("^@(.-)core%.lua$")
-
--- Configuration: start{} fills these (false: none given); services get a copy.
-M.DEFAULTS = {
-    worker = false,        -- number of worker threads (default: the CPU count)
-    service_path = "service/?.lua",
-    root = "root",
-    args = {},
-    inbox = 1024,          -- a service's inbox: queued requests and sends
-    batch = 64,            -- messages a service handles before it yields its worker
-    max_services = 65536,  -- services alive at once
-    logfile = false,       -- path to append the log to (default: stderr)
-}
-
 -- Upper bounds of the integer options: the scheduler's (csrc/sched.c), or
 -- their C type's.
 M.MAX = { worker = 1024, inbox = 2 ^ 53, batch = 2 ^ 31 - 1, max_services = 2 ^ 24 - 1 }
-
-function M.is_count(v, max)
-    return type(v) == "number" and v >= 1 and v <= max and v % 1 == 0
-end
 
 -- In every state but the host's: what start{} shared (its address, a
 -- number: user-space addresses fit in a double), the configuration.
@@ -146,11 +105,19 @@ function M.attach(shared_addr, config_str)
     M.config = buffer.decode(config_str)
 end
 
-local ts = ffi.new("ltask_timespec")
-
--- Seconds since the epoch, with the clock's resolution.
+-- Seconds since the epoch, with the clock's resolution: libc's wall clock,
+-- declared at the first use (a service that logs nothing never does;
+-- another module may have declared clock_gettime already).
+local ts
 function M.wallclock()
-    ffi.C.clock_gettime(CLOCK_REALTIME, ts)
+    if not ts then
+        pcall(ffi.cdef, [[
+typedef struct { long tv_sec; long tv_nsec; } ltask_timespec;
+int clock_gettime(int clock, ltask_timespec *ts);
+]])
+        ts = ffi.new("ltask_timespec")
+    end
+    ffi.C.clock_gettime(0, ts)   -- CLOCK_REALTIME
     return tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) * 1e-9
 end
 
@@ -215,53 +182,6 @@ end
 
 function M.log(addr, text)
     M.system(M.SYS_LOG, addr, M.wallclock(), text)
-end
-
-local file_bytecode = {}   -- path -> bytecode, per spawner state
-
-local function service_code(name, path, level)
-    local file, err = package.searchpath(name, path)
-    if not file then error("ltask: cannot find service '" .. name .. "':" .. err, level + 1) end
-    local bc = file_bytecode[file]
-    if not bc then
-        local f, lerr = loadfile(file)
-        if not f then error("ltask: cannot load service '" .. name .. "': " .. lerr, level + 1) end
-        bc = string.dump(f)
-        file_bytecode[file] = bc
-    end
-    return bc, file
-end
-
-local addr_out, err_out = ffi.new("double[1]"), ffi.new("char *[1]")
-
--- Adds a service to the scheduler, in the state of a quit service or a new
--- one; returns its address, then its file's path and bytecode, which its
--- init message (the caller's to send) carries with the spawner's
--- arguments.  An exclusive service's thread is started by the system
--- thread.  Raises at `level`.
-function M.new_service(shared, config, name, exclusive, inbox, level)
-    level = (level or 1) + 1
-    if type(name) ~= "string" then error("ltask: a service name must be a string", level) end
-    local code, file = service_code(name, config.service_path, level)
-    local L = C.lja_states_pop(shared.states)
-    if L == nil then
-        L = C.lja_lua_new(shared.chunk, shared.chunk_len, shared.nargs, shared.args, shared.lens, err_out)
-        if L == nil then
-            local msg = err_out[0] ~= nil and ffi.string(err_out[0]) or "out of memory"
-            C.lja_free(err_out[0])
-            error("ltask: cannot make a state for service '" .. name .. "': " .. msg, level)
-        end
-    end
-    local rc = C.lja_sched_add(shared.sched, L, exclusive and 1 or 0, inbox or config.inbox, addr_out)
-    if rc ~= C.LJA_OK then
-        C.lja_lua_close(L)
-        local why = rc == C.LJA_EAGAIN and "too many services (max_services = " .. config.max_services .. ")"
-            or shim.strerror(rc)
-        error("ltask: cannot add service '" .. name .. "': " .. why, level)
-    end
-    local addr = addr_out[0]
-    if exclusive then M.system(M.SYS_EXCLUSIVE, addr, 0, nil) end
-    return addr, file, code
 end
 
 return M

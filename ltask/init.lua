@@ -23,17 +23,17 @@ local core = require "ltask.core"
 local transfer = require "lj-async.transfer"
 
 local C = core.C
-local type, select, error, tostring, pcall, xpcall, next = type, select, error, tostring, pcall, xpcall, next
-local table_clear = require "table.clear"
+-- Locals cache what the message path calls; colder code looks its functions
+-- up (a cached local is an upvalue, ~56 bytes, in every service's state).
+local type, select, tostring, pcall = type, select, tostring, pcall
 local co_create, co_resume, co_yield, co_running = coroutine.create, coroutine.resume, coroutine.yield, coroutine.running
-local concat, format = table.concat, string.format
 local encode_after, decode = transfer.encode_after, transfer.decode
 local objs_array, forget_exported = transfer.objs_array, transfer.forget_exported
 local send_c, pop_c, free_c, rest_c = C.lja_sched_send, C.lja_sched_pop, C.lja_sched_msg_free, C.lja_sched_rest
-local schedule, signal, system, refuse_list = core.schedule, core.signal, core.system, core.refuse_list
+local schedule, signal, refuse_list = core.schedule, core.signal, core.refuse_list
 
 local REQUEST, POST, RESPONSE, ERROR = C.LJA_SMSG_REQUEST, C.LJA_SMSG_POST, C.LJA_SMSG_RESPONSE, C.LJA_SMSG_ERROR
-local DEAD, TIMER, ROOM, KILL, NAME = C.LJA_SMSG_DEAD, C.LJA_SMSG_TIMER, C.LJA_SMSG_ROOM, C.LJA_SMSG_KILL, C.LJA_SMSG_NAME
+local KILL = C.LJA_SMSG_KILL
 local INIT = C.LJA_SMSG_INIT
 local WOKE = C.LJA_SCHED_WOKE
 local DISPATCH_WAIT, DISPATCH_AGAIN, DISPATCH_QUIT = core.DISPATCH_WAIT, core.DISPATCH_AGAIN, core.DISPATCH_QUIT
@@ -45,14 +45,18 @@ local sched, config
 
 -- The runtime of the service this state runs, made anew for each service
 -- (a recycled state serves another) in one table that ltask/api.lua keeps.
-local R = {}
+-- Fields that start nil or false are left out of the constructor (a table
+-- of 16 slots, not 32, in every service):
+--   self      this service's address
+--   name, handlers (the table the service's file returned, or nil)
+--   started, quitting
+--   kind, cmd of the message the loop serves (below)
+--   loop_co   the coroutine running the message loop
+--   io        lj-async.asio's loop in an exclusive service: { pump =, close = }
+--   io_busy   its light threads or servers keep the service alive
 local function new_runtime()
     return {
-        self = nil,          -- this service's address
         slot = -1,           -- the next slot of the worker running it (ltask.core.schedule)
-        name = nil,
-        handlers = nil,      -- the table the service's file returned, or nil
-        started = false, quitting = false,
         session = 0,
         waiting = {},        -- session -> coroutine waiting for a reply, timer or name
         timeouts = {},       -- session -> function of ltask.timeout
@@ -62,23 +66,20 @@ local function new_runtime()
         -- The message the message loop serves now (serving: its serial, 0
         -- for none); a handler's error answers it.  When its handler waits,
         -- it moves to `held` under the handler's coroutine.
-        serial = 0, serving = 0, kind = nil, from = 0, in_session = 0, cmd = nil,
+        serial = 0, serving = 0, from = 0, in_session = 0,
         held = {},           -- coroutine -> { kind, from, session, cmd } it serves
         pending = 0,         -- suspended coroutines and unfired timeouts
         claims = 0,          -- names this service spawns for uniqueservice
-        loop_co = nil,       -- the coroutine running the message loop, or nil
-        io = nil,            -- lj-async.asio's loop in an exclusive service: { pump =, close = }
-        io_busy = false,     -- its light threads or servers keep the service alive
     }
 end
+local R = new_runtime()
 local function reset_runtime()
-    table_clear(R)
-    for k, v in next, new_runtime() do R[k] = v end
+    require("table.clear")(R)
+    for k, v in pairs(new_runtime()) do R[k] = v end
 end
-reset_runtime()
 
 local function addr_text(addr)
-    return format(":%08x", addr)
+    return (":%08x"):format(addr)
 end
 
 local function who()
@@ -89,7 +90,7 @@ function ltask.log(...)
     local n = select("#", ...)
     local parts = {}
     for i = 1, n do parts[i] = tostring((select(i, ...))) end
-    core.log(R.self or 0, concat(parts, "\t"))
+    core.log(R.self or 0, table.concat(parts, "\t"))
 end
 local log = ltask.log
 
@@ -117,18 +118,6 @@ local answer, failed   -- (below)
 local function resume(co, ...)
     local ok, err = co_resume(co, ...)
     if not ok then failed(co, err) end
-end
-
-local function resumed(...)
-    R.pending = R.pending - 1
-    return ...
-end
-
--- Suspends the running coroutine until the runtime resumes it; returns
--- what it is resumed with (a message type first).
-local function suspend()
-    R.pending = R.pending + 1
-    return resumed(co_yield())
 end
 
 -- Replies and other messages that are never refused for room.
@@ -224,12 +213,14 @@ end
 -- The rest of the API (ltask/api.lua) loads when a service first uses a
 -- function of it; what it returns is lj-async.asio's driver for an
 -- exclusive service.
-local asio_driver
+local asio_driver, other
+local open   -- (below)
 local function load_api()
     if not asio_driver then
-        asio_driver = require("ltask.api")(ltask, { R = R, sched = sched, config = config, suspend = suspend,
-            resume = resume, new_task = new_task, who = who, addr_text = addr_text, log = log,
-            traceback = traceback })
+        local rt = { R = R, sched = sched, config = config, resume = resume, new_task = new_task, who = who,
+            addr_text = addr_text, log = log, traceback = traceback, open = open }
+        asio_driver = require("ltask.api")(ltask, rt)
+        other = rt.other
         setmetatable(ltask, nil)
     end
     return asio_driver
@@ -275,21 +266,8 @@ local function free_after(m, n, ...)
     return ...
 end
 
-local function open(m)
+function open(m)
     return free_after(m, decode(m.data, m.len))
-end
-
-local function wake(session, ...)
-    local co = R.waiting[session]
-    if co then
-        R.waiting[session] = nil
-        resume(co, ...)
-    end
-end
-
-local function run_timeout(f)
-    local ok, err = xpcall(f, traceback)
-    if not ok then log("ltask: error in a timeout of " .. who() .. ": " .. tostring(err)) end
 end
 
 local function handle(m)
@@ -298,30 +276,11 @@ local function handle(m)
         return serve(kind, from, session, open(m))
     elseif kind == INIT then
         return init(from, session, open(m))
-    elseif kind == RESPONSE or kind == ERROR then
-        if R.waiting[session] then return wake(session, kind, open(m)) end
-    elseif kind == TIMER then
-        if R.waiting[session] then
-            wake(session, TIMER)
-        else
-            local f = R.timeouts[session]
-            if f then
-                R.timeouts[session] = nil
-                R.pending = R.pending - 1
-                resume(new_task(), run_timeout, f)
-            end
-        end
-    elseif kind == DEAD or kind == NAME then
-        wake(session, kind, from)
-    elseif kind == ROOM then
-        local list = R.room_wait[from]
-        R.room_wait[from] = nil
-        if list then   -- (the first apart: a loop of one turn would end the trace)
-            resume(list[1], ROOM)
-            for i = 2, #list do resume(list[i], ROOM) end
-        end
     elseif kind == KILL then
         R.quitting = true
+    else   -- replies, timers, names, room: only to a service that used ltask/api.lua
+        if not other then load_api() end
+        return other(m)
     end
     free_c(m)
 end
@@ -341,9 +300,9 @@ local function finish()
     local r = R
     close_io()
     for _, h in pairs(r.held) do
-        if h[1] ~= POST and h[2] >= 1 then signal(sched, r.self, h[2], DEAD, h[3], r.slot) end
+        if h[1] ~= POST and h[2] >= 1 then signal(sched, r.self, h[2], C.LJA_SMSG_DEAD, h[3], r.slot) end
     end
-    if r.claims > 0 then system(core.SYS_DROP, r.self, 0, nil) end   -- those names fail
+    if r.claims > 0 then core.system(core.SYS_DROP, r.self, 0, nil) end   -- those names fail
     return DISPATCH_QUIT
 end
 
