@@ -141,6 +141,7 @@ int lja_mutex_unlock(lja_mutex *m)
 struct cond_waiter {
     struct cond_waiter *next;   /* first: the queue links through it */
     int signaled;
+    int paused;                 /* its thread is paused (README lj-async.thread) */
 };
 
 lja_cond *lja_cond_new(void)
@@ -148,44 +149,68 @@ lja_cond *lja_cond_new(void)
     return counter_new(LJA_KIND_COND, 0, NULL);
 }
 
+/* Takes w out of c's queue; called with c->lock held. */
+static void leave_queue(counter *c, struct cond_waiter *w)
+{
+    struct cond_waiter *prev = NULL, *p = c->queue.head;
+    while (p != w)
+        prev = p, p = p->next;
+    if (prev)
+        prev->next = w->next;
+    else
+        c->queue.head = w->next;
+    if (c->queue.tail == w)
+        c->queue.tail = prev;
+}
+
 int lja_cond_wait(lja_cond *cv, lja_mutex *m, double timeout)
 {
     counter *c = &cv->c;
     struct timespec deadline;
     int have = 0, rc = LJA_OK;
-    struct cond_waiter self = {NULL, 0};
+    struct cond_waiter self = {NULL, 0, 0};
     pthread_mutex_lock(&c->lock);
     if (lja_mutex_unlock(m) != LJA_OK) {
         pthread_mutex_unlock(&c->lock);
         return LJA_EINVAL;
     }
     lja_fifo_push(&c->queue, &self);
-    while (!self.signaled && rc == LJA_OK)
-        rc = lja_wait_timeout(&c->posted, &c->lock, timeout, &deadline, &have);
-    if (self.signaled) {
-        rc = LJA_OK;      /* a signal given before the timeout counts */
-    } else {              /* timed out: leave the queue */
-        struct cond_waiter *prev = NULL, *w = c->queue.head;
-        while (w != &self)
-            prev = w, w = w->next;
-        if (prev)
-            prev->next = self.next;
-        else
-            c->queue.head = self.next;
-        if (c->queue.tail == &self)
-            c->queue.tail = prev;
+    while (!self.signaled && rc == LJA_OK) {
+        if (lja_thread_poll() != LJA_THREAD_PAUSE) {   /* a cancel: the wait returns at once */
+            rc = lja_wait_timeout(&c->posted, &c->lock, timeout, &deadline, &have);
+            continue;
+        }
+        if (timeout > 0 && !have)   /* paused here, marked for wake_one; the timeout counts the pause */
+            deadline = lja_deadline(timeout), have = 1;
+        self.paused = 1;
+        pthread_mutex_unlock(&c->lock);
+        lja_thread_checkpoint();
+        pthread_mutex_lock(&c->lock);
+        self.paused = 0;
     }
+    if (self.signaled)
+        rc = LJA_OK;      /* a signal given before the timeout counts */
+    else                  /* timed out: leave the queue */
+        leave_queue(c, &self);
     pthread_mutex_unlock(&c->lock);
     take(&m->c, -1, 0);   /* m is locked again on return, even in a cancelled thread */
     return rc;
 }
 
-/* Wakes the first waiter; called with c->lock held. */
+/* Wakes the first waiter that is not paused, or else the first one (a
+ * paused wait takes nothing while another waits, README lj-async.thread);
+ * called with c->lock held. */
 static int wake_one(counter *c)
 {
-    struct cond_waiter *w = lja_fifo_shift(&c->queue);
-    if (w)
+    struct cond_waiter *w = c->queue.head;
+    while (w && w->paused)
+        w = w->next;
+    if (!w)
+        w = c->queue.head;
+    if (w) {
+        leave_queue(c, w);
         w->signaled = 1;
+    }
     return w != NULL;
 }
 
