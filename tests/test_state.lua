@@ -267,4 +267,58 @@ function TestState:test_interrupt_never_loses_a_received_message()
     for i = 1, N do lu.assertTrue(H.eventually_gone(sent[i]), "object of message " .. i .. " leaked") end
 end
 
+-- Callers waiting to enter while a close waits for the call inside: each
+-- of them either runs (before the close got in) or is told the state is
+-- closed; none hangs, none runs after the close.
+function TestState:test_close_while_callers_wait_to_enter()
+    local st = state.new(function() return function(gate) if gate then return gate:recv(20) end return "in" end end)
+    local gate = channel.new()
+    local inside = Thread.new(function(st, gate) return st:call_wait(nil, gate) end, st, gate)
+    local deadline = H.now() + 10
+    while pcall(st.call, st) and H.now() < deadline do end   -- until it is inside: call raises "busy"
+    local waiting = {}
+    for i = 1, 4 do
+        waiting[i] = Thread.new(function(st) return pcall(st.call_wait, st, 20) end, st)
+    end
+    local closer = Thread.new(function(st) st:close() return "closed" end, st)
+    Thread.sleep(0.05)
+    gate:send("out")
+    lu.assertEquals({ inside:join(10) }, { true, "out" })
+    lu.assertEquals({ closer:join(10) }, { true, "closed" })
+    for i = 1, 4 do
+        local ok, called, v = waiting[i]:join(10)
+        lu.assertTrue(ok, called)
+        if called then
+            lu.assertEquals(v, "in")
+        else
+            lu.assertStrContains(v, "state is closed")
+        end
+    end
+    lu.assertErrorMsgContains("state is closed", st.call_wait, st, 1)
+end
+
+-- An interrupt reaches the call inside, never a caller still waiting to
+-- enter: that one runs to its end once the interrupted call left.
+function TestState:test_interrupt_spares_a_caller_waiting_to_enter()
+    local st = state.new(function()
+        jit.off()   -- hooks reach interpreted code (see README)
+        return function(spin)
+            while spin do end
+            return "served"
+        end
+    end)
+    local spinner = Thread.new(function(st) return pcall(st.call, st, true) end, st)
+    local deadline = H.now() + 10
+    while pcall(st.call, st, false) and H.now() < deadline do end   -- until it is inside
+    local waiter = Thread.new(function(st) return st:call_wait(20, false) end, st)
+    Thread.sleep(0.05)   -- waiting to enter
+    lu.assertTrue(st:interrupt())
+    local ok, called, err = spinner:join(10)
+    lu.assertTrue(ok)
+    lu.assertFalse(called)
+    lu.assertStrContains(err, "interrupted")
+    lu.assertEquals({ waiter:join(10) }, { true, "served" })
+    st:close()
+end
+
 os.exit(lu.LuaUnit.run())
