@@ -275,7 +275,7 @@ function TestState:test_close_while_callers_wait_to_enter()
     local gate = channel.new()
     local inside = Thread.new(function(st, gate) return st:call_wait(nil, gate) end, st, gate)
     local deadline = H.now() + 10
-    while pcall(st.call, st) and H.now() < deadline do end   -- until it is inside: call raises "busy"
+    while pcall(st.call, st) and H.now() < deadline do Thread.sleep(0.001) end   -- until it is inside: call raises "busy"
     local waiting = {}
     for i = 1, 4 do
         waiting[i] = Thread.new(function(st) return pcall(st.call_wait, st, 20) end, st)
@@ -307,9 +307,9 @@ function TestState:test_interrupt_spares_a_caller_waiting_to_enter()
             return "served"
         end
     end)
-    local spinner = Thread.new(function(st) return pcall(st.call, st, true) end, st)
+    local spinner = Thread.new(function(st) return pcall(st.call_wait, st, 20, true) end, st)
     local deadline = H.now() + 10
-    while pcall(st.call, st, false) and H.now() < deadline do end   -- until it is inside
+    while pcall(st.call, st, false) and H.now() < deadline do Thread.sleep(0.001) end   -- until it is inside
     local waiter = Thread.new(function(st) return st:call_wait(20, false) end, st)
     Thread.sleep(0.05)   -- waiting to enter
     lu.assertTrue(st:interrupt())
@@ -319,6 +319,26 @@ function TestState:test_interrupt_spares_a_caller_waiting_to_enter()
     lu.assertStrContains(err, "interrupted")
     lu.assertEquals({ waiter:join(10) }, { true, "served" })
     st:close()
+end
+
+-- A close waits for the call inside; a cancel of the thread waiting there
+-- stops it (README lj-async.thread: every lj-async wait is a cancellation
+-- point) instead of letting it go on as if the state were closed.
+function TestState:test_cancel_of_a_close_waiting_for_the_call_inside()
+    local st = state.new(function() return function(gate) if gate then return gate:recv(20) end return "in" end end)
+    local gate = channel.new()
+    local inside = Thread.new(function(st, gate) return st:call_wait(nil, gate) end, st, gate)
+    local deadline = H.now() + 10
+    while pcall(st.call, st) and H.now() < deadline do Thread.sleep(0.001) end   -- until it is inside: call raises "busy"
+    local closer = Thread.new(function(st) st:close() return "closed" end, st)
+    Thread.sleep(0.05)
+    lu.assertTrue(closer:cancel(5))
+    lu.assertEquals({ closer:join(0) }, { nil, "cancelled" })
+    gate:send("out")
+    lu.assertEquals({ inside:join(10) }, { true, "out" })
+    lu.assertEquals(st:call_wait(10), "in")   -- still open
+    st:close()
+    lu.assertErrorMsgContains("state is closed", st.call, st)
 end
 
 os.exit(lu.LuaUnit.run())
