@@ -24,6 +24,7 @@ typedef struct counter {
     int waiters;
     lja_spin spin;
     void *L;                    /* a state's lua_State; NULL once closed */
+    _Atomic(uintptr_t) owner;   /* a state's caller inside (its thread's tag), or 0 */
     lja_fifo queue;             /* a condition's waiters (struct cond_waiter) */
 } counter;
 
@@ -282,9 +283,23 @@ void *lja_state_lua(lja_state *st)
     return L;
 }
 
+/* The calling thread's tag: the address of a thread-local. */
+static uintptr_t thread_tag(void)
+{
+    static _Thread_local char tag;
+    return (uintptr_t)&tag;
+}
+
 int lja_state_enter(lja_state *st, double timeout)
 {
+    /* The caller inside (its handler calls or closes its own state, maybe
+     * through another state) would wait for itself forever.  Only it ever
+     * reads its own tag there: it wrote it, and cleared it on leaving. */
+    if (atomic_load_explicit(&st->c.owner, memory_order_relaxed) == thread_tag())
+        return LJA_EBUSY;
     int rc = take(&st->c, timeout, 1);
+    if (rc == LJA_OK)
+        atomic_store_explicit(&st->c.owner, thread_tag(), memory_order_relaxed);
     if (rc == LJA_OK && st->c.L)   /* inside: only a close, from inside, sets L */
         return LJA_OK;
     if (rc == LJA_OK)
@@ -296,6 +311,7 @@ int lja_state_enter(lja_state *st, double timeout)
  * cannot hook the next caller. */
 void lja_state_leave(lja_state *st)
 {
+    atomic_store_explicit(&st->c.owner, 0, memory_order_relaxed);
     pthread_mutex_lock(&st->c.lock);
     lja_lua_clear_hook(st->c.L);
     post_locked(&st->c, 1, 1);
@@ -309,6 +325,7 @@ void *lja_state_close(lja_state *st, double timeout)
     pthread_mutex_lock(&st->c.lock);
     void *L = st->c.L;
     st->c.L = NULL;
+    atomic_store_explicit(&st->c.owner, 0, memory_order_relaxed);
     lja_object_drop_name(&st->c.hdr);   /* free at once for a new state (README) */
     post_locked(&st->c, 1, 1);
     pthread_mutex_unlock(&st->c.lock);

@@ -341,4 +341,36 @@ function TestState:test_cancel_of_a_close_waiting_for_the_call_inside()
     lu.assertErrorMsgContains("state is closed", st.call, st)
 end
 
+-- A caller inside a state that enters it again (its handler calls or
+-- closes its own state, or through another state) would wait for itself
+-- forever: call_wait raises "busy" at once and close raises, and the state
+-- goes on serving.
+function TestState:test_a_call_inside_cannot_wait_for_itself()
+    local function handler(what, id, other)
+        if what == "in" then return what end
+        local state = require "lj-async.state"
+        local st = state.get(id)
+        if what == "close" then return pcall(st.close, st) end
+        if what == "via" then return state.get(other):call_wait(nil, "back", id) end
+        return pcall(st.call_wait, st, nil, "in")   -- "self", or "back" in a through b
+    end
+    local a = state.new(function(handler) return handler end, handler)
+    local b = state.new(function(handler) return handler end, handler)
+    local t = Thread.new(function(a, b)
+        return { a:call("self", a:id()) }, { a:call("close", a:id()) }, { a:call("via", a:id(), b:id()) }
+    end, a, b)
+    local ok, call, close, via = t:join(10)
+    lu.assertTrue(ok, call)
+    lu.assertEquals(call[1], false)
+    lu.assertStrContains(call[2], "state is busy")
+    lu.assertEquals(close[1], false)
+    lu.assertStrContains(close[2], "from inside")
+    lu.assertEquals(via[1], false)
+    lu.assertStrContains(via[2], "state is busy")
+    lu.assertEquals(a:call("in"), "in")   -- both go on serving
+    lu.assertEquals(b:call("in"), "in")
+    a:close()
+    b:close()
+end
+
 os.exit(lu.LuaUnit.run())
