@@ -177,7 +177,7 @@ int lja_cond_wait(lja_cond *cv, lja_mutex *m, double timeout)
     }
     lja_fifo_push(&c->queue, &self);
     while (!self.signaled && rc == LJA_OK) {
-        if (lja_thread_poll() != LJA_THREAD_PAUSE) {   /* a cancel: the wait returns at once */
+        if (lja_thread_poll() != LJA_THREAD_PAUSE) {   /* no pause, or a cancel (the wait returns at once) */
             rc = lja_wait_timeout(&c->posted, &c->lock, timeout, &deadline, &have);
             continue;
         }
