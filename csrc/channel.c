@@ -358,7 +358,7 @@ HOT struct slot *claim(lja_channel *ch, atomic_size_t *end, int want, size_t *po
             continue;
         }
         /* The ring that pos counts in: a grower publishes its new one before it moves the ends. */
-        struct ring *r = atomic_load_explicit(&ch->ring, memory_order_relaxed);
+        struct ring *r = atomic_load_explicit(&ch->ring, memory_order_acquire);
         struct slot *s = slot_at(r, *pos);
         intptr_t d = (intptr_t)(atomic_load_explicit(&s->seq, memory_order_acquire) - (2 * *pos + want));
         *size = r->size;
@@ -425,7 +425,7 @@ HOT int try_op(const struct op *o)
 
 static int can_grow(lja_channel *ch)
 {
-    return atomic_load_explicit(&ch->ring, memory_order_relaxed)->size < ch->limit;
+    return atomic_load_explicit(&ch->ring, memory_order_acquire)->size < ch->limit;
 }
 
 /* With ch->lock held, by a sender that found the ring full (so not closed:
@@ -456,7 +456,9 @@ static int grow(lja_channel *ch)
         atomic_init(&s->seq, 2 * (pos + size) + full);
     }
     r->older = old;
-    atomic_store_explicit(&ch->ring, r, memory_order_relaxed);
+    /* Released: a thread may read the ring before the moved ends (with a
+     * stale position, or spinning in ready) and must see its size and slots. */
+    atomic_store_explicit(&ch->ring, r, memory_order_release);
     atomic_store_explicit(&ch->head, head + size, memory_order_release);
     atomic_store_explicit(&ch->tail, tail + size, memory_order_release);
     return LJA_OK;
@@ -472,7 +474,7 @@ static int ready(void *op)
     const struct op *o = op;
     size_t pos = atomic_load_explicit(o->room ? &o->ch->tail : &o->ch->head, memory_order_acquire) &
                  ~(CLOSED_BIT | FROZEN_BIT);
-    struct slot *s = slot_at(atomic_load_explicit(&o->ch->ring, memory_order_relaxed), pos);
+    struct slot *s = slot_at(atomic_load_explicit(&o->ch->ring, memory_order_acquire), pos);
     return atomic_load_explicit(&s->seq, memory_order_relaxed) == 2 * pos + !o->room ||
            atomic_load(&o->ch->closed) || lja_thread_poll();
 }

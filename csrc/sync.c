@@ -24,6 +24,7 @@ typedef struct counter {
     int waiters;
     lja_spin spin;
     void *L;                    /* a state's lua_State; NULL once closed */
+    _Atomic(uintptr_t) owner;   /* a state's caller inside (its thread's tag), or 0 */
     lja_fifo queue;             /* a condition's waiters (struct cond_waiter) */
 } counter;
 
@@ -141,6 +142,7 @@ int lja_mutex_unlock(lja_mutex *m)
 struct cond_waiter {
     struct cond_waiter *next;   /* first: the queue links through it */
     int signaled;
+    int paused;                 /* its thread is paused (README lj-async.thread) */
 };
 
 lja_cond *lja_cond_new(void)
@@ -148,44 +150,68 @@ lja_cond *lja_cond_new(void)
     return counter_new(LJA_KIND_COND, 0, NULL);
 }
 
+/* Takes w out of c's queue; called with c->lock held. */
+static void leave_queue(counter *c, struct cond_waiter *w)
+{
+    struct cond_waiter *prev = NULL, *p = c->queue.head;
+    while (p != w)
+        prev = p, p = p->next;
+    if (prev)
+        prev->next = w->next;
+    else
+        c->queue.head = w->next;
+    if (c->queue.tail == w)
+        c->queue.tail = prev;
+}
+
 int lja_cond_wait(lja_cond *cv, lja_mutex *m, double timeout)
 {
     counter *c = &cv->c;
     struct timespec deadline;
     int have = 0, rc = LJA_OK;
-    struct cond_waiter self = {NULL, 0};
+    struct cond_waiter self = {NULL, 0, 0};
     pthread_mutex_lock(&c->lock);
     if (lja_mutex_unlock(m) != LJA_OK) {
         pthread_mutex_unlock(&c->lock);
         return LJA_EINVAL;
     }
     lja_fifo_push(&c->queue, &self);
-    while (!self.signaled && rc == LJA_OK)
-        rc = lja_wait_timeout(&c->posted, &c->lock, timeout, &deadline, &have);
-    if (self.signaled) {
-        rc = LJA_OK;      /* a signal given before the timeout counts */
-    } else {              /* timed out: leave the queue */
-        struct cond_waiter *prev = NULL, *w = c->queue.head;
-        while (w != &self)
-            prev = w, w = w->next;
-        if (prev)
-            prev->next = self.next;
-        else
-            c->queue.head = self.next;
-        if (c->queue.tail == &self)
-            c->queue.tail = prev;
+    while (!self.signaled && rc == LJA_OK) {
+        if (lja_thread_poll() != LJA_THREAD_PAUSE) {   /* no pause, or a cancel (the wait returns at once) */
+            rc = lja_wait_timeout(&c->posted, &c->lock, timeout, &deadline, &have);
+            continue;
+        }
+        if (timeout > 0 && !have)   /* paused here, marked for wake_one; the timeout counts the pause */
+            deadline = lja_deadline(timeout), have = 1;
+        self.paused = 1;
+        pthread_mutex_unlock(&c->lock);
+        lja_thread_checkpoint();
+        pthread_mutex_lock(&c->lock);
+        self.paused = 0;
     }
+    if (self.signaled)
+        rc = LJA_OK;      /* a signal given before the timeout counts */
+    else                  /* timed out: leave the queue */
+        leave_queue(c, &self);
     pthread_mutex_unlock(&c->lock);
     take(&m->c, -1, 0);   /* m is locked again on return, even in a cancelled thread */
     return rc;
 }
 
-/* Wakes the first waiter; called with c->lock held. */
+/* Wakes the first waiter that is not paused, or else the first one (a
+ * paused wait takes nothing while another waits, README lj-async.thread);
+ * called with c->lock held. */
 static int wake_one(counter *c)
 {
-    struct cond_waiter *w = lja_fifo_shift(&c->queue);
-    if (w)
+    struct cond_waiter *w = c->queue.head;
+    while (w && w->paused)
+        w = w->next;
+    if (!w)
+        w = c->queue.head;
+    if (w) {
+        leave_queue(c, w);
         w->signaled = 1;
+    }
     return w != NULL;
 }
 
@@ -257,9 +283,23 @@ void *lja_state_lua(lja_state *st)
     return L;
 }
 
+/* The calling thread's tag: the address of a thread-local. */
+static uintptr_t thread_tag(void)
+{
+    static _Thread_local char tag;
+    return (uintptr_t)&tag;
+}
+
 int lja_state_enter(lja_state *st, double timeout)
 {
+    /* The caller inside (its handler calls or closes its own state, maybe
+     * through another state) would wait for itself forever.  Only it ever
+     * reads its own tag there: it wrote it, and cleared it on leaving. */
+    if (atomic_load_explicit(&st->c.owner, memory_order_relaxed) == thread_tag())
+        return LJA_EBUSY;
     int rc = take(&st->c, timeout, 1);
+    if (rc == LJA_OK)
+        atomic_store_explicit(&st->c.owner, thread_tag(), memory_order_relaxed);
     if (rc == LJA_OK && st->c.L)   /* inside: only a close, from inside, sets L */
         return LJA_OK;
     if (rc == LJA_OK)
@@ -271,6 +311,7 @@ int lja_state_enter(lja_state *st, double timeout)
  * cannot hook the next caller. */
 void lja_state_leave(lja_state *st)
 {
+    atomic_store_explicit(&st->c.owner, 0, memory_order_relaxed);
     pthread_mutex_lock(&st->c.lock);
     lja_lua_clear_hook(st->c.L);
     post_locked(&st->c, 1, 1);
@@ -284,6 +325,7 @@ void *lja_state_close(lja_state *st, double timeout)
     pthread_mutex_lock(&st->c.lock);
     void *L = st->c.L;
     st->c.L = NULL;
+    atomic_store_explicit(&st->c.owner, 0, memory_order_relaxed);
     lja_object_drop_name(&st->c.hdr);   /* free at once for a new state (README) */
     post_locked(&st->c, 1, 1);
     pthread_mutex_unlock(&st->c.lock);

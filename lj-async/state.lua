@@ -117,7 +117,12 @@ end
 -- Waits for a call inside to end, then closes the state; idempotent.
 function State:close()
     local L = C.lja_state_close(self, -1)
-    if L ~= nil then vm.close(L) end
+    if L ~= nil then
+        vm.close(L)
+    elseif C.lja_state_lua(self) ~= nil then   -- still open: a cancel, or the call inside is ours
+        shim.check_cancel()
+        error("lj-async: a state cannot be closed from inside its own call", 2)
+    end
 end
 
 -- Makes the call running inside raise "interrupted" at its next hook check

@@ -26,9 +26,15 @@ function H.spin(seconds, poll)
     return x
 end
 
+-- Declared once: each ffi.cdef adds ctypes, and a loop that asked the
+-- time 65,000 times filled LuaJIT's table of them ("table overflow").
+local now_c
 function H.now()
-    ffi.cdef "double lja_now(void);"
-    return require("lj-async.shim").C.lja_now()
+    if not now_c then
+        pcall(ffi.cdef, "double lja_now(void);")
+        now_c = require("lj-async.shim").C.lja_now
+    end
+    return now_c()
 end
 
 -- Under ThreadSanitizer a LuaJIT process cannot fork (the child crashes),

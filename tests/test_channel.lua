@@ -581,4 +581,283 @@ function TestChannel:test_growth_races_receivers_and_len()
     lu.assertEquals(total, SENDERS * PER * ROUNDS)
 end
 
+local S = require("lj-async.shim").C
+pcall(ffi.cdef, [[
+void lja_object_retain(void *obj);
+int lja_channel_watch_fd(lja_channel *ch, int fd, int on);
+int eventfd(unsigned int initval, int flags);
+int close(int fd);
+long read(int fd, void *buf, size_t count);
+]])
+
+-- The shim's channel at its edges (README lj-async.channel): raw messages of
+-- 0, 47, 48 (the most a slot holds), 49 bytes and 1 MiB, each without and
+-- with an object, through rings of 1 and 2 slots, unbounded ones (growing
+-- while messages wait: 4, 8, 16 slots) and capacities of 2^31 and 2^62 (a
+-- growing ring), taken by recv_into, recv and select (with and without a
+-- buffer): every byte comes back, in order, and the objects' references all
+-- go with the messages.
+function TestChannel:test_raw_messages_at_the_slot_edges()
+    pcall(ffi.cdef, "int lja_channel_recv(lja_channel *ch, lja_msg **msg, double timeout);")
+    local sizes = { 0, 47, 48, 49, 2 ^ 20 }
+    local obj = sync.semaphore()
+    local obj_id, objs = obj:id(), ffi.new("void *[1]", ffi.cast("void *", obj))
+    local msg, len, index = ffi.new("lja_msg *[1]"), ffi.new("size_t[1]"), ffi.new("int[1]")
+    local buf = ffi.new("char[?]", S.LJA_MSG_INLINE)
+    local function payload(k)
+        local n = sizes[(k - 1) % #sizes + 1]
+        local b = ffi.new("char[?]", n + 1)
+        for i = 0, n - 1 do b[i] = (i * 7 + k) % 251 end
+        return b, n, k > #sizes   -- the second lap carries the object
+    end
+    local function check(k, p, n)
+        local b, want = payload(k)
+        lu.assertEquals(tonumber(n), want, "message " .. k)
+        lu.assertEquals(ffi.string(p, n), ffi.string(b, want), "message " .. k)
+    end
+    local function receive(ch, k)
+        local how = k % 4
+        local rc
+        if how == 0 then
+            rc = S.lja_channel_recv_into(ch, msg, buf, len, 5)
+        elseif how == 1 then
+            rc = S.lja_channel_recv(ch, msg, 5)
+        else
+            local chs = ffi.new("lja_channel *[2]", channel.new(), ch)
+            rc = S.lja_channel_select(chs, 2, index, msg, how == 2 and buf or nil, len, 5)
+            lu.assertEquals(index[0], 1)
+        end
+        lu.assertEquals(rc, S.LJA_OK, "receive " .. k)
+        if msg[0] == nil then
+            check(k, buf, len[0])
+        else
+            check(k, S.lja_msg_data(msg[0], len), len[0])
+            S.lja_msg_free(msg[0])
+        end
+    end
+    lu.assertNil(S.lja_channel_new(-1))
+    for _, cap in ipairs { 1, 2, 0, 2 ^ 31, 2 ^ 62 } do
+        local ch = ffi.gc(S.lja_channel_new(cap), S.lja_object_release)
+        local queued, first = 0, 1
+        for k = 1, 2 * #sizes do
+            if queued == cap and cap ~= 0 then   -- full (0: unbounded): no room for one more
+                lu.assertEquals(S.lja_channel_send(ch, "x", 1, nil, 0, 0), S.LJA_ETIMEDOUT, cap)
+                receive(ch, first)
+                first, queued = first + 1, queued - 1
+            end
+            local b, n, with_obj = payload(k)
+            if with_obj then S.lja_object_retain(objs[0]) end
+            lu.assertEquals(S.lja_channel_send(ch, b, n, with_obj and objs or nil, with_obj and 1 or 0, 0), S.LJA_OK)
+            queued = queued + 1
+            lu.assertEquals(tonumber(S.lja_channel_len(ch)), queued)
+        end
+        for k = first, 2 * #sizes do receive(ch, k) end
+        lu.assertEquals(S.lja_channel_recv(ch, msg, 0), S.LJA_ETIMEDOUT)
+        S.lja_channel_close(ch)
+        lu.assertEquals(S.lja_channel_recv(ch, msg, 0), S.LJA_ECLOSED)
+    end
+    obj, objs = nil, nil
+    collectgarbage()
+    lu.assertTrue(eventually_gone(obj_id))   -- every message released its reference
+end
+
+-- A collected channel that had grown, with messages of every kind still in
+-- it (inline, allocated, holding objects, in the new ring and copied from
+-- the old ones): the messages' objects are released with it.
+function TestChannel:test_grown_channel_collected_with_messages_releases_their_objects()
+    local ch, ids = channel.new(), {}
+    for i = 1, 100 do
+        local m = sync.mutex()
+        ids[#ids + 1] = m:id()
+        ch:send(i)
+        ch:send(i, ("x"):rep(i))
+        ch:send(i, m)
+    end
+    for _ = 1, 50 do ch:recv(0) end   -- the head moved on too
+    local id = ch:id()
+    ch = nil
+    collectgarbage()
+    lu.assertTrue(eventually_gone(id))
+    for _, m in ipairs(ids) do lu.assertFalse(alive(m), "mutex " .. m) end
+end
+
+-- A cancel of a thread blocked in send (on a full ring), recv or select
+-- (README lj-async.thread): the send sends nothing and its message's
+-- objects are released; the channels go on working, and nothing sent later
+-- is lost to the cancelled receivers.
+function TestChannel:test_cancel_blocked_senders_and_receivers()
+    local full, empty, other = channel.new(1), channel.new(), channel.new()
+    full:send("first")
+    local obj = sync.semaphore()
+    local obj_id = obj:id()
+    local threads = {
+        Thread.new(function(ch, obj) ch:send("second", obj) return "sent" end, full, obj),
+        Thread.new(function(ch) return ch:recv() end, empty),
+        Thread.new(function(a, b) return require("lj-async.channel").select({ a, b }) end, empty, other),
+    }
+    obj = nil
+    Thread.sleep(0.05)
+    for i, t in ipairs(threads) do
+        lu.assertTrue(t:cancel(5), i)
+        lu.assertEquals({ t:join(0) }, { nil, "cancelled" }, i)
+        t:destroy()
+    end
+    collectgarbage()
+    lu.assertTrue(eventually_gone(obj_id))   -- the message not sent let it go
+    lu.assertEquals(full:len(), 1)
+    lu.assertEquals(full:recv(0), "first")
+    empty:send("after")
+    other:send("other")
+    lu.assertEquals(empty:recv(0), "after")
+    lu.assertEquals(other:recv(0), "other")
+end
+
+-- lja_channel_watch_fd (how lj-async.asio waits on a channel) added and
+-- removed over and over while senders and a select run on the channel: the
+-- codes say what happened, a watch hears of sends while it is on, and the
+-- sanitizer builds see no race or leak.
+function TestChannel:test_watch_fd_added_and_removed_while_sends_run()
+    local EFD_NONBLOCK = 0x800
+    local ch, stop = channel.new(), channel.new()
+    local threads = {}
+    for p = 1, 2 do
+        threads[p] = Thread.new(function(ch, stop)
+            local n = 0
+            while stop:len() == 0 do
+                ch:send(n)
+                n = n + 1
+            end
+            return n
+        end, ch, stop)
+    end
+    threads[3] = Thread.new(function(ch, stop, idle)
+        local channel, n = require "lj-async.channel", 0
+        while stop:len() == 0 do   -- (stop is not selected: its message stays for all)
+            if channel.select({ idle, ch }, 0.001) == ch then n = n + 1 end
+        end
+        return n
+    end, ch, stop, channel.new())
+    local fds = { ffi.C.eventfd(0, EFD_NONBLOCK), ffi.C.eventfd(0, EFD_NONBLOCK) }
+    lu.assertTrue(fds[1] >= 0 and fds[2] >= 0)
+    local count, heard = ffi.new("uint64_t[1]"), 0
+    lu.assertEquals(S.lja_channel_watch_fd(ch, -1, 1), S.LJA_EINVAL)
+    lu.assertEquals(S.lja_channel_watch_fd(ch, fds[1], 0), S.LJA_ENOTFOUND)
+    for i = 1, 2000 do
+        local fd = fds[i % 2 + 1]
+        lu.assertEquals(S.lja_channel_watch_fd(ch, fd, 1), S.LJA_OK)
+        lu.assertEquals(S.lja_channel_watch_fd(ch, fd, 1), S.LJA_EBUSY)
+        if i % 100 == 0 then   -- sends go on: the watch hears of them
+            local deadline = H.now() + 5
+            while ffi.C.read(fd, count, 8) ~= 8 and H.now() < deadline do Thread.sleep(0.001) end
+            if count[0] > 0 then heard = heard + 1 end
+            count[0] = 0
+        end
+        lu.assertEquals(S.lja_channel_watch_fd(ch, fd, 0), S.LJA_OK)
+        lu.assertEquals(S.lja_channel_watch_fd(ch, fd, 0), S.LJA_ENOTFOUND)
+    end
+    lu.assertEquals(heard, 20)
+    lu.assertEquals(S.lja_channel_watch_fd(ch, fds[1], 1), S.LJA_OK)   -- one left on: freed with the channel
+    stop:send(true)
+    local sent = 0
+    for p = 1, 2 do
+        local ok, n = threads[p]:join(30)
+        lu.assertTrue(ok, n)
+        sent = sent + n
+    end
+    local ok, got = threads[3]:join(30)
+    lu.assertTrue(ok, got)
+    lu.assertEquals(got + ch:len(), sent)
+    ch = nil
+    collectgarbage()
+    for _, fd in ipairs(fds) do ffi.C.close(fd) end
+end
+
+-- Selects with short timeouts over three unbounded channels that grow under
+-- two senders each, and close while those still send (both waits meet
+-- growths, closes and timeouts): every message a sender was told was sent
+-- arrives exactly once, in its sender's order.
+function TestChannel:test_select_with_timeouts_over_channels_that_grow_and_close()
+    local CHS, PER_CH, RECEIVERS = 3, 2, 2
+    local chs, results, senders, receivers = {}, channel.new(), {}, {}
+    for c = 1, CHS do chs[c] = channel.new() end
+    for r = 1, RECEIVERS do
+        receivers[r] = Thread.new(function(chs, results)
+            local channel = require "lj-async.channel"
+            local open, last, count, bad, timeouts = { unpack(chs) }, {}, 0, 0, 0
+            while #open > 0 do
+                local from, p, seq = channel.select(open, 0.0005)
+                if from == nil then
+                    timeouts = timeouts + 1
+                elseif p == nil then
+                    for i = #open, 1, -1 do if open[i] == from then table.remove(open, i) end end
+                else
+                    if seq <= (last[p] or 0) then bad = bad + 1 end
+                    last[p], count = seq, count + 1
+                end
+            end
+            results:send(count, bad, timeouts)
+            return true
+        end, chs, results)
+    end
+    for c = 1, CHS do
+        for s = 1, PER_CH do
+            senders[#senders + 1] = Thread.new(function(ch, p)
+                local sent = 0
+                for seq = 1, 2 ^ 40 do
+                    local ok, err = ch:send_timeout(30, p, seq, seq % 3 == 0 and ("y"):rep(60) or nil)
+                    if not ok then
+                        assert(err == "closed", err)
+                        return sent
+                    end
+                    sent = seq
+                end
+            end, chs[c], c * 10 + s)
+        end
+    end
+    for c = 1, CHS do
+        Thread.sleep(0.03)
+        chs[c]:close()
+    end
+    local sent = 0
+    for _, t in ipairs(senders) do
+        local ok, n = t:join(60)
+        lu.assertTrue(ok, n)
+        sent = sent + n
+    end
+    local got, timeouts = 0, 0
+    for _ = 1, RECEIVERS do
+        local count, bad, t = results:recv(60)
+        lu.assertNotNil(count, "a receiver never reported")
+        lu.assertEquals(bad, 0)
+        got, timeouts = got + count, timeouts + t
+    end
+    for r = 1, RECEIVERS do lu.assertEquals({ receivers[r]:join(30) }, { true, true }) end
+    lu.assertEquals(got, sent)
+    lu.assertTrue(sent > 1000, "only " .. sent .. " sent")
+end
+
+-- Many senders into one unbounded channel that a slow receiver drains only
+-- once they are through: the memory is what was queued (each grown ring, 1
+-- MiB at last, and the smaller ones go with the channel), so fresh channels
+-- one after another leave the resident memory where it was.  (Without the
+-- rings freed, it grows by 2 MiB a round.)
+function TestChannel:test_burst_into_unbounded_channels_leaves_no_memory()
+    local function round()
+        local ch = channel.new()
+        local senders = {}
+        for p = 1, 4 do
+            senders[p] = Thread.new(function(ch, p)
+                for seq = 1, 4000 do ch:send(p, seq) end
+                return true
+            end, ch, p)
+        end
+        for p = 1, 4 do lu.assertEquals({ senders[p]:join(30) }, { true, true }) end
+        lu.assertEquals(ch:len(), 16000)
+        for _ = 1, 16000 do assert(ch:recv(0)) end
+        ch = nil
+        collectgarbage()
+    end
+    H.assert_memory_settles(lu, round, 4, 10, 8, "10 bursts of 16,000 messages into fresh channels")
+end
+
 os.exit(lu.LuaUnit.run())

@@ -267,4 +267,110 @@ function TestState:test_interrupt_never_loses_a_received_message()
     for i = 1, N do lu.assertTrue(H.eventually_gone(sent[i]), "object of message " .. i .. " leaked") end
 end
 
+-- Callers waiting to enter while a close waits for the call inside: each
+-- of them either runs (before the close got in) or is told the state is
+-- closed; none hangs, none runs after the close.
+function TestState:test_close_while_callers_wait_to_enter()
+    local st = state.new(function() return function(gate) if gate then return gate:recv(20) end return "in" end end)
+    local gate = channel.new()
+    local inside = Thread.new(function(st, gate) return st:call_wait(nil, gate) end, st, gate)
+    local deadline = H.now() + 10
+    while pcall(st.call, st) and H.now() < deadline do Thread.sleep(0.001) end   -- until it is inside: call raises "busy"
+    local waiting = {}
+    for i = 1, 4 do
+        waiting[i] = Thread.new(function(st) return pcall(st.call_wait, st, 20) end, st)
+    end
+    local closer = Thread.new(function(st) st:close() return "closed" end, st)
+    Thread.sleep(0.05)
+    gate:send("out")
+    lu.assertEquals({ inside:join(10) }, { true, "out" })
+    lu.assertEquals({ closer:join(10) }, { true, "closed" })
+    for i = 1, 4 do
+        local ok, called, v = waiting[i]:join(10)
+        lu.assertTrue(ok, called)
+        if called then
+            lu.assertEquals(v, "in")
+        else
+            lu.assertStrContains(v, "state is closed")
+        end
+    end
+    lu.assertErrorMsgContains("state is closed", st.call_wait, st, 1)
+end
+
+-- An interrupt reaches the call inside, never a caller still waiting to
+-- enter: that one runs to its end once the interrupted call left.
+function TestState:test_interrupt_spares_a_caller_waiting_to_enter()
+    local st = state.new(function()
+        jit.off()   -- hooks reach interpreted code (see README)
+        return function(spin)
+            while spin do end
+            return "served"
+        end
+    end)
+    local spinner = Thread.new(function(st) return pcall(st.call_wait, st, 20, true) end, st)
+    local deadline = H.now() + 10
+    while pcall(st.call, st, false) and H.now() < deadline do Thread.sleep(0.001) end   -- until it is inside
+    local waiter = Thread.new(function(st) return st:call_wait(20, false) end, st)
+    Thread.sleep(0.05)   -- waiting to enter
+    lu.assertTrue(st:interrupt())
+    local ok, called, err = spinner:join(10)
+    lu.assertTrue(ok)
+    lu.assertFalse(called)
+    lu.assertStrContains(err, "interrupted")
+    lu.assertEquals({ waiter:join(10) }, { true, "served" })
+    st:close()
+end
+
+-- A close waits for the call inside; a cancel of the thread waiting there
+-- stops it (README lj-async.thread: every lj-async wait is a cancellation
+-- point) instead of letting it go on as if the state were closed.
+function TestState:test_cancel_of_a_close_waiting_for_the_call_inside()
+    local st = state.new(function() return function(gate) if gate then return gate:recv(20) end return "in" end end)
+    local gate = channel.new()
+    local inside = Thread.new(function(st, gate) return st:call_wait(nil, gate) end, st, gate)
+    local deadline = H.now() + 10
+    while pcall(st.call, st) and H.now() < deadline do Thread.sleep(0.001) end   -- until it is inside: call raises "busy"
+    local closer = Thread.new(function(st) st:close() return "closed" end, st)
+    Thread.sleep(0.05)
+    lu.assertTrue(closer:cancel(5))
+    lu.assertEquals({ closer:join(0) }, { nil, "cancelled" })
+    gate:send("out")
+    lu.assertEquals({ inside:join(10) }, { true, "out" })
+    lu.assertEquals(st:call_wait(10), "in")   -- still open
+    st:close()
+    lu.assertErrorMsgContains("state is closed", st.call, st)
+end
+
+-- A caller inside a state that enters it again (its handler calls or
+-- closes its own state, or through another state) would wait for itself
+-- forever: call_wait raises "busy" at once and close raises, and the state
+-- goes on serving.
+function TestState:test_a_call_inside_cannot_wait_for_itself()
+    local function handler(what, id, other)
+        if what == "in" then return what end
+        local state = require "lj-async.state"
+        local st = state.get(id)
+        if what == "close" then return pcall(st.close, st) end
+        if what == "via" then return state.get(other):call_wait(nil, "back", id) end
+        return pcall(st.call_wait, st, nil, "in")   -- "self", or "back" in a through b
+    end
+    local a = state.new(function(handler) return handler end, handler)
+    local b = state.new(function(handler) return handler end, handler)
+    local t = Thread.new(function(a, b)
+        return { a:call("self", a:id()) }, { a:call("close", a:id()) }, { a:call("via", a:id(), b:id()) }
+    end, a, b)
+    local ok, call, close, via = t:join(10)
+    lu.assertTrue(ok, call)
+    lu.assertEquals(call[1], false)
+    lu.assertStrContains(call[2], "state is busy")
+    lu.assertEquals(close[1], false)
+    lu.assertStrContains(close[2], "from inside")
+    lu.assertEquals(via[1], false)
+    lu.assertStrContains(via[2], "state is busy")
+    lu.assertEquals(a:call("in"), "in")   -- both go on serving
+    lu.assertEquals(b:call("in"), "in")
+    a:close()
+    b:close()
+end
+
 os.exit(lu.LuaUnit.run())

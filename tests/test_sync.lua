@@ -272,4 +272,59 @@ function TestSync:test_handles_held_by_several_states()
     lu.assertTrue(eventually_gone(id))
 end
 
+-- Starts waiters on c, one after another, each queued before the next
+-- starts (it sends its name once it holds m; the next locks m only after
+-- the cond wait unlocked it, and queues after it).  Each waits with its
+-- timeout and returns its name and what c:wait returned.
+local function queue_waiters(m, c, timeouts)
+    local channel = require "lj-async.channel"
+    local inside, threads = channel.new(), {}
+    for i, timeout in ipairs(timeouts) do
+        threads[i] = Thread.new(function(m, c, inside, i, timeout)
+            m:lock()
+            inside:send(i)
+            local ok = c:wait(m, timeout)
+            m:unlock()
+            return i, ok
+        end, m, c, inside, i, timeout)
+        lu.assertEquals(inside:recv(10), i)
+    end
+    m:lock()   -- the last one is queued once it unlocked m
+    m:unlock()
+    return threads
+end
+
+-- A waiter that times out, or is cancelled, in the middle of the FIFO
+-- leaves it; the signals after it still go to the others in their order.
+function TestSync:test_cond_fifo_survives_a_timeout_and_a_cancel_in_the_middle()
+    local m, c = sync.mutex(), sync.cond()
+    local t = queue_waiters(m, c, { 20, 0.2, 20, 20, 20 })
+    lu.assertEquals({ t[2]:join(10) }, { true, 2, false })   -- timed out in the middle
+    lu.assertTrue(t[4]:pause(5))
+    lu.assertTrue(t[4]:cancel(5))                               -- cancelled in the middle, paused
+    lu.assertEquals({ t[4]:join(0) }, { nil, "cancelled" })
+    m:unlock()   -- its wait locked m again before the cancel was raised (README)
+    for _, i in ipairs { 1, 3, 5 } do
+        c:signal()
+        lu.assertEquals({ t[i]:join(10) }, { true, i, true }, "signal for waiter " .. i)
+    end
+    m:lock()   -- the mutex was given back by everyone
+    m:unlock()
+end
+
+-- A paused wait takes nothing (README lj-async.thread): a signal given while
+-- the first waiter is paused wakes the next one; the paused one, resumed,
+-- waits on for a later signal.
+function TestSync:test_cond_signal_skips_a_paused_waiter()
+    local m, c = sync.mutex(), sync.cond()
+    local t = queue_waiters(m, c, { 20, 20 })
+    lu.assertTrue(t[1]:pause(5))
+    c:signal()
+    lu.assertEquals({ t[2]:join(5) }, { true, 2, true })
+    t[1]:resume()
+    lu.assertEquals({ t[1]:join(0.2) }, { false, "timeout" })   -- the signal was not its
+    c:signal()
+    lu.assertEquals({ t[1]:join(10) }, { true, 1, true })
+end
+
 os.exit(lu.LuaUnit.run())
