@@ -191,14 +191,20 @@ function TestState:test_close_frees_the_name()
     lu.assertErrorMsgContains("state is closed", st.call, st)
 end
 
-function TestState:test_interrupt()
-    local st = state.new(function()
-        jit.off()   -- hooks reach interpreted code (see README)
+-- A state whose handler spins while its argument is true, else returns
+-- "served"; interpreted, so that an interrupt's hook reaches it (README).
+local function spinning_state()
+    return state.new(function()
+        jit.off()
         return function(spin)
             while spin do end
             return "served"
         end
     end)
+end
+
+function TestState:test_interrupt()
+    local st = spinning_state()
     lu.assertFalse(st:interrupt())    -- nobody inside
     local t = Thread.new(function(id)
         local st = require("lj-async.state").get(id)
@@ -267,15 +273,22 @@ function TestState:test_interrupt_never_loses_a_received_message()
     for i = 1, N do lu.assertTrue(H.eventually_gone(sent[i]), "object of message " .. i .. " leaked") end
 end
 
--- Callers waiting to enter while a close waits for the call inside: each
--- of them either runs (before the close got in) or is told the state is
--- closed; none hangs, none runs after the close.
-function TestState:test_close_while_callers_wait_to_enter()
+-- A state with a caller inside (a thread) until `gate` gets a message;
+-- other calls return "in".  Returns the state, the gate and the thread.
+local function state_held_inside()
     local st = state.new(function() return function(gate) if gate then return gate:recv(20) end return "in" end end)
     local gate = channel.new()
     local inside = Thread.new(function(st, gate) return st:call_wait(nil, gate) end, st, gate)
     local deadline = H.now() + 10
     while pcall(st.call, st) and H.now() < deadline do Thread.sleep(0.001) end   -- until it is inside: call raises "busy"
+    return st, gate, inside
+end
+
+-- Callers waiting to enter while a close waits for the call inside: each
+-- of them either runs (before the close got in) or is told the state is
+-- closed; none hangs, none runs after the close.
+function TestState:test_close_while_callers_wait_to_enter()
+    local st, gate, inside = state_held_inside()
     local waiting = {}
     for i = 1, 4 do
         waiting[i] = Thread.new(function(st) return pcall(st.call_wait, st, 20) end, st)
@@ -300,13 +313,7 @@ end
 -- An interrupt reaches the call inside, never a caller still waiting to
 -- enter: that one runs to its end once the interrupted call left.
 function TestState:test_interrupt_spares_a_caller_waiting_to_enter()
-    local st = state.new(function()
-        jit.off()   -- hooks reach interpreted code (see README)
-        return function(spin)
-            while spin do end
-            return "served"
-        end
-    end)
+    local st = spinning_state()
     local spinner = Thread.new(function(st) return pcall(st.call_wait, st, 20, true) end, st)
     local deadline = H.now() + 10
     while pcall(st.call, st, false) and H.now() < deadline do Thread.sleep(0.001) end   -- until it is inside
@@ -325,11 +332,7 @@ end
 -- stops it (README lj-async.thread: every lj-async wait is a cancellation
 -- point) instead of letting it go on as if the state were closed.
 function TestState:test_cancel_of_a_close_waiting_for_the_call_inside()
-    local st = state.new(function() return function(gate) if gate then return gate:recv(20) end return "in" end end)
-    local gate = channel.new()
-    local inside = Thread.new(function(st, gate) return st:call_wait(nil, gate) end, st, gate)
-    local deadline = H.now() + 10
-    while pcall(st.call, st) and H.now() < deadline do Thread.sleep(0.001) end   -- until it is inside: call raises "busy"
+    local st, gate, inside = state_held_inside()
     local closer = Thread.new(function(st) st:close() return "closed" end, st)
     Thread.sleep(0.05)
     lu.assertTrue(closer:cancel(5))
