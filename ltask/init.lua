@@ -50,6 +50,7 @@ local sched, config
 --   self      this service's address
 --   name, handlers (the table the service's file returned, or nil)
 --   started, quitting
+--   early     requests and posts popped while the file runs (served after it)
 --   kind, cmd of the message the loop serves (below)
 --   loop_co   the coroutine running the message loop
 --   io        lj-async.asio's loop in an exclusive service: { pump =, close = }
@@ -230,8 +231,41 @@ setmetatable(ltask, { __index = function(t, k)
     return rawget(t, k)
 end })
 
+-- The messages popped and not yet handled (head, tail), linked through
+-- next.  A cdata, not the runtime's: a pointer stored in a table is boxed,
+-- a garbage object per message.
+local taken = ffi.new("lja_smsg *[2]")
+-- This dispatch's: messages it may still handle, and the requests and
+-- posts it handled (which the scheduler then stops counting against the
+-- inbox's capacity).
+local budget, handled = 0, 0
+
+-- Requests and posts popped while the service's file runs wait here, still
+-- counted against the capacity, and go back to the front of `taken` once
+-- the file has returned its handlers (or failed: then they are refused).
+local function hold(r, m)
+    local early = r.early
+    if not early then
+        early = {}
+        r.early = early
+    end
+    early[#early + 1] = m
+end
+
+local function unhold(r)
+    local early = r.early
+    if not early then return end
+    r.early = nil
+    for i = #early, 1, -1 do
+        local m = early[i]
+        if taken[0] == nil then taken[1] = m end
+        m.next = taken[0]
+        taken[0] = m
+    end
+end
+
 -- The first message: run the service's file with the spawner's arguments.
--- The scheduler holds the requests and posts sent meanwhile until the file
+-- The requests and posts sent meanwhile are held (above) until the file
 -- has returned its handlers.  The spawner is answered like a caller ("dead"
 -- if the service quits while its file waits).
 local function init(from, session, name, file, code, exclusive, ...)
@@ -248,9 +282,9 @@ local function init(from, session, name, file, code, exclusive, ...)
     end
     served(r, serial)
     r.started = true
+    unhold(r)
     if ok then
         r.handlers = type(result) == "table" and result or nil
-        C.lja_sched_started(sched, r.self)
         if from >= 1 then reply(from, RESPONSE, session, 0) end
     else
         log("ltask: " .. who() .. " failed to start: " .. tostring(result))
@@ -273,6 +307,8 @@ end
 local function handle(m)
     local kind, from, session = m.type, m.from, m.session
     if kind == REQUEST or kind == POST then   -- served on the running message loop
+        if not R.started then return hold(R, m) end
+        handled = handled + 1
         return serve(kind, from, session, open(m))
     elseif kind == INIT then
         return init(from, session, open(m))
@@ -296,8 +332,17 @@ local function close_io()
     end
 end
 
+-- Refuses what the service popped and will never serve.
+local function refuse_taken(r)
+    unhold(r)
+    local m = taken[0]
+    taken[0] = nil
+    refuse_list(sched, r.self, m, r.slot)
+end
+
 local function finish()
     local r = R
+    refuse_taken(r)
     close_io()
     for _, h in pairs(r.held) do
         if h[1] ~= POST and h[2] >= 1 then signal(sched, r.self, h[2], C.LJA_SMSG_DEAD, h[3], r.slot) end
@@ -312,18 +357,15 @@ end
 -- dispatcher starts another loop for the rest.
 local LOOP_DONE = {}
 
--- The next message of the batch.  A cdata field, not the runtime's: a
--- pointer stored in a table is boxed, a garbage object per message.
-local batch = ffi.new("lja_smsg *[1]")
-
 local function message_loop()
     local me, r = co_running(), R
     while r.loop_co == me and not r.quitting do
-        local m = batch[0]
-        if m == nil then
+        local m = taken[0]
+        if m == nil or budget == 0 then
             co_yield(LOOP_DONE)   -- resumed with the next batch
         else
-            batch[0] = m.next
+            taken[0] = m.next
+            budget = budget - 1
             handle(m)
         end
     end
@@ -355,20 +397,28 @@ local function run_batch(r)
         r.held[co] = take_serving(r)
     end
     if res ~= LOOP_DONE then r.loop_co = nil end   -- a handler waits on it, or it ended
-    if batch[0] ~= nil and not r.quitting then return run_batch(r) end
+    if taken[0] ~= nil and budget > 0 and not r.quitting then return run_batch(r) end
+end
+
+-- The end of a dispatch: the scheduler learns what was handled, and
+-- whether the service must run again (an exclusive service's thread,
+-- which runs on no worker's slot, waits for a message otherwise).
+local function rest(self_addr, again, wait)
+    local n = handled
+    handled = 0
+    return rest_c(sched, self_addr, n, again and 1 or 0, wait and 1 or 0)
 end
 
 -- Called by the worker (ltask/worker.lua) with this service's address and
--- the worker's next slot (-1: none); returns a DISPATCH_ code.
+-- the worker's next slot (-1: none, an exclusive service's own thread);
+-- returns a DISPATCH_ code.
 local function dispatch(self_addr, slot)
     local r = R
     r.self, r.slot = self_addr, slot
-    batch[0] = pop_c(sched, self_addr, config.batch, waiters_out)
+    pop_c(sched, self_addr, taken, waiters_out)
     if waiters_out[0] ~= nil then refuse_list(sched, self_addr, waiters_out[0], slot) end   -- room
-    if batch[0] ~= nil and not r.quitting then run_batch(r) end
-    local m = batch[0]
-    batch[0] = nil
-    refuse_list(sched, self_addr, m, slot)   -- popped after a quit: never served
+    budget = config.batch
+    if taken[0] ~= nil and not r.quitting then run_batch(r) end
     local n = #r.ready
     if n > 0 and not r.quitting then
         -- What forks and wakeups add now runs at the next dispatch.
@@ -386,14 +436,15 @@ local function dispatch(self_addr, slot)
         -- epoll (marked idle, so that a message signals the eventfd).
         local busy, more = io.pump(false)
         r.io_busy = busy
-        if not (more or r.quitting or #r.ready > 0 or idle_end(r)) and rest_c(sched, self_addr, 0, 0) ~= WOKE then
+        if not (more or r.quitting or #r.ready > 0 or idle_end(r) or taken[0] ~= nil) and rest(self_addr) ~= WOKE then
             r.io_busy = io.pump(true)
         end
     end
     if r.quitting or idle_end(r) then
         return finish()
     end
-    return (#r.ready > 0 or io) and DISPATCH_AGAIN or DISPATCH_WAIT
+    if rest(self_addr, taken[0] ~= nil or #r.ready > 0 or io, slot < 0) == WOKE then return DISPATCH_AGAIN end
+    return DISPATCH_WAIT
 end
 
 -- Called by the service's boot chunk (ltask.bootstrap) in a new state.  The
@@ -408,7 +459,8 @@ function ltask._boot()
     registry["ltask.dispatch"] = dispatch
     local restore = core.quits_seen() and require("lj-async.reset").snapshot()
     registry["ltask.recycle"] = function()   -- back to a state that never ran a service
-        close_io()   -- if its dispatch raised
+        refuse_taken(R)   -- if its dispatch raised
+        close_io()
         if not restore then return false end
         reset_runtime()
         local reusable = restore()

@@ -39,11 +39,10 @@ local ffi_string = ffi.string
 local pushvalue, pushnumber, pcall_c, tonumber_c = LC.lua_pushvalue, LC.lua_pushnumber, LC.lua_pcall, LC.lua_tonumber
 local settop, gettop, getfield, tolstring, toboolean, type_c = LC.lua_settop, LC.lua_gettop, LC.lua_getfield,
     LC.lua_tolstring, LC.lua_toboolean, LC.lua_type
-local state_c, rest_c, next_c, spin_c, cell_c = C.lja_sched_state, C.lja_sched_rest, C.lja_sched_next,
-    C.lja_sched_spin, C.lja_sched_cell
+local state_c, next_c, spin_c, cell_c = C.lja_sched_state, C.lja_sched_next, C.lja_sched_spin, C.lja_sched_cell
 local push_c = C.lja_sched_push
 local AGAIN, QUIT = core.DISPATCH_AGAIN, core.DISPATCH_QUIT
-local WOKE, KILL = C.LJA_SCHED_WOKE, C.LJA_SMSG_KILL
+local KILL = C.LJA_SMSG_KILL
 local signal = core.signal
 
 local LUA_REGISTRYINDEX = -10000   -- lua.h of Lua 5.1, which LuaJIT keeps
@@ -116,7 +115,7 @@ local function run(s, addr, slot)
     local r, raised = dispatch(L, addr, slot)
     if r == QUIT then
         finish(s, addr, raised)
-    elseif rest_c(s, addr, r == AGAIN and 1 or 0, 0) == WOKE then
+    elseif r == AGAIN then
         push_c(s, addr)
     end
 end
@@ -204,11 +203,9 @@ function M.exclusive(shared_arg, config_str, addr)
     local L = state_c(s, addr)
     if L == nil then return end
     local r, raised
-    while true do
+    repeat   -- its dispatch waits for a message when it has nothing to do
         r, raised = dispatch(L, addr, core.NO_SLOT)
-        if r == QUIT then break end
-        rest_c(s, addr, r == AGAIN and 1 or 0, 1)
-    end
+    until r == QUIT
     finish(s, addr, raised)
 end
 
