@@ -71,8 +71,7 @@ local WOKE = C.LJA_SCHED_WOKE
 
 local M = { C = C }
 
--- What a service's dispatch returns to its worker: it rests (idle, or
--- its thread waited for a message), it must be queued again, it quit.
+-- What a service's dispatch returns to its worker.
 M.DISPATCH_WAIT, M.DISPATCH_AGAIN, M.DISPATCH_QUIT = 0, 1, 2
 
 -- Requests to the system thread (ltask/system.lua).

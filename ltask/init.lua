@@ -400,18 +400,17 @@ local function run_batch(r)
     if taken[0] ~= nil and budget > 0 and not r.quitting then return run_batch(r) end
 end
 
--- The end of a dispatch: the scheduler learns what was handled, and
--- whether the service must run again (an exclusive service's thread,
--- which runs on no worker's slot, waits for a message otherwise).
-local function rest(self_addr, again, wait)
+-- How many requests and posts were handled since the last call (for
+-- lja_sched_rest: the worker calls it once this state is left).
+local function settle()
     local n = handled
     handled = 0
-    return rest_c(sched, self_addr, n, again and 1 or 0, wait and 1 or 0)
+    return n
 end
 
 -- Called by the worker (ltask/worker.lua) with this service's address and
--- the worker's next slot (-1: none, an exclusive service's own thread);
--- returns a DISPATCH_ code.
+-- the worker's next slot (-1: none); returns a DISPATCH_ code and how many
+-- requests and posts it handled.
 local function dispatch(self_addr, slot)
     local r = R
     r.self, r.slot = self_addr, slot
@@ -436,15 +435,15 @@ local function dispatch(self_addr, slot)
         -- epoll (marked idle, so that a message signals the eventfd).
         local busy, more = io.pump(false)
         r.io_busy = busy
-        if not (more or r.quitting or #r.ready > 0 or idle_end(r) or taken[0] ~= nil) and rest(self_addr) ~= WOKE then
+        if not (more or r.quitting or #r.ready > 0 or idle_end(r) or taken[0] ~= nil) and
+            rest_c(sched, self_addr, settle(), 0, 0) ~= WOKE then
             r.io_busy = io.pump(true)
         end
     end
     if r.quitting or idle_end(r) then
-        return finish()
+        return finish(), settle()
     end
-    if rest(self_addr, taken[0] ~= nil or #r.ready > 0 or io, slot < 0) == WOKE then return DISPATCH_AGAIN end
-    return DISPATCH_WAIT
+    return (taken[0] ~= nil or #r.ready > 0 or io) and DISPATCH_AGAIN or DISPATCH_WAIT, settle()
 end
 
 -- Called by the service's boot chunk (ltask.bootstrap) in a new state.  The

@@ -39,10 +39,11 @@ local ffi_string = ffi.string
 local pushvalue, pushnumber, pcall_c, tonumber_c = LC.lua_pushvalue, LC.lua_pushnumber, LC.lua_pcall, LC.lua_tonumber
 local settop, gettop, getfield, tolstring, toboolean, type_c = LC.lua_settop, LC.lua_gettop, LC.lua_getfield,
     LC.lua_tolstring, LC.lua_toboolean, LC.lua_type
-local state_c, next_c, spin_c, cell_c = C.lja_sched_state, C.lja_sched_next, C.lja_sched_spin, C.lja_sched_cell
+local state_c, rest_c, next_c, spin_c, cell_c = C.lja_sched_state, C.lja_sched_rest, C.lja_sched_next,
+    C.lja_sched_spin, C.lja_sched_cell
 local push_c = C.lja_sched_push
 local AGAIN, QUIT = core.DISPATCH_AGAIN, core.DISPATCH_QUIT
-local KILL = C.LJA_SMSG_KILL
+local WOKE, KILL = C.LJA_SCHED_WOKE, C.LJA_SMSG_KILL
 local signal = core.signal
 
 local LUA_REGISTRYINDEX = -10000   -- lua.h of Lua 5.1, which LuaJIT keeps
@@ -51,8 +52,9 @@ local STUCK = 0.001   -- seconds a next slot may wait behind a running dispatch
 
 local M = {}
 
--- Runs a service's dispatch in its state L; returns what it returned, or
--- DISPATCH_QUIT (logged) and true if it raised.  The state keeps its
+-- Runs a service's dispatch in its state L; returns what it returned (a
+-- DISPATCH_ code, the requests and posts it handled), or DISPATCH_QUIT, 0
+-- and true if it raised (logged).  The state keeps its
 -- dispatch function at stack index 1, fetched once per state.  The calls
 -- outside lua_pcall cannot raise: a registry lookup of an interned key, a
 -- few pushes (the C API leaves room for 20), a string read as it is.
@@ -61,16 +63,16 @@ local function dispatch(L, addr, slot)
     pushvalue(L, 1)
     pushnumber(L, addr)
     pushnumber(L, slot)
-    local r, raised = nil, false
-    if pcall_c(L, 2, 1, 0) == 0 then
-        r = tonumber_c(L, -1)
+    local r, handled, raised = nil, 0, false
+    if pcall_c(L, 2, 2, 0) == 0 then
+        r, handled = tonumber_c(L, -2), tonumber_c(L, -1)
     else
         local why = type_c(L, -1) == LUA_TSTRING and ffi_string(tolstring(L, -1, nil)) or "(not a string)"
         core.log(addr, "service failed in its dispatch: " .. why)
         r, raised = QUIT, true
     end
     settop(L, 1)
-    return r, raised
+    return r, handled, raised
 end
 
 local function kill_all(s)
@@ -112,10 +114,10 @@ M.finish = finish
 local function run(s, addr, slot)
     local L = state_c(s, addr)
     if L == nil then return end
-    local r, raised = dispatch(L, addr, slot)
+    local r, handled, raised = dispatch(L, addr, slot)
     if r == QUIT then
         finish(s, addr, raised)
-    elseif r == AGAIN then
+    elseif rest_c(s, addr, handled, r == AGAIN and 1 or 0, 0) == WOKE then   -- L is left: others may run it
         push_c(s, addr)
     end
 end
@@ -202,10 +204,12 @@ function M.exclusive(shared_arg, config_str, addr)
     local s = core.sched
     local L = state_c(s, addr)
     if L == nil then return end
-    local r, raised
-    repeat   -- its dispatch waits for a message when it has nothing to do
-        r, raised = dispatch(L, addr, core.NO_SLOT)
-    until r == QUIT
+    local r, handled, raised
+    while true do
+        r, handled, raised = dispatch(L, addr, core.NO_SLOT)
+        if r == QUIT then break end
+        rest_c(s, addr, handled, r == AGAIN and 1 or 0, 1)
+    end
     finish(s, addr, raised)
 end
 
