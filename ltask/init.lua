@@ -50,7 +50,7 @@ local sched, config
 --   self      this service's address
 --   name, handlers (the table the service's file returned, or nil)
 --   started, quitting
---   early     requests and posts popped while the file runs (served after it)
+--   early     requests and posts popped while the file waits (ltask/api.lua)
 --   kind, cmd of the message the loop serves (below)
 --   loop_co   the coroutine running the message loop
 --   io        lj-async.asio's loop in an exclusive service: { pump =, close = }
@@ -211,26 +211,6 @@ function failed(co, err)
     end
 end
 
--- The rest of the API (ltask/api.lua) loads when a service first uses a
--- function of it; what it returns is lj-async.asio's driver for an
--- exclusive service.
-local asio_driver, other
-local open   -- (below)
-local function load_api()
-    if not asio_driver then
-        local rt = { R = R, sched = sched, config = config, resume = resume, new_task = new_task, who = who,
-            addr_text = addr_text, log = log, traceback = traceback, open = open }
-        asio_driver = require("ltask.api")(ltask, rt)
-        other = rt.other
-        setmetatable(ltask, nil)
-    end
-    return asio_driver
-end
-setmetatable(ltask, { __index = function(t, k)
-    load_api()
-    return rawget(t, k)
-end })
-
 -- The messages popped and not yet handled (head, tail), linked through
 -- next.  A cdata, not the runtime's: a pointer stored in a table is boxed,
 -- a garbage object per message.
@@ -240,33 +220,29 @@ local taken = ffi.new("lja_smsg *[2]")
 -- inbox's capacity).
 local budget, handled = 0, 0
 
--- Requests and posts popped while the service's file runs wait here, still
--- counted against the capacity, and go back to the front of `taken` once
--- the file has returned its handlers (or failed: then they are refused).
-local function hold(r, m)
-    local early = r.early
-    if not early then
-        early = {}
-        r.early = early
+-- The rest of the API (ltask/api.lua) loads when a service first uses a
+-- function of it; what it returns is lj-async.asio's driver for an
+-- exclusive service.
+local asio_driver, other, unhold
+local open   -- (below)
+local function load_api()
+    if not asio_driver then
+        local rt = { R = R, sched = sched, config = config, resume = resume, new_task = new_task, who = who,
+            addr_text = addr_text, log = log, traceback = traceback, open = open, taken = taken }
+        asio_driver = require("ltask.api")(ltask, rt)
+        other, unhold = rt.other, rt.unhold
+        setmetatable(ltask, nil)
     end
-    early[#early + 1] = m
+    return asio_driver
 end
-
-local function unhold(r)
-    local early = r.early
-    if not early then return end
-    r.early = nil
-    for i = #early, 1, -1 do
-        local m = early[i]
-        if taken[0] == nil then taken[1] = m end
-        m.next = taken[0]
-        taken[0] = m
-    end
-end
+setmetatable(ltask, { __index = function(t, k)
+    load_api()
+    return rawget(t, k)
+end })
 
 -- The first message: run the service's file with the spawner's arguments.
--- The requests and posts sent meanwhile are held (above) until the file
--- has returned its handlers.  The spawner is answered like a caller ("dead"
+-- The requests and posts popped while it waits are held (ltask/api.lua's
+-- other and unhold) until it has returned its handlers.  The spawner is answered like a caller ("dead"
 -- if the service quits while its file waits).
 local function init(from, session, name, file, code, exclusive, ...)
     local r = R
@@ -282,7 +258,7 @@ local function init(from, session, name, file, code, exclusive, ...)
     end
     served(r, serial)
     r.started = true
-    unhold(r)
+    if r.early then unhold(r) end
     if ok then
         r.handlers = type(result) == "table" and result or nil
         if from >= 1 then reply(from, RESPONSE, session, 0) end
@@ -306,15 +282,15 @@ end
 
 local function handle(m)
     local kind, from, session = m.type, m.from, m.session
-    if kind == REQUEST or kind == POST then   -- served on the running message loop
-        if not R.started then return hold(R, m) end
+    if (kind == REQUEST or kind == POST) and R.started then   -- served on the running message loop
         handled = handled + 1
         return serve(kind, from, session, open(m))
     elseif kind == INIT then
         return init(from, session, open(m))
     elseif kind == KILL then
         R.quitting = true
-    else   -- replies, timers, names, room: only to a service that used ltask/api.lua
+    else   -- replies, timers, names, room, and what comes while the file waits: only to
+        -- a service that used ltask/api.lua
         if not other then load_api() end
         return other(m)
     end
@@ -332,22 +308,20 @@ local function close_io()
     end
 end
 
--- Refuses what the service popped and will never serve.
-local function refuse_taken(r)
-    unhold(r)
+-- What it popped and will never serve is refused; what it holds is
+-- answered "dead".
+local function finish()
+    local r = R
+    if r.early then unhold(r) end
     local m = taken[0]
     taken[0] = nil
     refuse_list(sched, r.self, m, r.slot)
-end
-
-local function finish()
-    local r = R
-    refuse_taken(r)
     close_io()
     for _, h in pairs(r.held) do
         if h[1] ~= POST and h[2] >= 1 then signal(sched, r.self, h[2], C.LJA_SMSG_DEAD, h[3], r.slot) end
     end
     if r.claims > 0 then core.system(core.SYS_DROP, r.self, 0, nil) end   -- those names fail
+    r.self = nil   -- done (ltask.recycle calls it if the dispatch raised)
     return DISPATCH_QUIT
 end
 
@@ -400,14 +374,6 @@ local function run_batch(r)
     if taken[0] ~= nil and budget > 0 and not r.quitting then return run_batch(r) end
 end
 
--- How many requests and posts were handled since the last call (for
--- lja_sched_rest: the worker calls it once this state is left).
-local function settle()
-    local n = handled
-    handled = 0
-    return n
-end
-
 -- Called by the worker (ltask/worker.lua) with this service's address and
 -- the worker's next slot (-1: none); returns a DISPATCH_ code and how many
 -- requests and posts it handled.
@@ -435,15 +401,17 @@ local function dispatch(self_addr, slot)
         -- epoll (marked idle, so that a message signals the eventfd).
         local busy, more = io.pump(false)
         r.io_busy = busy
-        if not (more or r.quitting or #r.ready > 0 or idle_end(r) or taken[0] ~= nil) and
-            rest_c(sched, self_addr, settle(), 0, 0) ~= WOKE then
-            r.io_busy = io.pump(true)
+        if not (more or r.quitting or #r.ready > 0 or idle_end(r) or taken[0] ~= nil) then
+            local rc = rest_c(sched, self_addr, handled, 0, 0)
+            handled = 0
+            if rc ~= WOKE then r.io_busy = io.pump(true) end
         end
     end
-    if r.quitting or idle_end(r) then
-        return finish(), settle()
-    end
-    return (taken[0] ~= nil or #r.ready > 0 or io) and DISPATCH_AGAIN or DISPATCH_WAIT, settle()
+    local code = (r.quitting or idle_end(r)) and finish() or
+        (taken[0] ~= nil or #r.ready > 0 or io) and DISPATCH_AGAIN or DISPATCH_WAIT
+    local n = handled   -- the worker tells the scheduler once it has left this state
+    handled = 0
+    return code, n
 end
 
 -- Called by the service's boot chunk (ltask.bootstrap) in a new state.  The
@@ -458,8 +426,7 @@ function ltask._boot()
     registry["ltask.dispatch"] = dispatch
     local restore = core.quits_seen() and require("lj-async.reset").snapshot()
     registry["ltask.recycle"] = function()   -- back to a state that never ran a service
-        refuse_taken(R)   -- if its dispatch raised
-        close_io()
+        if R.self then finish() end   -- its dispatch raised
         if not restore then return false end
         reset_runtime()
         local reusable = restore()
