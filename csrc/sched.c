@@ -28,8 +28,9 @@ struct service {
     int64_t capacity, count;    /* requests and posts queued, or popped and not yet handled */
     lja_fifo inbox;
     lja_fifo waiters;           /* refused sends, turned into ROOM notices */
-    uint64_t addr;              /* 0 while the slot is free */
-    void *L;
+    /* Written under the lock, read without it too (lja_sched_state). */
+    _Atomic uint64_t addr;      /* 0 while the slot is free */
+    _Atomic(void *) L;
     pthread_cond_t wake;        /* an exclusive service's thread waits here */
     int wake_fd;                /* or on this eventfd, signaled too (-1: none) */
     int exclusive;
@@ -218,14 +219,16 @@ void lja_sched_pop(lja_sched *s, double self, lja_smsg **taken, lja_smsg **waite
     taken[1] = mine.tail;
 }
 
+/* Lock-free, as workers call it at each dispatch: an L read between two
+ * reads of the same address is that address's, since an address is never
+ * reused and its state is set before it and cleared before it goes. */
 void *lja_sched_state(lja_sched *s, double addr)
 {
-    struct service *svc = lock_live(s, addr);
-    if (!svc)
+    struct service *svc = lookup(s, addr);
+    if (!svc || svc->addr != (uint64_t)addr)
         return NULL;
     void *L = svc->L;
-    pthread_mutex_unlock(&svc->lock);
-    return L;
+    return svc->addr == (uint64_t)addr ? L : NULL;
 }
 
 int lja_sched_rest(lja_sched *s, double addr, int handled, int again, int wait)
@@ -451,13 +454,13 @@ int lja_sched_add(lja_sched *s, void *L, int exclusive, int64_t capacity, double
     }
     if (rc == LJA_OK) {
         pthread_mutex_lock(&svc->lock);
+        svc->L = L;
         svc->addr = (uint64_t)svc->slot + svc->generation * SLOT_SPAN;
         svc->status = SVC_IDLE;
         svc->exclusive = exclusive != 0;
         svc->wake_fd = -1;
         svc->capacity = capacity;
         svc->count = 0;
-        svc->L = L;
         pthread_mutex_unlock(&svc->lock);
         s->alive++;
         *addr = (double)svc->addr;
