@@ -330,15 +330,16 @@ LJA_API void lja_gate_free(lja_gate *g);
  * `from` is a service, its block stays as an LJA_SMSG_ROOM notice from
  * `from`, which pop hands to the receiver once its inbox has drained to
  * half) or LJA_ECLOSED (no such service).  pop moves a whole inbox to the
- * end of the receiver's own list `taken` (head, tail; linked through next;
- * a KILL goes to its front) and hands over in *waiters the ROOM notices due
- * (to answer with LJA_SMSG_ROOM, then free).  A service's first message is
- * LJA_SMSG_INIT.
+ * end of the receiver's own list `taken` (head, tail: the tail is read only
+ * if the head is not NULL; linked through next; a KILL goes to its front)
+ * and hands over in *waiters the ROOM notices due (to answer with
+ * LJA_SMSG_ROOM, then free).  A service's first message is LJA_SMSG_INIT.
  *
- * After a dispatch, rest subtracts from the count against the capacity
- * the `handled` requests and posts, and marks the service idle, or returns
- * LJA_SCHED_WOKE if it has messages (or `again`): it must be queued again.  With `wait` (an
- * exclusive service's thread) it waits until a message comes.  wake_fd gives
+ * After a dispatch, rest stops counting against the capacity the `handled`
+ * requests and posts (until then they count, taken or not), and marks the
+ * service idle, or returns LJA_SCHED_WOKE if it has messages (or `again`):
+ * it must be queued again.  With `wait` (an exclusive service's thread) it
+ * waits until a message comes.  wake_fd gives
  * an exclusive service an eventfd (-1: none) that a send to it signals when
  * it is idle, so its thread may wait in epoll on its inbox and its sockets
  * together (lj-async.asio); it is removed before the fd is closed.  close marks

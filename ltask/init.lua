@@ -242,8 +242,8 @@ end })
 
 -- The first message: run the service's file with the spawner's arguments.
 -- The requests and posts popped while it waits are held (ltask/api.lua's
--- other and unhold) until it has returned its handlers.  The spawner is answered like a caller ("dead"
--- if the service quits while its file waits).
+-- other and unhold) until it has returned its handlers.  The spawner is
+-- answered like a caller ("dead" if the service quits while its file waits).
 local function init(from, session, name, file, code, exclusive, ...)
     local r = R
     local serial = serving(r, INIT, from, session, nil)
