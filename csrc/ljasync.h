@@ -329,23 +329,21 @@ LJA_API void lja_gate_free(lja_gate *g);
  * instead), LJA_EAGAIN (the inbox is full: the message is not queued; if
  * `from` is a service, its block stays as an LJA_SMSG_ROOM notice from
  * `from`, which pop hands to the receiver once its inbox has drained to
- * half) or LJA_ECLOSED (no such service).  pop takes up to max messages
- * off the front of an inbox, linked through next, and hands over in
- * *waiters the ROOM notices due (to answer with LJA_SMSG_ROOM, then free).
- * What a pop takes counts against the capacity until the receiver's next
- * pop or rest.
+ * half) or LJA_ECLOSED (no such service).  pop moves a whole inbox to the
+ * end of the receiver's own list `taken` (head, tail: the tail is read only
+ * if the head is not NULL; linked through next; a KILL goes to its front)
+ * and hands over in *waiters the ROOM notices due (to answer with
+ * LJA_SMSG_ROOM, then free).  A service's first message is LJA_SMSG_INIT.
  *
- * A service's first message is LJA_SMSG_INIT.  Until lja_sched_started,
- * the requests and posts sent to it are held, still counted against its
- * capacity; then they join its inbox.
- *
- * After a dispatch, rest marks the service idle, or returns LJA_SCHED_WOKE if it
- * has messages (or `again`): it must be queued again.  With `wait` (an
- * exclusive service's thread) it waits until a message comes.  wake_fd gives
+ * After a dispatch, rest stops counting against the capacity the `handled`
+ * requests and posts (until then they count, taken or not), and marks the
+ * service idle, or returns LJA_SCHED_WOKE if it has messages (or `again`):
+ * it must be queued again.  With `wait` (an exclusive service's thread) it
+ * waits until a message comes.  wake_fd gives
  * an exclusive service an eventfd (-1: none) that a send to it signals when
  * it is idle, so its thread may wait in epoll on its inbox and its sockets
  * together (lj-async.asio); it is removed before the fd is closed.  close marks
- * a service dead (sends to it fail) and hands back its queued and held
+ * a service dead (sends to it fail) and hands back its queued
  * messages, its ROOM notices and its lua_State; remove then frees its slot
  * and returns how many services are still alive.  at gives the address of
  * the live service in a slot (1 up; 0: none there now, -1: past the last).
@@ -394,10 +392,9 @@ LJA_API int lja_sched_add(lja_sched *s, void *L, int exclusive, int64_t capacity
 LJA_API void *lja_sched_state(lja_sched *s, double addr);
 LJA_API int lja_sched_send(lja_sched *s, double from, double to, int type, int32_t session,
                            const char *data, size_t len, void *const *objs, int nobjs);
-LJA_API lja_smsg *lja_sched_pop(lja_sched *s, double self, int max, lja_smsg **waiters);
-LJA_API void lja_sched_started(lja_sched *s, double self);
+LJA_API void lja_sched_pop(lja_sched *s, double self, lja_smsg **taken, lja_smsg **waiters);
 LJA_API void lja_sched_msg_free(lja_smsg *m);
-LJA_API int lja_sched_rest(lja_sched *s, double addr, int again, int wait);
+LJA_API int lja_sched_rest(lja_sched *s, double addr, int handled, int again, int wait);
 LJA_API void lja_sched_wake_fd(lja_sched *s, double addr, int fd);
 LJA_API lja_smsg *lja_sched_close(lja_sched *s, double addr, void **L);
 LJA_API int64_t lja_sched_remove(lja_sched *s, double addr);

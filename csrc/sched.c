@@ -24,19 +24,13 @@ struct service {
     /* What every send and dispatch touches, in its first two lines. */
     void *link;                 /* first: the run queue's or the free list's */
     pthread_mutex_t lock;
-    int status, starting;       /* starting: its file runs, requests and posts are held */
-    int64_t capacity, count;    /* requests and posts queued (or held) */
+    int status;
+    int64_t capacity, count;    /* requests and posts queued, or popped and not yet handled */
     lja_fifo inbox;
     lja_fifo waiters;           /* refused sends, turned into ROOM notices */
-    uint64_t addr;              /* 0 while the slot is free */
-    void *L;
-    /* The receiver's own (pop, rest, close: the thread that runs it), on a
-     * line apart from what senders write: messages moved off the inbox but
-     * not yet handed out, and the counted ones handed out by the last pop,
-     * still in `count` until the receiver next takes the lock. */
-    _Alignas(64) lja_fifo taken;
-    int64_t handed;
-    lja_fifo held;
+    /* Written under the lock, read without it too (lja_sched_state). */
+    _Atomic uint64_t addr;      /* 0 while the slot is free */
+    _Atomic(void *) L;
     pthread_cond_t wake;        /* an exclusive service's thread waits here */
     int wake_fd;                /* or on this eventfd, signaled too (-1: none) */
     int exclusive;
@@ -180,9 +174,7 @@ int lja_sched_send(lja_sched *s, double from, double to, int type, int32_t sessi
         }
     } else {
         svc->count += counted(type);
-        if (svc->starting && counted(type))
-            lja_fifo_push(&svc->held, m);
-        else if (type == LJA_SMSG_KILL)   /* before anything else queued */
+        if (type == LJA_SMSG_KILL)   /* before anything else queued */
             lja_fifo_push_front(&svc->inbox, m);
         else
             lja_fifo_push(&svc->inbox, m);
@@ -203,74 +195,50 @@ int lja_sched_send(lja_sched *s, double from, double to, int type, int32_t sessi
     return rc;
 }
 
-/* With svc locked: what the last pop handed out was handled. */
-static void settle(struct service *svc)
-{
-    svc->count -= svc->handed;
-    svc->handed = 0;
-}
-
-/* The inbox is moved whole under the lock and cut outside it: a walk over
- * messages just written by senders misses the cache at each one, and
- * senders would wait on the lock (and sleep on it) meanwhile. */
-lja_smsg *lja_sched_pop(lja_sched *s, double self, int max, lja_smsg **waiters)
+/* The inbox is moved whole under the lock onto the receiver's list, which
+ * ltask/init.lua cuts into batches outside it: a walk over messages just
+ * written by senders misses the cache at each one, and senders would wait
+ * on the lock (and sleep on it) meanwhile. */
+void lja_sched_pop(lja_sched *s, double self, lja_smsg **taken, lja_smsg **waiters)
 {
     *waiters = NULL;
-    struct service *svc = max < 1 ? NULL : lock_live(s, self);
+    struct service *svc = lock_live(s, self);
     if (!svc)
-        return NULL;
-    settle(svc);
+        return;
+    lja_fifo mine = { taken[0], taken[0] ? taken[1] : NULL };
     lja_smsg *kill = svc->inbox.head;
     if (kill && kill->type == LJA_SMSG_KILL)   /* still before everything */
-        lja_fifo_push_front(&svc->taken, lja_fifo_shift(&svc->inbox));
-    lja_fifo_concat(&svc->taken, &svc->inbox);
+        lja_fifo_push_front(&mine, lja_fifo_shift(&svc->inbox));
+    lja_fifo_concat(&mine, &svc->inbox);
     if (svc->waiters.head && svc->count <= svc->capacity / 2) {
         *waiters = svc->waiters.head;
         svc->waiters.head = svc->waiters.tail = NULL;
     }
     pthread_mutex_unlock(&svc->lock);
-    lja_smsg *first = svc->taken.head, *last = NULL, *m = first;
-    for (int n = 0; m && n < max; n++, m = m->next) {
-        svc->handed += counted(m->type);
-        last = m;
-    }
-    if (last) {
-        last->next = NULL;
-        svc->taken.head = m;
-        if (!m)
-            svc->taken.tail = NULL;
-    }
-    return first;
+    taken[0] = mine.head;
+    taken[1] = mine.tail;
 }
 
-void lja_sched_started(lja_sched *s, double self)
-{
-    struct service *svc = lock_live(s, self);
-    if (svc) {
-        svc->starting = 0;
-        lja_fifo_concat(&svc->inbox, &svc->held);
-        pthread_mutex_unlock(&svc->lock);
-    }
-}
-
+/* Lock-free, as workers call it at each dispatch: an L read between two
+ * reads of the same address is that address's, since an address is never
+ * reused and its state is set before it and cleared before it goes. */
 void *lja_sched_state(lja_sched *s, double addr)
 {
-    struct service *svc = lock_live(s, addr);
-    if (!svc)
+    struct service *svc = lookup(s, addr);
+    if (!svc || svc->addr != (uint64_t)addr)
         return NULL;
     void *L = svc->L;
-    pthread_mutex_unlock(&svc->lock);
-    return L;
+    return svc->addr == (uint64_t)addr ? L : NULL;
 }
 
-int lja_sched_rest(lja_sched *s, double addr, int again, int wait)
+int lja_sched_rest(lja_sched *s, double addr, int handled, int again, int wait)
 {
     struct service *svc = lock_live(s, addr);
     if (!svc)
         return LJA_ECLOSED;
-    settle(svc);
+    svc->count -= handled;
     /* Waiters that the next pop would tell are work too. */
-    int rc = svc->inbox.head || svc->taken.head || again ||
+    int rc = svc->inbox.head || again ||
                      (svc->waiters.head && svc->count <= svc->capacity / 2)
                  ? LJA_SCHED_WOKE
                  : LJA_OK;
@@ -294,14 +262,12 @@ void lja_sched_wake_fd(lja_sched *s, double addr, int fd)
     }
 }
 
-/* Every message svc holds, in order: taken, queued, held, ROOM notices. */
+/* Every message svc holds, in order: queued, then ROOM notices. */
 static lja_smsg *take_all(struct service *svc)
 {
-    lja_fifo_concat(&svc->taken, &svc->inbox);
-    lja_fifo_concat(&svc->taken, &svc->held);
-    lja_fifo_concat(&svc->taken, &svc->waiters);
-    lja_smsg *list = svc->taken.head;
-    svc->taken.head = svc->taken.tail = NULL;
+    lja_fifo_concat(&svc->inbox, &svc->waiters);
+    lja_smsg *list = svc->inbox.head;
+    svc->inbox.head = svc->inbox.tail = NULL;
     return list;
 }
 
@@ -315,7 +281,7 @@ lja_smsg *lja_sched_close(lja_sched *s, double addr, void **L)
     if (svc->status != SVC_DEAD) {
         svc->status = SVC_DEAD;
         list = take_all(svc);
-        svc->count = svc->handed = 0;
+        svc->count = 0;
         *L = svc->L;
         svc->L = NULL;
     }
@@ -488,14 +454,13 @@ int lja_sched_add(lja_sched *s, void *L, int exclusive, int64_t capacity, double
     }
     if (rc == LJA_OK) {
         pthread_mutex_lock(&svc->lock);
+        svc->L = L;
         svc->addr = (uint64_t)svc->slot + svc->generation * SLOT_SPAN;
         svc->status = SVC_IDLE;
         svc->exclusive = exclusive != 0;
         svc->wake_fd = -1;
         svc->capacity = capacity;
         svc->count = 0;
-        svc->starting = 1;
-        svc->L = L;
         pthread_mutex_unlock(&svc->lock);
         s->alive++;
         *addr = (double)svc->addr;

@@ -56,11 +56,32 @@ return function(ltask, rt)
         if not ok then log("ltask: error in a timeout of " .. who() .. ": " .. tostring(err)) end
     end
 
-    -- Handles a reply, timer, name or room notice (ltask/init.lua's handle
-    -- passes them on); frees it.
+    -- Requests and posts popped while the service's file waits are held
+    -- in R.early (still counted against the inbox's capacity), and go back
+    -- to the front of ltask/init.lua's list of popped messages once the file
+    -- has returned (or failed: then they are refused).
+    local taken = rt.taken
+    function rt.unhold(r)
+        local early = r.early
+        r.early = nil
+        for i = #early, 1, -1 do
+            local m = early[i]
+            if taken[0] == nil then taken[1] = m end
+            m.next = taken[0]
+            taken[0] = m
+        end
+    end
+
+    -- Handles a reply, timer, name or room notice, or holds a request or
+    -- post (ltask/init.lua's handle passes them on); frees the rest.
     function rt.other(m)
         local kind, from, session = m.type, m.from, m.session
-        if kind == RESPONSE or kind == ERROR then
+        if kind == REQUEST or kind == POST then
+            local early = R.early or {}
+            R.early = early
+            early[#early + 1] = m
+            return
+        elseif kind == RESPONSE or kind == ERROR then
             if R.waiting[session] then return wake(session, kind, open(m)) end
         elseif kind == TIMER then
             if R.waiting[session] then

@@ -40,11 +40,10 @@ typedef struct lja_smsg {
 } lja_smsg;
 int lja_sched_send(lja_sched *s, double from, double to, int type, int32_t session,
                    const char *data, size_t len, void *const *objs, int nobjs);
-lja_smsg *lja_sched_pop(lja_sched *s, double self, int max, lja_smsg **waiters);
-void lja_sched_started(lja_sched *s, double self);
+void lja_sched_pop(lja_sched *s, double self, lja_smsg **taken, lja_smsg **waiters);
 void lja_sched_msg_free(lja_smsg *m);
 int lja_sched_push(lja_sched *s, double addr);
-int lja_sched_rest(lja_sched *s, double addr, int again, int wait);
+int lja_sched_rest(lja_sched *s, double addr, int handled, int again, int wait);
 void lja_sched_wake_fd(lja_sched *s, double addr, int fd);
 double lja_sched_cell(lja_sched *s, int i, double v);
 void lja_lua_close(void *L);

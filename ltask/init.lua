@@ -50,6 +50,7 @@ local sched, config
 --   self      this service's address
 --   name, handlers (the table the service's file returned, or nil)
 --   started, quitting
+--   early     requests and posts popped while the file waits (ltask/api.lua)
 --   kind, cmd of the message the loop serves (below)
 --   loop_co   the coroutine running the message loop
 --   io        lj-async.asio's loop in an exclusive service: { pump =, close = }
@@ -210,17 +211,26 @@ function failed(co, err)
     end
 end
 
+-- The messages popped and not yet handled (head, tail), linked through
+-- next.  A cdata, not the runtime's: a pointer stored in a table is boxed,
+-- a garbage object per message.
+local taken = ffi.new("lja_smsg *[2]")
+-- This dispatch's: messages it may still handle, and the requests and
+-- posts it handled (which the scheduler then stops counting against the
+-- inbox's capacity).
+local budget, handled = 0, 0
+
 -- The rest of the API (ltask/api.lua) loads when a service first uses a
 -- function of it; what it returns is lj-async.asio's driver for an
 -- exclusive service.
-local asio_driver, other
+local asio_driver, other, unhold
 local open   -- (below)
 local function load_api()
     if not asio_driver then
         local rt = { R = R, sched = sched, config = config, resume = resume, new_task = new_task, who = who,
-            addr_text = addr_text, log = log, traceback = traceback, open = open }
+            addr_text = addr_text, log = log, traceback = traceback, open = open, taken = taken }
         asio_driver = require("ltask.api")(ltask, rt)
-        other = rt.other
+        other, unhold = rt.other, rt.unhold
         setmetatable(ltask, nil)
     end
     return asio_driver
@@ -231,9 +241,9 @@ setmetatable(ltask, { __index = function(t, k)
 end })
 
 -- The first message: run the service's file with the spawner's arguments.
--- The scheduler holds the requests and posts sent meanwhile until the file
--- has returned its handlers.  The spawner is answered like a caller ("dead"
--- if the service quits while its file waits).
+-- The requests and posts popped while it waits are held (ltask/api.lua's
+-- other and unhold) until it has returned its handlers.  The spawner is
+-- answered like a caller ("dead" if the service quits while its file waits).
 local function init(from, session, name, file, code, exclusive, ...)
     local r = R
     local serial = serving(r, INIT, from, session, nil)
@@ -248,9 +258,9 @@ local function init(from, session, name, file, code, exclusive, ...)
     end
     served(r, serial)
     r.started = true
+    if r.early then unhold(r) end
     if ok then
         r.handlers = type(result) == "table" and result or nil
-        C.lja_sched_started(sched, r.self)
         if from >= 1 then reply(from, RESPONSE, session, 0) end
     else
         log("ltask: " .. who() .. " failed to start: " .. tostring(result))
@@ -272,13 +282,15 @@ end
 
 local function handle(m)
     local kind, from, session = m.type, m.from, m.session
-    if kind == REQUEST or kind == POST then   -- served on the running message loop
+    if (kind == REQUEST or kind == POST) and R.started then   -- served on the running message loop
+        handled = handled + 1
         return serve(kind, from, session, open(m))
     elseif kind == INIT then
         return init(from, session, open(m))
     elseif kind == KILL then
         R.quitting = true
-    else   -- replies, timers, names, room: only to a service that used ltask/api.lua
+    else   -- replies, timers, names, room, and what comes while the file waits: only to
+        -- a service that used ltask/api.lua
         if not other then load_api() end
         return other(m)
     end
@@ -296,13 +308,20 @@ local function close_io()
     end
 end
 
+-- What it popped and will never serve is refused; what it holds is
+-- answered "dead".
 local function finish()
     local r = R
+    if r.early then unhold(r) end
+    local m = taken[0]
+    taken[0] = nil
+    refuse_list(sched, r.self, m, r.slot)
     close_io()
     for _, h in pairs(r.held) do
         if h[1] ~= POST and h[2] >= 1 then signal(sched, r.self, h[2], C.LJA_SMSG_DEAD, h[3], r.slot) end
     end
     if r.claims > 0 then core.system(core.SYS_DROP, r.self, 0, nil) end   -- those names fail
+    r.self = nil   -- done (ltask.recycle calls it if the dispatch raised)
     return DISPATCH_QUIT
 end
 
@@ -312,18 +331,15 @@ end
 -- dispatcher starts another loop for the rest.
 local LOOP_DONE = {}
 
--- The next message of the batch.  A cdata field, not the runtime's: a
--- pointer stored in a table is boxed, a garbage object per message.
-local batch = ffi.new("lja_smsg *[1]")
-
 local function message_loop()
     local me, r = co_running(), R
     while r.loop_co == me and not r.quitting do
-        local m = batch[0]
-        if m == nil then
+        local m = taken[0]
+        if m == nil or budget == 0 then
             co_yield(LOOP_DONE)   -- resumed with the next batch
         else
-            batch[0] = m.next
+            taken[0] = m.next
+            budget = budget - 1
             handle(m)
         end
     end
@@ -355,20 +371,19 @@ local function run_batch(r)
         r.held[co] = take_serving(r)
     end
     if res ~= LOOP_DONE then r.loop_co = nil end   -- a handler waits on it, or it ended
-    if batch[0] ~= nil and not r.quitting then return run_batch(r) end
+    if taken[0] ~= nil and budget > 0 and not r.quitting then return run_batch(r) end
 end
 
 -- Called by the worker (ltask/worker.lua) with this service's address and
--- the worker's next slot (-1: none); returns a DISPATCH_ code.
+-- the worker's next slot (-1: none); returns a DISPATCH_ code and how many
+-- requests and posts it handled.
 local function dispatch(self_addr, slot)
     local r = R
     r.self, r.slot = self_addr, slot
-    batch[0] = pop_c(sched, self_addr, config.batch, waiters_out)
+    pop_c(sched, self_addr, taken, waiters_out)
     if waiters_out[0] ~= nil then refuse_list(sched, self_addr, waiters_out[0], slot) end   -- room
-    if batch[0] ~= nil and not r.quitting then run_batch(r) end
-    local m = batch[0]
-    batch[0] = nil
-    refuse_list(sched, self_addr, m, slot)   -- popped after a quit: never served
+    budget = config.batch
+    if taken[0] ~= nil and not r.quitting then run_batch(r) end
     local n = #r.ready
     if n > 0 and not r.quitting then
         -- What forks and wakeups add now runs at the next dispatch.
@@ -386,14 +401,17 @@ local function dispatch(self_addr, slot)
         -- epoll (marked idle, so that a message signals the eventfd).
         local busy, more = io.pump(false)
         r.io_busy = busy
-        if not (more or r.quitting or #r.ready > 0 or idle_end(r)) and rest_c(sched, self_addr, 0, 0) ~= WOKE then
-            r.io_busy = io.pump(true)
+        if not (more or r.quitting or #r.ready > 0 or idle_end(r) or taken[0] ~= nil) then
+            local rc = rest_c(sched, self_addr, handled, 0, 0)
+            handled = 0
+            if rc ~= WOKE then r.io_busy = io.pump(true) end
         end
     end
-    if r.quitting or idle_end(r) then
-        return finish()
-    end
-    return (#r.ready > 0 or io) and DISPATCH_AGAIN or DISPATCH_WAIT
+    local code = (r.quitting or idle_end(r)) and finish() or
+        (taken[0] ~= nil or #r.ready > 0 or io) and DISPATCH_AGAIN or DISPATCH_WAIT
+    local n = handled   -- the worker tells the scheduler once it has left this state
+    handled = 0
+    return code, n
 end
 
 -- Called by the service's boot chunk (ltask.bootstrap) in a new state.  The
@@ -408,7 +426,7 @@ function ltask._boot()
     registry["ltask.dispatch"] = dispatch
     local restore = core.quits_seen() and require("lj-async.reset").snapshot()
     registry["ltask.recycle"] = function()   -- back to a state that never ran a service
-        close_io()   -- if its dispatch raised
+        if R.self then finish() end   -- its dispatch raised
         if not restore then return false end
         reset_runtime()
         local reusable = restore()

@@ -52,8 +52,9 @@ local STUCK = 0.001   -- seconds a next slot may wait behind a running dispatch
 
 local M = {}
 
--- Runs a service's dispatch in its state L; returns what it returned, or
--- DISPATCH_QUIT (logged) and true if it raised.  The state keeps its
+-- Runs a service's dispatch in its state L; returns what it returned (a
+-- DISPATCH_ code, the requests and posts it handled), or DISPATCH_QUIT, 0
+-- and true if it raised (logged).  The state keeps its
 -- dispatch function at stack index 1, fetched once per state.  The calls
 -- outside lua_pcall cannot raise: a registry lookup of an interned key, a
 -- few pushes (the C API leaves room for 20), a string read as it is.
@@ -62,16 +63,16 @@ local function dispatch(L, addr, slot)
     pushvalue(L, 1)
     pushnumber(L, addr)
     pushnumber(L, slot)
-    local r, raised = nil, false
-    if pcall_c(L, 2, 1, 0) == 0 then
-        r = tonumber_c(L, -1)
+    local r, handled, raised = nil, 0, false
+    if pcall_c(L, 2, 2, 0) == 0 then
+        r, handled = tonumber_c(L, -2), tonumber_c(L, -1)
     else
         local why = type_c(L, -1) == LUA_TSTRING and ffi_string(tolstring(L, -1, nil)) or "(not a string)"
         core.log(addr, "service failed in its dispatch: " .. why)
         r, raised = QUIT, true
     end
     settop(L, 1)
-    return r, raised
+    return r, handled, raised
 end
 
 local function kill_all(s)
@@ -113,10 +114,10 @@ M.finish = finish
 local function run(s, addr, slot)
     local L = state_c(s, addr)
     if L == nil then return end
-    local r, raised = dispatch(L, addr, slot)
+    local r, handled, raised = dispatch(L, addr, slot)
     if r == QUIT then
         finish(s, addr, raised)
-    elseif rest_c(s, addr, r == AGAIN and 1 or 0, 0) == WOKE then
+    elseif rest_c(s, addr, handled, r == AGAIN and 1 or 0, 0) == WOKE then   -- L is left: others may run it
         push_c(s, addr)
     end
 end
@@ -203,11 +204,11 @@ function M.exclusive(shared_arg, config_str, addr)
     local s = core.sched
     local L = state_c(s, addr)
     if L == nil then return end
-    local r, raised
+    local r, handled, raised
     while true do
-        r, raised = dispatch(L, addr, core.NO_SLOT)
+        r, handled, raised = dispatch(L, addr, core.NO_SLOT)
         if r == QUIT then break end
-        rest_c(s, addr, r == AGAIN and 1 or 0, 1)
+        rest_c(s, addr, handled, r == AGAIN and 1 or 0, 1)
     end
     finish(s, addr, raised)
 end

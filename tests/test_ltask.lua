@@ -437,6 +437,19 @@ function TestLtask:test_message_path_stays_compiled()
     lu.assertEquals(r.server, {}, "the server's traces aborted")
 end
 
+-- A service runs on one thread at a time: its worker lets the scheduler
+-- queue it again only once it has left its state.  Two services that call
+-- each other as fast as they can, on two workers, hit the window if there
+-- is one (a state run by two threads at once fails or crashes).
+function TestLtask:test_call_storm_runs_each_state_on_one_thread()
+    local n = SANITIZED and 20000 or 200000
+    for _ = 1, 5 do
+        local r, log = run_test({ root = "traced", timeout = 60 }, n)
+        lu.assertEquals(r.calls, n)
+        lu.assertNotStrContains(log, "failed")
+    end
+end
+
 -- A handler that fails after it waited answers its caller with the error
 -- and its traceback, also when it fails while another request is served;
 -- the service serves on.

@@ -250,7 +250,7 @@ static void test_sends_take_references(void)
     void *obj = lja_atomic_new(0);
     uint64_t id = lja_object_id(obj);
     lja_object_retain(obj);
-    CHECK(lja_sched_send(s, 0, addr, LJA_SMSG_POST, 0, "a", 1, &obj, 1) == LJA_OK);  /* held: starting */
+    CHECK(lja_sched_send(s, 0, addr, LJA_SMSG_POST, 0, "a", 1, &obj, 1) == LJA_SCHED_WOKE);  /* it was idle */
     lja_object_retain(obj);
     CHECK(lja_sched_send(s, 0, addr, LJA_SMSG_POST, 0, "b", 1, &obj, 1) == LJA_EAGAIN);  /* capacity 1 */
     lja_object_retain(obj);
