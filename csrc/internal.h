@@ -69,7 +69,9 @@ void lja_thread_set_cancelled(lja_thread *t);
  * while the other side could not run grows again once it can (otherwise a
  * floor shorter than the other side's answer would park every wait).  The
  * spin never yields the CPU. */
+#ifndef LJA_SPIN_MIN
 #define LJA_SPIN_MIN 256    /* polls (~ 7 microseconds, about a futex sleep and wake) */
+#endif
 #define LJA_SPIN_MAX 4096   /* polls (~ 100 microseconds) */
 
 typedef struct lja_spin {
