@@ -67,11 +67,14 @@ void lja_thread_set_cancelled(lja_thread *t);
  * each too late for the other's spin: 87k round trips/s on a quiet machine
  * instead of 1.2M).  Every 8th wait probes 8 times as far, so that a budget that fell
  * while the other side could not run grows again once it can (otherwise a
- * floor shorter than the other side's answer would park every wait).  The
- * spin never yields the CPU. */
-#ifndef LJA_SPIN_MIN
+ * floor shorter than the other side's answer would park every wait).  A
+ * spin that fails at the floor too sets the budget to 0: the other side is
+ * not running (a busy machine, or it sleeps in the kernel), so each spin
+ * would burn the floor's polls for nothing, time the other side may need
+ * (the channel ping-pong under 2 CPU hogs fell below a C ping-pong that
+ * parks every trip).  Then only every 64th wait probes, as far as from the
+ * floor.  The spin never yields the CPU. */
 #define LJA_SPIN_MIN 256    /* polls (~ 7 microseconds, about a futex sleep and wake) */
-#endif
 #define LJA_SPIN_MAX 4096   /* polls (~ 100 microseconds) */
 
 typedef struct lja_spin {
@@ -101,7 +104,10 @@ static inline int lja_spin_until(lja_spin *sp, int (*ready)(void *), void *arg)
     int budget = atomic_load_explicit(&sp->budget, memory_order_relaxed), want;
     unsigned waits = atomic_load_explicit(&sp->waits, memory_order_relaxed) + 1;
     atomic_store_explicit(&sp->waits, waits, memory_order_relaxed);   /* a count, not exact */
-    int limit = waits % 8 ? budget : budget < LJA_SPIN_MAX / 8 ? 8 * budget : LJA_SPIN_MAX;
+    int limit = budget == 0               ? (waits % 64 ? 0 : 8 * LJA_SPIN_MIN)
+                : waits % 8               ? budget
+                : budget < LJA_SPIN_MAX / 8 ? 8 * budget
+                                          : LJA_SPIN_MAX;
     for (int i = 0; i <= limit; i++) {
         if (ready(arg)) {
             want = 2 * i + LJA_SPIN_MIN;
@@ -115,7 +121,7 @@ static inline int lja_spin_until(lja_spin *sp, int (*ready)(void *), void *arg)
         }
         lja_cpu_relax();
     }
-    want = budget / 2 < LJA_SPIN_MIN ? LJA_SPIN_MIN : budget / 2;
+    want = budget <= LJA_SPIN_MIN ? 0 : budget / 2 < LJA_SPIN_MIN ? LJA_SPIN_MIN : budget / 2;
     if (want != budget)
         atomic_store_explicit(&sp->budget, want, memory_order_relaxed);
     return 0;
