@@ -301,11 +301,15 @@ HOT void after(lja_channel *ch, int room)
 {
     if (!atomic_fetch_add(room ? &ch->send_waiters : &ch->recv_waiters, 0))
         return;
+    /* The lock orders this wake after the waiter's last look (it waits
+     * with the lock released); the signal comes after the unlock, so the
+     * woken waiter does not block at once on the lock held here, which
+     * costs two more syscalls and a context switch. */
     pthread_mutex_lock(&ch->lock);
-    pthread_cond_signal(room ? &ch->not_full : &ch->not_empty);
     if (!room)
         notify_watchers(ch);
     pthread_mutex_unlock(&ch->lock);
+    pthread_cond_signal(room ? &ch->not_full : &ch->not_empty);
 }
 
 int lja_channel_watch_fd(lja_channel *ch, int fd, int on)

@@ -67,20 +67,29 @@ void lja_thread_set_cancelled(lja_thread *t);
  * each too late for the other's spin: 87k round trips/s on a quiet machine
  * instead of 1.2M).  Every 8th wait probes 8 times as far, so that a budget that fell
  * while the other side could not run grows again once it can (otherwise a
- * floor shorter than the other side's answer would park every wait).  The
- * spin never yields the CPU. */
+ * floor shorter than the other side's answer would park every wait).  After
+ * 8 spins in a row that failed (the last at the floor), the budget is 0:
+ * the other side is not running (a busy machine, or it sleeps in the
+ * kernel), so each spin would burn the floor's polls for nothing, time the
+ * other side may need (asio.recv against a thread under 2 CPU hogs fell to
+ * half a C ping-pong that parks every trip).  Then only every 64th wait
+ * probes, as far as from the floor.  A success in between (another waiter
+ * of the same waitable, say) keeps the floor.  The spin never yields the
+ * CPU. */
 #define LJA_SPIN_MIN 256    /* polls (~ 7 microseconds, about a futex sleep and wake) */
 #define LJA_SPIN_MAX 4096   /* polls (~ 100 microseconds) */
 
 typedef struct lja_spin {
     atomic_int budget;
     atomic_uint waits;
+    atomic_int fails;   /* spins in a row that failed */
 } lja_spin;
 
 static inline void lja_spin_init(lja_spin *sp)
 {
     atomic_init(&sp->budget, LJA_SPIN_MAX / 4);
     atomic_init(&sp->waits, 0);
+    atomic_init(&sp->fails, 0);
 }
 
 static inline void lja_cpu_relax(void)
@@ -99,7 +108,10 @@ static inline int lja_spin_until(lja_spin *sp, int (*ready)(void *), void *arg)
     int budget = atomic_load_explicit(&sp->budget, memory_order_relaxed), want;
     unsigned waits = atomic_load_explicit(&sp->waits, memory_order_relaxed) + 1;
     atomic_store_explicit(&sp->waits, waits, memory_order_relaxed);   /* a count, not exact */
-    int limit = waits % 8 ? budget : budget < LJA_SPIN_MAX / 8 ? 8 * budget : LJA_SPIN_MAX;
+    int limit = budget == 0               ? (waits % 64 ? 0 : 8 * LJA_SPIN_MIN)
+                : waits % 8               ? budget
+                : budget < LJA_SPIN_MAX / 8 ? 8 * budget
+                                          : LJA_SPIN_MAX;
     for (int i = 0; i <= limit; i++) {
         if (ready(arg)) {
             want = 2 * i + LJA_SPIN_MIN;
@@ -109,11 +121,15 @@ static inline int lja_spin_until(lja_spin *sp, int (*ready)(void *), void *arg)
                 want = budget - ((budget - want) >> 4);
             if (want != budget)
                 atomic_store_explicit(&sp->budget, want, memory_order_relaxed);
+            if (atomic_load_explicit(&sp->fails, memory_order_relaxed))
+                atomic_store_explicit(&sp->fails, 0, memory_order_relaxed);
             return 1;
         }
         lja_cpu_relax();
     }
-    want = budget / 2 < LJA_SPIN_MIN ? LJA_SPIN_MIN : budget / 2;
+    int fails = atomic_load_explicit(&sp->fails, memory_order_relaxed) + 1;
+    atomic_store_explicit(&sp->fails, fails, memory_order_relaxed);
+    want = budget / 2 > LJA_SPIN_MIN ? budget / 2 : fails >= 8 ? 0 : LJA_SPIN_MIN;
     if (want != budget)
         atomic_store_explicit(&sp->budget, want, memory_order_relaxed);
     return 0;

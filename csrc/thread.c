@@ -188,7 +188,7 @@ static int finished(void *p)
     return atomic_load(&t->finished) || lja_thread_poll();
 }
 
-static lja_spin join_spin = {LJA_SPIN_MIN, 0};
+static lja_spin join_spin = {LJA_SPIN_MIN, 0, 0};
 
 int lja_thread_join(lja_thread *t, double timeout)
 {
