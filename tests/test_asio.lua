@@ -1036,6 +1036,29 @@ function TestAsioChannel:test_recv_from_another_thread_while_sockets_run()
     lu.assertEquals(echoed, 2000)
 end
 
+function TestAsioChannel:test_recv_ping_pong_with_a_thread_then_the_watch_is_gone()
+    -- a light thread receiving in turn after turn keeps its watch; once
+    -- the loop returns no watch is left: a send does not wake the loop
+    local ping, pong = channel.new(), channel.new()
+    local t = Thread.new(function(ping, pong)
+        for _ = 1, 2000 do pong:send(ping:recv() + 1) end
+        return true
+    end, ping, pong)
+    local v = 0
+    go(function()
+        for _ = 1, 2000 do
+            ping:send(v)
+            v = asio.recv(pong, 10)
+        end
+    end)
+    lu.assertEquals(v, 2000)
+    lu.assertTrue(t:join(10))
+    lu.assertFalse(readable(asio.fd()))
+    pong:send(1)
+    lu.assertFalse(readable(asio.fd(), 50))
+    go(function() lu.assertEquals(asio.recv(pong, 1), 1) end)
+end
+
 function TestAsioChannel:test_recv_many_waiters_timeouts_and_closed()
     local ch = channel.new()
     go(function()
