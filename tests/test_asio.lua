@@ -10,6 +10,7 @@ local H = require "tests.helpers"
 ffi.cdef [[
 struct asio_test_pollfd { int fd; short events; short revents; };
 int asio_test_poll(struct asio_test_pollfd *fds, unsigned long n, int timeout) __asm__("poll");
+int asio_test_epoll_wait(int epfd, void *events, int maxevents, int timeout) __asm__("epoll_wait");
 int asio_test_sigaction(int sig, const void *act, void *old) __asm__("sigaction");
 int asio_test_socket(int domain, int type, int protocol) __asm__("socket");
 int asio_test_bind(int fd, const void *addr, uint32_t len) __asm__("bind");
@@ -1053,6 +1054,8 @@ function TestAsioChannel:test_recv_ping_pong_with_a_thread_then_the_watch_is_gon
     end)
     lu.assertEquals(v, 2000)
     lu.assertTrue(t:join(10))
+    -- a send that raced a look may have left an edge: take it off the loop's fd
+    ffi.C.asio_test_epoll_wait(asio.fd(), ffi.new("uint8_t[?]", 16 * 16), 16, 0)
     lu.assertFalse(readable(asio.fd()))
     pong:send(1)
     lu.assertFalse(readable(asio.fd(), 50))
