@@ -1035,11 +1035,25 @@ end
 
 local recv_after
 
+-- A watch whose waiters are gone stays on until the loop's turn ends
+-- (unwatch_idle): a light thread that receives again in the same turn, as
+-- in a ping-pong with a thread, keeps it, and no trip takes the channel's
+-- lock twice to watch and unwatch, which under load queues the sender
+-- (its signal wakes the loop while it holds that lock).
+local idle_watches = {}
+
 local function unwatch_if_idle(key, w)
-    if next(w.q) == nil and chwatch[key] == w then
-        chwatch[key] = nil
-        S.lja_channel_watch_fd(w.ptr, efd, 0)
-        S.lja_object_release(w.ptr)
+    if next(w.q) == nil and chwatch[key] == w then idle_watches[key] = w end
+end
+
+local function unwatch_idle()
+    for key, w in pairs(idle_watches) do
+        idle_watches[key] = nil
+        if next(w.q) == nil and chwatch[key] == w then
+            chwatch[key] = nil
+            S.lja_channel_watch_fd(w.ptr, efd, 0)
+            S.lja_object_release(w.ptr)
+        end
     end
 end
 
@@ -1168,6 +1182,7 @@ local OUT_BITS = bor(EPOLLOUT, EPOLLHUP, EPOLLERR)
 -- Waits up to `timeout` seconds (< 0: until something happens) for
 -- events, and handles them and the timers due.
 local function poll(timeout)
+    unwatch_idle()
     local ms
     if nready > 0 or stopping then
         ms = 0
@@ -1244,6 +1259,7 @@ function M.run(timeout)
         poll(wait_s)
     end
     in_run, stopping = false, false
+    unwatch_idle()
     sync_fd()
     return ok, err
 end
@@ -1256,6 +1272,7 @@ function M.run_once(timeout)
     poll(timeout or 0)
     if nready > 0 then run_ready() end
     in_run, stopping = false, false
+    unwatch_idle()
     sync_fd()
     return live > 0 or nservers > 0
 end

@@ -10,6 +10,7 @@ local H = require "tests.helpers"
 ffi.cdef [[
 struct asio_test_pollfd { int fd; short events; short revents; };
 int asio_test_poll(struct asio_test_pollfd *fds, unsigned long n, int timeout) __asm__("poll");
+int asio_test_epoll_wait(int epfd, void *events, int maxevents, int timeout) __asm__("epoll_wait");
 int asio_test_sigaction(int sig, const void *act, void *old) __asm__("sigaction");
 int asio_test_socket(int domain, int type, int protocol) __asm__("socket");
 int asio_test_bind(int fd, const void *addr, uint32_t len) __asm__("bind");
@@ -1034,6 +1035,31 @@ function TestAsioChannel:test_recv_from_another_thread_while_sockets_run()
     lu.assertEquals(#got, 1000)
     for i = 1, 1000 do assert(got[i] == i) end
     lu.assertEquals(echoed, 2000)
+end
+
+function TestAsioChannel:test_recv_ping_pong_with_a_thread_then_the_watch_is_gone()
+    -- a light thread receiving in turn after turn keeps its watch; once
+    -- the loop returns no watch is left: a send does not wake the loop
+    local ping, pong = channel.new(), channel.new()
+    local t = Thread.new(function(ping, pong)
+        for _ = 1, 2000 do pong:send(ping:recv() + 1) end
+        return true
+    end, ping, pong)
+    local v = 0
+    go(function()
+        for _ = 1, 2000 do
+            ping:send(v)
+            v = asio.recv(pong, 10)
+        end
+    end)
+    lu.assertEquals(v, 2000)
+    lu.assertTrue(t:join(10))
+    -- a send that raced a look may have left an edge: take it off the loop's fd
+    ffi.C.asio_test_epoll_wait(asio.fd(), ffi.new("uint8_t[?]", 16 * 16), 16, 0)
+    lu.assertFalse(readable(asio.fd()))
+    pong:send(1)
+    lu.assertFalse(readable(asio.fd(), 50))
+    go(function() lu.assertEquals(asio.recv(pong, 1), 1) end)
 end
 
 function TestAsioChannel:test_recv_many_waiters_timeouts_and_closed()
