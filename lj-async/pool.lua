@@ -163,15 +163,16 @@ local function run()
 end
 
 -- Sends back what run left (nothing if a cancel stopped it before: the
--- job then reports its cancel).
+-- job then reports its cancel); true once sent.
 local function finish()
     local results = outcome
-    if not results then return end
+    if not results then return false end
     outcome = nil
     local msg = transfer.encode_outcome("job", unpack(results, 1, results.n))
     local objs, nobjs = transfer.objs_array()
-    C.lja_channel_send(input.result, msg, #msg, objs, nobjs, -1)
+    local rc = C.lja_channel_send(input.result, msg, #msg, objs, nobjs, -1)
     transfer.forget_exported()   -- the message holds them now, or the shim released them
+    return rc == 0
 end
 
 local registry = debug.getregistry()
@@ -358,7 +359,8 @@ end
 -- job was stuck), then leaves.  For each job: begin (else it was
 -- cancelled while queued, or the pool closed), run, ran (the cancel hook
 -- is off), send its outcome, done (it is no longer among the running
--- jobs), then close its channel: its waiters wake.  The
+-- jobs); a job that sent none has its channel closed: its waiters wake
+-- (one that sent its outcome leaves it open, for submit to reuse).  The
 -- pool's threads run it; tests/test_pool.lua runs it to watch its traces.
 local function work(p)
     local queue, msg, len = C.lja_pool_channel(p, 0), ffi.new("lja_msg *[1]"), ffi.new("size_t[1]")
@@ -369,7 +371,7 @@ local function work(p)
         local m = msg[0]
         local data = msg_data(m, len)
         local j = ffi.cast(job_pp, data)[0]
-        local deadline, replaced = j.deadline, false
+        local deadline, replaced, sent = j.deadline, false, false
         if deadline > 0 and now() >= deadline then cancel(j, TIMEOUT) end   -- begin skips it
         if begin(p, j, L) then
             if deadline > 0 then wake(p) end   -- the watchdog stops it at its deadline
@@ -377,10 +379,10 @@ local function work(p)
             call(L, RUN)
             ran(p, j)
             input.cancel = idle
-            call(L, FINISH)   -- sends the outcome; else the job failed
+            sent = call(L, FINISH)   -- sends the outcome; else the job failed
             replaced = done(p, j)
         end
-        close(j.result)
+        if not sent then close(j.result) end
         release(j)   -- the message's reference
         msg_free(m)
         if replaced then
@@ -533,8 +535,9 @@ local function check_code(code, level)
     intact[code], nintact = true, nintact + 1
 end
 
--- Queues a job; returns its handle, or nil, "pool is shut down".
-local function submit(pool, code, ctx, opts, level)
+-- Queues a job whose outcome comes on channel `result` (a new one if
+-- nil); returns its handle, or nil, "pool is shut down".
+local function submit(pool, code, ctx, opts, level, result)
     level = level + 1
     if type(code) ~= "string" then error("lj-async: submit takes the code as a string", level) end
     check_code(code, level)
@@ -551,7 +554,11 @@ local function submit(pool, code, ctx, opts, level)
     local ok, p, len = pcall(transfer.encode_after, 1, 2, code, ctx)
     if not ok then error((p:gsub("%(argument 1", "(ctx")), level) end
     local j = ffi.cast(job_ptr, calloc(1, JOB_SIZE))
-    local result = j ~= nil and C.lja_channel_new(0) or nil
+    if j ~= nil and result ~= nil then
+        C.lja_object_retain(result)   -- the job's reference
+    else
+        result = j ~= nil and C.lja_channel_new(0) or nil
+    end
     if result == nil then
         C.lja_free(j)
         transfer.drop_exported()
@@ -617,14 +624,31 @@ local function outcome(job, rc)
     return free_after(m, results(reason, transfer.decode(p, len_out[0])))
 end
 
+-- This state's channel for submit's outcomes: one channel learns how long
+-- its waits last (a new one per job would spin its first budget on every
+-- wait, README "Benchmarks").  It is reused only after its job sent its
+-- outcome and submit took it: nothing else ever comes on it; a job that
+-- timed out, failed or was stopped takes its channel with it.
+local own_result
+
 function methods:submit(code, ctx, opts)
-    local job, timeout = submit(self, code, ctx, opts, 2)
-    if not job then return nil, timeout end
+    local result = own_result
+    if result == nil then
+        result = C.lja_channel_new(0)
+        if result ~= nil then result = ffi.gc(result, C.lja_object_release) end
+    end
+    own_result = nil
+    local job, timeout = submit(self, code, ctx, opts, 2, result)
+    if not job then
+        own_result = result   -- nothing came on it
+        return nil, timeout
+    end
     local rc = recv(job.result, msg_out, timeout)
     if rc == LJA_ETIMEDOUT then
         cancel(job, TIMEOUT)
         return nil, "timeout"
     end
+    if rc == LJA_OK then own_result = result end
     return outcome(job, rc)
 end
 

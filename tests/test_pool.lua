@@ -564,6 +564,35 @@ function TestPool:test_late_cancel_never_stops_the_next_job()
     lu.assertTrue(pool:shutdown(1))
 end
 
+-- submit reuses its outcome channel from job to job: a job that timed out
+-- (its worker stuck in C) sends its outcome late, and no later submit may
+-- take it for its own; nor may a failed job's end.
+function TestPool:test_late_outcome_never_reaches_the_next_submit()
+    local pool = Pool.new(2)
+    local late = Pool.compile([[
+        local ffi = require "ffi"
+        pcall(ffi.cdef, "int usleep(unsigned int usec);")
+        ffi.C.usleep(300000)
+        return "late"
+    ]])
+    local echo = Pool.compile("if ctx.fail then error('boom', 0) end return ctx.i")
+    lu.assertEquals({ pool:submit(echo, { i = 0 }) }, { 0 })
+    lu.assertEquals({ pool:submit(late, {}, { timeout = 0.05 }) }, { nil, "timeout" })
+    local t0, i = H.now(), 0
+    while H.now() - t0 < 0.6 do   -- past the late job's end
+        i = i + 1
+        local fail = i % 50 == 0
+        local r = { pool:submit(echo, { i = i, fail = fail }) }
+        if fail then
+            lu.assertEquals(r[1], nil, "job " .. i)
+            lu.assertStrContains(tostring(r[2]), "boom")
+        else
+            lu.assertEquals(r, { i }, "job " .. i)
+        end
+    end
+    lu.assertTrue(pool:shutdown(5))
+end
+
 -- A pool whose last handle goes stops its running jobs at once (its jobs
 -- hold its memory, not its handles): compiled code and plain bytecode.
 function TestPool:test_last_handle_stops_running_jobs()
