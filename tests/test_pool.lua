@@ -207,14 +207,20 @@ function TestPool:test_cancel_never_loses_a_received_message()
     for i = 1, N do lu.assertTrue(H.eventually_gone(sent[i]), "object of message " .. i .. " leaked") end
 end
 
-function TestPool:test_job_stuck_in_c_is_replaced()
-    local pool = Pool.new(1)
-    local block = Pool.compile([[
+-- A compiled job that sleeps `seconds` in C (out of reach of any hook),
+-- then returns `result`.
+local function stuck_in_c(seconds, result)
+    return Pool.compile(([[
         local ffi = require "ffi"
         pcall(ffi.cdef, "int usleep(unsigned int usec);")
-        ffi.C.usleep(1500000)
-        return "woke"
-    ]])
+        ffi.C.usleep(%d)
+        return %q
+    ]]):format(seconds * 1e6, result))
+end
+
+function TestPool:test_job_stuck_in_c_is_replaced()
+    local pool = Pool.new(1)
+    local block = stuck_in_c(1.5, "woke")
     local s, res, err = timed(pool.submit, pool, block, {}, { timeout = 0.1 })
     lu.assertEquals({ res, err }, { nil, "timeout" })
     lu.assertTrue(s < 0.2)
@@ -569,12 +575,7 @@ end
 -- take it for its own; nor may a failed job's end.
 function TestPool:test_late_outcome_never_reaches_the_next_submit()
     local pool = Pool.new(2)
-    local late = Pool.compile([[
-        local ffi = require "ffi"
-        pcall(ffi.cdef, "int usleep(unsigned int usec);")
-        ffi.C.usleep(300000)
-        return "late"
-    ]])
+    local late = stuck_in_c(0.3, "late")
     local echo = Pool.compile("if ctx.fail then error('boom', 0) end return ctx.i")
     lu.assertEquals({ pool:submit(echo, { i = 0 }) }, { 0 })
     lu.assertEquals({ pool:submit(late, {}, { timeout = 0.05 }) }, { nil, "timeout" })
